@@ -1,0 +1,1 @@
+"""Sub-commands of the ``midre`` CLI, one module per group (see ``midre/cli.py``)."""
