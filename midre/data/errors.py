@@ -1,0 +1,40 @@
+"""Errors and small records shared by the data loaders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+class DatasetError(ValueError):
+    """A data set, archive or `DatasetSpec` field that cannot be used.
+
+    The message always names the offending file (as a path or archive member) or spec field, so a
+    service can show it to the user verbatim. The same name is kept on the exception for callers that
+    want to map it to a structured error (e.g. an RFC 9457 problem's ``instance``/``field``).
+
+    Attributes:
+        path: The offending file, folder or archive member, when the error is about one.
+        field: The offending `DatasetSpec` field or function argument, when the error is about one.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RejectedFile:
+    """A file that was skipped (not loaded, not extracted) and why.
+
+    Attributes:
+        path: The file's path, or ``"<archive>!<member>"`` for an archive member.
+        reason: A short human-readable reason, e.g. ``"not an image file (.md)"``.
+    """
+
+    path: str
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Return a JSON-ready ``{"path": ..., "reason": ...}`` dict."""
+        return asdict(self)
