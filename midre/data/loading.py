@@ -204,10 +204,12 @@ def _load_archive(
             report = safe_extract(
                 archive, Path(tmp) / "data", max_files=max_files, max_total_bytes=max_total_bytes
             )
+            _check_has_images(report)
             base = f"{archive}!{report.root_prefix + '/' if report.root_prefix else ''}"
             raw = _load_folder(Path(report.root or tmp), spec, base, num_workers)
     else:
         report = _cached_extract(archive, Path(cache_dir), max_files, max_total_bytes)
+        _check_has_images(report)
         raw = _load_folder(Path(report.root or ""), spec, f"{report.root}/", num_workers)
     raw.kind = "archive"
     raw.rejected = [RejectedFile(f"{archive}!{r.path}", r.reason) for r in report.rejected] + raw.rejected
@@ -220,6 +222,20 @@ def _load_archive(
         "cache": report.dest if cache_dir is not None else None,
     }
     return raw
+
+
+def _check_has_images(report: ExtractReport) -> None:
+    if report.images == 0:
+        example = (
+            f"; skipped e.g. {report.rejected[0].path!r} ({report.rejected[0].reason})"
+            if report.rejected
+            else ""
+        )
+        raise DatasetError(
+            f"source: archive {report.archive} holds no images in identity folders{example}",
+            path=report.archive,
+            field="source",
+        )
 
 
 def _cached_extract(archive: Path, cache_dir: Path, max_files: int, max_total_bytes: int) -> ExtractReport:

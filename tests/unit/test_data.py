@@ -628,6 +628,14 @@ def test_corrupt_archives_name_the_archive(tmp_path):
         safe_extract(fake_tgz, tmp_path / "out", max_files=0)
 
 
+def test_archive_without_images_is_an_error(tmp_path):
+    archive = tmp_path / "docs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/notes.txt", "x")
+    with pytest.raises(DatasetError, match=r"docs\.zip holds no images.*a/notes\.txt"):
+        load_dataset(DatasetSpec(source=archive, image_size=8))
+
+
 def test_corrupt_image_inside_archive_names_the_member(tmp_path):
     archive = tar_with(tmp_path / "a.tar", [*good_members(), (tarfile.TarInfo("b/bad.png"), b"garbage")])
     with pytest.raises(DatasetError, match=r"a\.tar!b/bad\.png"):
