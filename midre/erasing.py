@@ -127,11 +127,17 @@ def sample_boxes(
 
 
 def box_masks(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Boolean masks ``[N, 1, H, W]``, True inside each box."""
+    """Boolean masks ``[N, 1, H, W]``, True inside each box.
+
+    Built as the product of a row mask ``[N, 1, H, 1]`` and a column mask ``[N, 1, 1, W]``, so the
+    full-size mask is materialised once.
+    """
     cols = torch.arange(width, device=boxes.device).view(1, 1, 1, width)
     rows = torch.arange(height, device=boxes.device).view(1, 1, height, 1)
     b = boxes.view(-1, 4, 1, 1, 1)
-    return (cols >= b[:, 0]) & (cols < b[:, 2]) & (rows >= b[:, 1]) & (rows < b[:, 3])
+    in_cols = (cols >= b[:, 0]) & (cols < b[:, 2])
+    in_rows = (rows >= b[:, 1]) & (rows < b[:, 3])
+    return in_rows & in_cols
 
 
 def fill_value(
@@ -175,17 +181,28 @@ def fill_value(
     return value.float()
 
 
-def erase_boxes(x: Tensor, boxes: Tensor, value: Tensor) -> Tensor:
-    """Pure erase: a copy of ``x`` ([N, C, H, W]) with each box filled by ``value`` ([C]).
+def erase_boxes(x: Tensor, boxes: Tensor, value: Tensor, *, inplace: bool = False) -> Tensor:
+    """Pure erase: ``x`` ([N, C, H, W]) with each box filled by ``value`` ([C]).
 
-    Pixels outside the boxes are returned unchanged, bit for bit.
+    Pixels outside the boxes are returned unchanged, bit for bit. With ``inplace=True`` the batch
+    itself is overwritten (one masked write per channel, no copy of the batch): the trainer uses
+    this on the fresh float batch it has just built.
     """
     if x.ndim != 4:
         raise ValueError(f"expected a batch [N, C, H, W], got shape {tuple(x.shape)}")
     if boxes.shape != (x.shape[0], 4):
         raise ValueError(f"boxes must be [{x.shape[0]}, 4], got {tuple(boxes.shape)}")
+    if value.numel() != x.shape[1]:
+        raise ValueError(f"value must have one entry per channel ({x.shape[1]}), got {value.numel()}")
     mask = box_masks(boxes.to(x.device), x.shape[2], x.shape[3])
-    return torch.where(mask, value.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1), x)
+    if not inplace:
+        return torch.where(mask, value.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1), x)
+    values = value.tolist()
+    if all(v == values[0] for v in values):
+        return x.masked_fill_(mask, values[0])
+    for c, v in enumerate(values):  # a loop over channels (3), not over images
+        x[:, c].masked_fill_(mask[:, 0], v)
+    return x
 
 
 class _Eraser(nn.Module):
@@ -248,12 +265,13 @@ class RandomErasing(_Eraser):
             normalization = _IMAGENET
         super().__init__(a_h, a_l, a_e, fill, normalization)
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, *, inplace: bool = False) -> Tensor:
+        """Erase one fresh square per image; ``inplace=True`` overwrites ``x`` instead of copying."""
         boxes = sample_boxes(
             x.shape[0], x.shape[2], x.shape[3], a_l=self.a_l, a_h=self.a_h, a_e=self.a_e,
             generator=generator, device=x.device,
         )
-        return erase_boxes(x, boxes.to(x.device), self._value(x))
+        return erase_boxes(x, boxes.to(x.device), self._value(x), inplace=inplace)
 
 
 class FixedErasing(_Eraser):

@@ -201,3 +201,14 @@ def test_entire_erasing_drops_share_per_identity_and_changes_per_epoch():
     assert (out[hit] == 0).all() and torch.equal(out[~hit], x[~hit])
     with pytest.raises(ValueError, match="share"):
         EntireErasing(labels, share=1.0)
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_inplace_erase_equals_copying_erase(normalized):
+    x = torch.randn(8, 3, 20, 20)
+    erase = RandomErasing(a_h=0.6, normalized=normalized)
+    expected = erase(x, generator=gen(11))
+    y = x.clone()
+    out = erase(y, generator=gen(11), inplace=True)
+    assert out.data_ptr() == y.data_ptr()
+    assert torch.equal(out, expected)

@@ -1,0 +1,114 @@
+"""Hardened-model checkpoints: ``model.safetensors`` + a ``model.json`` sidecar.
+
+The sidecar holds everything needed to rebuild and use the model with one call
+(:func:`load_checkpoint`): architecture, classes, input size and channels, normalisation, the
+defense and its parameters, metrics, seed, the training config and package versions. Weights are
+stored with safetensors only (no pickle), so loading a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model.json"
+CARD_SCHEMA_VERSION = 1
+
+
+def package_versions() -> dict[str, str]:
+    """Versions written into every sidecar, so a result can be traced to the code that made it."""
+    import torchvision
+
+    from midre import __version__
+
+    return {
+        "midre": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def save_checkpoint(model: nn.Module, out_dir: str | Path, card: dict[str, Any]) -> Path:
+    """Save ``model``'s weights and its card into ``out_dir``; returns the weights path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.", suffix=".tmp")
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": "pt", "arch": str(card.get("arch", ""))})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    write_json_atomic(out / CARD_FILE, {"schema_version": CARD_SCHEMA_VERSION, **card})
+    return out / WEIGHTS_FILE
+
+
+def read_card(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """Read and check a checkpoint's ``model.json``; errors name the file and the missing key."""
+    path = Path(checkpoint_dir) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model card; is {checkpoint_dir} a midre checkpoint folder?")
+    try:
+        card = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    for key in ("arch", "num_classes", "image_size", "channels"):
+        if key not in card:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return card
+
+
+def build_from_card(card: dict[str, Any]) -> nn.Module:
+    """An untrained model with the architecture (and defense-side changes) the card describes."""
+    from midre.defenses import build_defense
+    from midre.models import create_model
+
+    model = create_model(
+        card["arch"], card["num_classes"], image_size=card["image_size"], in_channels=card["channels"]
+    )
+    defense = card.get("defense")
+    if defense:
+        model = build_defense(defense).prepare_model(model)
+    return model
+
+
+def load_checkpoint(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a trained model from ``model.safetensors`` + ``model.json``.
+
+    Returns:
+        ``(model, card)``: the model in eval mode on ``device``, predicting exactly as it did when
+        saved, and the card (a dict, see :func:`midre.train.train` for its keys).
+    """
+    card = read_card(checkpoint_dir)
+    weights = Path(checkpoint_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: weights file missing")
+    model = build_from_card(card)
+    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    return model.to(device).eval(), card
+
+
+def card_normalization(card: dict[str, Any]):
+    """The :class:`midre.data.Normalization` a checkpoint's inputs need, or None for [0, 1]."""
+    from midre.data import Normalization
+
+    norm = card.get("normalization")
+    return Normalization(tuple(norm["mean"]), tuple(norm["std"])) if norm else None

@@ -1,0 +1,194 @@
+"""The defense interface the trainer calls, the registry, and composition.
+
+A defense may change three things, each through one hook, all default no-ops:
+
+- which images take part in an epoch (:meth:`Defense.epoch_indices`; Entire Erasing),
+- the batch the model sees (:meth:`Defense.transform`; MIDRE random erasing, augmentations),
+- the model or the loss (:meth:`Defense.prepare_model`, :meth:`Defense.loss`; NLS, BiDO, MID, ...).
+
+Parameters are validated when the defense is built, and every error names the field as
+``defense.<param>`` so the CLI and the REST API can point at it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass
+class TrainContext:
+    """What a defense may need to know about the training run, given once before training."""
+
+    train_labels: Tensor  # [N] labels of the training set (dataset order)
+    num_classes: int
+    image_size: int
+    channels: int
+    normalization: Any  # object with .mean/.std, or None for [0, 1] pixels
+    seed: int
+    epochs: int
+    device: torch.device
+
+
+class Defense:
+    """Base class: NoDef behaviour (plain cross-entropy on untouched images)."""
+
+    name = "nodef"
+
+    def __init__(self) -> None:
+        self.context: TrainContext | None = None
+
+    # --- configuration -------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """The defense's parameters, as written into ``model.json``."""
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params()}
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def setup(self, context: TrainContext) -> None:
+        """Called once before training with what the defense needs to know about the data."""
+        self.context = context
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Return the model to train (a wrapped or modified one for model-side defenses)."""
+        return model
+
+    def epoch_indices(self, epoch: int, n: int) -> Tensor | None:
+        """Indices of the training images used in ``epoch``; None means all of them."""
+        return None
+
+    def transform(self, x: Tensor, y: Tensor, indices: Tensor, epoch: int, generator: torch.Generator) -> Tensor:
+        """Change a normalised training batch on the device (never called at evaluation)."""
+        return x
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Training loss; returns ``(loss, logits, extra numbers to log)``."""
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits, {}
+
+
+DefenseFactory = Callable[..., Defense]
+_REGISTRY: dict[str, DefenseFactory] = {}
+
+
+def register_defense(name: str) -> Callable[[DefenseFactory], DefenseFactory]:
+    """Class decorator adding a defense to the registry under ``name``."""
+
+    def add(factory: DefenseFactory) -> DefenseFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"defense {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def defense_names() -> list[str]:
+    """Names accepted by :func:`build_defense`."""
+    return sorted(_REGISTRY)
+
+
+def _build_one(spec: Mapping[str, Any], prefix: str) -> Defense:
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{prefix}: expected an object with a 'name', got {type(spec).__name__}")
+    params = dict(spec)
+    name = params.pop("name", None)
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"{prefix}.name: unknown defense {name!r}; known: {', '.join(defense_names())}")
+    factory = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"{prefix}.{unknown[0]}: unknown parameter for defense {name!r}; "
+            f"accepted: {', '.join(accepted) or 'none'}"
+        )
+    try:
+        return factory(**params)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        field = next((p for p in accepted if message.startswith(p)), None)
+        where = f"{prefix}.{field}" if field else prefix
+        raise ValueError(f"{where}: {message}") from exc
+
+
+def build_defense(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Defense:
+    """Build a defense from its spec.
+
+    Args:
+        spec: a name (``"midre"``), a mapping ``{"name": "midre", "a_h": 0.4}``, a list of
+            mappings, or a mapping whose name joins several defenses with ``+`` and gives each
+            one's parameters under its own name (``{"name": "midre+nls", "midre": {"a_h": 0.4}}``).
+
+    Raises:
+        ValueError: naming the field (``defense.a_h: ...``) when the spec is wrong.
+    """
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str) and "+" in spec["name"]:
+        names = spec["name"].split("+")
+        extra = sorted(set(spec) - {"name", *names})
+        if extra:
+            raise ValueError(f"defense.{extra[0]}: give each part's parameters under its name ({names})")
+        spec = [{"name": n, **dict(spec.get(n) or {})} for n in names]
+    if isinstance(spec, Mapping):
+        return _build_one(spec, "defense")
+    parts = [_build_one(s, f"defense[{i}]") for i, s in enumerate(spec)]
+    if not parts:
+        raise ValueError("defense: empty list; use 'nodef' for no defense")
+    return parts[0] if len(parts) == 1 else ComposedDefense(parts)
+
+
+class ComposedDefense(Defense):
+    """Several defenses applied together, in order (e.g. MIDRE + NLS, paper Table 5).
+
+    Data hooks chain; at most one part may own the loss (the others must keep the default).
+    """
+
+    def __init__(self, parts: Sequence[Defense]) -> None:
+        super().__init__()
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
+        owners = [p for p in self.parts if type(p).loss is not Defense.loss]
+        if len(owners) > 1:
+            raise ValueError(f"defense: {owners[0].name} and {owners[1].name} both define the loss")
+        self._loss_owner = owners[0] if owners else None
+
+    def params(self) -> dict[str, Any]:
+        return {p.name: p.params() for p in self.parts}
+
+    def setup(self, context: TrainContext) -> None:
+        super().setup(context)
+        for p in self.parts:
+            p.setup(context)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        for p in self.parts:
+            model = p.prepare_model(model)
+        return model
+
+    def epoch_indices(self, epoch: int, n: int) -> Tensor | None:
+        keep: Tensor | None = None
+        for p in self.parts:
+            idx = p.epoch_indices(epoch, n)
+            if idx is not None:
+                keep = idx if keep is None else keep[torch.isin(keep, idx)]
+        return keep
+
+    def transform(self, x: Tensor, y: Tensor, indices: Tensor, epoch: int, generator: torch.Generator) -> Tensor:
+        for p in self.parts:
+            x = p.transform(x, y, indices, epoch, generator)
+        return x
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor, dict[str, float]]:
+        if self._loss_owner is None:
+            return super().loss(model, x, y, epoch)
+        return self._loss_owner.loss(model, x, y, epoch)

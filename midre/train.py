@@ -1,0 +1,402 @@
+"""One trainer for every defense: NoDef, MIDRE, its ablations, and the defenses of `midre.defenses`.
+
+The loop is deliberately plain. Images stay uint8 in memory (on the device when it is a GPU);
+each batch is converted, augmented and *then* erased on the device (erasing last, as in the
+authors' recipe), so MIDRE adds one vectorised op per batch and no data-loader work.
+
+- seeded: model init, shuffling and every random square come from generators seeded by
+  ``seed`` and the epoch, so a run and a resumed run give the same model;
+- per-epoch resume state in ``out_dir/checkpoint/last.pt``; calling :func:`train` again on the
+  same folder continues after the last finished epoch (a redelivered job);
+- cooperative cancel: ``should_stop()`` is polled between steps;
+- AMP (bfloat16 autocast) and channels_last on CUDA;
+- output: ``model.safetensors`` + ``model.json`` (see :mod:`midre.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, package_versions, read_card, save_checkpoint
+from midre.data import DatasetSpec, ImageSet, load_dataset, to_float
+from midre.defenses import Defense, TrainContext, build_defense
+from midre.models import create_model, list_models
+from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "multistep", "cosine")
+AUGMENTATIONS = ("hflip",)
+RESUME_FILE = "checkpoint/last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (written into ``model.json``).
+
+    Args:
+        data: the data set and its split (:class:`midre.data.DatasetSpec`).
+        arch: model name from :func:`midre.models.list_models`.
+        defense: defense spec for :func:`midre.defenses.build_defense`, e.g. ``{"name": "midre", "a_h": 0.4}``.
+        epochs, batch_size: the usual.
+        optimizer: "adam" (authors' recipe), "adamw" or "sgd" (momentum 0.9).
+        lr, weight_decay: optimizer settings.
+        schedule: "multistep" (x0.1 at ``milestones``, fractions of the epochs: the authors' 75/90 of
+            100), "cosine" or "none".
+        augment: extra train-time augmentation applied before the defense ("hflip").
+        seed: seeds model init, shuffling and erasing.
+        device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        weights_path: local weights to start from (e.g. ImageNet backbone); never downloaded.
+        eval_every: evaluate on the test split every this many epochs (and always at the end).
+    """
+
+    data: DatasetSpec
+    arch: str = "cnn-small"
+    defense: dict[str, Any] = field(default_factory=lambda: {"name": "nodef"})
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "multistep"
+    milestones: tuple[float, ...] = (0.75, 0.9)
+    augment: tuple[str, ...] = ()
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    weights_path: str | None = None
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, Mapping):
+            self.data = _dataset_spec_from_dict(self.data)
+        if not isinstance(self.data, DatasetSpec):
+            raise ValueError(f"data: expected a DatasetSpec or an object, got {type(self.data).__name__}")
+        if self.arch not in list_models():
+            raise ValueError(f"arch: unknown architecture {self.arch!r}; known: {', '.join(list_models())}")
+        if isinstance(self.defense, str):
+            self.defense = {"name": self.defense}
+        self.defense = build_defense(self.defense).spec()  # validates, fills defaults
+        for name, low in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}: must be a number, got {value!r}")
+            if value < 0 or (name == "lr" and value == 0):
+                raise ValueError(f"{name}: must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        self.milestones = tuple(float(m) for m in self.milestones)
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"milestones: fractions of the epochs in (0, 1), got {self.milestones}")
+        self.augment = tuple(self.augment)
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        if bad:
+            raise ValueError(f"augment: unknown {bad[0]!r}; known: {', '.join(AUGMENTATIONS)}")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+        ):
+            raise ValueError(f"device: 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build from plain JSON-like data; an unknown key raises ValueError naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown training option; known: {', '.join(sorted(names))}")
+        if "data" not in d:
+            raise ValueError("data: required")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["data"] = dataclasses.asdict(self.data)
+        out["milestones"], out["augment"] = list(self.milestones), list(self.augment)
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of what changes the result (the device does not), to refuse resuming a different run."""
+        d = self.to_dict()
+        d.pop("device")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dataset_spec_from_dict(d: Mapping[str, Any]) -> DatasetSpec:
+    names = {f.name for f in dataclasses.fields(DatasetSpec)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"data.{unknown[0]}: unknown data option; known: {', '.join(sorted(names))}")
+    return DatasetSpec(**dict(d))
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    out_dir: Path
+    card: dict[str, Any]
+    history: list[dict[str, float]]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.card["metrics"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: CUDA was requested but no CUDA device is available")
+    return device
+
+
+def _hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
+    return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: nn.Module, images: ImageSet, normalization: Any, device: torch.device, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy of ``model`` on an :class:`ImageSet` (no augmentation, no erasing)."""
+    if len(images) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for start in range(0, len(images), batch_size):
+        x = to_float(images.images[start:start + batch_size].to(device), normalization)
+        correct += int((model(x).argmax(1).cpu() == images.labels[start:start + batch_size]).sum())
+    model.train(was_training)
+    return correct / len(images)
+
+
+def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_schedule(cfg: TrainConfig, opt: torch.optim.Optimizer):
+    if cfg.schedule == "multistep":
+        steps = sorted({max(1, round(m * cfg.epochs)) for m in cfg.milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=steps, gamma=0.1)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _save_resume(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".last.", suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``cfg.arch`` on ``cfg.data`` with ``cfg.defense``; write the checkpoint to ``out_dir``.
+
+    Args:
+        cfg: the run.
+        out_dir: output folder; if it already holds this run's resume state, training continues
+            after the last finished epoch, and if it holds this run's finished checkpoint, that is
+            returned without training again.
+        progress: called with a :class:`ProgressEvent` after every step and epoch.
+        should_stop: polled between steps; True raises :class:`Cancelled` (the resume state of the
+            last finished epoch stays on disk).
+        resume: set False to ignore (and overwrite) existing resume state.
+
+    Returns:
+        A :class:`TrainResult` whose ``card`` is the content of ``model.json``: ``arch``,
+        ``num_classes``, ``class_names``, ``image_size``, ``channels``, ``normalization``,
+        ``defense``, ``metrics`` (train_loss, train_accuracy, test_accuracy, epochs, seconds),
+        ``seed``, ``config``, ``data`` (dataset summary), ``versions``.
+    """
+    progress = progress or no_progress
+    should_stop = should_stop or never_stop
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = cfg.fingerprint()
+
+    if resume and (out / CARD_FILE).is_file() and (out / WEIGHTS_FILE).is_file():
+        card = read_card(out)
+        if card.get("fingerprint") == fingerprint:
+            log.info("%s already holds this finished run; not training again", out)
+            progress(ProgressEvent("done", 1.0, "already trained", metrics=_numeric(card["metrics"])))
+            return TrainResult(out, card, card.get("history", []))
+
+    device = resolve_device(cfg.device)
+    progress(ProgressEvent("load", 0.0, f"loading {cfg.data.source}"))
+    t_load = time.perf_counter()
+    splits = load_dataset(cfg.data)
+    norm = splits.normalization
+    num_classes = len(splits.class_names)
+    log.info("loaded %s: %d train / %d test images, %d identities in %.1fs", cfg.data.source,
+             len(splits.train), len(splits.test), num_classes, time.perf_counter() - t_load)
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, num_classes, image_size=cfg.data.image_size,
+                         in_channels=cfg.data.channels, weights_path=cfg.weights_path)
+    defense: Defense = build_defense(cfg.defense)
+    defense.setup(TrainContext(
+        train_labels=splits.train.labels, num_classes=num_classes, image_size=cfg.data.image_size,
+        channels=cfg.data.channels, normalization=norm, seed=cfg.seed, epochs=cfg.epochs, device=device,
+    ))
+    model = defense.prepare_model(model).to(device)
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    opt = _make_optimizer(cfg, model.parameters())
+    sched = _make_schedule(cfg, opt)
+
+    history: list[dict[str, float]] = []
+    start_epoch, elapsed = 0, 0.0
+    resume_path = out / RESUME_FILE
+    if resume and resume_path.is_file():
+        state = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if state.get("fingerprint") != fingerprint:
+            raise ValueError(
+                f"out_dir: {out} holds the resume state of a different run; use another folder or resume=False"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        start_epoch, history, elapsed = state["epoch"], list(state["history"]), float(state["seconds"])
+        log.info("resuming %s after epoch %d", out, start_epoch)
+        progress(ProgressEvent("train", start_epoch / cfg.epochs, f"resumed after epoch {start_epoch}",
+                               epoch=start_epoch, epochs=cfg.epochs))
+
+    images = splits.train.images.to(device)
+    labels = splits.train.labels.to(device)
+    n = len(splits.train)
+    test_acc = float("nan")
+    t0 = time.perf_counter()
+
+    def save_state(epoch: int) -> None:
+        _save_resume(resume_path, {
+            "fingerprint": fingerprint, "epoch": epoch, "history": history,
+            "seconds": elapsed + time.perf_counter() - t0, "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+        })
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        torch.manual_seed(cfg.seed * 1_000_037 + epoch)  # dropout & co: same per epoch after a resume
+        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        aug = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_033 + epoch)
+        subset = defense.epoch_indices(epoch, n)
+        order = subset[torch.randperm(len(subset), generator=shuffle)] if subset is not None else \
+            torch.randperm(n, generator=shuffle)
+        steps = max(1, math.ceil(len(order) / cfg.batch_size))
+        loss_sum, correct, seen = 0.0, 0, 0
+        extras: dict[str, float] = {}
+        for step in range(steps):
+            if should_stop():
+                # The resume file already holds the state after the last finished epoch; the
+                # half-done epoch is dropped and re-run on resume, so the result stays the same.
+                raise Cancelled(f"stopped during epoch {epoch + 1}; will resume after epoch {epoch}")
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
+            x = to_float(images[idx], norm)
+            y = labels[idx]
+            if "hflip" in cfg.augment:
+                x = _hflip(x, aug)
+            x = defense.transform(x, y, idx, epoch, aug)
+            if use_cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
+                loss, logits, logs = defense.loss(model, x, y, epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            batch_loss = float(loss.detach())
+            loss_sum += batch_loss * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
+            for k, v in logs.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / steps
+            progress(ProgressEvent(
+                "train", (epoch + (step + 1) / steps) / cfg.epochs, "", epoch=epoch + 1, epochs=cfg.epochs,
+                step=step + 1, steps=steps, metrics={"loss": batch_loss},
+            ))
+        sched.step()
+        last = epoch + 1 == cfg.epochs
+        if last or (epoch + 1) % cfg.eval_every == 0:
+            test_acc = evaluate_accuracy(model, splits.test, norm, device)
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                  "test_accuracy": test_acc, "lr": opt.param_groups[0]["lr"], **extras}
+        history.append(record)
+        save_state(epoch + 1)
+        progress(ProgressEvent(
+            "epoch", (epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", epoch=epoch + 1,
+            epochs=cfg.epochs, metrics={k: v for k, v in record.items() if k not in ("epoch",)},
+        ))
+
+    seconds = elapsed + time.perf_counter() - t0
+    final = history[-1] if history else {}
+    card = {
+        "arch": cfg.arch,
+        "num_classes": num_classes,
+        "class_names": list(splits.class_names),
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "normalization": {"mean": list(norm.mean), "std": list(norm.std)} if norm is not None else None,
+        "defense": cfg.defense,
+        "metrics": {
+            "test_accuracy": final.get("test_accuracy"),
+            "train_accuracy": final.get("train_accuracy"),
+            "train_loss": final.get("train_loss"),
+            "epochs": cfg.epochs,
+            "train_seconds": round(seconds, 3),
+        },
+        "history": history,
+        "seed": cfg.seed,
+        "fingerprint": fingerprint,
+        "config": cfg.to_dict(),
+        "data": splits.summary,
+        "device": str(device),
+        "versions": package_versions(),
+    }
+    model.eval()
+    save_checkpoint(model, out, card)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the finished checkpoint supersedes it
+    progress(ProgressEvent("done", 1.0, f"test accuracy {final.get('test_accuracy', float('nan')):.4f}",
+                           metrics=_numeric(card["metrics"])))
+    return TrainResult(out, read_card(out), history)
+
+
+def _numeric(d: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
