@@ -1,0 +1,437 @@
+"""Service commands of the ``midre`` CLI: serve, worker, demo, admin, jobs.
+
+Loaded by ``midre/cli.py`` (``register(subparsers)``); each parser sets ``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: Environment variables that select production servers; ``midre demo`` removes them so it always
+#: runs the self-contained embedded stack.
+PRODUCTION_ENV = ("MIDRE_DATABASE_URL", "MIDRE_BROKER_URL", "MIDRE_DATA_DIR")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the service sub-commands to the ``midre`` parser."""
+    p = subparsers.add_parser("serve", help="run the API and a worker (embedded: SQLite + file broker)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p.add_argument("--no-worker", action="store_true", help="start only the API")
+    p.add_argument("--home", help="data folder (sets MIDRE_HOME; default ~/.midre)")
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("worker", help="run a Celery worker that executes jobs")
+    p.add_argument("--queues", help="comma-separated: gpu,cpu (default: both if a GPU is present or in "
+                   "embedded mode, else cpu)")
+    p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1 per GPU)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--hostname", help="Celery node name (default midre-<pid>@<host>)")
+    p.set_defaults(func=cmd_worker)
+
+    p = subparsers.add_parser("demo", help="start the embedded service, run a digits job over REST, "
+                              "download the checkpoint and report")
+    p.add_argument("--home", help="data folder (sets MIDRE_HOME; default ~/.midre)")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    p.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+    admin = subparsers.add_parser("admin", help="administration").add_subparsers(dest="admin_command",
+                                                                                 metavar="ACTION")
+    p = admin.add_parser("create-key", help="create an API key for a tenant (printed once)")
+    p.add_argument("--tenant", required=True, help="tenant name (created when new)")
+    p.set_defaults(func=cmd_create_key)
+
+    jobs = subparsers.add_parser("jobs", help="submit and follow jobs over REST").add_subparsers(
+        dest="jobs_command", metavar="ACTION"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("MIDRE_URL", "http://127.0.0.1:8000"),
+                        help="service URL (default $MIDRE_URL or http://127.0.0.1:8000)")
+    common.add_argument("--api-key", default=os.environ.get("MIDRE_API_KEY"),
+                        help="API key (default $MIDRE_API_KEY)")
+    p = jobs.add_parser("submit", parents=[common], help="submit a job spec (JSON file, '-' or inline JSON)")
+    p.add_argument("spec", help="path to a JSON spec, '-' for stdin, or the JSON itself")
+    p.add_argument("--idempotency-key")
+    p.set_defaults(func=cmd_jobs_submit)
+    p = jobs.add_parser("status", parents=[common], help="print a job as JSON")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_jobs_status)
+    p = jobs.add_parser("wait", parents=[common], help="follow a job with a progress bar until it ends")
+    p.add_argument("job_id")
+    p.add_argument("--timeout", type=float, help="seconds")
+    p.set_defaults(func=cmd_jobs_wait)
+    p = jobs.add_parser("download", parents=[common], help="download a job's artifacts (sha256 checked)")
+    p.add_argument("job_id")
+    p.add_argument("--dest", default=".", help="folder (default: current folder)")
+    p.add_argument("--name", action="append", help="only this artifact (repeatable)")
+    p.set_defaults(func=cmd_jobs_download)
+    p = jobs.add_parser("cancel", parents=[common], help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_jobs_cancel)
+
+
+# -- serve / worker ------------------------------------------------------------------------------
+def _gpu_present() -> bool:
+    """A cheap GPU check that does not initialise CUDA in the parent of forked workers."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def worker_command(concurrency: int = 1) -> list[str]:
+    """The command line of a worker process (same interpreter, same environment)."""
+    return [sys.executable, "-m", "midre.cli", "worker", "--concurrency", str(concurrency)]
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies (Linux), so no worker is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM (Celery's warm shutdown), then SIGKILL of the process group after ``grace``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """API (uvicorn, in this process) + worker processes; one data folder in embedded mode."""
+    import uvicorn
+
+    from services.db.migrate import upgrade
+    from services.gateway.app import create_app
+    from services.settings import Settings
+
+    if args.home:
+        os.environ["MIDRE_HOME"] = str(Path(args.home).expanduser().resolve())
+    settings = Settings()
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+    mode = "embedded (SQLite + file-system broker)" if settings.embedded else "production"
+    print(f"midre serve: {mode}; data in {settings.storage_dir}", file=sys.stderr)
+    workers: list[subprocess.Popen[bytes]] = []
+    if not args.no_worker:
+        for _ in range(max(args.workers, 0)):
+            workers.append(
+                subprocess.Popen(worker_command(), start_new_session=True, preexec_fn=_die_with_parent)
+            )
+    try:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                    timeout_graceful_shutdown=5)
+    finally:
+        for proc in workers:
+            _stop(proc)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker (blocks)."""
+    from services.worker.app import celery_app, settings
+
+    if args.queues:
+        logical = [q.strip() for q in args.queues.split(",") if q.strip()]
+    elif settings.embedded or _gpu_present():
+        logical = ["gpu", "cpu"]
+    else:
+        logical = ["cpu"]
+    bad = [q for q in logical if q not in ("gpu", "cpu")]
+    if bad:
+        raise ValueError(f"--queues: unknown queue {bad[0]!r}; use gpu and/or cpu")
+    queues = ",".join(settings.queue_name(q) for q in logical)  # type: ignore[arg-type]
+    argv = [
+        "worker",
+        f"--loglevel={args.loglevel}",
+        f"--queues={queues}",
+        f"--concurrency={args.concurrency}",
+        "--pool=prefork",
+        f"--hostname={args.hostname or f'midre-{os.getpid()}@%h'}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    _preload()
+    celery_app.worker_main(argv)
+    return 0
+
+
+def _preload() -> None:
+    """Import torch and the trainer once in the worker's main process.
+
+    Pool children are forked from it, so each job (and each child recycled by
+    ``max_tasks_per_child``) starts without paying the imports again. Importing torch does not
+    initialise CUDA, so forking afterwards is safe.
+    """
+    import importlib
+
+    for name in ("midre.train", "midre.data", "midre.study"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+# -- admin -------------------------------------------------------------------------------------
+def cmd_create_key(args: argparse.Namespace) -> int:
+    """Create a tenant's API key; the key is the last word of the last line printed."""
+    from services.db.keys import create_api_key
+    from services.db.migrate import upgrade
+    from services.db.session import session_scope
+    from services.settings import Settings
+
+    settings = Settings()
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+    with session_scope(settings.db_url) as session:
+        key = create_api_key(session, args.tenant)
+    print(f"Created an API key for tenant {args.tenant!r}; it is shown only once.")
+    print(f"api key: {key}")
+    return 0
+
+
+# -- jobs --------------------------------------------------------------------------------------
+def _client(args: argparse.Namespace) -> Any:
+    from services.client import Client
+
+    return Client(args.url, args.api_key)
+
+
+def _load_spec(text: str) -> dict[str, Any]:
+    if text == "-":
+        raw = sys.stdin.read()
+    elif text.lstrip().startswith("{"):
+        raw = text
+    else:
+        raw = Path(text).read_text()
+    try:
+        spec = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"spec: not valid JSON ({exc})") from exc
+    if not isinstance(spec, dict):
+        raise ValueError("spec: must be a JSON object")
+    return spec
+
+
+def _api_call(fn: Any) -> Any:
+    """Run ``fn`` and turn a service error into an exit code with the problem's detail."""
+    from services.client import ApiError
+
+    try:
+        return fn()
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        for err in exc.problem.get("errors", []):
+            print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
+        return None
+
+
+def cmd_jobs_submit(args: argparse.Namespace) -> int:
+    """Submit a job; prints it as JSON, then its id as the last word of the last line."""
+    spec = _load_spec(args.spec)
+    with _client(args) as client:
+        job = _api_call(lambda: client.submit(spec, args.idempotency_key))
+    if job is None:
+        return 1
+    print(json.dumps(job, indent=2))
+    print(f"submitted {job['status']} job {job['id']}")
+    return 0
+
+
+def cmd_jobs_status(args: argparse.Namespace) -> int:
+    """Print a job as JSON."""
+    with _client(args) as client:
+        job = _api_call(lambda: client.job(args.job_id))
+    if job is None:
+        return 1
+    print(json.dumps(job, indent=2))
+    return 0
+
+
+def follow(client: Any, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+    """Poll a job, drawing ``midre``'s progress bar from its row and its epoch events."""
+    from midre.commands.progress_bar import ProgressBar
+    from midre.progress import ProgressEvent
+
+    bar = ProgressBar()
+    last_event: int | None = None
+    epoch_info: dict[str, Any] = {}
+
+    def update(job: dict[str, Any]) -> None:
+        nonlocal last_event
+        for event in client.events(job_id, after=last_event):
+            last_event = event["id"]
+            if event["data"].get("epoch") is not None:
+                epoch_info.update(epoch=event["data"]["epoch"], epochs=event["data"].get("epochs"))
+        fraction = 1.0 if job["status"] == "succeeded" else float(job["progress"])
+        stage = job["stage"] or job["status"]
+        if job["status"] in ("failed", "cancelled", "cancelling"):
+            stage = job["status"]
+        bar(ProgressEvent(stage=stage, fraction=fraction, message=job.get("message") or "",
+                          epoch=epoch_info.get("epoch"), epochs=epoch_info.get("epochs")))
+
+    job = client.wait(job_id, timeout=timeout, poll=1.0, on_update=update)
+    if job["status"] != "succeeded":
+        sys.stderr.write("\n")
+    return job
+
+
+def cmd_jobs_wait(args: argparse.Namespace) -> int:
+    """Follow a job to its end; exit 0 only if it succeeded."""
+    with _client(args) as client:
+        job = _api_call(lambda: follow(client, args.job_id, args.timeout))
+    if job is None:
+        return 1
+    if job["status"] != "succeeded":
+        error = job.get("error") or {}
+        print(f"job {job['id']} {job['status']}: {error.get('message', '')}", file=sys.stderr)
+        return 1
+    print(f"job {job['id']} succeeded; metrics: {json.dumps(job['metrics'])}")
+    return 0
+
+
+def cmd_jobs_download(args: argparse.Namespace) -> int:
+    """Download artifacts; prints one path per line."""
+    with _client(args) as client:
+        paths = _api_call(lambda: client.download(args.job_id, args.dest, args.name))
+    if paths is None:
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_jobs_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job."""
+    with _client(args) as client:
+        job = _api_call(lambda: client.cancel(args.job_id))
+    if job is None:
+        return 1
+    print(f"job {job['id']} {job['status']}")
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------------
+def demo_spec(epochs: int) -> dict[str, Any]:
+    """The demo's job: a ``pipeline`` study when ``midre.study`` is installed, else a ``train`` job.
+
+    Both run on the built-in ``digits`` data with the small CNN at 32x32, so the demo finishes in
+    a couple of minutes on two CPU cores.
+    """
+    from services.worker.library import has_study
+
+    common = {
+        "dataset": "digits",
+        "arch": "cnn-small",
+        "defense": {"name": "midre", "a_h": 0.4},
+        "training": {"epochs": epochs, "image_size": 32, "batch_size": 64, "seed": 0},
+        "device": "auto",
+    }
+    if has_study():
+        return {"kind": "pipeline", **common}
+    return {"kind": "train", **common}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the service exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the service at {url} was not ready after {timeout:.0f}s")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the embedded service, run one digits job over REST, download its results, stop."""
+    from services.client import Client
+    from services.db.keys import create_api_key
+    from services.db.session import session_scope
+    from services.settings import Settings
+
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    if args.home:
+        env["MIDRE_HOME"] = str(Path(args.home).expanduser().resolve())
+    for key in PRODUCTION_ENV:
+        os.environ.pop(key, None)
+    if "MIDRE_HOME" in env:
+        os.environ["MIDRE_HOME"] = env["MIDRE_HOME"]
+    settings = Settings()
+    settings.ensure_dirs()
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    print(f"[1/5] starting the embedded service on {url} (data in {settings.home}; log in "
+          f"{log_dir / 'demo-serve.log'})")
+    with open(log_dir / "demo-serve.log", "ab") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "midre.cli", "serve", "--port", str(port)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    try:
+        _wait_ready(url, server, timeout=120)
+        with session_scope(settings.db_url) as session:
+            key = create_api_key(session, "demo")
+        print("[2/5] created an API key for tenant 'demo'")
+        spec = demo_spec(args.epochs)
+        with Client(url, key) as client:
+            job = client.submit(spec)
+            print(f"[3/5] submitted a {spec['kind']} job {job['id']} "
+                  f"({spec['arch']}, {spec['defense']['name']} a_h={spec['defense']['a_h']}, digits)")
+            job = follow(client, job["id"], timeout=args.timeout)
+            if job["status"] != "succeeded":
+                error = job.get("error") or {}
+                print(f"job {job['id']} {job['status']}: {error.get('message', '')}", file=sys.stderr)
+                return 1
+            dest = settings.home / "demo" / job["id"]
+            paths = client.download(job["id"], dest)
+            print(f"[4/5] downloaded {len(paths)} artifacts (sha256 verified) to {dest}")
+            names = {p.relative_to(dest).as_posix(): p for p in paths}
+            checkpoint = next((p for n, p in sorted(names.items()) if n.endswith("model.safetensors")), None)
+            report = names.get("report.html") or names.get("report.json") or names.get("model.json")
+            metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(job["metrics"].items()))
+            print(f"      metrics: {metrics}")
+            if checkpoint:
+                print(f"      checkpoint: {checkpoint}")
+            if report:
+                print(f"      report: {report}")
+        print("[5/5] stopping the service")
+    finally:
+        _stop(server, grace=15)
+    print(f"done: results in {dest}")
+    return 0

@@ -1,0 +1,165 @@
+"""A small Python client of the MIDRE service (used by ``midre jobs ...`` and ``midre demo``).
+
+Example:
+    >>> from services.client import Client
+    >>> with Client("http://127.0.0.1:8000", api_key) as c:  # doctest: +SKIP
+    ...     job = c.submit({"kind": "train", "dataset": "digits", "arch": "cnn-small",
+    ...                     "defense": {"name": "midre", "a_h": 0.4}, "training": {"epochs": 2}})
+    ...     job = c.wait(job["id"])
+    ...     paths = c.download(job["id"], "out/")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ApiError(RuntimeError):
+    """An error answer of the service (its problem-details body is kept)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+        super().__init__(f"{status} {problem.get('code', '')}: {detail}".strip())
+        self.status = status
+        self.problem = problem
+
+
+class Client:
+    """Thin, typed-by-convention wrapper around the REST API.
+
+    Args:
+        url: base URL, e.g. ``http://127.0.0.1:8000`` (default ``$MIDRE_URL``).
+        api_key: bearer key (default ``$MIDRE_API_KEY``).
+        timeout: seconds per request.
+    """
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.url = (url or os.environ.get("MIDRE_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = api_key or os.environ.get("MIDRE_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self.http.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text[:500]}
+            raise ApiError(response.status_code, problem)
+        return response
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the API and return the decoded JSON (None for an empty body)."""
+        response = self._check(self.http.request(method, path, **kwargs))
+        return response.json() if response.content else None
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """Submit a job spec; returns the job."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self.request("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """One job."""
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def events(self, job_id: str, after: int | None = None) -> Iterator[dict[str, Any]]:
+        """Every event of a job after ``after``, following pagination."""
+        while True:
+            params = {"limit": 500} | ({"after": after} if after is not None else {})
+            page = self.request("GET", f"/v1/jobs/{job_id}/events", params=params)
+            yield from page["items"]
+            if page["items"]:
+                after = page["items"][-1]["id"]
+            if page["next_cursor"] is None:
+                return
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask a job to stop."""
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 1.0,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job ends (or ``timeout`` seconds pass: TimeoutError); returns the job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+            time.sleep(poll)
+
+    # -- artifacts ----------------------------------------------------------------------------
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's artifacts (name, size, sha256, ...)."""
+        return self.request("GET", f"/v1/jobs/{job_id}/artifacts")["items"]
+
+    def download(self, job_id: str, dest: str | Path, names: list[str] | None = None) -> list[Path]:
+        """Download artifacts into ``dest`` (all of them by default), checking each sha256."""
+        dest = Path(dest)
+        paths = []
+        for item in self.artifacts(job_id):
+            if names and item["name"] not in names:
+                continue
+            target = (dest / item["name"]).resolve()
+            if dest.resolve() not in target.parents:
+                raise ValueError(f"refusing artifact name {item['name']!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256()
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{item['name']}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._check(response)
+                with open(target, "wb") as fh:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        fh.write(chunk)
+            if digest.hexdigest() != item["sha256"]:
+                raise ValueError(f"{item['name']}: sha256 mismatch after download")
+            paths.append(target)
+        return paths
+
+    # -- datasets -----------------------------------------------------------------------------
+    def upload_dataset(self, archive: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Upload an ImageFolder archive; returns the dataset with its validation summary."""
+        archive = Path(archive)
+        with open(archive, "rb") as fh:
+            return self.request(
+                "POST",
+                "/v1/datasets",
+                files={"file": (archive.name, fh, "application/octet-stream")},
+                data={"name": name or archive.name},
+            )
+
+    def model_card(self, job_id: str) -> dict[str, Any]:
+        """The model card of a succeeded job."""
+        return self.request("GET", f"/v1/models/{job_id}")
+

@@ -1,0 +1,98 @@
+"""Job states and the few writes the API and the worker both make."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from services.db.models import Job, JobEvent
+from services.db.types import utcnow
+
+QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+KINDS = ("train", "attack_eval", "pipeline")
+
+
+def add_event(
+    session: Session,
+    job: Job,
+    type_: str,
+    message: str = "",
+    *,
+    stage: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> JobEvent:
+    """Append one event to a job's log (flushed, not committed)."""
+    event = JobEvent(
+        job_id=job.id,
+        type=type_,
+        attempt=job.attempt,
+        stage=stage,
+        message=message,
+        data=data or {},
+        created_at=utcnow(),
+    )
+    session.add(event)
+    return event
+
+
+def set_status(
+    session: Session,
+    job: Job,
+    status: str,
+    message: str = "",
+    *,
+    error_code: str | None = None,
+) -> None:
+    """Move a job to ``status``, stamp the times and log a ``status`` event."""
+    now = utcnow()
+    job.status = status
+    if status == RUNNING and job.started_at is None:
+        job.started_at = now
+    if status in TERMINAL:
+        job.finished_at = now
+        job.cancel_requested = False if status != CANCELLED else job.cancel_requested
+    if status == SUCCEEDED:
+        job.progress = 1.0
+    if error_code is not None:
+        job.error_code = error_code
+        job.error_message = message
+    add_event(session, job, "status", message or status, stage=job.stage, data={"status": status})
+
+
+def transition(
+    session: Session,
+    job: Job,
+    expected: Iterable[str],
+    status: str,
+    *,
+    attempt: int | None = None,
+    **values: Any,
+) -> bool:
+    """Compare-and-set the status: move ``job`` to ``status`` only if it is still in ``expected``.
+
+    A conditional UPDATE, so it is race-free on SQLite and PostgreSQL alike (the API cancelling
+    while a worker claims). With ``attempt``, only that attempt of the job may make the move.
+    Refreshes ``job``; returns whether the move happened (the caller then logs the event).
+    """
+    now = utcnow()
+    if status in TERMINAL:
+        values.setdefault("finished_at", now)
+    if status == SUCCEEDED:
+        values.setdefault("progress", 1.0)
+    condition = (Job.id == job.id) & Job.status.in_(list(expected))
+    if attempt is not None:
+        condition = condition & (Job.attempt == attempt)
+    result = session.execute(
+        update(Job)
+        .where(condition)
+        .values(status=status, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(job)
+    return result.rowcount == 1

@@ -1,0 +1,1 @@
+"""The REST gateway (FastAPI). ``services.gateway.app:app`` is the ASGI application."""

@@ -1,0 +1,177 @@
+"""One error shape for every 4xx/5xx answer: RFC 9457 problem details (``application/problem+json``).
+
+``{"type", "title", "status", "detail", "instance", "code", "errors": [{"field", "message"}]}`` —
+``code`` is a stable machine-readable name, ``errors`` lists field errors (dotted paths such as
+``defense.a_h``) for validation failures.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    """One invalid field."""
+
+    field: str = Field(description="Dotted path of the field, e.g. `defense.a_h`.")
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, the body of every error response."""
+
+    type: str = Field("about:blank", description="URI naming the problem type.")
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    code: str = Field(description="Stable machine-readable error code.")
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class ApiError(Exception):
+    """An error the API answers with a problem-details body.
+
+    Args:
+        status: HTTP status code.
+        code: machine-readable code (also the last part of ``type``).
+        detail: human-readable explanation of this occurrence.
+        errors: field errors, for validation failures.
+        headers: extra response headers (e.g. ``WWW-Authenticate``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str | None = None,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    """404 for a missing resource (or one that belongs to another tenant: same answer)."""
+    return ApiError(404, "not_found", f"{what} {ident!r} was not found")
+
+
+def validation_error(field: str, message: str) -> ApiError:
+    """422 naming one invalid field."""
+    return ApiError(
+        422,
+        "validation_error",
+        f"{field}: {message}",
+        errors=[FieldError(field=field, message=message)],
+    )
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """Build the problem-details response."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body = Problem(
+        type=f"urn:midre:problem:{code}",
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        code=code,
+        errors=errors or [],
+    )
+    return JSONResponse(
+        body.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _loc_to_field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
+        parts = parts[1:]
+    # Drop the discriminated-union tag pydantic inserts (e.g. body.train.arch -> arch).
+    if parts and parts[0] in {"train", "attack_eval", "pipeline"} and len(parts) > 1:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _error_field(err: dict[str, Any]) -> str:
+    field = _loc_to_field(tuple(err.get("loc", ())))
+    if err.get("type") in ("union_tag_invalid", "union_tag_not_found"):
+        tag = str((err.get("ctx") or {}).get("discriminator", "kind")).strip("'")
+        field = f"{field}.{tag}" if field != "body" else tag
+    return field
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return problem_response(request, exc.status, exc.code, exc.detail, exc.errors, exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route matches {request.url.path}"
+    return problem_response(
+        request,
+        exc.status_code,
+        codes.get(exc.status_code, f"http_{exc.status_code}"),
+        detail,
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [FieldError(field=_error_field(err), message=str(err.get("msg", "invalid"))) for err in exc.errors()]
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+    return problem_response(request, 422, "validation_error", detail, errors)
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(request, 500, "internal_error", "an unexpected error occurred")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through :func:`problem_response`."""
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unhandled)
+
+
+#: ``responses=`` entry documenting the problem body on routes.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": desc}
+    for code, desc in {
+        401: "Missing or invalid API key",
+        404: "Not found (or owned by another tenant)",
+        422: "Invalid request; `errors` names the fields",
+    }.items()
+}

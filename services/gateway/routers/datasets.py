@@ -1,0 +1,269 @@
+"""``/v1/datasets``: upload an archive, or register ``digits`` / an allow-listed server folder."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from services.db.models import Dataset, Tenant
+from services.db.types import new_id, utcnow
+from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext
+from services.gateway.errors import (
+    PROBLEM_RESPONSES,
+    ApiError,
+    FieldError,
+    not_found,
+    validation_error,
+)
+from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
+from services.gateway.uploads import receive_file, sniff_archive
+from services.gateway.views import dataset_view
+from services.worker.library import DIGITS
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
+
+#: Rejected files listed in a dataset summary (the count is always complete).
+MAX_REJECTED_LISTED = 100
+#: Image side used to check that every image decodes (small: validation, not training).
+CHECK_IMAGE_SIZE = 8
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A .zip / .tar.gz / .tgz / .tar ImageFolder archive "
+                            "(one folder per identity).",
+                        },
+                        "name": {"type": "string", "maxLength": 200},
+                    },
+                }
+            },
+            "application/json": {"schema": DatasetRef.model_json_schema()},
+        },
+    }
+}
+
+
+def _summarize(load: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a client sees: identities, images, rejected files (capped list, full count)."""
+    rejected = list((report or {}).get("rejected", [])) + list(load.get("rejected", []))
+    summary: dict[str, Any] = {
+        "identities": load.get("identities"),
+        "images": (load.get("images") or {}).get("total"),
+        "rejected_count": len((report or {}).get("rejected", [])) + int(load.get("rejected_count", 0)),
+        "rejected": rejected[:MAX_REJECTED_LISTED],
+    }
+    if report is not None:
+        summary["images_per_identity"] = report.get("identities", {})
+        summary["archive_entries"] = report.get("entries")
+        summary["extracted_bytes"] = report.get("total_bytes")
+    return summary
+
+
+def _check_loadable(source: str) -> dict[str, Any]:
+    """Decode every image of ``source`` once (tiny size); raises ``DatasetError`` naming a bad file."""
+    from midre.data import DatasetSpec, load_dataset
+
+    splits = load_dataset(DatasetSpec(source=source, image_size=CHECK_IMAGE_SIZE, channels=1))
+    return dict(splits.summary)
+
+
+def _extract_and_check(ctx: ServiceContext, archive: Path, dest: Path) -> dict[str, Any]:
+    from midre.data import safe_extract
+
+    report = safe_extract(
+        archive,
+        dest,
+        max_files=ctx.settings.max_archive_files,
+        max_total_bytes=ctx.settings.max_extracted_bytes,
+    )
+    if report.images == 0:
+        raise ValueError("file: the archive holds no image files")
+    out = report.to_dict()
+    out.pop("files", None)
+    out["source"] = report.root or str(dest)
+    out["load"] = _check_loadable(out["source"])
+    return out
+
+
+def _dataset_error(exc: Exception) -> ApiError:
+    field = getattr(exc, "field", None) or "file"
+    if field in ("source", "dest"):
+        field = "file"
+    message = str(exc)
+    path = getattr(exc, "path", None)
+    if path:  # never echo server paths back; keep the member name only
+        message = message.replace(str(path), Path(str(path)).name)
+    return ApiError(422, "invalid_dataset", message, errors=[FieldError(field=field, message=message)])
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    summary="Upload or register a dataset",
+    openapi_extra=UPLOAD_BODY,
+    responses={
+        413: PROBLEM_RESPONSES[422] | {"description": "Upload larger than MIDRE_MAX_UPLOAD_BYTES"},
+        415: PROBLEM_RESPONSES[422] | {"description": "Not a .zip / .tar.gz / .tar archive"},
+    },
+)
+async def create_dataset(request: Request, ctx: Ctx, session: DB, tenant: CurrentTenant) -> DatasetPublic:
+    """``multipart/form-data`` with a ``file`` part: an ImageFolder archive, streamed to storage with
+    a size cap, extracted safely (no traversal, links or bombs) and checked image by image; the
+    answer reports identities, images and rejected files. Nothing is stored when it is refused.
+
+    ``application/json`` ``{"name", "source"}``: register ``digits`` or a server folder under one
+    of the operator's ``MIDRE_DATASET_PATHS``.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        return await _upload(request, ctx, session, tenant)
+    if content_type.startswith("application/json"):
+        try:
+            ref = DatasetRef.model_validate_json(await request.body())
+        except ValidationError as exc:
+            errors = [
+                FieldError(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"])
+                for e in exc.errors()
+            ]
+            raise ApiError(422, "validation_error", "invalid dataset reference", errors=errors) from exc
+        return await _register(ref, ctx, session, tenant)
+    raise ApiError(415, "unsupported_media_type", "send multipart/form-data (upload) or application/json")
+
+
+async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: Tenant) -> DatasetPublic:
+    store = ctx.store
+    upload = await receive_file(request, store.upload_dir(), ctx.settings.max_upload_bytes)
+    dataset_id = new_id("ds")
+    dest = store.dataset_dir(dataset_id)
+    try:
+        suffix = sniff_archive(upload.path)
+        if suffix is None:
+            raise ApiError(
+                415,
+                "not_an_archive",
+                "file: not a .zip, .tar.gz, .tgz or .tar archive",
+                errors=[FieldError(field="file", message="not a .zip, .tar.gz, .tgz or .tar archive")],
+            )
+        archive = upload.path.rename(upload.path.with_name(upload.path.name + suffix))
+        upload.path = archive
+        try:
+            report = await run_in_threadpool(_extract_and_check, ctx, archive, dest)
+        except ValueError as exc:  # DatasetError included
+            raise _dataset_error(exc) from exc
+        name = (upload.fields.get("name") or Path(upload.filename).name or dataset_id)[:200]
+        dataset = Dataset(
+            id=dataset_id,
+            tenant_id=tenant.id,
+            name=name,
+            source_type="upload",
+            source=report["source"],
+            size_bytes=upload.size,
+            sha256=upload.sha256,
+            summary=_summarize(report["load"], report),
+            created_at=utcnow(),
+        )
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    finally:
+        upload.path.unlink(missing_ok=True)
+    return dataset_view(dataset)
+
+
+def _allowed_path(ctx: ServiceContext, source: str) -> Path:
+    path = Path(source)
+    if not path.is_absolute():
+        raise validation_error("source", "must be 'digits' or an absolute server path")
+    resolved = path.resolve()
+    for root in ctx.settings.dataset_paths:
+        root = root.resolve()
+        if resolved == root or root in resolved.parents:
+            return resolved
+    raise validation_error("source", "path is not under a folder the operator allow-listed (MIDRE_DATASET_PATHS)")
+
+
+async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: Tenant) -> DatasetPublic:
+    if ref.source == DIGITS:
+        source_type, source = "builtin", DIGITS
+    else:
+        source_type, source = "path", str(_allowed_path(ctx, ref.source))
+    try:
+        splits_summary = await run_in_threadpool(_check_loadable, source)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_dataset", str(exc), errors=[FieldError(field="source", message=str(exc))]) from exc
+    dataset = Dataset(
+        id=new_id("ds"),
+        tenant_id=tenant.id,
+        name=ref.name,
+        source_type=source_type,
+        source=source,
+        size_bytes=None,
+        sha256=None,
+        summary=_summarize(splits_summary),
+        created_at=utcnow(),
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset_view(dataset)
+
+
+@router.get("", response_model=DatasetPage, summary="List datasets (newest first)")
+def list_datasets(
+    session: DB,
+    tenant: CurrentTenant,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> DatasetPage:
+    """The tenant's datasets."""
+    query = select(Dataset).where(Dataset.tenant_id == tenant.id)
+    if cursor:
+        query = query.where(Dataset.id < cursor)
+    rows = session.scalars(query.order_by(Dataset.id.desc()).limit(limit + 1)).all()
+    return DatasetPage(
+        items=[dataset_view(d) for d in rows[:limit]],
+        next_cursor=rows[limit - 1].id if len(rows) > limit else None,
+    )
+
+
+def _get_dataset(session: DB, tenant: Tenant, dataset_id: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.tenant_id != tenant.id:
+        raise not_found("dataset", dataset_id)
+    return dataset
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a dataset")
+def read_dataset(session: DB, tenant: CurrentTenant, dataset_id: str) -> DatasetPublic:
+    """One dataset and its validation summary."""
+    return dataset_view(_get_dataset(session, tenant, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, summary="Delete a dataset")
+def delete_dataset(ctx: Ctx, session: DB, tenant: CurrentTenant, dataset_id: str) -> Response:
+    """Forget a dataset and delete its extracted files (jobs already trained keep their artifacts)."""
+    dataset = _get_dataset(session, tenant, dataset_id)
+    if dataset.source_type == "upload":
+        ctx.store.remove_tree(ctx.store.dataset_dir(dataset.id))
+    session.delete(dataset)
+    session.commit()
+    return Response(status_code=204)

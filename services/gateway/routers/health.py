@@ -1,0 +1,44 @@
+"""``/healthz`` (liveness), ``/readyz`` (DB + broker reachable)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from services.gateway.deps import Ctx
+from services.gateway.schemas import Health
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness")
+def healthz() -> Health:
+    """The process is up (no dependency is checked)."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Health,
+    summary="Readiness",
+    responses={503: {"model": Health, "description": "The database or the broker is unreachable"}},
+)
+async def readyz(ctx: Ctx) -> JSONResponse:
+    """Ready when the database answers ``SELECT 1`` and the broker accepts a connection."""
+
+    def check_db() -> None:
+        with ctx.sessions() as session:
+            session.execute(text("SELECT 1"))
+
+    checks: dict[str, str] = {}
+    for name, check in (("database", check_db), ("broker", ctx.dispatcher.ping)):
+        try:
+            await run_in_threadpool(check)
+            checks[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - report, do not crash
+            checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
+    ok = all(v == "ok" for v in checks.values())
+    body = Health(status="ok" if ok else "unavailable", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)

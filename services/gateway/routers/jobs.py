@@ -1,0 +1,214 @@
+"""``/v1/jobs``: submit, list, inspect, follow events, cancel."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.db import jobs as jobstate
+from services.db.models import Dataset, Job, JobEvent, Tenant
+from services.db.types import new_id, utcnow
+from services.gateway.deps import DB, Ctx, CurrentTenant
+from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
+from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
+from services.gateway.views import event_view, job_view
+from services.worker.library import DIGITS, SpecError, validate_spec
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES)
+
+StatusFilter = Annotated[str | None, Query(description="Only jobs in this status.")]
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """The tenant's job ``job_id``; 404 when missing or someone else's."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant.id:
+        raise not_found("job", job_id)
+    return job
+
+
+def resolve_dataset(session: Session, tenant: Tenant, ref: str) -> tuple[str, str | None]:
+    """``(source, dataset_id)`` of a job's ``dataset`` field; 422 naming ``dataset`` when unknown."""
+    if ref == DIGITS:
+        return DIGITS, None
+    dataset = session.get(Dataset, ref)
+    if dataset is None or dataset.tenant_id != tenant.id:
+        raise validation_error("dataset", f"unknown dataset {ref!r}: use 'digits' or the id of your dataset")
+    return dataset.source, dataset.id
+
+
+def _check_model_job(session: Session, tenant: Tenant, ref: str) -> None:
+    job = session.get(Job, ref)
+    if job is None or job.tenant_id != tenant.id:
+        raise validation_error("model_job", f"unknown job {ref!r}")
+    if job.kind != "train" or job.status != jobstate.SUCCEEDED:
+        raise validation_error("model_job", f"job {ref!r} is not a succeeded train job")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobPublic,
+    summary="Submit a job",
+    responses={200: {"model": JobPublic, "description": "Replay of an earlier request (Idempotency-Key)"}},
+)
+async def submit_job(
+    ctx: Ctx,
+    session: DB,
+    tenant: CurrentTenant,
+    response: Response,
+    spec: Annotated[JobSpec, Body(discriminator="kind")],
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="Retrying with the same key returns the first job."),
+    ] = None,
+) -> JobPublic:
+    """Validate the spec against the library, store the job, then queue it (after the commit)."""
+    spec_dict: dict[str, Any] = spec.model_dump(mode="json", exclude_none=False)
+    if idempotency_key:
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return _replay(session, existing, spec_dict, response)
+
+    source, dataset_id = None, None
+    if "dataset" in spec_dict:
+        source, dataset_id = resolve_dataset(session, tenant, spec_dict["dataset"])
+    if spec_dict["kind"] == "attack_eval":
+        _check_model_job(session, tenant, spec_dict["model_job"])
+    try:
+        await run_in_threadpool(validate_spec, spec_dict, source)
+    except SpecError as exc:
+        raise validation_error(exc.field, exc.message) from exc
+
+    queue = ctx.settings.queue_name(ctx.dispatcher.route(spec_dict.get("device", "auto")))
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant.id,
+        kind=spec_dict["kind"],
+        status=jobstate.QUEUED,
+        spec=spec_dict,
+        queue=queue,
+        idempotency_key=idempotency_key,
+        dataset_id=dataset_id,
+        progress=0.0,
+        stage="queued",
+        attempt=0,
+        cancel_requested=False,
+        created_at=utcnow(),
+    )
+    session.add(job)
+    jobstate.add_event(session, job, "status", f"queued on {queue}", stage="queued", data={"status": "queued"})
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the race
+        session.rollback()
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is None:
+            raise
+        return _replay(session, existing, spec_dict, response)
+
+    try:
+        await run_in_threadpool(ctx.dispatcher.send, job.id, queue)
+    except Exception as exc:  # noqa: BLE001 - the reaper re-sends jobs never dispatched
+        log.warning("could not queue %s now (%s); a worker's reaper will", job.id, exc)
+    else:
+        job.dispatched_at = utcnow()
+        session.commit()
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_view(session, job)
+
+
+def _replay(session: Session, job: Job, spec: dict[str, Any], response: Response) -> JobPublic:
+    if job.spec != spec:
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )
+    response.status_code = 200
+    response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job_view(session, job)
+
+
+@router.get("", response_model=JobPage, summary="List jobs (newest first)")
+def list_jobs(
+    ctx: Ctx,
+    session: DB,
+    tenant: CurrentTenant,
+    status: StatusFilter = None,
+    kind: Annotated[str | None, Query(description="Only jobs of this kind.")] = None,
+    cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Cursor pagination over the tenant's jobs, optionally filtered by status and kind."""
+    if status is not None and status not in jobstate.STATUSES:
+        raise validation_error("status", f"must be one of {', '.join(jobstate.STATUSES)}")
+    if kind is not None and kind not in jobstate.KINDS:
+        raise validation_error("kind", f"must be one of {', '.join(jobstate.KINDS)}")
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    if kind:
+        query = query.where(Job.kind == kind)
+    if cursor:
+        query = query.where(Job.id < cursor)
+    rows = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
+    items = [job_view(session, job) for job in rows[:limit]]
+    return JobPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
+def read_job(session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
+    """Status, progress (0..1 + stage), timestamps, error and metrics of one job."""
+    return job_view(session, get_job(session, tenant, job_id))
+
+
+@router.get("/{job_id}/events", response_model=EventPage, summary="A job's events")
+def list_events(
+    session: DB,
+    tenant: CurrentTenant,
+    job_id: str,
+    after: Annotated[int | None, Query(ge=0, description="Return events with id > after.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    """The append-only event log, oldest first: status and stage changes, epochs, log lines."""
+    job = get_job(session, tenant, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after is not None:
+        query = query.where(JobEvent.id > after)
+    rows = session.scalars(query.order_by(JobEvent.id).limit(limit + 1)).all()
+    items = [event_view(e) for e in rows[:limit]]
+    return EventPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    status_code=202,
+    summary="Cancel a job",
+    responses={409: PROBLEM_RESPONSES[404] | {"description": "The job already finished"}},
+)
+def cancel_job(session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
+    """A queued job is cancelled at once; a running one goes to ``cancelling`` and its worker stops
+    at the next step, saving its resume state."""
+    job = get_job(session, tenant, job_id)
+    if jobstate.transition(session, job, [jobstate.QUEUED], jobstate.CANCELLED, cancel_requested=True):
+        jobstate.add_event(session, job, "status", "cancelled before it started", data={"status": "cancelled"})
+    elif jobstate.transition(session, job, [jobstate.RUNNING], jobstate.CANCELLING, cancel_requested=True):
+        jobstate.add_event(session, job, "status", "cancel requested", data={"status": "cancelling"})
+    elif job.status in jobstate.TERMINAL:
+        raise ApiError(409, "job_finished", f"job {job_id} already {job.status}")
+    session.commit()
+    return job_view(session, job)

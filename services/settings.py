@@ -1,0 +1,124 @@
+"""Every setting of the service, read from ``MIDRE_*`` environment variables in one place.
+
+Two ways to run share this one ``Settings`` class:
+
+* **embedded** (default): leave ``MIDRE_DATABASE_URL`` and ``MIDRE_BROKER_URL`` unset and everything
+  (SQLite database, file-system Celery broker, artifacts, job work folders) lives under
+  ``MIDRE_HOME`` (default ``~/.midre``).
+* **production**: point ``MIDRE_DATABASE_URL`` at PostgreSQL and ``MIDRE_BROKER_URL`` at Redis or
+  RabbitMQ, and ``MIDRE_DATA_DIR`` at a volume every API and worker container shares.
+
+There are no default secrets: API keys are created with ``midre admin create-key`` and stored hashed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+QueueName = Literal["gpu", "cpu"]
+
+
+def _default_home() -> Path:
+    return Path(os.path.expanduser("~")) / ".midre"
+
+
+class Settings(BaseSettings):
+    """The service configuration (env prefix ``MIDRE_``; see ``docs/service.md`` for the table)."""
+
+    model_config = SettingsConfigDict(env_prefix="MIDRE_", extra="ignore", env_file=None)
+
+    home: Path = Field(default_factory=_default_home, description="Embedded mode's data folder.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite:///$MIDRE_HOME/midre.sqlite3."
+    )
+    broker_url: str | None = Field(
+        None,
+        description="Celery broker URL (redis://, amqp://); default a file-system broker under "
+        "$MIDRE_HOME/broker.",
+    )
+    data_dir: Path | None = Field(
+        None, description="Artifacts, datasets and job work folders; default $MIDRE_HOME/data."
+    )
+    broker_prefix: str = Field(
+        "", description="Prefix of queue names (and of Redis keys) so several stacks share a broker."
+    )
+    auto_queue: QueueName = Field("gpu", description="Queue of jobs whose spec says device 'auto'.")
+    visibility_timeout_s: int = Field(
+        48 * 3600, ge=60, description="Redis visibility timeout; must exceed the longest job."
+    )
+    worker_max_tasks_per_child: int = Field(20, ge=1, description="Recycle a worker child after N jobs.")
+    heartbeat_s: float = Field(10.0, gt=0, description="How often a running job writes its heartbeat.")
+    stale_after_s: float = Field(
+        120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."
+    )
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often workers look for stale jobs.")
+    max_attempts: int = Field(3, ge=1, description="Give up on a job after this many worker losses.")
+    cancel_poll_s: float = Field(1.0, ge=0, description="Seconds between DB reads of the cancel flag.")
+    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset archive accepted.")
+    max_archive_files: int = Field(200_000, ge=1, description="Most files an archive may hold.")
+    max_extracted_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Most bytes an archive may expand to (zip-bomb guard)."
+    )
+    dataset_paths: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Server-side folders a dataset may reference (comma-separated list).",
+    )
+    auto_migrate: bool = Field(True, description="Apply Alembic migrations when the API starts.")
+    page_size_max: int = Field(200, ge=1, description="Largest page of a list endpoint.")
+
+    @field_validator("dataset_paths", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external broker is configured (file-system transport under ``home``)."""
+        return self.broker_url is None
+
+    @property
+    def db_url(self) -> str:
+        """The database URL actually used."""
+        return self.database_url or f"sqlite:///{self.home / 'midre.sqlite3'}"
+
+    @property
+    def broker(self) -> str:
+        """The broker URL actually used."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        """Folder of the embedded file-system broker."""
+        return self.home / "broker"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Root of artifacts, datasets and job work folders."""
+        return self.data_dir or (self.home / "data")
+
+    def queue_name(self, queue: QueueName) -> str:
+        """The broker queue name of the logical ``gpu``/``cpu`` queue."""
+        return f"{self.broker_prefix}{queue}"
+
+    def ensure_dirs(self) -> None:
+        """Create the local folders this configuration writes to."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        if self.db_url.startswith("sqlite:///"):
+            Path(self.db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.embedded:
+            for sub in ("queue", "processed", "control"):
+                (self.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,118 @@
+"""Content-addressed artifact store on a local (or shared network) folder.
+
+Blobs live at ``<root>/blobs/<sha[:2]>/<sha>``; the database maps ``(job, name)`` to a sha256, so
+an artifact's bytes are verified by construction and identical files are stored once. The same
+small interface (``put_file``, ``open``, ``path``, ``delete``) is what an S3-compatible store would
+implement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """Where a stored file went and what it is."""
+
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    """Artifacts as content-addressed blobs under ``root``.
+
+    Args:
+        root: the folder (created on demand); for several machines, a shared volume.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blob_root = self.root / "blobs"
+
+    def _blob_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.blob_root / sha256[:2] / sha256
+
+    def put_file(self, path: Path) -> StoredBlob:
+        """Copy ``path`` into the store (hashing while copying) and return its digest and size."""
+        self.blob_root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=self.blob_root)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            dest = self._blob_path(sha)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp_name, dest)  # atomic; an identical blob is simply overwritten
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return StoredBlob(sha256=sha, size=size)
+
+    def path(self, sha256: str) -> Path:
+        """The local file of a blob (raises FileNotFoundError when missing)."""
+        path = self._blob_path(sha256)
+        if not path.is_file():
+            raise FileNotFoundError(f"blob {sha256} is missing from {self.blob_root}")
+        return path
+
+    def open(self, sha256: str) -> BinaryIO:
+        """Open a blob for reading."""
+        return open(self.path(sha256), "rb")
+
+    def verify(self, sha256: str) -> bool:
+        """True when the stored bytes still hash to ``sha256``."""
+        return sha256_file(self.path(sha256)) == sha256
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob (the caller checks nothing else references it)."""
+        self._blob_path(sha256).unlink(missing_ok=True)
+
+    # Folders next to the blobs, for things that are not content-addressed.
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        """Where an uploaded dataset is extracted."""
+        return self.root / "datasets" / dataset_id
+
+    def upload_dir(self) -> Path:
+        """Scratch folder for archives being uploaded (same filesystem as ``datasets``)."""
+        path = self.root / "uploads"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def work_dir(self, job_id: str) -> Path:
+        """A job's work folder: its outputs and resume checkpoints (kept across redeliveries)."""
+        return self.root / "work" / job_id
+
+    def remove_tree(self, path: Path) -> None:
+        """Delete a folder under the store root (refuses anything outside it)."""
+        path = Path(path).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"refusing to delete {path}: not under {self.root}")
+        shutil.rmtree(path, ignore_errors=True)

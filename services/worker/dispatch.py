@@ -1,0 +1,78 @@
+"""Sending jobs to the broker (used by the API and by the reaper)."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+
+from celery import Celery
+from kombu import Connection
+
+from services.settings import QueueName, Settings
+from services.worker.celery_app import TASK_NAME, make_celery
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Publishes ``run_job(job_id)`` messages and inspects the queues.
+
+    Args:
+        settings: the service settings (broker URL, queue prefix).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def celery(self) -> Celery:
+        """The Celery app used as a producer."""
+        return make_celery(self.settings)
+
+    def route(self, device: str) -> QueueName:
+        """The logical queue of a job: ``cuda`` -> gpu, ``cpu`` -> cpu, ``auto`` -> the setting."""
+        if device == "cuda":
+            return "gpu"
+        if device == "cpu":
+            return "cpu"
+        return self.settings.auto_queue
+
+    def send(self, job_id: str, queue: str) -> None:
+        """Publish the job (``queue`` is the full broker queue name); raises on broker errors."""
+        self.celery.send_task(
+            TASK_NAME,
+            args=[job_id],
+            queue=queue,
+            routing_key=queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each queue (``-1`` when the broker cannot be asked)."""
+        depths: dict[str, int] = {}
+        try:
+            with self.celery.connection_for_write() as conn, conn.channel() as channel:
+                for logical in ("gpu", "cpu"):
+                    name = self.settings.queue_name(logical)  # type: ignore[arg-type]
+                    try:
+                        depths[logical] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                    except Exception:  # noqa: BLE001 - a missing queue is an empty one
+                        depths[logical] = 0
+        except Exception as exc:  # noqa: BLE001
+            log.warning("queue depth unavailable: %s", exc)
+            return {"gpu": -1, "cpu": -1}
+        return depths
+
+    def ping(self, timeout: float = 3.0) -> None:
+        """Raise when the broker cannot be reached within ``timeout`` seconds."""
+        if self.settings.embedded:
+            folder = self.settings.broker_dir / "queue"
+            if not folder.is_dir():
+                raise RuntimeError(f"broker folder {folder} is missing")
+            return
+        conn: Connection = self.celery.connection_for_write()
+        try:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        finally:
+            conn.release()

@@ -1,0 +1,136 @@
+"""Recovering jobs from lost workers and lost messages, using the DB as the source of truth.
+
+Runs in every worker's main process (a daemon thread, every ``reaper_interval_s``):
+
+* a ``running`` / ``cancelling`` job whose heartbeat is older than ``stale_after_s`` lost its
+  worker (SIGKILL, OOM, node gone): it is re-queued (the next attempt resumes from the last
+  epoch checkpoint), cancelled if a cancel was pending, or failed after ``max_attempts``;
+* a ``queued`` job never handed to the broker (the API crashed or the broker was down between the
+  commit and the send) is sent;
+* processed message files of the embedded broker older than a day are deleted.
+
+Each move is a compare-and-set, so any number of workers can run the reaper at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+
+from sqlalchemy import select, update
+
+from services.db import jobs as jobstate
+from services.db.models import Job
+from services.db.session import session_factory
+from services.db.types import utcnow
+from services.settings import Settings
+from services.worker.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+#: A queued job must be this old (seconds) before the reaper sends it: the API sends right after
+#: its commit, so a younger one is probably being sent now.
+UNSENT_GRACE_S = 10.0
+PROCESSED_MAX_AGE_S = 24 * 3600
+
+
+def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
+    """One pass; returns how many jobs were re-queued, cancelled, failed and sent."""
+    sessions = session_factory(settings.db_url)
+    counts = {"requeued": 0, "cancelled": 0, "failed": 0, "sent": 0}
+    now = utcnow()
+    stale_before = now - dt.timedelta(seconds=settings.stale_after_s)
+    to_send: list[tuple[str, str]] = []
+    with sessions() as session:
+        stale = session.scalars(
+            select(Job).where(
+                Job.status.in_([jobstate.RUNNING, jobstate.CANCELLING]), Job.heartbeat_at < stale_before
+            )
+        ).all()
+        for job in stale:
+            lost = f"worker {job.worker} stopped sending heartbeats"
+            expected = [job.status]
+            if job.cancel_requested or job.status == jobstate.CANCELLING:
+                if jobstate.transition(session, job, expected, jobstate.CANCELLED, attempt=job.attempt):
+                    jobstate.add_event(session, job, "status", f"{lost}; cancelled", data={"status": "cancelled"})
+                    counts["cancelled"] += 1
+            elif job.attempt >= settings.max_attempts:
+                if jobstate.transition(session, job, expected, jobstate.FAILED, attempt=job.attempt,
+                                       error_code="worker_lost",
+                                       error_message=f"{lost}; gave up after {job.attempt} attempts"):
+                    jobstate.add_event(session, job, "status", f"{lost}; gave up", data={"status": "failed"})
+                    counts["failed"] += 1
+            elif jobstate.transition(session, job, expected, jobstate.QUEUED, attempt=job.attempt,
+                                     dispatched_at=None):
+                jobstate.add_event(session, job, "status", f"{lost}; re-queued to resume from its last checkpoint",
+                                   data={"status": "queued", "lost_worker": job.worker})
+                counts["requeued"] += 1
+            session.commit()
+
+        unsent = session.scalars(
+            select(Job).where(
+                Job.status == jobstate.QUEUED,
+                Job.dispatched_at.is_(None),
+                Job.created_at < now - dt.timedelta(seconds=UNSENT_GRACE_S),
+            )
+        ).all()
+        for job in unsent:
+            result = session.execute(
+                update(Job).where(Job.id == job.id, Job.dispatched_at.is_(None)).values(dispatched_at=utcnow())
+            )
+            session.commit()
+            if result.rowcount == 1:
+                to_send.append((job.id, job.queue))
+        # Re-queued stale jobs were given dispatched_at=None above and have an old created_at,
+        # so they are sent by this same pass.
+    for job_id, queue in to_send:
+        try:
+            dispatcher.send(job_id, queue)
+            counts["sent"] += 1
+        except Exception as exc:  # noqa: BLE001 - try again next pass
+            log.warning("reaper: could not send %s: %s", job_id, exc)
+            with sessions() as session:
+                session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
+                session.commit()
+    if settings.embedded:
+        _clean_processed(settings)
+    if any(counts.values()):
+        log.info("reaper: %s", counts)
+    return counts
+
+
+def _clean_processed(settings: Settings) -> None:
+    folder = settings.broker_dir / "processed"
+    cutoff = time.time() - PROCESSED_MAX_AGE_S
+    for path in folder.glob("*.msg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass
+
+
+class Reaper:
+    """Runs :func:`reap_once` every ``settings.reaper_interval_s`` in a daemon thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dispatcher = Dispatcher(settings)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="midre-reaper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.reaper_interval_s):
+            try:
+                reap_once(self.settings, self.dispatcher)
+            except Exception:  # noqa: BLE001 - never kill the worker over a reaper pass
+                log.exception("reaper pass failed")

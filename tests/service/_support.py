@@ -1,0 +1,162 @@
+"""Helpers shared by the service tests: settings -> env, worker processes, archives, polling."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: Fast timings so lost workers are noticed within seconds in tests.
+FAST = {
+    "heartbeat_s": 1.0,
+    "stale_after_s": 8.0,
+    "reaper_interval_s": 2.0,
+    "cancel_poll_s": 0.2,
+    "max_attempts": 3,
+}
+
+TRAIN_SPEC: dict[str, Any] = {
+    "kind": "train",
+    "dataset": "digits",
+    "arch": "cnn-small",
+    "defense": {"name": "midre", "a_h": 0.4},
+    "training": {"epochs": 2, "image_size": 16, "batch_size": 64, "seed": 0},
+}
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The ``MIDRE_*`` environment that reproduces ``settings`` in a subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        env[f"MIDRE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+class WorkerProcess:
+    """A real ``midre worker`` process (own process group, so it can be SIGKILLed whole)."""
+
+    def __init__(self, settings: Settings, log_path: Path, queues: str = "gpu,cpu") -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "midre.cli", "worker", "--queues", queues, "--concurrency", "1",
+             "--loglevel", "INFO"],
+            env=settings_env(settings),
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until the worker logs that it is ready."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if " ready." in self.log():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), like an OOM kill or lost node."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=30)
+        self._log.close()
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Warm shutdown, then SIGKILL if it takes longer than ``grace``."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; returns that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def png_bytes(seed: int, size: int = 12) -> bytes:
+    """A small, valid PNG whose pixels depend on ``seed``."""
+    from PIL import Image
+
+    img = Image.new("RGB", (size, size), ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
+    for i in range(size):
+        img.putpixel((i, (i + seed) % size), (255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    """A zip archive of ``{name: data}``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_tar_gz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz archive of ``{name: data}``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def face_folder_members(identities: int = 3, per_identity: int = 4, root: str = "faces") -> dict[str, bytes]:
+    """An ImageFolder layout: ``root/person_i/img_j.png`` plus a README that must be rejected."""
+    members = {
+        f"{root}/person_{i}/img_{j}.png": png_bytes(i * 10 + j)
+        for i in range(identities)
+        for j in range(per_identity)
+    }
+    members[f"{root}/README.txt"] = b"not an image"
+    return members
+
+
+def files_under(path: Path) -> list[Path]:
+    """Every file below ``path`` (empty when it does not exist)."""
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []

@@ -1,0 +1,112 @@
+"""Fixtures: an in-process API on SQLite, API keys, and the real PostgreSQL/Redis/RabbitMQ servers."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.db.keys import create_api_key
+from services.db.session import dispose_all, session_scope
+from services.gateway.app import create_app
+from services.settings import Settings
+from tests.service._support import FAST
+
+PG_ADMIN_URL = os.environ.get("MIDRE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("MIDRE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("MIDRE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    """Embedded settings under ``home`` with fast heartbeats, plus ``overrides``."""
+    values: dict[str, Any] = {"home": home, "max_upload_bytes": 2 * 1024 * 1024, **FAST}
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Api:
+    """An in-process API (``TestClient``) with helpers for authenticated calls."""
+
+    def __init__(self, settings: Settings, client: TestClient) -> None:
+        self.settings = settings
+        self.client = client
+
+    def key(self, tenant: str) -> str:
+        with session_scope(self.settings.db_url) as session:
+            return create_api_key(session, tenant)
+
+    def auth(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    """A fresh embedded-mode API (SQLite + file broker, no worker) in a temporary folder."""
+    settings = make_settings(tmp_path / "home")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(settings, client)
+    dispose_all()
+
+
+@pytest.fixture
+def key_a(api: Api) -> str:
+    return api.key("tenant-a")
+
+
+@pytest.fixture
+def key_b(api: Api) -> str:
+    return api.key("tenant-b")
+
+
+def _server_up(url: str) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url.replace("+psycopg", ""))
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of its own for this test session (dropped afterwards)."""
+    if not _server_up(PG_ADMIN_URL):
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (service tests need it)")
+    import sqlalchemy as sa
+
+    name = f"midre_test_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        dispose_all()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_prefix() -> Iterator[str]:
+    """A unique Redis key/queue prefix for this session; its keys are deleted afterwards."""
+    if not _server_up(REDIS_URL):
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} (service tests need it)")
+    import redis
+
+    prefix = f"midre-test-{secrets.token_hex(4)}-"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
