@@ -133,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     mode = "embedded (SQLite + file-system broker)" if settings.embedded else "production"
     print(f"midre serve: {mode}; data in {settings.storage_dir}", file=sys.stderr)
     workers: list[subprocess.Popen[bytes]] = []
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turning it into SystemExit
+    # lets the `finally` below stop the workers and the command exit 0.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not args.no_worker:
         for _ in range(max(args.workers, 0)):
             workers.append(
@@ -141,10 +144,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
                     timeout_graceful_shutdown=5)
+    except SystemExit:
+        pass
     finally:
         for proc in workers:
             _stop(proc)
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -63,10 +63,11 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
                     jobstate.add_event(session, job, "status", f"{lost}; gave up", data={"status": "failed"})
                     counts["failed"] += 1
             elif jobstate.transition(session, job, expected, jobstate.QUEUED, attempt=job.attempt,
-                                     dispatched_at=None):
+                                     dispatched_at=utcnow()):
                 jobstate.add_event(session, job, "status", f"{lost}; re-queued to resume from its last checkpoint",
                                    data={"status": "queued", "lost_worker": job.worker})
                 counts["requeued"] += 1
+                to_send.append((job.id, job.queue))
             session.commit()
 
         unsent = session.scalars(
@@ -83,8 +84,6 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
             session.commit()
             if result.rowcount == 1:
                 to_send.append((job.id, job.queue))
-        # Re-queued stale jobs were given dispatched_at=None above and have an old created_at,
-        # so they are sent by this same pass.
     for job_id, queue in to_send:
         try:
             dispatcher.send(job_id, queue)

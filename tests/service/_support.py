@@ -114,6 +114,30 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def load_checkpoint(folder: Path) -> tuple[Any, dict[str, Any]]:
+    """``midre``'s checkpoint loader (the contract names ``midre.train.load_checkpoint``; it lives in
+    ``midre.checkpoint``)."""
+    import midre.train
+
+    loader = getattr(midre.train, "load_checkpoint", None)
+    if loader is None:
+        from midre.checkpoint import load_checkpoint as loader
+    return loader(folder)
+
+
+def predict_digits_accuracy(folder: Path, image_size: int) -> float:
+    """Load a downloaded checkpoint and return its accuracy on the digits test split."""
+    import torch
+
+    from midre.data import DatasetSpec, load_dataset, to_float
+
+    model, _ = load_checkpoint(folder)
+    splits = load_dataset(DatasetSpec(source="digits", image_size=image_size))
+    with torch.no_grad():
+        predicted = model(to_float(splits.test.images, splits.normalization)).argmax(1)
+    return float((predicted == splits.test.labels).float().mean())
+
+
 def png_bytes(seed: int, size: int = 12) -> bytes:
     """A small, valid PNG whose pixels depend on ``seed``."""
     from PIL import Image

@@ -75,25 +75,44 @@ def _server_up(url: str) -> bool:
         return False
 
 
+class PgDatabases:
+    """Creates throw-away PostgreSQL databases and drops them all at the end of the session."""
+
+    def __init__(self) -> None:
+        import sqlalchemy as sa
+
+        self.admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        import sqlalchemy as sa
+
+        name = f"midre_test_{secrets.token_hex(4)}"
+        with self.admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self.names.append(name)
+        return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop_all(self) -> None:
+        import sqlalchemy as sa
+
+        dispose_all()
+        with self.admin.connect() as conn:
+            for name in self.names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A PostgreSQL database of its own for this test session (dropped afterwards)."""
+def pg_databases() -> Iterator[PgDatabases]:
+    """Factory of PostgreSQL databases private to this test session."""
     if not _server_up(PG_ADMIN_URL):
         pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (service tests need it)")
-    import sqlalchemy as sa
-
-    name = f"midre_test_{secrets.token_hex(4)}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    factory = PgDatabases()
     try:
-        yield url
+        yield factory
     finally:
-        dispose_all()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        factory.drop_all()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,108 @@
+"""Embedded mode end to end, as a user runs it: ``midre serve`` (SQLite + file-system broker + a real
+worker process), ``midre admin create-key``, ``midre jobs submit|wait|download``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service._support import REPO, TRAIN_SPEC, load_checkpoint, predict_digits_accuracy, settings_env, wait_for
+from tests.service.conftest import make_settings
+
+
+def midre(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "midre.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """``midre serve`` on a free port with MIDRE_HOME in a temporary folder."""
+    home = tmp_path / "home"
+    env = settings_env(make_settings(home))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "midre.cli", "serve", "--port", str(port)],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def ready() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, what="midre serve")
+        yield url, env, log_path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+
+
+def test_embedded_serve_with_cli(server: tuple[str, dict[str, str], Path], tmp_path: Path) -> None:
+    url, env, log_path = server
+    home = Path(env["MIDRE_HOME"])
+    created = midre(env, "admin", "create-key", "--tenant", "e2e")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1].split()[-1]
+    assert key.startswith("mk_")
+    cli = ["--url", url, "--api-key", key]
+
+    submitted = midre(env, "jobs", "submit", json.dumps(TRAIN_SPEC), *cli)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1].split()[-1]
+    assert job_id.startswith("job_")
+
+    waited = midre(env, "jobs", "wait", job_id, "--timeout", "240", *cli)
+    assert waited.returncode == 0, (waited.stdout, waited.stderr, log_path.read_text()[-4000:])
+    assert "succeeded" in waited.stdout and "100.0%" in waited.stderr
+
+    dest = tmp_path / "download"
+    downloaded = midre(env, "jobs", "download", job_id, "--dest", str(dest), *cli)
+    assert downloaded.returncode == 0, downloaded.stderr
+    listing = httpx.get(f"{url}/v1/jobs/{job_id}/artifacts", headers={"Authorization": f"Bearer {key}"}).json()
+    for item in listing["items"]:
+        assert hashlib.sha256((dest / item["name"]).read_bytes()).hexdigest() == item["sha256"]
+    _, card = load_checkpoint(dest)
+    assert card["defense"]["name"] == "midre"
+    assert predict_digits_accuracy(dest, image_size=16) > 0.5
+
+    status = midre(env, "jobs", "status", job_id, *cli)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+    # Everything lives under MIDRE_HOME: the database, the file-system broker, the artifacts.
+    assert (home / "midre.sqlite3").is_file()
+    assert list((home / "broker" / "processed").glob("*.msg"))
+    assert list((home / "data" / "blobs").rglob("*"))
+
+    bad = midre(env, "jobs", "submit", json.dumps(TRAIN_SPEC | {"arch": "nope"}), *cli)
+    assert bad.returncode == 1 and "arch" in bad.stderr
+    unauthorized = midre(env, "jobs", "status", job_id, "--url", url, "--api-key", "mk_x_y")
+    assert unauthorized.returncode == 1 and "401" in unauthorized.stderr

@@ -1,0 +1,161 @@
+"""Production shape on the real servers: PostgreSQL + Redis, real Celery worker processes.
+
+Acceptance of issue 5: a digits train job end to end (download, sha256, load, predict), cancel of a
+running job within one epoch, and a SIGKILLed worker whose job resumes from its last checkpoint on
+another worker. The shared worker consumes ``gpu`` (jobs with device ``auto``); the SIGKILL test
+uses ``cpu`` jobs and its own workers so the two never take each other's jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.gateway.app import create_app
+from tests.service._support import (
+    TRAIN_SPEC,
+    WorkerProcess,
+    load_checkpoint,
+    predict_digits_accuracy,
+    wait_for,
+)
+from tests.service.conftest import REDIS_URL, Api, PgDatabases, make_settings
+
+pytestmark = pytest.mark.service
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def stack(pg_databases: PgDatabases, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The API in-process on PostgreSQL + Redis (unique database and key prefix)."""
+    home = tmp_path_factory.mktemp("pg-home")
+    settings = make_settings(
+        home, database_url=pg_databases.create(), broker_url=REDIS_URL, broker_prefix=redis_prefix
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(settings, client)
+
+
+@pytest.fixture(scope="module")
+def key(stack: Api) -> str:
+    return stack.key("acme")
+
+
+@pytest.fixture(scope="module")
+def gpu_worker(stack: Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(stack.settings, tmp_path_factory.mktemp("logs") / "gpu-worker.log", queues="gpu")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+def get_job(stack: Api, key: str, job_id: str) -> dict[str, Any]:
+    return stack.client.get(f"/v1/jobs/{job_id}", headers=stack.auth(key)).json()
+
+
+def events(stack: Api, key: str, job_id: str) -> list[dict[str, Any]]:
+    return stack.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=stack.auth(key)).json()[
+        "items"
+    ]
+
+
+def wait_terminal(stack: Api, key: str, job_id: str, timeout: float, worker: WorkerProcess) -> dict[str, Any]:
+    try:
+        return wait_for(
+            lambda: (j := get_job(stack, key, job_id))["status"] in TERMINAL and j, timeout, what=f"{job_id} to end"
+        )
+    except TimeoutError as exc:
+        log = worker.log()[-4000:]
+        raise AssertionError(f"{exc}\nevents: {events(stack, key, job_id)}\nworker log:\n{log}") from exc
+
+
+def test_train_job_end_to_end(stack: Api, key: str, gpu_worker: WorkerProcess, tmp_path: Path) -> None:
+    r = stack.client.post("/v1/jobs", json=TRAIN_SPEC, headers=stack.auth(key))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    job = wait_terminal(stack, key, job_id, 240, gpu_worker)
+    assert job["status"] == "succeeded", (job, gpu_worker.log()[-3000:])
+    assert job["progress"] == 1.0 and job["finished_at"] and job["attempt"] == 1
+    assert 0.5 < job["metrics"]["test_accuracy"] <= 1.0
+
+    listing = stack.client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.auth(key)).json()["items"]
+    by_name = {a["name"]: a for a in listing}
+    assert {"model.safetensors", "model.json"} <= set(by_name)
+    for name, item in by_name.items():
+        r = stack.client.get(f"/v1/jobs/{job_id}/artifacts/{name}", headers=stack.auth(key))
+        assert r.status_code == 200
+        assert len(r.content) == item["size"]
+        assert hashlib.sha256(r.content).hexdigest() == item["sha256"] == r.headers["x-checksum-sha256"]
+        (tmp_path / name).write_bytes(r.content)
+    part = stack.client.get(
+        f"/v1/jobs/{job_id}/artifacts/model.safetensors", headers=stack.auth(key) | {"Range": "bytes=0-99"}
+    )
+    assert part.status_code == 206 and part.content == (tmp_path / "model.safetensors").read_bytes()[:100]
+
+    _, card = load_checkpoint(tmp_path)
+    assert card["arch"] == "cnn-small" and card["num_classes"] == 10
+    accuracy = predict_digits_accuracy(tmp_path, image_size=16)
+    assert abs(accuracy - job["metrics"]["test_accuracy"]) < 1e-6
+
+    card_api = stack.client.get(f"/v1/models/{job_id}", headers=stack.auth(key)).json()
+    assert card_api["arch"] == "cnn-small" and card_api["num_classes"] == 10
+    assert card_api["defense"]["name"] == "midre" and card_api["defense"]["a_h"] == 0.4
+    assert card_api["checkpoint"]["sha256"] == by_name["model.safetensors"]["sha256"]
+
+    log = events(stack, key, job_id)
+    assert [e["data"]["epoch"] for e in log if e["type"] == "epoch"] == [1, 2]
+    statuses = [e["data"].get("status") for e in log if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    assert 'midre_jobs{status="succeeded"} 1.0' in stack.client.get("/metrics").text
+    assert not (stack.settings.storage_dir / "work" / job_id).exists()  # work dir cleaned
+
+
+def test_cancel_running_job_within_one_epoch(stack: Api, key: str, gpu_worker: WorkerProcess) -> None:
+    spec = TRAIN_SPEC | {"training": {"epochs": 30, "image_size": 16, "batch_size": 32, "seed": 1}}
+    job_id = stack.client.post("/v1/jobs", json=spec, headers=stack.auth(key)).json()["id"]
+    wait_for(lambda: any(e["type"] == "epoch" for e in events(stack, key, job_id)), 180, what="first epoch")
+    r = stack.client.post(f"/v1/jobs/{job_id}/cancel", headers=stack.auth(key))
+    assert r.status_code == 202 and r.json()["status"] in ("cancelling", "cancelled")
+    job = wait_terminal(stack, key, job_id, 60, gpu_worker)
+    assert job["status"] == "cancelled"
+    log = events(stack, key, job_id)
+    requested = next(e["id"] for e in log if e["data"].get("status") == "cancelling")
+    assert len([e for e in log if e["type"] == "epoch" and e["id"] > requested]) <= 1
+    assert max(e["data"]["epoch"] for e in log if e["type"] == "epoch") < 30
+
+
+def test_sigkilled_worker_job_resumes_on_another_worker(stack: Api, key: str, tmp_path: Path) -> None:
+    spec = TRAIN_SPEC | {"device": "cpu", "training": {"epochs": 4, "image_size": 16, "batch_size": 32, "seed": 2}}
+    first = WorkerProcess(stack.settings, tmp_path / "worker-a.log", queues="cpu")
+    second = None
+    try:
+        first.wait_ready()
+        job_id = stack.client.post("/v1/jobs", json=spec, headers=stack.auth(key)).json()["id"]
+        wait_for(lambda: any(e["type"] == "epoch" for e in events(stack, key, job_id)), 180, what="epoch 1")
+        first.kill()  # SIGKILL the whole worker mid-training, after the epoch-1 checkpoint
+        assert get_job(stack, key, job_id)["status"] == "running"
+        second = WorkerProcess(stack.settings, tmp_path / "worker-b.log", queues="cpu")
+        second.wait_ready()
+        job = wait_terminal(stack, key, job_id, 240, second)
+    finally:
+        first.kill() if first.proc.poll() is None else None
+        if second is not None:
+            second.stop()
+    assert job["status"] == "succeeded", job
+    assert job["attempt"] == 2
+    log = events(stack, key, job_id)
+    assert any("re-queued" in e["message"] for e in log if e["type"] == "status")
+    second_attempt = [e for e in log if e["attempt"] == 2]
+    resumed = [e for e in second_attempt if e["message"].startswith("resumed after epoch")]
+    assert resumed and resumed[0]["data"]["epoch"] >= 1
+    epochs_2 = [e["data"]["epoch"] for e in second_attempt if e["type"] == "epoch"]
+    assert epochs_2 and min(epochs_2) > 1 and max(epochs_2) == 4
+    assert stack.client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.auth(key)).json()["items"]
