@@ -132,8 +132,6 @@ class AttackTarget:
     @classmethod
     def from_checkpoint(cls, directory: str, device: str | torch.device = "cpu") -> AttackTarget:
         """Load a target trained by :func:`midre.train.train` (``model.safetensors`` + ``model.json``)."""
-        from midre.train import load_checkpoint
-
         model, card = load_checkpoint(directory, device=device)
         return cls.from_model_card(model, card, key=weights_key(directory))
 
@@ -157,6 +155,17 @@ class AttackTarget:
         num_classes = _card_get(card, "num_classes")
         return cls(model=model, image_shape=(int(channels), int(size), int(size)),
                    normalization=normalization, num_classes=num_classes, key=key, card=card)
+
+
+def load_checkpoint(directory: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """``midre.train.load_checkpoint`` (the contract), falling back to ``midre.checkpoint``."""
+    try:
+        from midre.train import load_checkpoint as _load
+    except ImportError:
+        from midre.checkpoint import load_checkpoint as _load
+    model, card = _load(directory, device=device)
+    model.eval()
+    return model, card
 
 
 def _card_get(card: dict[str, Any], *names: str) -> Any:

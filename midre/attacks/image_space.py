@@ -151,7 +151,7 @@ def run_image_space_attack(
     total = all_labels.numel()
     gen = torch.Generator().manual_seed(seed)
     is_di = isinstance(options, DeepInversionOptions)
-    lr = budget.lr if budget.lr is not None else (0.1 if is_di else 0.1)
+    lr = budget.lr if budget.lr is not None else (0.25 if is_di else 0.1)  # DI paper: 0.25; MI-Face: 0.1
     if is_di:
         # DeepInversion starts from Gaussian noise in the (normalised) input space.
         x_all = torch.randn(total, c, h, w, generator=gen).to(device)

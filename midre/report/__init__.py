@@ -1,0 +1,251 @@
+"""The privacy-utility report: ``report.json`` (schema-versioned) + a self-contained ``report.html``.
+
+The JSON holds everything needed to re-draw the HTML: dataset, models, defenses, attack settings,
+every metric as ``{"mean", "std", "runs", "n"}`` over seeds, the per-run records, seeds and timings.
+Accuracies and attack accuracies are in percent (as in the paper's tables); distances are in the
+evaluation model's (KNN, delta_eval) or target's (feature space) feature units.
+
+The HTML embeds its plots as base64 PNGs (nothing external to load) and opens with one plain-
+language verdict per attack and defense, saying honestly whether the defense lowered the attack's
+success beyond the seed-to-seed spread.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval")
+METRIC_INFO = {
+    "acc": {"label": "Acc", "higher_is_better": True, "unit": "%"},
+    "attacc_top1": {"label": "AttAcc top-1", "higher_is_better": False, "unit": "%"},
+    "attacc_top5": {"label": "AttAcc top-5", "higher_is_better": False, "unit": "%"},
+    "knn_dist": {"label": "KNN dist", "higher_is_better": True, "unit": "eval-feature sq. L2"},
+    "delta_eval": {"label": "δ_eval", "higher_is_better": True, "unit": "eval-feature sq. L2"},
+}
+
+
+def _label(defense: str) -> str:
+    return {"nodef": "NoDef", "midre": "MIDRE"}.get(defense.lower(), defense)
+
+
+def verdict(attack: str, defense: str, nodef_runs: dict[str, list[float]],
+            def_runs: dict[str, list[float]]) -> dict[str, Any]:
+    """Plain-language verdict of one defense against one attack, compared with NoDef.
+
+    Seeds are paired (seed i of NoDef vs seed i of the defense); the AttAcc change is the mean ±
+    std of the paired differences. "Helped" requires the drop to exceed one std of that difference
+    (with a single run, any drop counts, and the text says there is one run).
+    """
+    a0, a1 = nodef_runs["attacc_top1"], def_runs["attacc_top1"]
+    c0, c1 = nodef_runs["acc"], def_runs["acc"]
+    n = min(len(a0), len(a1))
+    drop_mean, drop_std = mean_std([a0[i] - a1[i] for i in range(n)])
+    cost_mean, _ = mean_std([c0[i] - c1[i] for i in range(min(len(c0), len(c1)))])
+    name = _label(defense)
+    cost = (f"at a cost of {cost_mean:.1f} accuracy points" if cost_mean > 0
+            else f"while gaining {-cost_mean:.1f} accuracy points" if cost_mean < 0
+            else "at no accuracy cost")
+    runs = f" ({n} run{'s' if n != 1 else ''})"
+    if drop_mean > drop_std and drop_mean > 0:
+        status = "helped"
+        text = f"{name} lowered top-1 AttAcc of {attack} by {drop_mean:.1f}±{drop_std:.1f} points {cost}{runs}."
+    elif drop_mean < -drop_std and drop_mean < 0:
+        status = "hurt"
+        text = (f"{name} did NOT help against {attack}: top-1 AttAcc rose by {-drop_mean:.1f}±{drop_std:.1f} "
+                f"points ({cost}){runs}.")
+    else:
+        status = "no_effect"
+        text = (f"{name} did not lower AttAcc for {attack} (difference {drop_mean:+.1f} points is within one "
+                f"std, {drop_std:.1f}; {cost}){runs}.")
+    return {"attack": attack, "defense": defense, "status": status, "text": text,
+            "attacc_drop": {"mean": drop_mean, "std": drop_std, "n": n}, "acc_cost": cost_mean}
+
+
+def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attacks: Sequence[str],
+                   baseline: str = "nodef") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Group per-run records by (attack, defense) into mean/std rows, Δ vs the baseline and verdicts.
+
+    Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`.
+    Returns ``(results, verdicts)``.
+    """
+    results, verdicts = [], []
+    for attack in attacks:
+        per_def: dict[str, dict[str, list[float]]] = {}
+        for defense in defenses:
+            sel = sorted((r for r in runs if r["attack"] == attack and r["defense"] == defense),
+                         key=lambda r: r["seed"])
+            if not sel:
+                continue
+            per_def[defense] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS}
+            per_def[defense]["seeds"] = [r["seed"] for r in sel]
+        base = per_def.get(baseline)
+        for defense, vals in per_def.items():
+            metrics = {m: summarize(vals[m]) for m in METRICS if vals[m]}
+            row: dict[str, Any] = {"attack": attack, "defense": defense, "seeds": vals["seeds"],
+                                   "metrics": metrics, "tradeoff_delta": None}
+            if base is not None and defense != baseline and base["acc"] and vals["acc"]:
+                row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
+                                                       metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
+                v = verdict(attack, defense, base, vals)
+                row["verdict"] = v["text"]
+                verdicts.append(v)
+            results.append(row)
+    return results, verdicts
+
+
+def _b64(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _fmt(stat: dict[str, Any] | None, digits: int = 2) -> str:
+    if not stat:
+        return "–"
+    if stat.get("n", 1) > 1:
+        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f}"
+
+
+def _fmt_delta(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str):
+        return value
+    return f"{value:.2f}" if math.isfinite(value) else "–"
+
+
+def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
+    """The self-contained HTML page of ``report`` with the PNG ``images`` embedded (keyed by name)."""
+    esc = html.escape
+    ds = report.get("dataset", {})
+    ev = report.get("models", {}).get("evaluation", {})
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>MIDRE privacy-utility report</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}th{background:#f3f3f3}td.l{text-align:left}.v{padding:6px 10px;margin:4px 0;"
+        "border-left:4px solid #999;background:#fafafa}.helped{border-color:#2ca02c}.hurt{border-color:#d62728}"
+        ".no_effect{border-color:#ff9f1c}img{max-width:100%}.small{color:#666;font-size:90%}</style></head><body>",
+        "<h1>Model inversion privacy-utility report</h1>",
+        f"<p class='small'>Data set <b>{esc(str(ds.get('source', '?')))}</b> · "
+        f"{esc(str(ds.get('identities', '?')))} private identities · {esc(str(ds.get('image_size', '?')))} px · "
+        f"target <b>{esc(str(report.get('models', {}).get('target', {}).get('arch', '?')))}</b> · "
+        f"seeds {esc(str(report.get('seeds', [])))} · schema v{report.get('schema_version')}</p>",
+        "<h2>Verdict</h2>",
+    ]
+    if not report.get("verdicts"):
+        parts.append("<p>No defense to compare with NoDef in this report.</p>")
+    for v in report.get("verdicts", []):
+        parts.append(f"<div class='v {esc(v['status'])}'>{esc(v['text'])}</div>")
+    if ev:
+        acc = ev.get("accuracy")
+        acc_txt = f"{acc:.1f}%" if isinstance(acc, int | float) else "?"
+        parts.append(f"<p class='small'>AttAcc is judged by an independent <b>{esc(str(ev.get('arch')))}</b> "
+                     f"evaluation model ({esc(str(ev.get('accuracy_split', 'test')))} accuracy "
+                     f"{acc_txt}); chance level is "
+                     f"{100.0 / max(1, int(ds.get('identities', 1) or 1)):.1f}% top-1.</p>")
+    parts.append("<h2>Results (paper Table 3 layout)</h2><table><tr><th>Attack</th><th>Defense</th>"
+                 "<th>Acc ↑</th><th>AttAcc top-1 ↓</th><th>AttAcc top-5 ↓</th><th>KNN dist ↑</th>"
+                 "<th>δ_eval ↑</th><th>Δ ↑</th></tr>")
+    for row in report.get("results", []):
+        m = row["metrics"]
+        parts.append(
+            f"<tr><td class='l'>{esc(row['attack'])}</td><td class='l'>{esc(_label(row['defense']))}</td>"
+            f"<td>{_fmt(m.get('acc'))}</td><td>{_fmt(m.get('attacc_top1'))}</td><td>{_fmt(m.get('attacc_top5'))}</td>"
+            f"<td>{_fmt(m.get('knn_dist'), 1)}</td><td>{_fmt(m.get('delta_eval'), 1)}</td>"
+            f"<td>{esc(_fmt_delta(row.get('tradeoff_delta')))}</td></tr>")
+    parts.append("</table><p class='small'>Mean ± sample std over seeds (each seed trains its own target and "
+                 "runs its own attack). Acc, AttAcc in %. Δ = (AttAcc<sub>NoDef</sub> − AttAcc<sub>def</sub>) / "
+                 "(Acc<sub>NoDef</sub> − Acc<sub>def</sub>); OP: the defense loses no accuracy.</p>")
+    if "tradeoff" in images:
+        parts.append(f"<h2>Trade-off</h2><img alt='trade-off plot' src='{_b64(images['tradeoff'])}'>")
+    grids = [k for k in images if k.startswith("grid_")]
+    if grids:
+        parts.append("<h2>Reconstructions next to real private samples</h2>")
+        for key in grids:
+            parts.append(f"<h3>{esc(key[5:])}</h3><img alt='{esc(key)}' src='{_b64(images[key])}'>")
+    feats = [k for k in images if k.startswith("features_")]
+    if feats:
+        parts.append("<h2>Feature space (paper Sec. 3.2)</h2><p class='small'>Target-model penultimate "
+                     "features of private, RE-private and reconstructed images, 2-D PCA, convex hull per "
+                     "identity. The paper's claim: under MIDRE, reconstructions follow the RE-private "
+                     "features rather than the private ones.</p>")
+        for key in feats:
+            parts.append(f"<img alt='{esc(key)}' src='{_b64(images[key])}' style='max-width:48%'>")
+        fs = report.get("feature_space", {})
+        if fs:
+            parts.append("<table><tr><th>target</th><th>attack</th><th>|f_recon−f_priv| centroid</th>"
+                         "<th>|f_recon−f_RE| centroid</th><th>f_recon→f_priv NN</th><th>f_recon→f_RE NN</th></tr>")
+            for key, val in fs.items():
+                d = val.get("distances", {})
+                parts.append(f"<tr><td class='l'>{esc(key)}</td><td class='l'>{esc(str(val.get('attack', '')))}</td>"
+                             + "".join(f"<td>{d.get(k, float('nan')):.3f}</td>" for k in
+                                       ("recon_priv_centroid", "recon_re_centroid", "recon_priv_nn", "recon_re_nn"))
+                             + "</tr>")
+            parts.append("</table>")
+    parts.append("<h2>Settings and timings</h2><pre>")
+    parts.append(esc(json.dumps({k: report.get(k) for k in ("dataset", "models", "defenses", "attacks",
+                                                             "timings")}, indent=2, default=str)))
+    parts.append("</pre></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str, dict[str, Any]] | None = None,
+                 feature_results: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``report.json``, ``report.html`` and the PNG plots to ``out_dir``; return the report.
+
+    Args:
+        report: the report dict (needs ``results``; see :func:`aggregate_runs`).
+        out_dir: folder to write into.
+        grids: ``{attack: {"names": [...], "real": array|None, "recon": {defense: array}}}`` in [0, 1].
+        feature_results: ``{title: FeatureSpaceResult}``.
+    """
+    from midre.report import plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"schema_version": SCHEMA_VERSION, **report}
+    images: dict[str, bytes] = {}
+    rows = [{"attack": r["attack"], "defense": _label(r["defense"]), "acc": r["metrics"]["acc"],
+             "attacc": r["metrics"]["attacc_top1"]} for r in report.get("results", [])
+            if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
+    if rows:
+        images["tradeoff"] = plots.tradeoff_plot(rows)
+    for attack, grid in (grids or {}).items():
+        images[f"grid_{attack}"] = plots.image_grid(grid.get("real"), grid["recon"], grid["names"])
+    for title, result in (feature_results or {}).items():
+        images[f"features_{title}"] = plots.feature_space_plot(result, title)
+    files = []
+    for name, png in images.items():
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+        (out / f"{safe}.png").write_bytes(png)
+        files.append(f"{safe}.png")
+    report["artifacts"] = {"json": "report.json", "html": "report.html", "plots": files}
+    tmp = out / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default))
+    tmp.replace(out / "report.json")
+    (out / "report.html").write_text(render_html(report, images), encoding="utf-8")
+    logger.info("wrote %s and %s", out / "report.json", out / "report.html")
+    return report
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    return str(obj)
+
+
+__all__ = ["METRICS", "METRIC_INFO", "SCHEMA_VERSION", "aggregate_runs", "render_html", "verdict", "write_report"]

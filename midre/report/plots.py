@@ -1,0 +1,116 @@
+"""PNG plots of the privacy-utility report (matplotlib, Agg backend, imported lazily)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+GROUP_STYLE = {
+    "private": {"marker": "*", "label": "f_priv (private)", "color": "#1f77b4"},
+    "re_private": {"marker": "v", "label": "f_RE (RE-private)", "color": "#2ca02c"},
+    "recon": {"marker": "x", "label": "f_recon (reconstructed)", "color": "#d62728"},
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def tradeoff_plot(rows: list[dict[str, Any]]) -> bytes:
+    """Acc (x) vs top-1 AttAcc (y) with std error bars, one marker per (attack, defense).
+
+    ``rows``: dicts with ``attack``, ``defense``, ``acc`` and ``attacc`` (each ``{"mean","std"}``,
+    in percent). Down-right is better: more utility, less leakage.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    attacks = sorted({r["attack"] for r in rows})
+    defenses = sorted({r["defense"] for r in rows})
+    markers = ["o", "s", "^", "D", "v", "P", "X"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for r in rows:
+        ci = attacks.index(r["attack"]) % len(colors)
+        mi = defenses.index(r["defense"]) % len(markers)
+        ax.errorbar(r["acc"]["mean"], r["attacc"]["mean"], xerr=r["acc"]["std"], yerr=r["attacc"]["std"],
+                    fmt=markers[mi], color=colors[ci], capsize=3, markersize=8)
+    for a in attacks:  # connect NoDef -> defense per attack
+        pts = [(r["acc"]["mean"], r["attacc"]["mean"]) for r in rows if r["attack"] == a]
+        if len(pts) > 1:
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, "-", color=colors[attacks.index(a) % len(colors)], alpha=0.4)
+    handles = [plt.Line2D([], [], color=colors[i % len(colors)], marker="o", ls="", label=a)
+               for i, a in enumerate(attacks)]
+    handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], ls="", label=d)
+                for i, d in enumerate(defenses)]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.set_xlabel("Acc (%) on held-out private images  (utility, higher is better)")
+    ax.set_ylabel("top-1 AttAcc (%)  (leakage, lower is better)")
+    ax.set_title("Privacy-utility trade-off (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def image_grid(real: np.ndarray | None, recon: dict[str, np.ndarray], names: list[str]) -> bytes:
+    """One column per identity: real private sample on top, then one row per defense's reconstruction.
+
+    ``real``: ``[K, C, H, W]`` in [0, 1] (or None); ``recon``: ``{defense: [K, C, H, W]}``.
+    """
+    plt = _pyplot()
+    rows = ([("private (real)", real)] if real is not None else []) + list(recon.items())
+    k = len(names)
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.1 * k + 1.2, 1.2 * len(rows) + 0.3), squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c in range(k):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if imgs is not None and c < len(imgs):
+                img = np.transpose(imgs[c], (1, 2, 0))
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(str(names[c])[:10], fontsize=7)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def feature_space_plot(result: Any, title: str) -> bytes:
+    """Paper Fig. 3 style: projected f_priv / f_RE / f_recon with convex hulls per identity."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    line_styles = ["-", "--", ":", "-."]
+    for g, style in GROUP_STYLE.items():
+        pts, labels = result.points[g], result.labels[g]
+        ax.scatter(pts[:, 0], pts[:, 1], marker=style["marker"], color=style["color"], s=36, alpha=0.8,
+                   label=style["label"])
+        for j, ident in enumerate(result.identities):
+            hull = result.hulls[g].get(int(ident))
+            if hull is not None and len(hull) >= 3:
+                closed = np.vstack([hull, hull[:1]])
+                ax.fill(closed[:, 0], closed[:, 1], color=style["color"], alpha=0.08)
+                ax.plot(closed[:, 0], closed[:, 1], line_styles[j % 4], color=style["color"], lw=1)
+            sel = pts[labels == ident]
+            if len(sel) and g == "private":
+                ax.annotate(f"id {ident}", sel.mean(0), fontsize=7)
+    d = result.distances
+    ax.set_title(f"{title}\n|recon-priv| {d['recon_priv_centroid']:.2f}  |recon-RE| {d['recon_re_centroid']:.2f}"
+                 f"  (PCA {100 * result.explained_variance:.0f}% var)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _png(fig)

@@ -1,0 +1,681 @@
+"""Privacy-utility studies: the whole pipeline (train targets per defense and seed, attack them,
+judge the reconstructions, write the report) and the attack evaluation of one trained target.
+
+Both are resumable: every finished piece is a file in ``out_dir`` (targets via the trainer's own
+resume, one ``metrics.json`` + ``recon.safetensors`` per attack run, priors and the evaluation model
+in the cache), and running again with the same ``out_dir`` skips what is done.
+
+Layout of ``out_dir``::
+
+    config.json                       the resolved configuration
+    targets/<defense>/seed<k>/        model.safetensors + model.json (midre.train)
+    attacks/<defense>/seed<k>/<attack>/metrics.json, recon.safetensors
+    cache/ (default cache_dir)        evaluation/<key>/, priors/<key>/, surrogates/<key>/
+    report.json, report.html, *.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from midre.attacks import AttackBudget, AttackTarget, list_attacks, needs_public_data, resolve_attack_name, run_attack
+from midre.evaluation import EvalModelConfig, evaluate_reconstructions, feature_space_analysis
+from midre.evaluation.eval_model import EvaluationModel, load_evaluation_model, train_evaluation_model
+from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
+
+logger = logging.getLogger(__name__)
+
+# CPU-scale attack budgets (measured on 2 cores; see docs/attacks.md). Any field can be overridden
+# per attack through ``attack_budgets``.
+DEFAULT_ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
+    "mi-face": {"steps": 300},
+    "deepinversion": {"steps": 200},
+    "gmi": {"steps": 150, "restarts": 2, "prior_steps": 400},
+    "kedmi": {"steps": 150, "prior_steps": 400},
+    "lomma+gmi": {"steps": 150, "restarts": 2, "prior_steps": 400, "surrogate_epochs": 20},
+    "lomma+kedmi": {"steps": 150, "prior_steps": 400, "surrogate_epochs": 20},
+    "plg-mi": {"steps": 150, "prior_steps": 400},
+}
+DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32}
+
+
+def _check_fields(cls: type, data: dict[str, Any]) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+
+
+def _positive_int(obj: Any, name: str, minimum: int = 1) -> None:
+    value = getattr(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{type(obj).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def parse_defense(item: Any) -> dict[str, Any]:
+    """``"midre"`` / ``"midre:a_h=0.8"`` / ``{"name": "midre", "a_h": 0.8}`` -> a defense dict."""
+    if isinstance(item, dict):
+        if "name" not in item:
+            raise ValueError("defenses: every defense needs a 'name'")
+        return dict(item)
+    if not isinstance(item, str) or not item.strip():
+        raise ValueError(f"defenses: expected a name or a mapping, got {item!r}")
+    name, _, params = item.strip().partition(":")
+    out: dict[str, Any] = {"name": name.strip().lower()}
+    for part in filter(None, params.split(",")):
+        key, _, raw = part.partition("=")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def defense_label(defense: dict[str, Any]) -> str:
+    """Folder-safe label: ``midre``, or ``midre-a_h0.8`` when parameters are given."""
+    extra = "-".join(f"{k}{v}" for k, v in sorted(defense.items()) if k != "name")
+    return defense["name"] + (f"-{extra}" if extra else "")
+
+
+@dataclass
+class _AttackSettings:
+    """Fields shared by both study configs."""
+
+    attacks: list[str] = field(default_factory=lambda: ["deepinversion", "gmi"])
+    per_identity: int = 2
+    identities: int | None = None
+    attack_budgets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prior_options: dict[str, Any] = field(default_factory=dict)
+    public_data: str | None = None
+    eval_arch: str = "resnet18"
+    eval_epochs: int = 20
+    eval_all_images: bool = False
+    feature_identities: int = 3
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+    def _validate_attack_settings(self) -> None:
+        if isinstance(self.attacks, str):
+            self.attacks = [a for a in self.attacks.split(",") if a.strip()]
+        if not isinstance(self.attacks, list) or not self.attacks:
+            raise ValueError(f"{type(self).__name__}.attacks must be a non-empty list of names "
+                             f"({', '.join(list_attacks())})")
+        try:
+            self.attacks = [resolve_attack_name(a) for a in self.attacks]
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__}.attacks: {exc}") from None
+        _positive_int(self, "per_identity")
+        _positive_int(self, "eval_epochs")
+        _positive_int(self, "feature_identities", 0)
+        if self.identities is not None:
+            _positive_int(self, "identities")
+        for name in ("attack_budgets", "attack_options", "prior_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{type(self).__name__}.{name} must be a mapping")
+        for attack, budget in self.attack_budgets.items():
+            try:
+                AttackBudget.from_dict({**DEFAULT_ATTACK_BUDGETS.get(resolve_attack_name(attack), {}), **budget})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{type(self).__name__}.attack_budgets[{attack!r}]: {exc}") from None
+
+    def budget_for(self, attack: str) -> AttackBudget:
+        own = {resolve_attack_name(k): v for k, v in self.attack_budgets.items()}
+        return AttackBudget.from_dict({**DEFAULT_ATTACK_BUDGETS.get(attack, {}), **own.get(attack, {})})
+
+    def options_for(self, attack: str) -> dict[str, Any]:
+        own = {resolve_attack_name(k): v for k, v in self.attack_options.items()}
+        opts = dict(own.get(attack, {}))
+        if needs_public_data(attack):
+            opts["prior"] = {**DEFAULT_PRIOR_OPTIONS, **self.prior_options, **opts.get("prior", {})}
+        return opts
+
+    def eval_config(self) -> EvalModelConfig:
+        return EvalModelConfig(arch=self.eval_arch, epochs=self.eval_epochs, all_images=self.eval_all_images)
+
+
+@dataclass
+class PipelineConfig(_AttackSettings):
+    """The whole study: targets per defense and seed, attacks, metrics, report.
+
+    Attributes:
+        data: ``"digits"`` or a path to an ImageFolder directory / archive.
+        image_size, channels, normalize, test_fraction, split_seed, max_images_per_identity:
+            the :class:`midre.data.DatasetSpec` of the private data.
+        num_private: first K identities are private, the rest public. When ``None`` and an attack
+            needs public data without ``public_data``, the last ``public_fraction`` of the
+            identities (sorted by name) become public.
+        public_fraction: see ``num_private``.
+        public_data: a separate public data set (path), e.g. Extended Yale B for AT&T faces.
+        arch, epochs, batch_size, lr, augment: target training (:class:`midre.train.TrainConfig`).
+        defenses: names or dicts (``"midre"``, ``{"name": "midre", "a_h": 0.8}``); NoDef first.
+        seeds: number of seeds (0..N-1) or an explicit list; each trains a target and attacks it.
+        attacks, per_identity, identities: which attacks, images per identity, how many identities
+            (``None``: all private identities).
+        attack_budgets, attack_options, prior_options: per-attack overrides.
+        eval_arch, eval_epochs, eval_all_images: the evaluation model.
+        feature_identities: identities in the feature-space plots (0 disables them).
+        cache_dir: where evaluation models / priors / surrogates are cached (default out_dir/cache).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    """
+
+    data: str = "digits"
+    image_size: int = 64
+    channels: int = 3
+    normalize: bool = True
+    test_fraction: float = 0.2
+    split_seed: int = 42
+    num_private: int | None = None
+    public_fraction: float = 0.25
+    max_images_per_identity: int | None = None
+    arch: str = "cnn-small"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    augment: list[str] = field(default_factory=list)
+    defenses: list[Any] = field(default_factory=lambda: ["nodef", "midre"])
+    seeds: int | list[int] = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError("PipelineConfig.data must be 'digits' or a path")
+        _positive_int(self, "image_size", 8)
+        _positive_int(self, "epochs")
+        _positive_int(self, "batch_size")
+        if not (isinstance(self.public_fraction, int | float) and 0 < self.public_fraction < 1):
+            raise ValueError(f"PipelineConfig.public_fraction must be in (0, 1), got {self.public_fraction!r}")
+        if isinstance(self.defenses, str):
+            self.defenses = [d for d in self.defenses.split(";" if ":" in self.defenses else ",") if d.strip()]
+        if not isinstance(self.defenses, list) or not self.defenses:
+            raise ValueError("PipelineConfig.defenses must be a non-empty list")
+        self.defenses = [parse_defense(d) for d in self.defenses]
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list):
+            raise ValueError(f"PipelineConfig.seeds must be a count or a list of ints, got {self.seeds!r}")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise ValueError(f"PipelineConfig.seeds must be >= 1, got {self.seeds}")
+        if isinstance(self.seeds, list) and (not self.seeds or not all(isinstance(s, int) for s in self.seeds)):
+            raise ValueError(f"PipelineConfig.seeds must be a non-empty list of ints, got {self.seeds!r}")
+        self._validate_attack_settings()
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
+        _check_fields(cls, data)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"PipelineConfig: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def dataset_spec(self, num_private: int | None = None) -> Any:
+        from midre.data import DatasetSpec
+
+        return DatasetSpec(source=self.data, image_size=self.image_size, channels=self.channels,
+                           normalize=self.normalize, test_fraction=self.test_fraction, split_seed=self.split_seed,
+                           num_private=num_private if num_private is not None else self.num_private,
+                           max_images_per_identity=self.max_images_per_identity)
+
+
+@dataclass
+class AttackEvalConfig(_AttackSettings):
+    """Attack one trained target (a ``midre.train`` output folder).
+
+    Attributes:
+        target: the target's checkpoint folder.
+        eval_model: an evaluation model's checkpoint folder; ``None`` trains (or reuses from the
+            cache) one for the target's data spec.
+        seeds: attack repetitions (seeds 0..N-1 or a list); the report gives mean ± std over them.
+        public_data: public images for GAN attacks when the target's data has no public identities.
+        (the other fields as in :class:`PipelineConfig`)
+    """
+
+    target: str = ""
+    eval_model: str | None = None
+    seeds: int | list[int] = 3
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target:
+            raise ValueError("AttackEvalConfig.target must be the path of a trained model folder")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list) or (
+                isinstance(self.seeds, int) and self.seeds < 1):
+            raise ValueError(f"AttackEvalConfig.seeds must be a count >= 1 or a list of ints, got {self.seeds!r}")
+        self._validate_attack_settings()
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AttackEvalConfig:
+        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
+        _check_fields(cls, data)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"AttackEvalConfig: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Stages:
+    """Maps named stages onto [0, 1] of the whole job by their estimated weight."""
+
+    def __init__(self, progress: ProgressCallback, weights: list[tuple[str, float]]) -> None:
+        total = sum(w for _, w in weights) or 1.0
+        self.progress, self.bounds, acc = progress, {}, 0.0
+        for name, w in weights:
+            self.bounds[name] = (acc / total, (acc + w) / total)
+            acc += w
+
+    def sub(self, name: str) -> ProgressCallback:
+        lo, hi = self.bounds[name]
+        return scaled(self.progress, lo, hi)
+
+    def mark(self, name: str, message: str) -> None:
+        self.progress(ProgressEvent(stage=name.split(":")[0], fraction=self.bounds[name][1], message=message))
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _load_public(path: str, like: Any) -> Any:
+    """Load a separate public data set at the private data's size/channels (all of its images)."""
+    from midre.data import load_dataset
+    from midre.priors import PublicData
+
+    spec = dataclasses.replace(like, source=path, num_private=None, test_fraction=0.0,
+                               max_images_per_identity=None)
+    splits = load_dataset(spec)
+    images = splits.train.images
+    return PublicData.from_images(images, f"{path} ({images.shape[0]} images, all identities)")
+
+
+def _count_identities(spec: Any) -> int:
+    from midre.data import load_dataset
+
+    return len(load_dataset(dataclasses.replace(spec, num_private=None)).class_names)
+
+
+def _save_recon(path: Path, pixels: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"pixels": (pixels.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
+               "labels": labels.contiguous(), "confidence": confidence.float().contiguous()}, str(path))
+
+
+def _load_recon(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[int], settings: _AttackSettings,
+                seed: int, run_dir: Path, evaluator: EvaluationModel, private: Any, public: Any, prior_cache: dict,
+                cache_dir: str, device: str, progress: ProgressCallback,
+                should_stop: StopCallback) -> dict[str, Any]:
+    """Run (or load) one attack on one target and return its metrics record."""
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file() and (run_dir / "recon.safetensors").is_file():
+        logger.info("skipping finished attack run %s", run_dir)
+        return json.loads(metrics_path.read_text())
+    budget = settings.budget_for(attack)
+    options = settings.options_for(attack)
+    prior = None
+    start_fraction = 0.0
+    if needs_public_data(attack) and attack in ("gmi", "lomma+gmi") and public is not None:
+        from midre.priors import PriorConfig, load_or_train_prior
+
+        cfg = PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": 0, **options.get("prior", {})})
+        key = json.dumps(cfg.to_dict(), sort_keys=True)
+        if key not in prior_cache:  # the GMI prior is target-independent: train once per study
+            t0 = time.monotonic()
+            prior_cache[key] = load_or_train_prior(cfg, public, target.image_shape, cache_dir=cache_dir,
+                                                   device=device, progress=scaled(progress, 0.0, 0.5),
+                                                   should_stop=should_stop)
+            prior_cache[key + ":seconds"] = time.monotonic() - t0
+            start_fraction = 0.5
+        prior = prior_cache[key]
+        options = {k: v for k, v in options.items() if k != "prior"}
+    result = run_attack(attack, target, ids, per_identity=settings.per_identity, prior=prior, public=public,
+                        budget=budget, options=options, seed=seed, device=device, cache_dir=cache_dir,
+                        progress=scaled(progress, start_fraction, 1.0),
+                        should_stop=should_stop)
+    pixels = result.pixels()
+    scores = evaluate_reconstructions(evaluator, pixels, result.labels, private.images, private.labels)
+    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_acc,
+              "attacc_top1": 100.0 * scores["attacc_top1"], "attacc_top5": 100.0 * scores["attacc_top5"],
+              "knn_dist": scores["knn_dist"], "delta_eval": scores["delta_eval"],
+              "target_confidence": float(result.confidence.mean()), "queries": result.queries,
+              "attack_seconds": result.seconds, "budget": budget.to_dict(),
+              "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
+              "images": int(result.labels.numel()), "extra": result.extra}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save_recon(run_dir / "recon.safetensors", pixels, result.labels, result.confidence)
+    _write_json(metrics_path, record)
+    logger.info("%s on %s seed %d: AttAcc top-1 %.1f%%, KNN %.1f (%.0fs)", attack, run_dir.parent.parent.name,
+                seed, record["attacc_top1"], record["knn_dist"], result.seconds)
+    return record
+
+
+def _grids_and_features(records: list[dict[str, Any]], out_dir: Path, labels_of: dict[str, str],
+                        targets: dict[tuple[str, int], AttackTarget], private: Any, class_names: list[str],
+                        settings: _AttackSettings, attacks: list[str], defenses: list[str]) -> tuple[dict, dict, dict]:
+    """Reconstruction grids (first seed, first image per identity) and feature-space analyses."""
+    grids: dict[str, Any] = {}
+    features: dict[str, Any] = {}
+    feature_json: dict[str, Any] = {}
+    first_seed = min(r["seed"] for r in records)
+    for attack in attacks:
+        recon: dict[str, Any] = {}
+        names: list[str] = []
+        real = None
+        for d in defenses:
+            path = out_dir / "attacks" / d / f"seed{first_seed}" / attack / "recon.safetensors"
+            if not path.is_file():
+                continue
+            data = _load_recon(path)
+            labels = data["labels"]
+            ids = labels.unique()[:8].tolist()
+            first = [int((labels == i).nonzero()[0]) for i in ids]
+            recon[labels_of[d]] = (data["pixels"][first].float() / 255).numpy()
+            names = [class_names[i] if i < len(class_names) else str(i) for i in ids]
+            real_idx = [int((private.labels == i).nonzero()[0]) for i in ids]
+            real = (private.images[real_idx].float() / 255).numpy()
+            tgt = targets.get((d, first_seed))
+            if tgt is not None and settings.feature_identities > 0:
+                fid = labels.unique()[: settings.feature_identities].tolist()
+                a_h = 0.4
+                cfg_def = tgt.card.get("defense") or {}
+                if isinstance(cfg_def, dict) and "a_h" in cfg_def:
+                    a_h = float(cfg_def["a_h"])
+                try:
+                    from midre.attacks.base import PixelCodec
+
+                    codec = PixelCodec(tgt.normalization, tgt.image_shape[0], torch.device("cpu"))
+                    tgt.model.cpu()
+                    priv_in = codec.to_input(private.images.float() / 255)
+                    rec_in = codec.to_input(data["pixels"].float() / 255)
+                    fs = feature_space_analysis(tgt.model, priv_in, private.labels, rec_in, labels, identities=fid,
+                                                a_h=a_h, normalization=tgt.normalization, seed=first_seed)
+                    title = f"{labels_of[d]} target, {attack}"
+                    features[title] = fs
+                    feature_json[title] = {"attack": attack, "defense": d, **fs.to_dict()}
+                except (ValueError, RuntimeError) as exc:  # an analysis failure must not lose the report
+                    logger.warning("feature-space analysis of %s/%s failed: %s", d, attack, exc)
+        if recon:
+            grids[attack] = {"names": names, "real": real, "recon": recon}
+    return grids, features, feature_json
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: ProgressCallback | None = None,
+                 should_stop: StopCallback | None = None) -> dict[str, Any]:
+    """Run the whole NoDef-vs-defense study and write ``report.json`` + ``report.html`` to ``out_dir``.
+
+    Steps: (1) load the private (and public) data; (2) train or reuse the evaluation model;
+    (3) train one target per defense and seed (resumed/skipped by :func:`midre.train.train`);
+    (4) train or reuse the GAN priors and run every attack on every target; (5) evaluate AttAcc,
+    KNN distance, delta_eval; (6) feature-space analysis, plots and the report.
+
+    Returns:
+        The report dict (also written as ``out_dir/report.json``).
+    """
+    from midre.data import load_dataset
+    from midre.train import TrainConfig, train
+
+    progress = progress or no_progress
+    should_stop = should_stop or never_stop
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config.device)
+    cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
+    timings: dict[str, float] = {}
+    t_start = time.monotonic()
+    seeds = config.seed_list
+    need_public = any(needs_public_data(a) for a in config.attacks)
+
+    # (1) data
+    num_private = config.num_private
+    public_note = None
+    if need_public and config.public_data is None and num_private is None:
+        total = _count_identities(config.dataset_spec())
+        num_private = max(2, total - max(1, math.ceil(config.public_fraction * total)))
+        public_note = (f"no public data given: identities {num_private + 1}..{total} (sorted by name) are public, "
+                       f"the first {num_private} private")
+        logger.info(public_note)
+    spec = config.dataset_spec(num_private)
+    splits = load_dataset(spec)
+    public = None
+    if need_public:
+        if config.public_data:
+            public = _load_public(config.public_data, spec)
+        elif splits.public is not None:
+            from midre.priors import PublicData
+
+            public = PublicData.from_images(splits.public.images, f"{config.data}: {len(splits.public_class_names)} "
+                                            "non-private identities")
+        else:
+            raise ValueError("public_data: the attacks need public images; give a path or set num_private")
+    _write_json(out / "config.json", {**config.to_dict(), "resolved_num_private": num_private})
+
+    n_runs = len(config.defenses) * len(seeds)
+    stages = _Stages(progress, [("eval", 1.0), ("train", 2.0 * n_runs), ("attack", 1.5 * n_runs * len(config.attacks)),
+                                ("report", 0.3)])
+    # (2) evaluation model
+    t0 = time.monotonic()
+    evaluator = (train_evaluation_model(spec, cache_dir, config.eval_config(), device=device,
+                                        progress=stages.sub("eval"), should_stop=should_stop))
+    timings["evaluation_model"] = time.monotonic() - t0
+    stages.mark("eval", f"evaluation model {evaluator.arch}: accuracy {evaluator.accuracy}")
+
+    # (3) targets
+    labels_of: dict[str, str] = {}
+    target_dirs: dict[tuple[str, int], Path] = {}
+    train_sub = stages.sub("train")
+    t0 = time.monotonic()
+    for i, (defense, seed) in enumerate([(d, s) for d in config.defenses for s in seeds]):
+        label = defense_label(defense)
+        labels_of[label] = {"nodef": "NoDef", "midre": "MIDRE"}.get(label, label)
+        tdir = out / "targets" / label / f"seed{seed}"
+        cfg = TrainConfig(data=spec, arch=config.arch, defense=defense, epochs=config.epochs,
+                          batch_size=config.batch_size, lr=config.lr, augment=tuple(config.augment), seed=seed,
+                          device=device)
+        train(cfg, tdir, progress=scaled(train_sub, i / n_runs, (i + 1) / n_runs), should_stop=should_stop)
+        target_dirs[(label, seed)] = tdir
+    timings["targets"] = time.monotonic() - t0
+
+    # (4-5) attacks
+    num_ids = len(splits.class_names)
+    ids = list(range(min(num_ids, config.identities or num_ids)))
+    prior_cache: dict[str, Any] = {}
+    records: list[dict[str, Any]] = []
+    targets: dict[tuple[str, int], AttackTarget] = {}
+    attack_sub = stages.sub("attack")
+    jobs = [(lbl, s, a) for (lbl, s) in target_dirs for a in config.attacks]
+    t0 = time.monotonic()
+    for j, (label, seed, attack) in enumerate(jobs):
+        tdir = target_dirs[(label, seed)]
+        if (label, seed) not in targets:
+            targets[(label, seed)] = AttackTarget.from_checkpoint(str(tdir), device=device)
+        target = targets[(label, seed)]
+        acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
+        sub = scaled(attack_sub, j / len(jobs), (j + 1) / len(jobs))
+        sub(ProgressEvent(stage="attack", fraction=0.0, message=f"{attack} on {label} seed {seed}"))
+        rec = _attack_one(attack, target, acc, ids, config, seed, out / "attacks" / label / f"seed{seed}" / attack,
+                          evaluator, splits.train, public, prior_cache, cache_dir, device, sub, should_stop)
+        records.append({**rec, "defense": label, "seed": seed})
+    timings["attacks"] = time.monotonic() - t0
+    timings.update({f"prior_{k.split(':')[0][:8]}": v for k, v in prior_cache.items() if k.endswith(":seconds")})
+
+    # (6) report
+    t0 = time.monotonic()
+    from midre.report import aggregate_runs, write_report
+
+    defense_labels = [defense_label(d) for d in config.defenses]
+    results, verdicts = aggregate_runs(records, defense_labels, config.attacks, baseline=defense_labels[0])
+    grids, features, feature_json = _grids_and_features(records, out, labels_of, targets, splits.train,
+                                                        list(splits.class_names), config, config.attacks,
+                                                        defense_labels)
+    timings["report"] = time.monotonic() - t0
+    timings["total"] = time.monotonic() - t_start
+    cards = {f"{lbl}/seed{s}": (targets[(lbl, s)].card.get("metrics") or {}) for (lbl, s) in targets}
+    report = {
+        "kind": "pipeline",
+        "dataset": {**spec.to_dict(), "identities": len(splits.class_names), "class_names": list(splits.class_names),
+                    "summary": splits.summary, "public": (public.description if public is not None else None),
+                    "public_note": public_note},
+        "models": {"target": {"arch": config.arch, "epochs": config.epochs, "batch_size": config.batch_size,
+                              "lr": config.lr, "per_run": cards},
+                   "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
+                                                                       if evaluator.accuracy is not None else None),
+                                  "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},
+        "defenses": config.defenses,
+        "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
+                     "per_identity": config.per_identity, "identities": len(ids)} for a in config.attacks],
+        "seeds": seeds,
+        "results": results,
+        "verdicts": verdicts,
+        "runs": records,
+        "feature_space": feature_json,
+        "timings": timings,
+        "device": device,
+    }
+    report = write_report(report, out, grids=grids, feature_results=features)
+    progress(ProgressEvent(stage="done", fraction=1.0, message=f"report: {out / 'report.html'}"))
+    return report
+
+
+def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: ProgressCallback | None = None,
+                    should_stop: StopCallback | None = None) -> dict[str, Any]:
+    """Attack one trained target with every configured attack and seed; write the report.
+
+    The private data are re-loaded from the data spec stored in the target's ``model.json`` (same
+    identities, same split), the evaluation model is loaded (``eval_model``) or trained/reused from
+    the cache, and each attack runs ``seeds`` times.
+    """
+    from midre.data import DatasetSpec, load_dataset
+
+    progress = progress or no_progress
+    should_stop = should_stop or never_stop
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(config.device)
+    cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
+    t_start = time.monotonic()
+    timings: dict[str, float] = {}
+    target = AttackTarget.from_checkpoint(config.target, device=device)
+    data_dict = (target.card.get("config") or {}).get("data")
+    if not data_dict:
+        raise ValueError(f"target: {config.target}/model.json has no config.data (was it trained by midre train?)")
+    spec = DatasetSpec.from_dict(data_dict)
+    splits = load_dataset(spec)
+    card_names = target.card.get("class_names")
+    if card_names and list(card_names) != list(splits.class_names):
+        raise ValueError("target: the data set's identities differ from those in model.json")
+    public = None
+    if any(needs_public_data(a) for a in config.attacks):
+        if config.public_data:
+            public = _load_public(config.public_data, spec)
+        elif splits.public is not None:
+            from midre.priors import PublicData
+
+            public = PublicData.from_images(splits.public.images, f"{spec.source}: non-private identities")
+        else:
+            raise ValueError("public_data: GAN attacks need public images and the target's data set has no "
+                             "public identities; pass a path")
+    seeds = config.seed_list
+    stages = _Stages(progress, [("eval", 0.0 if config.eval_model else 1.0),
+                                ("attack", 1.5 * len(seeds) * len(config.attacks)), ("report", 0.2)])
+    t0 = time.monotonic()
+    if config.eval_model:
+        evaluator = load_evaluation_model(config.eval_model, device=device)
+        if evaluator.class_names and list(evaluator.class_names) != list(splits.class_names):
+            raise ValueError("eval_model: its identities differ from the target's")
+    else:
+        evaluator = train_evaluation_model(spec, cache_dir, config.eval_config(), device=device,
+                                           progress=stages.sub("eval"), should_stop=should_stop)
+    timings["evaluation_model"] = time.monotonic() - t0
+    defense = target.card.get("defense") or {"name": "unknown"}
+    label = defense_label(defense) if isinstance(defense, dict) and "name" in defense else "target"
+    acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
+    num_ids = len(splits.class_names)
+    ids = list(range(min(num_ids, config.identities or num_ids)))
+    jobs = [(s, a) for s in seeds for a in config.attacks]
+    records = []
+    prior_cache: dict[str, Any] = {}
+    attack_sub = stages.sub("attack")
+    t0 = time.monotonic()
+    for j, (seed, attack) in enumerate(jobs):
+        sub = scaled(attack_sub, j / len(jobs), (j + 1) / len(jobs))
+        rec = _attack_one(attack, target, acc, ids, config, seed, out / "attacks" / label / f"seed{seed}" / attack,
+                          evaluator, splits.train, public, prior_cache, cache_dir, device, sub, should_stop)
+        records.append({**rec, "defense": label, "seed": seed})
+    timings["attacks"] = time.monotonic() - t0
+    from midre.report import aggregate_runs, write_report
+
+    results, verdicts = aggregate_runs(records, [label], config.attacks, baseline=label)
+    labels_of = {label: {"nodef": "NoDef", "midre": "MIDRE"}.get(label, label)}
+    grids, features, feature_json = _grids_and_features(records, out, labels_of, {(label, min(seeds)): target},
+                                                        splits.train, list(splits.class_names), config,
+                                                        config.attacks, [label])
+    timings["total"] = time.monotonic() - t_start
+    report = {
+        "kind": "attack_eval",
+        "dataset": {**spec.to_dict(), "identities": num_ids, "class_names": list(splits.class_names),
+                    "public": public.description if public is not None else None},
+        "models": {"target": {"arch": target.card.get("arch"), "dir": str(config.target), "defense": defense,
+                              "metrics": target.card.get("metrics")},
+                   "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
+                                                                       if evaluator.accuracy is not None else None),
+                                  "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},
+        "defenses": [defense],
+        "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
+                     "per_identity": config.per_identity, "identities": len(ids)} for a in config.attacks],
+        "seeds": seeds,
+        "results": results,
+        "verdicts": verdicts,
+        "runs": records,
+        "feature_space": feature_json,
+        "timings": timings,
+        "device": device,
+    }
+    report = write_report(report, out, grids=grids, feature_results=features)
+    progress(ProgressEvent(stage="done", fraction=1.0, message=f"report: {out / 'report.html'}"))
+    return report
+
+
+__all__ = ["DEFAULT_ATTACK_BUDGETS", "AttackEvalConfig", "PipelineConfig", "defense_label", "parse_defense",
+           "run_attack_eval", "run_pipeline"]
