@@ -120,9 +120,7 @@ def vgg16(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierM
     ImageNet ``vgg16_bn`` torchvision weights load into the conv features.
     """
     backbone = MIVGG16Backbone(in_channels, image_size)
-    return MIVGG16(
-        backbone, num_classes=num_classes, arch="vgg16", image_size=image_size, in_channels=in_channels
-    )
+    return MIVGG16(backbone, num_classes=num_classes, arch="vgg16", image_size=image_size, in_channels=in_channels)
 
 
 class IRUnit(nn.Module):
@@ -273,9 +271,7 @@ def _ir_model(
     if unit not in ("arcface", "evolve"):
         raise ValueError(f"unit must be 'arcface' or 'evolve', got {unit!r}")
     backbone = IRBackbone(in_channels, image_size, stage_units, unit=unit, dropout=dropout)
-    return IRClassifier(
-        backbone, num_classes=num_classes, arch=arch, image_size=image_size, in_channels=in_channels
-    )
+    return IRClassifier(backbone, num_classes=num_classes, arch=arch, image_size=image_size, in_channels=in_channels)
 
 
 @register_model("ir152", min_image_size=16)

@@ -80,9 +80,7 @@ def cnn_small(
     if not widths or any(w < 1 for w in widths):
         raise ValueError(f"widths must be positive ints, got {widths}")
     if image_size < 2 ** len(widths):
-        raise ValueError(
-            f"image_size={image_size} is too small for {len(widths)} blocks: minimum {2 ** len(widths)}"
-        )
+        raise ValueError(f"image_size={image_size} is too small for {len(widths)} blocks: minimum {2 ** len(widths)}")
     backbone = SmallCNNBackbone(in_channels, widths)
     return ClassifierModel(
         backbone, num_classes=num_classes, arch="cnn-small", image_size=image_size, in_channels=in_channels

@@ -159,9 +159,7 @@ _RESNET = _Spec(
 def _resnet_builder(name: str, feature_dim: int) -> Callable[..., ClassifierModel]:
     def build(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
         net = getattr(tvm, name)(weights=None, num_classes=num_classes)
-        return _wrap(
-            net, _RESNET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels
-        )
+        return _wrap(net, _RESNET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
 
     build.__name__ = name
     build.__doc__ = f"""torchvision {name} (He et al., "Deep Residual Learning for Image Recognition",
@@ -205,7 +203,7 @@ _DENSENET = _Spec(
         "@gap",
         "@flatten",
     ),
-    taps=("features.transition1", "features.transition2", "features.transition3", "@relu"),
+    taps=("features.transition1", "features.transition2", "features.transition3", "features.norm5"),
     # torchvision's published DenseNet weights still use the old ``norm.1`` / ``conv.2`` names
     key_rewrites=((r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.", r"\1\2."),),
 )
@@ -214,16 +212,14 @@ _DENSENET = _Spec(
 def _densenet_builder(name: str, feature_dim: int) -> Callable[..., ClassifierModel]:
     def build(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
         net = getattr(tvm, name)(weights=None, num_classes=num_classes)
-        return _wrap(
-            net, _DENSENET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels
-        )
+        return _wrap(net, _DENSENET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
 
     build.__name__ = name
     build.__doc__ = f"""torchvision {name} (Huang et al., "Densely Connected Convolutional Networks",
     CVPR 2017, https://arxiv.org/abs/1608.06993); feature_dim {feature_dim}.
 
     ``features`` is ReLU + global average pooling of the last dense block (after ``norm5``);
-    hidden activations are the three transition outputs and that final ReLU map.
+    hidden activations are the three transition outputs and the ``norm5`` map (before that ReLU).
     ``image_size`` >= 32 (32x downsampling).
     """
     return build
@@ -344,9 +340,7 @@ def maxvit_t(*, num_classes: int, image_size: int, in_channels: int) -> Classifi
         stochastic_depth_prob=0.2,
         num_classes=num_classes,
     )
-    return _wrap(
-        net, _MAXVIT, arch="maxvit_t", num_classes=num_classes, image_size=image_size, in_channels=in_channels
-    )
+    return _wrap(net, _MAXVIT, arch="maxvit_t", num_classes=num_classes, image_size=image_size, in_channels=in_channels)
 
 
 # --- Inception-v1 (GoogLeNet) -----------------------------------------------------------------

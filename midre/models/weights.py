@@ -198,9 +198,7 @@ def load_state_dict_flexible(
         ):
             to_load[key] = adapt_input_conv_weight(value, model.in_channels)
             report.adapted.append(key)
-            logger.info(
-                "%s: adapted %s from %d to %d input channels", source, key, value.shape[1], target.shape[1]
-            )
+            logger.info("%s: adapted %s from %d to %d input channels", source, key, value.shape[1], target.shape[1])
         else:
             mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
     for key in state:
@@ -225,12 +223,8 @@ def load_state_dict_flexible(
     if report.dropped:
         logger.info("%s: dropped keys the model does not use: %s", source, _short(report.dropped))
     result = model.load_state_dict(to_load, strict=False)
-    leftover = [
-        k for k in result.missing_keys if k not in report.skipped and not k.endswith("num_batches_tracked")
-    ]
+    leftover = [k for k in result.missing_keys if k not in report.skipped and not k.endswith("num_batches_tracked")]
     if leftover or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise ValueError(
-            f"{source}: inconsistent load, missing {leftover}, unexpected {result.unexpected_keys}"
-        )
+        raise ValueError(f"{source}: inconsistent load, missing {leftover}, unexpected {result.unexpected_keys}")
     report.loaded = sorted(to_load)
     return report
