@@ -158,6 +158,8 @@ class GanPrior:
         gen, disc = build_networks(config, shape, meta.get("num_classes"))
         gen.load_state_dict(load_file(str(path / "generator.safetensors")))
         disc.load_state_dict(load_file(str(path / "discriminator.safetensors")))
+        gen.eval()
+        disc.eval()
         prior = cls(gen, disc, config, shape, meta.get("num_classes"), meta.get("info", {}))
         return prior.to(device)
 
