@@ -12,6 +12,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from midre.models.base import ClassifierModel
@@ -149,6 +150,7 @@ def create_model(
         FileNotFoundError: ``weights_path`` does not exist.
 
     Example:
+        >>> import torch
         >>> model = create_model("cnn-small", num_classes=40, image_size=64)
         >>> model(torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 40])
@@ -171,6 +173,8 @@ def create_model(
     if unknown:
         accepted = ", ".join(info.options) or "none"
         raise TypeError(f"{info.name!r} got unexpected option(s) {unknown}; accepted options: {accepted}")
+    if weights_path is not None and not Path(weights_path).is_file():  # fail before a costly build
+        raise FileNotFoundError(f"weights file not found: {weights_path}")
     model = info.builder(num_classes=num_classes, image_size=image_size, in_channels=in_channels, **options)
     if not isinstance(model, ClassifierModel) or model.arch != info.name:
         raise TypeError(f"builder for {info.name!r} must return a ClassifierModel with arch={info.name!r}")
