@@ -221,9 +221,17 @@ def cmd_create_key(args: argparse.Namespace) -> int:
 
 
 # -- jobs --------------------------------------------------------------------------------------
+def _quiet_http_logs() -> None:
+    """One log line per poll would drown the progress bar; keep httpx's to warnings."""
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def _client(args: argparse.Namespace) -> Any:
     from services.client import Client
 
+    _quiet_http_logs()
     return Client(args.url, args.api_key)
 
 
@@ -391,6 +399,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from services.db.session import session_scope
     from services.settings import Settings
 
+    _quiet_http_logs()
     env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
     if args.home:
         env["MIDRE_HOME"] = str(Path(args.home).expanduser().resolve())

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Server-side folders a dataset may reference (comma-separated list).",
     )
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
+    )
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the API starts.")
     page_size_max: int = Field(200, ge=1, description="Largest page of a list endpoint.")
 

@@ -54,9 +54,13 @@ def authenticate(session: Session, key: str) -> Tenant | None:
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         hmac.compare_digest(hash_key(key), hash_key(""))  # same work either way
         return None
-    row = session.scalar(select(ApiKey).where(ApiKey.key_id == parts[1]))
+    row = session.execute(
+        select(Tenant, ApiKey.key_hash, ApiKey.revoked_at)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_id == parts[1])
+    ).first()
     expected = row.key_hash if row is not None else hash_key("")
     ok = hmac.compare_digest(expected, hash_key(key))
     if row is None or not ok or row.revoked_at is not None:
         return None
-    return row.tenant
+    return row.Tenant

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from services.db.migrate import upgrade
 from services.db.session import session_factory
-from services.gateway.deps import ServiceContext
+from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import artifacts, datasets, health, jobs, models
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sessions=session_factory(settings.db_url),
         store=LocalStore(settings.storage_dir),
         dispatcher=Dispatcher(settings),
+        auth_cache=AuthCache(settings.auth_cache_s),
     )
 
     @asynccontextmanager

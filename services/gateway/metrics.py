@@ -7,7 +7,7 @@ depths are read when Prometheus scrapes, so they are never stale and cost nothin
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.db.jobs import STATUSES
 from services.db.models import Job
@@ -58,6 +59,35 @@ def _route_template(request: Request) -> str:
     return "unmatched"
 
 
+class LatencyMiddleware:
+    """Pure ASGI middleware timing each HTTP request (cheaper than ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            request = Request(scope)
+            self.histogram.labels(scope["method"], _route_template(request), str(status)).observe(
+                time.perf_counter() - start
+            )
+
+
 def install_metrics(app: FastAPI, ctx: ServiceContext) -> CollectorRegistry:
     """Add the latency middleware and the ``/metrics`` route to ``app``."""
     registry = CollectorRegistry()
@@ -70,18 +100,7 @@ def install_metrics(app: FastAPI, ctx: ServiceContext) -> CollectorRegistry:
     )
     registry.register(ServiceCollector(ctx))
 
-    @app.middleware("http")
-    async def observe_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            latency.labels(request.method, _route_template(request), str(status)).observe(
-                time.perf_counter() - start
-            )
+    app.add_middleware(LatencyMiddleware, histogram=latency)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -12,9 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from services.db.models import Dataset, Tenant
+from services.db.models import Dataset
 from services.db.types import new_id, utcnow
-from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext
+from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef
 from services.gateway.errors import (
     PROBLEM_RESPONSES,
     ApiError,
@@ -148,7 +148,7 @@ async def create_dataset(request: Request, ctx: Ctx, session: DB, tenant: Curren
     raise ApiError(415, "unsupported_media_type", "send multipart/form-data (upload) or application/json")
 
 
-async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: Tenant) -> DatasetPublic:
+async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: TenantRef) -> DatasetPublic:
     store = ctx.store
     upload = await receive_file(request, store.upload_dir(), ctx.settings.max_upload_bytes)
     dataset_id = new_id("ds")
@@ -202,7 +202,7 @@ def _allowed_path(ctx: ServiceContext, source: str) -> Path:
     raise validation_error("source", "path is not under a folder the operator allow-listed (MIDRE_DATASET_PATHS)")
 
 
-async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: Tenant) -> DatasetPublic:
+async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: TenantRef) -> DatasetPublic:
     if ref.source == DIGITS:
         source_type, source = "builtin", DIGITS
     else:
@@ -245,7 +245,7 @@ def list_datasets(
     )
 
 
-def _get_dataset(session: DB, tenant: Tenant, dataset_id: str) -> Dataset:
+def _get_dataset(session: DB, tenant: TenantRef, dataset_id: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or dataset.tenant_id != tenant.id:
         raise not_found("dataset", dataset_id)

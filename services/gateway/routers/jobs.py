@@ -12,9 +12,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Dataset, Job, JobEvent, Tenant
+from services.db.models import Dataset, Job, JobEvent
 from services.db.types import new_id, utcnow
-from services.gateway.deps import DB, Ctx, CurrentTenant
+from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
 from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
 from services.gateway.views import event_view, job_view
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES
 StatusFilter = Annotated[str | None, Query(description="Only jobs in this status.")]
 
 
-def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+def get_job(session: Session, tenant: TenantRef, job_id: str) -> Job:
     """The tenant's job ``job_id``; 404 when missing or someone else's."""
     job = session.get(Job, job_id)
     if job is None or job.tenant_id != tenant.id:
@@ -34,7 +34,7 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     return job
 
 
-def resolve_dataset(session: Session, tenant: Tenant, ref: str) -> tuple[str, str | None]:
+def resolve_dataset(session: Session, tenant: TenantRef, ref: str) -> tuple[str, str | None]:
     """``(source, dataset_id)`` of a job's ``dataset`` field; 422 naming ``dataset`` when unknown."""
     if ref == DIGITS:
         return DIGITS, None
@@ -44,7 +44,7 @@ def resolve_dataset(session: Session, tenant: Tenant, ref: str) -> tuple[str, st
     return dataset.source, dataset.id
 
 
-def _check_model_job(session: Session, tenant: Tenant, ref: str) -> None:
+def _check_model_job(session: Session, tenant: TenantRef, ref: str) -> None:
     job = session.get(Job, ref)
     if job is None or job.tenant_id != tenant.id:
         raise validation_error("model_job", f"unknown job {ref!r}")

@@ -1,0 +1,185 @@
+"""Benchmark the service against the library, measured in one run.
+
+1. Job wall time through the service (REST submit -> worker -> ``succeeded`` seen by polling) vs the
+   same ``midre.train.train`` call in-process, on the same machine, one after the other. The goal is
+   a ratio <= 1.05 for a job of >= 1 minute: the service adds a queue hop, DB writes per epoch,
+   heartbeats and artifact hashing, none of which should matter next to training.
+2. Latency of ``GET /v1/jobs/{id}`` (p50 / p99 / max, and requests per second) under N concurrent
+   loopback clients (default 50), each with its own connection.
+
+The service is ``midre serve`` in a temporary MIDRE_HOME (embedded: SQLite + file-system broker + one
+worker process) unless MIDRE_DATABASE_URL / MIDRE_BROKER_URL point it at PostgreSQL / Redis.
+
+Run: ``uv run python benchmarks/service.py`` (options: ``--epochs``, ``--image-size``, ``--clients``,
+``--requests``, ``--device``). The defaults train ``cnn-small`` on ``digits`` at 32x32 for a job of
+about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def spec(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "kind": "train",
+        "dataset": "digits",
+        "arch": "cnn-small",
+        "defense": {"name": "midre", "a_h": 0.4},
+        "training": {"epochs": args.epochs, "image_size": args.image_size, "batch_size": 64, "seed": 0},
+        "device": args.device,
+    }
+
+
+def run_in_process(args: argparse.Namespace, out_dir: Path) -> float:
+    """The library call the worker makes, timed in this process."""
+    from midre.train import train
+    from services.worker.library import train_config
+
+    cfg = train_config(spec(args), "digits")
+    start = time.perf_counter()
+    train(cfg, out_dir)
+    return time.perf_counter() - start
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """``midre serve`` in a subprocess, waited on until the API and the worker are both ready."""
+
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = home / "serve.log"
+        env = os.environ | {"MIDRE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+        self.env = env
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log_path.read_text())
+            log_text = self.log_path.read_text(errors="replace")
+            try:
+                api_up = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                api_up = False
+            if api_up and " ready." in log_text:
+                return
+            time.sleep(0.3)
+        raise TimeoutError("service not ready:\n" + self.log_path.read_text())
+
+    def create_key(self) -> str:
+        out = subprocess.run([sys.executable, "-m", "midre.cli", "admin", "create-key", "--tenant", "bench"],
+                             env=self.env, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1].split()[-1]
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def run_through_service(client: httpx.Client, args: argparse.Namespace) -> tuple[float, str]:
+    start = time.perf_counter()
+    job = client.post("/v1/jobs", json=spec(args)).raise_for_status().json()
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.2)
+        job = client.get(f"/v1/jobs/{job['id']}").raise_for_status().json()
+    elapsed = time.perf_counter() - start
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
+    return elapsed, job["id"]
+
+
+async def latency(url: str, key: str, job_id: str, clients: int, requests: int) -> tuple[list[float], float]:
+    """``clients`` concurrent clients, each sending ``requests`` GETs back to back."""
+    headers = {"Authorization": f"Bearer {key}"}
+    times: list[float] = []
+
+    async def one_client() -> None:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+            await client.get(f"/v1/jobs/{job_id}")  # connect + warm up
+            for _ in range(requests):
+                t = time.perf_counter()
+                r = await client.get(f"/v1/jobs/{job_id}")
+                times.append(time.perf_counter() - t)
+                r.raise_for_status()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return times, time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--requests", type=int, default=20, help="GETs per client")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="midre-bench-") as tmp:
+        tmp_path = Path(tmp)
+        print(f"job: cnn-small on digits {args.image_size}x{args.image_size}, {args.epochs} epochs, "
+              f"MIDRE a_h=0.4, device {args.device}")
+        home = tmp_path / "home"
+        home.mkdir()
+        service = Service(home)
+        try:
+            key = service.create_key()
+            with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"},
+                              timeout=60) as client:
+                base_1 = run_in_process(args, tmp_path / "inproc-1")
+                print(f"in-process midre.train.train     : {base_1:7.2f} s")
+                via_service, job_id = run_through_service(client, args)
+                print(f"through the service (REST->worker): {via_service:7.2f} s")
+                base_2 = run_in_process(args, tmp_path / "inproc-2")
+                print(f"in-process again                  : {base_2:7.2f} s")
+            baseline = (base_1 + base_2) / 2
+            print(f"ratio service / in-process        : {via_service / baseline:7.3f}x "
+                  f"(goal <= 1.05; in-process spread {abs(base_1 - base_2) / baseline * 100:.1f}%)")
+
+            times, wall = asyncio.run(latency(service.url, key, job_id, args.clients, args.requests))
+            ms = [t * 1000 for t in times]
+            print(f"GET /v1/jobs/{{id}}, {args.clients} concurrent clients x {args.requests} requests "
+                  f"(loopback): p50 {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms, "
+                  f"max {max(ms):.1f} ms, {len(ms) / wall:.0f} req/s")
+        finally:
+            service.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
