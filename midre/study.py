@@ -629,7 +629,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
                                            progress=stages.sub("eval"), should_stop=should_stop)
     timings["evaluation_model"] = time.monotonic() - t0
     defense = target.card.get("defense") or {"name": "unknown"}
-    label = defense_label(defense) if isinstance(defense, dict) and "name" in defense else "target"
+    label = str(defense.get("name", "target")) if isinstance(defense, dict) else "target"
     acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
     num_ids = len(splits.class_names)
     ids = list(range(min(num_ids, config.identities or num_ids)))
