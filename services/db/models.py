@@ -1,4 +1,5 @@
-"""ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts.
+"""ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts, model_policies,
+model_usage.
 
 Every schema change is an Alembic migration in ``migrations/versions`` (a test checks the two agree).
 """
@@ -160,3 +161,35 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     content_type: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelPolicy(Base):
+    """How a served model answers (set by its owner) and its optional query budget per API key.
+
+    ``policy``: ``full`` | ``top-k`` | ``rounded`` | ``label-only``; ``top_k`` caps the identities a
+    ``top-k``/``rounded`` answer may list, ``decimals`` is the rounding of ``rounded``; ``budget`` is
+    the most images one API key may submit to this model (None: unlimited).
+    """
+
+    __tablename__ = "model_policies"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(20), default="full")
+    top_k: Mapped[int | None] = mapped_column(Integer)
+    decimals: Mapped[int | None] = mapped_column(Integer)
+    budget: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelUsage(Base):
+    """Query accounting: images one API key has submitted to one served model."""
+
+    __tablename__ = "model_usage"
+    __table_args__ = (UniqueConstraint("key_id", "job_id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.key_id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    queries: Mapped[int] = mapped_column(BigInteger, default=0)
+    rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -19,7 +19,10 @@ from services.db.session import session_factory
 from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
-from services.gateway.routers import artifacts, datasets, health, jobs, models
+from services.gateway.routers import artifacts, datasets, health, jobs, models, predict
+from services.serving.config import ServingSettings
+from services.serving.metrics import UsageCollector
+from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
 from services.storage import LocalStore
 from services.worker.dispatch import Dispatcher
@@ -40,6 +43,7 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
+    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir))
     ctx = ServiceContext(
         settings=settings,
         sessions=session_factory(settings.db_url),
@@ -54,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auto_migrate:
             await run_in_threadpool(upgrade, settings.db_url)
         yield
+        serving.close()
 
     app = FastAPI(
         title="MIDRE service",
@@ -65,13 +70,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "jobs", "description": "Train / attack-evaluate / pipeline jobs."},
             {"name": "artifacts", "description": "Checkpoints, reports and plots of a job."},
             {"name": "models", "description": "Model cards."},
+            {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
             {"name": "health", "description": "Liveness and readiness."},
         ],
     )
     app.state.ctx = ctx
+    app.state.serving = serving
     install_error_handlers(app)
-    install_metrics(app, ctx)
-    for module in (health, datasets, jobs, artifacts, models):
+    registry = install_metrics(app, ctx)
+    serving.register_metrics(registry)
+    registry.register(UsageCollector(ctx.sessions))
+    for module in (health, datasets, jobs, artifacts, models, predict):
         app.include_router(module.router)
     return app
 

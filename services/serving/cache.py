@@ -1,0 +1,121 @@
+"""A bounded, per-process LRU cache of loaded models, keyed by the weights' sha256.
+
+Artifacts are content-addressed blobs, so a checkpoint is rebuilt with
+:func:`midre.checkpoint.load_checkpoint` from a folder of two symlinks (``model.json`` and
+``model.safetensors``) pointing at the blobs: no copy, and the same weights are loaded once however
+many jobs share them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint
+from services.serving.batcher import DynamicBatcher
+from services.storage import LocalStore
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: eval mode, on its device, with its card and batcher."""
+
+    key: str
+    model: nn.Module
+    card: dict[str, Any]
+    device: torch.device
+    batcher: DynamicBatcher | None = field(default=None, repr=False)
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax of the logits of a normalised float batch, on the CPU (runs in the executor)."""
+        with torch.inference_mode():
+            logits = self.model(x.to(self.device, non_blocking=True))
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def load_from_store(store: LocalStore, card_sha: str, weights_sha: str, device: str | torch.device) -> tuple[
+    nn.Module, dict[str, Any]
+]:
+    """``load_checkpoint`` on the two blobs of a checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="midre-serve-") as tmp:
+        folder = Path(tmp)
+        (folder / CARD_FILE).symlink_to(store.path(card_sha))
+        (folder / WEIGHTS_FILE).symlink_to(store.path(weights_sha))
+        return load_checkpoint(folder, device=device)
+
+
+class ModelCache:
+    """At most ``capacity`` models loaded at once; the least recently used one is dropped first.
+
+    Args:
+        capacity: models kept.
+        loader: ``(card_sha, weights_sha) -> (model, card)``.
+        device: where models live.
+        on_evict: called with an evicted entry (stops its batcher).
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        loader: Callable[[str, str], tuple[nn.Module, dict[str, Any]]],
+        device: torch.device,
+        on_evict: Callable[[LoadedModel], None] | None = None,
+    ) -> None:
+        self.capacity = capacity
+        self.loader = loader
+        self.device = device
+        self.on_evict = on_evict
+        self._entries: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, weights_sha: str) -> bool:
+        return weights_sha in self._entries
+
+    def get(self, card_sha: str, weights_sha: str) -> LoadedModel:
+        """The loaded model of a checkpoint (loaded now on a miss; blocking, call off the loop)."""
+        with self._lock:
+            entry = self._entries.get(weights_sha)
+            if entry is not None:
+                self._entries.move_to_end(weights_sha)
+                self.hits += 1
+                return entry
+            model, card = self.loader(card_sha, weights_sha)
+            entry = LoadedModel(key=weights_sha, model=model, card=card, device=self.device)
+            self._entries[weights_sha] = entry
+            self.loads += 1
+            while len(self._entries) > self.capacity:
+                _, old = self._entries.popitem(last=False)
+                if self.on_evict is not None:
+                    self.on_evict(old)
+            return entry
+
+    def peek(self, weights_sha: str) -> LoadedModel | None:
+        """The entry if loaded (marks it recently used), else None; never loads."""
+        with self._lock:
+            entry = self._entries.get(weights_sha)
+            if entry is not None:
+                self._entries.move_to_end(weights_sha)
+                self.hits += 1
+            return entry
+
+    def clear(self) -> None:
+        """Drop every model."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for entry in entries:
+            if self.on_evict is not None:
+                self.on_evict(entry)

@@ -1,0 +1,38 @@
+"""Serving settings, read from ``MIDRE_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """How an API process serves models (each process has its own cache and batcher)."""
+
+    model_config = SettingsConfigDict(env_prefix="MIDRE_SERVE_", extra="ignore", env_file=None)
+
+    device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1'.")
+    cache_models: int = Field(8, ge=1, description="Models kept loaded per process (least recently used go).")
+    batching: bool = Field(True, description="Run requests for one model that arrive together in one forward.")
+    batch_wait_ms: float = Field(
+        3.0, ge=0, description="How long the first request of a batch waits for others to join."
+    )
+    max_batch: int = Field(256, ge=1, description="Most images in one forward.")
+    max_images: int = Field(64, ge=1, description="Most images in one predict request.")
+    max_image_bytes: int = Field(8 * 1024**2, ge=1, description="Largest encoded image accepted.")
+    default_top_k: int = Field(5, ge=1, description="Identities returned when the request names no top_k.")
+    threads: int = Field(0, ge=0, description="torch intra-op threads for CPU forwards (0: torch's default).")
+
+    def torch_device(self) -> str:
+        """The device forwards run on."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+PolicyName = Literal["full", "top-k", "rounded", "label-only"]
+POLICIES: tuple[str, ...] = ("full", "top-k", "rounded", "label-only")
