@@ -1,4 +1,4 @@
-"""Service commands of the ``midre`` CLI: serve, worker, demo, admin, jobs.
+"""Service commands of the ``midre`` CLI: serve, worker, demo, admin, jobs, predict.
 
 Loaded by ``midre/cli.py`` (``register(subparsers)``); each parser sets ``func(args) -> int``.
 """
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
     p.add_argument("--no-worker", action="store_true", help="start only the API")
+    p.add_argument("--role", choices=("all", "api"), default="all",
+                   help="all: API + workers; api: a serving/API replica without workers (= --no-worker)")
     p.add_argument("--home", help="data folder (sets MIDRE_HOME; default ~/.midre)")
     p.set_defaults(func=cmd_serve)
 
@@ -79,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = jobs.add_parser("cancel", parents=[common], help="cancel a job")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_cancel)
+
+    from services.serving.cli import register as register_serving
+
+    register_serving(subparsers)
 
 
 # -- serve / worker ------------------------------------------------------------------------------
@@ -136,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; turning it into SystemExit
     # lets the `finally` below stop the workers and the command exit 0.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    if not args.no_worker:
+    if not args.no_worker and args.role != "api":
         for _ in range(max(args.workers, 0)):
             workers.append(
                 subprocess.Popen(worker_command(), start_new_session=True, preexec_fn=_die_with_parent)

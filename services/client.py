@@ -163,3 +163,40 @@ class Client:
         """The model card of a succeeded job."""
         return self.request("GET", f"/v1/models/{job_id}")
 
+
+    # -- serving ------------------------------------------------------------------------------
+    def models(self) -> list[dict[str, Any]]:
+        """The tenant's servable models (every page)."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.request("GET", "/v1/models", params={"limit": 200} | ({"cursor": cursor} if cursor else {}))
+            items.extend(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return items
+
+    def predict(self, job_id: str, images: list[str | Path], top_k: int | None = None) -> dict[str, Any]:
+        """Predict the identities of image files with model ``job_id`` (one request, multipart)."""
+        handles = [open(p, "rb") for p in images]  # noqa: SIM115 - closed below
+        try:
+            files = [
+                ("files", (Path(p).name, fh, "application/octet-stream"))
+                for p, fh in zip(images, handles, strict=True)
+            ]
+            params = {"top_k": top_k} if top_k else None
+            return self.request("POST", f"/v1/models/{job_id}/predict", files=files, params=params)
+        finally:
+            for fh in handles:
+                fh.close()
+
+    def set_policy(self, job_id: str, **policy: Any) -> dict[str, Any]:
+        """Set a model's output policy / budget (``policy=``, ``top_k=``, ``decimals=``, ``budget=``)."""
+        return self.request("PUT", f"/v1/models/{job_id}/policy", json=policy)
+
+    def export(self, job_id: str, dest: str | Path, fmt: str = "onnx") -> Path:
+        """Download the model exported as ``fmt`` (``onnx`` | ``torchscript``) to the file ``dest``."""
+        response = self._check(self.http.get(f"/v1/models/{job_id}/export", params={"format": fmt}))
+        dest = Path(dest)
+        dest.write_bytes(response.content)
+        return dest
