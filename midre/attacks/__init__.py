@@ -10,7 +10,13 @@ kedmi          Chen et al., "Knowledge-Enriched Distributional MI", ICCV 2021   
 lomma+gmi      Nguyen et al., "Re-thinking Model Inversion Attacks", CVPR 2023  GAN prior
 lomma+kedmi    (LOMMA's logit loss + model augmentation on top of GMI / KEDMI)  KEDMI prior
 plg-mi         Yuan et al., "Pseudo Label-Guided MI", AAAI 2023                 cGAN prior
+rlb-mi         Han et al., "RL-Based Black-Box MI", CVPR 2023 (probabilities)   GAN prior
+brep-mi        Kahla et al., "Label-Only MI via Boundary Repulsion", CVPR 2022  GAN prior
 ============== ================================================================ =============
+
+``rlb-mi`` and ``brep-mi`` never see the model: they get a query-counting
+:class:`~midre.attacks.blackbox.ProbabilityOracle` / :class:`~midre.attacks.blackbox.LabelOracle`
+and stop at ``AttackBudget.queries`` (see :mod:`midre.attacks.blackbox`).
 
 Example:
     >>> from midre.attacks import AttackBudget, AttackTarget, run_attack
@@ -50,9 +56,11 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "lomma+gmi": {"prior": "gmi", "paper": "Nguyen et al., CVPR 2023"},
     "lomma+kedmi": {"prior": "kedmi", "paper": "Nguyen et al., CVPR 2023"},
     "plg-mi": {"prior": "plg", "paper": "Yuan et al., AAAI 2023"},
+    "rlb-mi": {"prior": "gmi", "paper": "Han et al., CVPR 2023", "access": "probabilities"},
+    "brep-mi": {"prior": "gmi", "paper": "Kahla et al., CVPR 2022", "access": "labels"},
 }
 _ALIASES = {"lomma": "lomma+gmi", "plgmi": "plg-mi", "plg": "plg-mi", "miface": "mi-face",
-            "di": "deepinversion",
+            "di": "deepinversion", "rlbmi": "rlb-mi", "brepmi": "brep-mi",
             "kedmi+lomma": "lomma+kedmi", "gmi+lomma": "lomma+gmi"}
 
 
@@ -105,7 +113,8 @@ def run_attack(
         prior: a :class:`midre.priors.GanPrior` of the right kind; ``None`` trains one from ``public``
             (cached under ``cache_dir`` when given).
         public: :class:`midre.priors.PublicData` (needed by GAN attacks without ``prior`` and by LOMMA).
-        budget: steps, restarts, step size, chunking, prior/surrogate training budget.
+        budget: steps, restarts, step size, chunking, prior/surrogate training budget, and the
+            query budget of the black-box / label-only attacks (``queries``).
         options: attack-specific settings (fields of ``MIFaceOptions``, ``DeepInversionOptions`` or
             ``GanAttackOptions``); an unknown field raises ``ValueError`` naming it.
         seed: seeds every random draw of the attack (initialisation, jitter, restarts).
@@ -142,6 +151,14 @@ def run_attack(
         return image_space.run_image_space_attack(
             name, target, ids, per_identity=per_identity, budget=budget, seed=seed, device=device,
             options=opts, progress=progress, should_stop=should_stop)
+    if name in ("rlb-mi", "brep-mi"):
+        from midre.attacks import blackbox, brep_mi, rlb_mi
+
+        cls = rlb_mi.RLBMIOptions if name == "rlb-mi" else brep_mi.BREPMIOptions
+        return blackbox.run_query_attack(
+            name, target, ids, per_identity=per_identity, budget=budget, seed=seed, device=device,
+            options=image_space.options_from_dict(cls, options), prior=prior, public=public,
+            cache_dir=cache_dir, progress=progress, should_stop=should_stop)
     data = dict(options or {})
     if "surrogates" in data:
         data["surrogates"] = tuple(data["surrogates"])

@@ -40,6 +40,8 @@ class AttackBudget:
             Chunks split the batch of *images*, not identities, so every chunk still mixes identities.
         prior_steps: generator iterations when a GAN prior must be trained for this attack.
         surrogate_epochs: distillation epochs per LOMMA surrogate model.
+        queries: target queries (images submitted) the black-box / label-only attacks may make in
+            total, over all identities; ``None``: bounded by ``steps`` only. White-box attacks ignore it.
     """
 
     steps: int = 300
@@ -48,6 +50,7 @@ class AttackBudget:
     chunk_size: int | None = None
     prior_steps: int = 1500
     surrogate_epochs: int = 30
+    queries: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "restarts", "prior_steps", "surrogate_epochs"):
@@ -61,6 +64,9 @@ class AttackBudget:
         if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
             raise ValueError(f"AttackBudget.chunk_size must be a positive integer or None, "
                              f"got {self.chunk_size!r}")
+        if self.queries is not None and (isinstance(self.queries, bool) or not isinstance(self.queries, int)
+                                         or self.queries < 1):
+            raise ValueError(f"AttackBudget.queries must be a positive integer or None, got {self.queries!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -210,6 +216,8 @@ class AttackResult:
         seconds: wall time of the attack (prior training excluded; see ``extra``).
         normalization: the target's normalisation (``None``: images are already ``[0, 1]`` pixels).
         extra: attack-specific numbers (final losses, prior training time, ...).
+        checkpoints: ``(queries used, [0, 1] pixels)`` snapshots of the reconstructions during a
+            query-budgeted attack (AttAcc vs queries); empty for the white-box attacks.
     """
 
     images: Tensor
@@ -220,6 +228,7 @@ class AttackResult:
     normalization: Any = None
     attack: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[tuple[int, Tensor]] = field(default_factory=list)
 
     def pixels(self) -> Tensor:
         """The reconstructions as ``[0, 1]`` pixels (for display and for models with other inputs)."""
