@@ -44,6 +44,11 @@ DEFAULT_ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "lomma+gmi": {"steps": 150, "restarts": 2, "prior_steps": 400, "surrogate_epochs": 20},
     "lomma+kedmi": {"steps": 150, "prior_steps": 400, "surrogate_epochs": 20},
     "plg-mi": {"steps": 150, "prior_steps": 400},
+    # query-only attacks: ``steps`` episodes / walk iterations unless ``queries`` (a total over all
+    # identities) is given, which then decides alone (rlb-mi: 2 queries per identity per episode,
+    # brep-mi: 33 per walk per iteration + the initial-point search)
+    "rlb-mi": {"steps": 500, "prior_steps": 400},
+    "brep-mi": {"steps": 100, "prior_steps": 400},
 }
 DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32}
 
@@ -353,7 +358,7 @@ def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[
     options = settings.options_for(attack)
     prior = None
     start_fraction = 0.0
-    if needs_public_data(attack) and attack in ("gmi", "lomma+gmi") and public is not None:
+    if needs_public_data(attack) and attack in ("gmi", "lomma+gmi", "rlb-mi", "brep-mi") and public is not None:
         from midre.priors import PriorConfig, load_or_train_prior
 
         cfg = PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": 0, **options.get("prior", {})})
@@ -380,6 +385,13 @@ def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
               "images": int(result.labels.numel()), "extra": result.extra}
+    if result.checkpoints:  # query-budgeted attacks: AttAcc of the images held at each checkpoint
+        curve = []
+        for used, snap in result.checkpoints:
+            s = evaluate_reconstructions(evaluator, snap, result.labels, private.images, private.labels)
+            curve.append({"queries": used, "attacc_top1": 100.0 * s["attacc_top1"],
+                          "attacc_top5": 100.0 * s["attacc_top5"]})
+        record["attacc_vs_queries"] = curve
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_recon(run_dir / "recon.safetensors", pixels, result.labels, result.confidence)
     _write_json(metrics_path, record)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from midre.attacks.base import AttackBudget, AttackResult, AttackTarget, PixelCodec, chunks, target_confidence
-from midre.progress import ProgressCallback, StopCallback, no_progress, scaled
+from midre.progress import ProgressCallback, ProgressEvent, StopCallback, no_progress, scaled
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +204,8 @@ def run_query_attack(
     t0 = time.monotonic()
     out = attack.run(identities, per_identity, budget, progress=scaled(progress, prep_end, 1.0),
                      should_stop=should_stop)
+    progress(ProgressEvent(stage="attack", fraction=1.0, message=f"{name}: {oracle.queries} queries",
+                           metrics={"queries": float(oracle.queries)}))
     extra["search_seconds"] = time.monotonic() - t0
     extra.update(out["extra"])
     extra["query_budget"] = budget.queries

@@ -64,7 +64,7 @@ class BREPMIOptions:
     max_radius: float | None = None
     init_batch: int = 256
     init_fraction: float = 0.5
-    init_max_batches: int = 100
+    init_max_batches: int = 20
     checkpoints: tuple[float, ...] = (0.25, 0.5, 1.0)
     prior: dict[str, Any] = field(default_factory=dict)
 

@@ -15,7 +15,9 @@ ATTACKS_HELP = """attacks (comma-separated):
   kedmi          Chen et al. 2021: target-aware GAN, learned latent distribution per identity
   lomma+gmi      Nguyen et al. 2023: logit loss + surrogate models on top of GMI
   lomma+kedmi    the same on top of KEDMI
-  plg-mi         Yuan et al. 2023: conditional GAN trained with the target's pseudo-labels"""
+  plg-mi         Yuan et al. 2023: conditional GAN trained with the target's pseudo-labels
+  rlb-mi         Han et al. 2023 (black-box): RL agent in the GMI prior's latent space, probabilities only
+  brep-mi        Kahla et al. 2022 (label-only): boundary-repelling walk in the GMI latent space, labels only"""
 
 
 def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
@@ -43,6 +45,9 @@ def _add_attack_arguments(p: argparse.ArgumentParser, default_attacks: str) -> N
     g.add_argument("--restarts", type=int, default=None, metavar="R", help="random restarts (GAN attacks)")
     g.add_argument("--prior-steps", type=int, default=None, metavar="N",
                    help="generator iterations when a GAN prior is trained (default 400)")
+    g.add_argument("--queries", type=int, default=None, metavar="N",
+                   help="target queries (images) each black-box / label-only attack may make in total, over all "
+                        "identities (rlb-mi, brep-mi; default: bounded by their steps)")
     g.add_argument("--budget", default=None, metavar="JSON",
                    help='per-attack budget overrides, e.g. \'{"gmi": {"steps": 300, "restarts": 3}}\'')
     g.add_argument("--attack-options", default=None, metavar="JSON",
@@ -74,6 +79,13 @@ def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
     budgets = _json_arg(args.budget, "--budget")
     common = {k: v for k, v in (("steps", args.steps), ("restarts", args.restarts),
                                 ("prior_steps", args.prior_steps)) if v is not None}
+    queries = getattr(args, "queries", None)
+    if queries is not None:  # only the query-based attacks take a query budget
+        from midre.attacks import ATTACKS
+
+        for a in attacks:
+            if ATTACKS[a].get("access"):
+                budgets[a] = {"queries": queries, **budgets.get(a, {})}
     if common:
         budgets = {a: {**common, **budgets.get(a, {})} for a in set(attacks) | set(budgets)}
     return {"attacks": attacks, "per_identity": args.per_identity, "identities": args.identities,
@@ -90,7 +102,7 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
         acc = m.get("acc", {})
         print(f"{row['attack']:>14} {row['defense']:>12}  Acc {acc.get('mean', float('nan')):6.2f}±"
               f"{acc.get('std', 0):.2f}  AttAcc@1 {att.get('mean', float('nan')):6.2f}±{att.get('std', 0):.2f}  "
-              f"Δ {row.get('tradeoff_delta')}")
+              f"Δ {row.get('tradeoff_delta')}  queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
         print("verdict:", v["text"])
     print(f"report: {out}/report.html")

@@ -26,13 +26,14 @@ from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval")
+METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval", "queries")
 METRIC_INFO = {
     "acc": {"label": "Acc", "higher_is_better": True, "unit": "%"},
     "attacc_top1": {"label": "AttAcc top-1", "higher_is_better": False, "unit": "%"},
     "attacc_top5": {"label": "AttAcc top-5", "higher_is_better": False, "unit": "%"},
     "knn_dist": {"label": "KNN dist", "higher_is_better": True, "unit": "eval-feature sq. L2"},
     "delta_eval": {"label": "δ_eval", "higher_is_better": True, "unit": "eval-feature sq. L2"},
+    "queries": {"label": "Queries", "higher_is_better": None, "unit": "target forward passes (images)"},
 }
 
 
@@ -157,17 +158,29 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
                      f"{100.0 / max(1, int(ds.get('identities', 1) or 1)):.1f}% top-1.</p>")
     parts.append("<h2>Results (paper Table 3 layout)</h2><table><tr><th>Attack</th><th>Defense</th>"
                  "<th>Acc ↑</th><th>AttAcc top-1 ↓</th><th>AttAcc top-5 ↓</th><th>KNN dist ↑</th>"
-                 "<th>δ_eval ↑</th><th>Δ ↑</th></tr>")
+                 "<th>δ_eval ↑</th><th>Δ ↑</th><th>Queries</th></tr>")
     for row in report.get("results", []):
         m = row["metrics"]
         parts.append(
             f"<tr><td class='l'>{esc(row['attack'])}</td><td class='l'>{esc(_label(row['defense']))}</td>"
             f"<td>{_fmt(m.get('acc'))}</td><td>{_fmt(m.get('attacc_top1'))}</td><td>{_fmt(m.get('attacc_top5'))}</td>"
             f"<td>{_fmt(m.get('knn_dist'), 1)}</td><td>{_fmt(m.get('delta_eval'), 1)}</td>"
-            f"<td>{esc(_fmt_delta(row.get('tradeoff_delta')))}</td></tr>")
+            f"<td>{esc(_fmt_delta(row.get('tradeoff_delta')))}</td><td>{_fmt(m.get('queries'), 0)}</td></tr>")
     parts.append("</table><p class='small'>Mean ± sample std over seeds (each seed trains its own target and "
                  "runs its own attack). Acc, AttAcc in %. Δ = (AttAcc<sub>NoDef</sub> − AttAcc<sub>def</sub>) / "
                  "(Acc<sub>NoDef</sub> − Acc<sub>def</sub>); OP: the defense loses no accuracy.</p>")
+    curves = [r for r in report.get("runs", []) if r.get("attacc_vs_queries")]
+    if curves:
+        parts.append("<h2>AttAcc vs queries (black-box / label-only attacks)</h2><table><tr><th>Attack</th>"
+                     "<th>Defense</th><th>Seed</th><th>Queries → AttAcc top-1 % (top-5 %)</th></tr>")
+        for r in curves:
+            pts = ", ".join(f"{p['queries']:,} → {p['attacc_top1']:.1f} ({p['attacc_top5']:.1f})"
+                            for p in r["attacc_vs_queries"])
+            parts.append(f"<tr><td class='l'>{esc(str(r.get('attack')))}</td><td class='l'>"
+                         f"{esc(_label(str(r.get('defense', ''))))}</td><td>{esc(str(r.get('seed')))}</td>"
+                         f"<td class='l'>{esc(pts)}</td></tr>")
+        parts.append("</table><p class='small'>The reconstructions the attack held after that many target "
+                     "queries, judged by the evaluation model.</p>")
     if "tradeoff" in images:
         parts.append(f"<h2>Trade-off</h2><img alt='trade-off plot' src='{_b64(images['tradeoff'])}'>")
     grids = [k for k in images if k.startswith("grid_")]
