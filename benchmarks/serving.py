@@ -1,0 +1,192 @@
+"""Benchmark serving: dynamic batching vs one request per forward, in one run.
+
+A ``cnn-small`` is trained on ``digits`` in-process (1 epoch) and registered as a succeeded job of a
+fresh tenant in a temporary MIDRE_HOME (embedded SQLite); then the API is started twice with
+uvicorn on loopback, once with ``MIDRE_SERVE_BATCHING=true`` and once with ``false`` (every request
+its own forward), and N concurrent clients (default 32, each with its own connection) send
+single-image predict requests (JSON base64) for a fixed time. Printed per mode: requests per
+second, p50 / p99 latency, mean images per forward (from /metrics); then the throughput ratio.
+
+Run: ``uv run python benchmarks/serving.py`` (options: ``--clients``, ``--seconds``,
+``--image-size``, ``--device``, ``--wait-ms``). The goal on CPU is a ratio >= 3 for cnn-small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+
+
+def register_model(home: Path, image_size: int) -> tuple[str, str, bytes]:
+    """Train a model, store it as a succeeded job; returns (job id, API key, one PNG)."""
+    from PIL import Image
+
+    from midre.data import DatasetSpec, load_dataset
+    from midre.train import TrainConfig, train
+    from services.db.keys import create_api_key
+    from services.db.migrate import upgrade
+    from services.db.models import Artifact, Job
+    from services.db.session import session_scope
+    from services.db.types import new_id
+    from services.settings import Settings
+    from services.storage import LocalStore
+
+    settings = Settings(home=home)
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+    data = DatasetSpec(source="digits", image_size=image_size, channels=3)
+    out = home / "trained"
+    train(TrainConfig(data=data, arch="cnn-small", defense={"name": "midre", "a_h": 0.4}, epochs=1, device="cpu"), out)
+    store = LocalStore(settings.storage_dir)
+    job_id = new_id("job")
+    with session_scope(settings.db_url) as session:
+        key = create_api_key(session, "bench")
+        tenant_id = session.execute(
+            __import__("sqlalchemy").text("select tenant_id from api_keys where key_id = :k"),
+            {"k": key.split("_")[1]},
+        ).scalar_one()
+        session.add(Job(id=job_id, tenant_id=tenant_id, kind="train", status="succeeded", spec={}, queue="cpu"))
+        session.flush()
+        for name, ctype in (("model.json", "application/json"), ("model.safetensors", "application/octet-stream")):
+            blob = store.put_file(out / name)
+            session.add(Artifact(job_id=job_id, name=name, size=blob.size, sha256=blob.sha256, content_type=ctype))
+    arr = load_dataset(DatasetSpec(source="digits", image_size=32, channels=1)).test.images[0, 0].numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr, "L").save(buf, format="PNG")
+    return job_id, key, buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(home: Path, batching: bool, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")}
+    env.update(
+        MIDRE_HOME=str(home),
+        MIDRE_SERVE_BATCHING=str(batching).lower(),
+        MIDRE_SERVE_BATCH_WAIT_MS=str(args.wait_ms),
+        MIDRE_SERVE_DEVICE=args.device,
+    )
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "services.gateway.app:app", "--port", str(port), "--log-level", "warning",
+         "--no-access-log"],
+        env=env, cwd=REPO, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+async def load(url: str, key: str, job_id: str, png: bytes, clients: int, seconds: float) -> list[float]:
+    body = {"images": [base64.b64encode(png).decode()], "top_k": 3}
+    headers = {"Authorization": f"Bearer {key}"}
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def client() -> None:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as http:
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                r = await http.post(f"/v1/models/{job_id}/predict", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(r.text)
+                latencies.append(time.perf_counter() - t)
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def batch_mean(url: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    total = float(re.search(r"^midre_serving_batch_images_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(r"^midre_serving_batch_images_count (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
+    return total / max(count, 1.0)
+
+
+def run_mode(home: Path, batching: bool, job: tuple[str, str, bytes], args: argparse.Namespace) -> dict[str, Any]:
+    job_id, key, png = job
+    proc, url = start_server(home, batching, args)
+    try:
+        asyncio.run(load(url, key, job_id, png, args.clients, 2.0))  # warm-up: load the model, JIT paths
+        start = time.perf_counter()
+        lat = asyncio.run(load(url, key, job_id, png, args.clients, args.seconds))
+        elapsed = time.perf_counter() - start
+        lat.sort()
+        return {
+            "rps": len(lat) / elapsed,
+            "p50_ms": 1000 * statistics.median(lat),
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "requests": len(lat),
+            "batch": batch_mean(url),
+        }
+    finally:
+        stop_server(proc)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    parser.add_argument("--wait-ms", type=float, default=3.0, help="batching window")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="midre-serving-bench-") as tmp:
+        home = Path(tmp)
+        print(f"training cnn-small on digits at {args.image_size}px (1 epoch) ...", flush=True)
+        job = register_model(home, args.image_size)
+        results = {}
+        for batching in (True, False):
+            name = "dynamic batching" if batching else "one request per forward"
+            results[batching] = r = run_mode(home, batching, job, args)
+            print(
+                f"{name:>24}: {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                f"({r['requests']} requests, {r['batch']:.1f} images/forward, {args.clients} clients, {args.device})",
+                flush=True,
+            )
+        ratio = results[True]["rps"] / results[False]["rps"]
+        print(f"throughput ratio (batching / one per forward): {ratio:.2f}x  (goal >= 3x on CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
