@@ -201,7 +201,7 @@ def _preload() -> None:
     """
     import importlib
 
-    for name in ("midre.train", "midre.data", "midre.study"):
+    for name in ("midre.train", "midre.data", "midre.study", "sklearn.datasets"):
         try:
             importlib.import_module(name)
         except ImportError:
