@@ -49,15 +49,20 @@ class Dispatcher:
         )
 
     def queue_depths(self) -> dict[str, int]:
-        """Messages waiting in each queue (``-1`` when the broker cannot be asked)."""
+        """Messages waiting in each queue (``-1`` when the broker cannot be asked).
+
+        One channel per queue: on AMQP a passive declare of a missing queue closes its channel.
+        """
         depths: dict[str, int] = {}
         try:
-            with self.celery.connection_for_write() as conn, conn.channel() as channel:
+            with self.celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=3)
                 for logical in ("gpu", "cpu"):
                     name = self.settings.queue_name(logical)  # type: ignore[arg-type]
                     try:
-                        depths[logical] = int(channel.queue_declare(queue=name, passive=True).message_count)
-                    except Exception:  # noqa: BLE001 - a missing queue is an empty one
+                        with conn.channel() as channel:
+                            depths[logical] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                    except Exception:  # noqa: BLE001 - a queue nobody declared yet is empty
                         depths[logical] = 0
         except Exception as exc:  # noqa: BLE001
             log.warning("queue depth unavailable: %s", exc)
