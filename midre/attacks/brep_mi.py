@@ -171,7 +171,8 @@ class BREPMI:
         def snap(position: int) -> None:
             while marks and position >= marks[0]:
                 marks.pop(0)
-                snapshots.append((self.oracle.queries, self._generate(z).cpu()))
+                if not snapshots or snapshots[-1][0] != self.oracle.queries:  # one snapshot per count
+                    snapshots.append((self.oracle.queries, self._generate(z).cpu()))
 
         if limit is not None:
             snap(self.oracle.queries)
