@@ -66,38 +66,55 @@ class TrainJobSpec(BaseModel):
     device: Device = "auto"
 
 
-class AttackEvalJobSpec(BaseModel):
-    """Attack a model trained by an earlier ``train`` job and measure what it leaks.
+class EvaluationParams(BaseModel):
+    """How reconstructions are judged (``midre.study``): the evaluation model and the sample."""
 
-    ``attacks`` and ``evaluation`` are passed to ``midre.study.AttackEvalConfig``.
-    """
+    model_config = ConfigDict(extra="forbid")
 
-    model_config = ConfigDict(extra="allow")
+    arch: str | None = Field(None, description="Evaluation model architecture (default resnet18).")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Evaluation model epochs.")
+    all_images: bool | None = Field(None, description="Train the evaluation model on all private images.")
+    per_identity: int | None = Field(None, ge=1, le=1000, description="Reconstructions per identity.")
+    identities: int | None = Field(None, ge=1, description="Identities attacked (default all private).")
+    feature_identities: int | None = Field(None, ge=0, description="Identities in the feature-space plots.")
 
-    kind: Literal["attack_eval"]
-    model_job: str = Field(min_length=1, max_length=40, description="Id of a succeeded train job.")
-    attacks: list[Any] = Field(default_factory=list)
-    evaluation: dict[str, Any] = Field(default_factory=dict)
+
+class _StudyFields(BaseModel):
+    """Fields shared by attack_eval and pipeline jobs (passed to ``midre.study``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attacks: list[str] = Field(
+        default_factory=list, description="Attack names, e.g. `mi-face`, `deepinversion`, `gmi` (default: the "
+        "library's)."
+    )
+    seeds: int | list[int] | None = Field(None, description="Repetitions (a count or explicit seeds).")
+    evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
+    attack_budgets: dict[str, dict[str, Any]] | None = Field(None, description="Per-attack budget overrides.")
+    attack_options: dict[str, dict[str, Any]] | None = Field(None, description="Per-attack options.")
+    prior_options: dict[str, Any] | None = Field(None, description="GAN prior options.")
     device: Device = "auto"
 
 
-class PipelineJobSpec(BaseModel):
-    """The whole study: train NoDef and the defense, attack both, write the privacy-utility report.
+class AttackEvalJobSpec(_StudyFields):
+    """Attack the model of an earlier, succeeded ``train`` job and write the privacy report."""
 
-    Extra keys are passed to ``midre.study.PipelineConfig``.
-    """
+    kind: Literal["attack_eval"]
+    model_job: str = Field(min_length=1, max_length=40, description="Id of a succeeded train job.")
 
-    model_config = ConfigDict(extra="allow")
+
+class PipelineJobSpec(_StudyFields):
+    """The whole study: train NoDef and the defense, attack both, write the privacy-utility report."""
 
     kind: Literal["pipeline"]
-    dataset: str = Field(min_length=1, max_length=200)
+    dataset: str = Field(min_length=1, max_length=200, description="`digits` or a dataset id.")
     arch: str = Field(min_length=1, max_length=100)
     defense: DefenseSpec = Field(default_factory=DefenseSpec)
     training: TrainingParams = Field(default_factory=TrainingParams)
     data: DataOptions = Field(default_factory=DataOptions)
-    attacks: list[Any] = Field(default_factory=list)
-    evaluation: dict[str, Any] = Field(default_factory=dict)
-    device: Device = "auto"
+    public_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of identities used as public data when the attacks need it."
+    )
 
 
 JobSpec = Annotated[TrainJobSpec | AttackEvalJobSpec | PipelineJobSpec, Field(discriminator="kind")]

@@ -36,7 +36,7 @@ def run_attack_eval(ctx: JobContext) -> Outcome:
     from midre.study import run_attack_eval as attack_eval
 
     model_dir = ctx.materialize_job_outputs(ctx.spec["model_job"], ctx.work_dir / "model")
-    cfg = study_config(ctx.spec, ctx.dataset_source, model_dir=str(model_dir))
+    cfg = study_config(ctx.spec, ctx.dataset_source, model_dir=str(model_dir), cache_dir=str(ctx.cache_dir))
     out_dir = ctx.work_dir / "out"
     report = attack_eval(cfg, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=report_metrics(report))
@@ -46,16 +46,32 @@ def run_pipeline(ctx: JobContext) -> Outcome:
     """NoDef vs defense: train both, attack both, write the privacy-utility report."""
     from midre.study import run_pipeline as pipeline
 
-    cfg = study_config(ctx.spec, ctx.dataset_source or DIGITS)
+    cfg = study_config(ctx.spec, ctx.dataset_source or DIGITS, cache_dir=str(ctx.cache_dir))
     out_dir = ctx.work_dir / "out"
     report = pipeline(cfg, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=report_metrics(report))
 
 
+#: Report metrics copied onto the job (means over seeds), named ``<defense>.<attack>.<metric>``.
+REPORT_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval")
+
+
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Headline numbers of a study report (its top-level ``metrics`` / ``summary`` numbers)."""
-    metrics = _numbers(report.get("metrics") if isinstance(report.get("metrics"), dict) else None)
-    metrics.update(_numbers(report.get("summary") if isinstance(report.get("summary"), dict) else None))
+    """Headline numbers of a study report: Acc / AttAcc / KNN per defense and attack, and Δ.
+
+    ``midre.report`` rows are ``{"attack", "defense", "metrics": {name: {"mean", "std", "n"}},
+    "tradeoff_delta"}``; percentages stay percentages.
+    """
+    metrics: dict[str, float] = {}
+    for row in report.get("results") or []:
+        prefix = f"{row.get('defense')}.{row.get('attack')}"
+        for name in REPORT_METRICS:
+            stat = (row.get("metrics") or {}).get(name)
+            if isinstance(stat, dict) and isinstance(stat.get("mean"), int | float):
+                metrics[f"{prefix}.{name}"] = float(stat["mean"])
+        delta = row.get("tradeoff_delta")
+        if isinstance(delta, int | float) and not isinstance(delta, bool) and delta == delta:
+            metrics[f"{prefix}.tradeoff_delta"] = float(delta)
     return metrics
 
 

@@ -94,28 +94,96 @@ def train_config(spec: dict[str, Any], source: str, device: str | None = None) -
         raise SpecError(_api_field(field_of(exc, "spec")), _strip_field(str(exc))) from exc
 
 
-def study_dict(spec: dict[str, Any], source: str | None, model_dir: str | None = None) -> dict[str, Any]:
-    """``midre.study`` config input for an ``attack_eval`` or ``pipeline`` job spec."""
-    out = {k: v for k, v in spec.items() if k not in ("kind", "dataset", "model_job")}
+#: Study config fields that name server-side paths: set by the worker, never by a client.
+SERVER_ONLY_FIELDS = ("cache_dir", "public_data", "eval_model", "target", "defenses")
+#: API ``data`` options and ``training`` keys that are flat ``PipelineConfig`` fields.
+_DATA_KEYS = ("channels", "test_fraction", "split_seed", "num_private", "max_images_per_identity")
+_TRAINING_KEYS = ("image_size", "epochs", "batch_size", "lr", "augment")
+#: API ``evaluation`` keys -> study config fields.
+_EVALUATION_KEYS = {
+    "arch": "eval_arch",
+    "epochs": "eval_epochs",
+    "all_images": "eval_all_images",
+    "per_identity": "per_identity",
+    "identities": "identities",
+    "feature_identities": "feature_identities",
+}
+_STUDY_TO_API = {
+    "data": "dataset",
+    "defenses": "defense",
+    **{k: f"data.{k}" for k in _DATA_KEYS},
+    **{k: f"training.{k}" for k in _TRAINING_KEYS},
+    **{v: f"evaluation.{k}" for k, v in _EVALUATION_KEYS.items()},
+}
+_STUDY_FIELD_RE = re.compile(r"(?:PipelineConfig|AttackEvalConfig)(?:\.(\w+)|: unknown field '(\w+)')")
+
+
+def study_dict(
+    spec: dict[str, Any], source: str | None, model_dir: str | None = None, cache_dir: str | None = None
+) -> dict[str, Any]:
+    """``midre.study`` config input (``PipelineConfig`` / ``AttackEvalConfig`` fields) for a job spec.
+
+    The API spec nests what the library keeps flat: ``training.*`` -> ``epochs``, ``batch_size``...;
+    ``data.*`` -> ``DatasetSpec`` fields; ``evaluation.*`` -> ``eval_arch``, ``per_identity``...;
+    ``defense`` -> ``defenses = [nodef, defense]`` (the NoDef-vs-defense study). Other keys (``seeds``,
+    ``attack_budgets``, ``attack_options``, ``prior_options``, ``public_fraction``) pass through.
+    """
+    for name in SERVER_ONLY_FIELDS:
+        if name in spec:
+            raise SpecError(name, "is set by the service and cannot be given in a job spec")
+    reserved = {"kind", "dataset", "model_job", "arch", "defense", "training", "data", "evaluation", "attacks"}
+    out: dict[str, Any] = {k: v for k, v in spec.items() if k not in reserved and v is not None}
+    if spec.get("attacks"):
+        out["attacks"] = spec["attacks"]
+    for key, value in (spec.get("evaluation") or {}).items():
+        if key not in _EVALUATION_KEYS:
+            raise SpecError(f"evaluation.{key}", f"unknown; known: {', '.join(_EVALUATION_KEYS)}")
+        if value is not None:
+            out[_EVALUATION_KEYS[key]] = value
     if spec["kind"] == "pipeline":
-        out.pop("training", None)
-        out.pop("data", None)
-        out["train"] = {k: v for k, v in train_dict(spec, source or DIGITS).items() if k != "defense"}
-        out["defense"] = dict(spec.get("defense") or {"name": "midre"})
+        out["data"] = source or DIGITS
+        out["arch"] = spec["arch"]
+        defense = dict(spec.get("defense") or {"name": "midre"})
+        out["defenses"] = [defense] if defense.get("name") == "nodef" else [{"name": "nodef"}, defense]
+        for key, value in (spec.get("data") or {}).items():
+            if value is not None:
+                out[key] = value
+        training = dict(spec.get("training") or {})
+        seed = training.pop("seed", None)
+        if seed is not None and "seeds" not in out:
+            out["seeds"] = [seed]
+        for key, value in training.items():
+            if value is not None:
+                out[key] = value
     else:
-        out["model_dir"] = model_dir
+        out["target"] = model_dir or "model"
+    if cache_dir is not None:
+        out["cache_dir"] = cache_dir
     return out
 
 
-def study_config(spec: dict[str, Any], source: str | None, model_dir: str | None = None) -> Any:
+def _study_field(exc: Exception, spec: dict[str, Any]) -> str:
+    match = _STUDY_FIELD_RE.search(str(exc))
+    name = (match.group(1) or match.group(2)) if match else None
+    if not name:
+        return "spec"
+    if name not in _STUDY_TO_API and name in (spec.get("training") or {}):
+        return f"training.{name}"
+    return _STUDY_TO_API.get(name, name)
+
+
+def study_config(
+    spec: dict[str, Any], source: str | None, model_dir: str | None = None, cache_dir: str | None = None
+) -> Any:
     """The ``midre.study`` config of an attack_eval / pipeline job; raises :class:`SpecError`."""
     from midre import study
 
     cls = study.PipelineConfig if spec["kind"] == "pipeline" else study.AttackEvalConfig
+    data = study_dict(spec, source, model_dir, cache_dir)
     try:
-        return cls.from_dict(study_dict(spec, source, model_dir))
+        return cls.from_dict(data)
     except ValueError as exc:
-        raise SpecError(field_of(exc, "spec"), _strip_field(str(exc))) from exc
+        raise SpecError(_study_field(exc, spec), str(exc)) from exc
 
 
 def _strip_field(message: str) -> str:
@@ -151,9 +219,13 @@ def validate_spec(spec: dict[str, Any], source: str | None) -> None:
             build_defense(dict(spec.get("defense") or {}))
         except ValueError as exc:
             raise SpecError(field_of(exc, "defense", "defense."), _strip_field(str(exc))) from exc
-        # Build the config on CPU: the API host needs no GPU to validate a GPU job.
-        train_config(spec, source or DIGITS, device="cpu")
+        if spec["kind"] == "train":
+            # Build the config on CPU: the API host needs no GPU to validate a GPU job.
+            train_config(spec, source or DIGITS, device="cpu")
     if spec["kind"] in ("attack_eval", "pipeline"):
+        eval_arch = (spec.get("evaluation") or {}).get("arch")
+        if eval_arch is not None and eval_arch not in known_archs():
+            raise SpecError("evaluation.arch", f"unknown architecture {eval_arch!r}; known: {', '.join(known_archs())}")
         if not has_study():
             raise SpecError("kind", f"{spec['kind']} jobs need midre.study, which is not installed")
-        study_config(spec, source, model_dir="/nonexistent" if spec["kind"] == "attack_eval" else None)
+        study_config(spec, source, model_dir="model")

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5
 #: The stage name ``midre.train`` gives its end-of-epoch report (metrics of the finished epoch).
 EPOCH_STAGE = "epoch"
-#: Folders of a work dir that are resume state, not artifacts.
-NOT_ARTIFACTS = ("checkpoint",)
+#: Folders of a work dir that are resume state or caches, not artifacts (at any depth).
+NOT_ARTIFACTS = frozenset({"checkpoint", "cache"})
 
 
 class JobLost(Exception):
@@ -55,6 +55,7 @@ class JobContext:
     """What a handler gets: the job's spec and folders, and the callbacks to pass to ``midre``."""
 
     job_id: str
+    tenant_id: str
     kind: str
     spec: dict[str, Any]
     attempt: int
@@ -66,6 +67,11 @@ class JobContext:
     sessions: sessionmaker[Session]
     log: Callable[[str], None]
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cache_dir(self) -> Path:
+        """The tenant's cache of evaluation models, GAN priors and surrogates (shared by its studies)."""
+        return self.store.root / "cache" / self.tenant_id
 
     def materialize_job_outputs(self, job_id: str, dest: Path, prefix: str = "") -> Path:
         """Copy another job's artifacts (e.g. a trained checkpoint) from the store into ``dest``."""
@@ -274,7 +280,7 @@ def store_outputs(
         for p in sorted(out_dir.rglob("*"))
         if p.is_file()
         and not p.name.startswith(".")
-        and p.relative_to(out_dir).parts[0] not in NOT_ARTIFACTS
+        and not NOT_ARTIFACTS.intersection(p.relative_to(out_dir).parts[:-1])
     ]
     stored = []
     for path in files:
@@ -332,6 +338,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         handler = handlers[job.kind]
         ctx = JobContext(
             job_id=job_id,
+            tenant_id=job.tenant_id,
             kind=job.kind,
             spec=job.spec,
             attempt=job.attempt,

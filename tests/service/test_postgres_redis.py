@@ -174,3 +174,54 @@ def test_sigkilled_worker_job_resumes_on_another_worker(stack: Api, key: str, tm
     epochs_2 = [e["data"]["epoch"] for e in second_attempt if e["type"] == "epoch"]
     assert epochs_2 and min(epochs_2) > 1 and max(epochs_2) == 3
     assert stack.client.get(f"/v1/jobs/{job_id}/artifacts", headers=stack.auth(key)).json()["items"]
+
+
+STUDY_COMMON: dict[str, Any] = {
+    "dataset": "digits",
+    "arch": "cnn-small",
+    "training": {"epochs": 1, "image_size": 32, "batch_size": 128, "seed": 0},
+    "data": {"channels": 1, "max_images_per_identity": 20},
+}
+STUDY_ATTACK: dict[str, Any] = {
+    "attacks": ["mi-face"],
+    "seeds": 1,
+    "evaluation": {"arch": "resnet18", "epochs": 1, "per_identity": 1, "identities": 3, "feature_identities": 2},
+    "attack_budgets": {"mi-face": {"steps": 2}},
+}
+
+
+def test_pipeline_and_attack_eval_jobs(stack: Api, key: str, gpu_worker: WorkerProcess) -> None:
+    pytest.importorskip("midre.study")
+    auth = stack.auth(key)
+    for bad, field in (({"attacks": ["nope"]}, "attacks"), ({"cache_dir": "/etc"}, "cache_dir"),
+                       ({"evaluation": {"arch": "nope"}}, "evaluation.arch")):
+        spec = {"kind": "pipeline", **STUDY_COMMON, **STUDY_ATTACK, **bad}
+        r = stack.client.post("/v1/jobs", json=spec, headers=auth)
+        assert r.status_code == 422 and field in [e["field"] for e in r.json()["errors"]], r.text
+
+    pipeline = {"kind": "pipeline", **STUDY_COMMON, **STUDY_ATTACK, "defense": {"name": "midre", "a_h": 0.4}}
+    train = {"kind": "train", **STUDY_COMMON, "defense": {"name": "midre", "a_h": 0.4}}
+    pipeline_id = stack.client.post("/v1/jobs", json=pipeline, headers=auth).json()["id"]
+    train_id = stack.client.post("/v1/jobs", json=train, headers=auth).json()["id"]
+    r = stack.client.post("/v1/jobs", json={"kind": "attack_eval", "model_job": train_id, **STUDY_ATTACK}, headers=auth)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "model_job"  # not finished yet
+
+    job = wait_terminal(stack, key, pipeline_id, 400, gpu_worker)
+    assert job["status"] == "succeeded", job
+    names = {a["name"] for a in stack.client.get(f"/v1/jobs/{pipeline_id}/artifacts", headers=auth).json()["items"]}
+    assert {"report.json", "report.html", "targets/nodef/seed0/model.safetensors",
+            "targets/midre-a_h0.4/seed0/model.json"} <= names
+    assert not any(n.startswith("cache/") or "/checkpoint/" in n for n in names)
+    assert "midre-a_h0.4.mi-face.attacc_top1" in job["metrics"] and "nodef.mi-face.acc" in job["metrics"]
+    card = stack.client.get(f"/v1/models/{pipeline_id}", headers=auth).json()
+    assert card["defense"]["name"] == "midre" and "mi-face.attacc_top1" in card["metrics"]
+    assert card["checkpoint"]["name"] == "targets/midre-a_h0.4/seed0/model.safetensors"
+
+    assert wait_terminal(stack, key, train_id, 200, gpu_worker)["status"] == "succeeded"
+    r = stack.client.post("/v1/jobs", json={"kind": "attack_eval", "model_job": train_id, **STUDY_ATTACK}, headers=auth)
+    assert r.status_code == 201, r.text
+    job = wait_terminal(stack, key, r.json()["id"], 300, gpu_worker)
+    assert job["status"] == "succeeded", job
+    assert any(k.endswith("mi-face.attacc_top1") for k in job["metrics"])
+    names = {a["name"] for a in stack.client.get(f"/v1/jobs/{job['id']}/artifacts", headers=auth).json()["items"]}
+    assert {"report.json", "report.html"} <= names

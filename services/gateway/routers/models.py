@@ -18,8 +18,25 @@ from services.gateway.views import artifact_view, final_metrics
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES)
 
-#: Where a job kind keeps the checkpoint a model card describes (the defended model of a pipeline).
-CARD_NAMES = ("model.json", "defense/model.json", "models/defense/model.json")
+#: Card names tried first (kept for ``routers/predict.py``); :func:`card_name` knows pipelines too.
+CARD_NAMES = ("model.json",)
+
+
+def card_name(names: list[str]) -> str | None:
+    """The checkpoint a model card describes: a train job's ``model.json``; for a pipeline, the
+    defended target of its first seed (``targets/<defense>/seed<k>/model.json``, NoDef last)."""
+    if "model.json" in names:
+        return "model.json"
+    targets = [n for n in names if n.startswith("targets/") and n.endswith("/model.json")]
+
+    def rank(name: str) -> tuple[bool, int, str]:
+        parts = name.split("/")
+        seed = parts[2].removeprefix("seed") if len(parts) > 3 else ""
+        return (parts[1] == "nodef", int(seed) if seed.isdigit() else 0, name)
+
+    if targets:
+        return sorted(targets, key=rank)[0]
+    return next((n for n in sorted(names) if n.endswith("model.json")), None)
 
 
 @router.get("/{job_id}", response_model=ModelCard, summary="Model card of a job's trained model")
@@ -29,20 +46,22 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
     if job.status != jobstate.SUCCEEDED:
         raise ApiError(409, "job_not_succeeded", f"job {job_id} is {job.status}; no model yet")
     artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
-    card_name = next((n for n in CARD_NAMES if n in artifacts), None)
-    if card_name is None:
-        card_name = next((n for n in sorted(artifacts) if n.endswith("model.json")), None)
-    if card_name is None:
+    chosen = card_name(list(artifacts))
+    if chosen is None:
         raise ApiError(404, "no_model", f"job {job_id} produced no model checkpoint")
-    with ctx.store.open(artifacts[card_name].sha256) as fh:
+    with ctx.store.open(artifacts[chosen].sha256) as fh:
         card: dict[str, Any] = json.load(fh)
-    weights = artifacts.get(card_name.removesuffix("model.json") + "model.safetensors")
+    weights = artifacts.get(chosen.removesuffix("model.json") + "model.safetensors")
     metrics = {
         k: float(v)
         for k, v in (card.get("metrics") or {}).items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
-    metrics.update(final_metrics(session, job.id))
+    label = chosen.split("/")[1] if chosen.startswith("targets/") else None
+    for name, value in final_metrics(session, job.id).items():
+        # A pipeline's job metrics are ``<defense>.<attack>.<metric>``: keep those of this model.
+        if label is None or name.startswith(f"{label}."):
+            metrics[name.removeprefix(f"{label}.") if label else name] = value
     card.pop("history", None)
     return ModelCard(
         job_id=job.id,
