@@ -311,8 +311,10 @@ def follow(client: Any, job_id: str, timeout: float | None = None) -> dict[str, 
         stage = job["stage"] or job["status"]
         if job["status"] in ("failed", "cancelled", "cancelling"):
             stage = job["status"]
+        training = stage in ("train", "epoch")
         bar(ProgressEvent(stage=stage, fraction=fraction, message=job.get("message") or "",
-                          epoch=epoch_info.get("epoch"), epochs=epoch_info.get("epochs")))
+                          epoch=epoch_info.get("epoch") if training else None,
+                          epochs=epoch_info.get("epochs") if training else None))
 
     job = client.wait(job_id, timeout=timeout, poll=1.0, on_update=update)
     if job["status"] != "succeeded":
@@ -383,6 +385,25 @@ def demo_spec(epochs: int) -> dict[str, Any]:
         "evaluation": {"arch": "resnet18", "epochs": 2, "per_identity": 1},
         "attack_budgets": {"mi-face": {"steps": 60}, "deepinversion": {"steps": 60}},
     }
+
+
+def _metric_lines(metrics: dict[str, float]) -> list[str]:
+    """``Acc / AttAcc`` per attack and defense for a study's ``<defense>.<attack>.<metric>`` metrics."""
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    for name, value in metrics.items():
+        parts = name.rsplit(".", 2)
+        if len(parts) == 3:
+            rows.setdefault((parts[1], parts[0]), {})[parts[2]] = value
+    if not rows:
+        return ["metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))]
+    lines = []
+    for (attack, defense), values in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != "nodef", kv[0][1])):
+        text = f"{attack:>14} vs {defense:<14} Acc {values.get('acc', float('nan')):6.2f}%  " \
+               f"AttAcc top-1 {values.get('attacc_top1', float('nan')):6.2f}%"
+        if "tradeoff_delta" in values:
+            text += f"  Δ {values['tradeoff_delta']:.2f}"
+        lines.append(text)
+    return lines
 
 
 def _free_port() -> int:
@@ -458,10 +479,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             checkpoint = dest / card["checkpoint"]["name"] if card.get("checkpoint") else None
             names = {p.relative_to(dest).as_posix(): p for p in paths}
             report = names.get("report.html") or names.get("report.json") or names.get("model.json")
-            shown = {k: v for k, v in card["metrics"].items() if "attacc_top1" in k or k.endswith("acc")
-                     or k == "test_accuracy"}
             print(f"      model: {card['arch']}, {card['num_classes']} classes, defense {card['defense']}")
-            print("      metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(shown.items())))
+            for line in _metric_lines(job["metrics"]):
+                print(f"      {line}")
             if checkpoint:
                 print(f"      checkpoint: {checkpoint}")
             if report:

@@ -181,8 +181,8 @@ class _Tracker:
             values: dict[str, Any] = {"progress": min(max(fraction, 0.0), 1.0), "heartbeat_at": utcnow()}
             if stage and stage != EPOCH_STAGE:
                 values["stage"] = stage
-            if message:
-                values["message"] = message
+            if message or stage_changed:
+                values["message"] = message  # a new stage clears the previous stage's message
             result = session.execute(update(Job).where(self._owned()).values(**values))
             if result.rowcount == 0:
                 self.lost.set()
