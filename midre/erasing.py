@@ -205,6 +205,13 @@ def erase_boxes(x: Tensor, boxes: Tensor, value: Tensor, *, inplace: bool = Fals
     return x
 
 
+def _input_normalization(normalization: NormalizationLike | None, normalized: bool) -> NormalizationLike | None:
+    """The normalisation of the input batch: the given one, ImageNet's by default, None for [0, 1]."""
+    if normalization is None and normalized:
+        return _IMAGENET
+    return normalization
+
+
 class _Eraser(nn.Module):
     """Shared validation for the three erasing schemes."""
 
@@ -261,9 +268,7 @@ class RandomErasing(_Eraser):
         *,
         normalized: bool = True,
     ) -> None:
-        if normalization is None and normalized:
-            normalization = _IMAGENET
-        super().__init__(a_h, a_l, a_e, fill, normalization)
+        super().__init__(a_h, a_l, a_e, fill, _input_normalization(normalization, normalized))
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None, *, inplace: bool = False) -> Tensor:
         """Erase one fresh square per image; ``inplace=True`` overwrites ``x`` instead of copying."""
@@ -301,9 +306,7 @@ class FixedErasing(_Eraser):
         normalization: NormalizationLike | None = None,
         normalized: bool = True,
     ) -> None:
-        if normalization is None and normalized:
-            normalization = _IMAGENET
-        super().__init__(a_h, a_l, a_e, fill, normalization)
+        super().__init__(a_h, a_l, a_e, fill, _input_normalization(normalization, normalized))
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         gen = torch.Generator().manual_seed(seed)
@@ -353,7 +356,7 @@ class EntireErasing(nn.Module):
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         fill_value(fill, 3, None)
         self.share, self.seed, self.mode, self.fill = float(share), int(seed), mode, fill
-        self.normalization = normalization if normalization is not None or not normalized else _IMAGENET
+        self.normalization = _input_normalization(normalization, normalized)
         self.register_buffer("labels", labels.detach().long().cpu().clone())
 
     def erased(self, epoch: int) -> Tensor:
