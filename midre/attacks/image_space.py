@@ -194,7 +194,7 @@ def run_image_space_attack(
                     if bn is not None:
                         loss = loss + options.bn_weight * bn
                     loss = (loss + options.tv_weight * _tv_l2(x)
-                            + options.l2_weight * torch.linalg.vector_norm(x))
+                            + options.l2_weight * x.flatten(1).norm(dim=1).mean())
                 else:
                     logits = model(x)
                     if options.loss == "paper":
