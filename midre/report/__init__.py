@@ -46,8 +46,8 @@ def verdict(attack: str, defense: str, nodef_runs: dict[str, list[float]],
     """Plain-language verdict of one defense against one attack, compared with NoDef.
 
     Seeds are paired (seed i of NoDef vs seed i of the defense); the AttAcc change is the mean ±
-    std of the paired differences. "Helped" requires the drop to exceed one std of that difference
-    (with a single run, any drop counts, and the text says there is one run).
+    std of the paired differences. "Helped" requires the drop to exceed one std of that difference;
+    a single run has no spread to compare with and is reported as inconclusive.
     """
     a0, a1 = nodef_runs["attacc_top1"], def_runs["attacc_top1"]
     c0, c1 = nodef_runs["acc"], def_runs["acc"]
@@ -59,7 +59,11 @@ def verdict(attack: str, defense: str, nodef_runs: dict[str, list[float]],
             else f"while gaining {-cost_mean:.1f} accuracy points" if cost_mean < 0
             else "at no accuracy cost")
     runs = f" ({n} run{'s' if n != 1 else ''})"
-    if drop_mean > drop_std and drop_mean > 0:
+    if n < 2:  # one seed has no spread to compare the change with: do not call it either way
+        status = "inconclusive"
+        text = (f"{name} changed top-1 AttAcc of {attack} by {-drop_mean:+.1f} points {cost} in a single run; "
+                f"run at least 2 seeds to tell this from seed-to-seed noise.")
+    elif drop_mean > drop_std and drop_mean > 0:
         status = "helped"
         text = f"{name} lowered top-1 AttAcc of {attack} by {drop_mean:.1f}±{drop_std:.1f} points {cost}{runs}."
     elif drop_mean < -drop_std and drop_mean < 0:
@@ -137,7 +141,7 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right}th{background:#f3f3f3}td.l{text-align:left}.v{padding:6px 10px;margin:4px 0;"
         "border-left:4px solid #999;background:#fafafa}.helped{border-color:#2ca02c}.hurt{border-color:#d62728}"
-        ".no_effect{border-color:#ff9f1c}img{max-width:100%}.small{color:#666;font-size:90%}</style></head><body>",
+        ".no_effect,.inconclusive{border-color:#ff9f1c}img{max-width:100%}.small{color:#666;font-size:90%}</style></head><body>",
         "<h1>Model inversion privacy-utility report</h1>",
         f"<p class='small'>Data set <b>{esc(str(ds.get('source', '?')))}</b> · "
         f"{esc(str(ds.get('identities', '?')))} private identities · {esc(str(ds.get('image_size', '?')))} px · "

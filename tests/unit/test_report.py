@@ -43,6 +43,12 @@ def test_verdict_within_one_std_and_hurt():
     assert worse["status"] == "hurt" and "did NOT help" in worse["text"]
 
 
+def test_single_run_is_inconclusive():
+    v = verdict("deepinversion", "midre", {"acc": [100.0], "attacc_top1": [3.3]},
+                {"acc": [100.0], "attacc_top1": [5.0]})
+    assert v["status"] == "inconclusive" and "+1.7 points" in v["text"] and "single run" in v["text"]
+
+
 def test_write_report_files_and_html(tmp_path):
     results, verdicts = aggregate_runs(_runs((90.0, 92.0, 88.0), (91.0, 89.0, 90.0)), ["nodef", "midre"],
                                        ["deepinversion"])
