@@ -105,6 +105,27 @@ class Service:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
+def overhead_breakdown(client: httpx.Client, job_id: str) -> dict[str, float]:
+    """Where the service's own time went, from the job's event timestamps (robust to CPU noise):
+    ``queue`` = POST to claimed by a worker, ``run`` = claimed to the trainer's last event,
+    ``finish`` = trainer's last event to ``succeeded`` (artifacts hashed and stored, metrics written)."""
+    import datetime as dt
+
+    events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).raise_for_status().json()["items"]
+
+    def at(event: dict[str, Any]) -> float:
+        return dt.datetime.fromisoformat(event["created_at"]).timestamp()
+
+    statuses = {e["data"].get("status"): e for e in events if e["type"] == "status"}
+    done = max(at(e) for e in events if e["type"] != "status")
+    return {
+        "queue": at(statuses["running"]) - at(statuses["queued"]),
+        "run": done - at(statuses["running"]),
+        "finish": at(statuses["succeeded"]) - done,
+        "callbacks": float(statuses["succeeded"]["data"].get("callback_seconds", float("nan"))),
+    }
+
+
 def run_through_service(client: httpx.Client, args: argparse.Namespace) -> tuple[float, str]:
     start = time.perf_counter()
     job = client.post("/v1/jobs", json=spec(args)).raise_for_status().json()
@@ -167,9 +188,16 @@ def main() -> int:
                 print(f"through the service (REST->worker): {via_service:7.2f} s")
                 base_2 = run_in_process(args, tmp_path / "inproc-2")
                 print(f"in-process again                  : {base_2:7.2f} s")
+                parts = overhead_breakdown(client, job_id)
             baseline = (base_1 + base_2) / 2
             print(f"ratio service / in-process        : {via_service / baseline:7.3f}x "
                   f"(goal <= 1.05; in-process spread {abs(base_1 - base_2) / baseline * 100:.1f}%)")
+            outside = via_service - parts["run"]
+            print(f"service time outside the library  : {outside:7.2f} s = queue {parts['queue']:.2f} s + "
+                  f"finish {parts['finish']:.2f} s + polling/HTTP {outside - parts['queue'] - parts['finish']:.2f} s"
+                  f" -> ratio {(baseline + outside) / baseline:.3f}x at this baseline")
+            print(f"service time inside training      : {parts['callbacks']:7.2f} s in the progress / cancel "
+                  f"callbacks (DB writes); estimated ratio {(baseline + outside + parts['callbacks']) / baseline:.3f}x")
 
             times, wall = asyncio.run(latency(service.url, key, job_id, args.clients, args.requests))
             ms = [t * 1000 for t in times]

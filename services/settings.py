@@ -73,7 +73,6 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
     )
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the API starts.")
-    page_size_max: int = Field(200, ge=1, description="Largest page of a list endpoint.")
 
     @field_validator("dataset_paths", mode="before")
     @classmethod

@@ -40,6 +40,17 @@ Authenticate every `/v1` call with `Authorization: Bearer <api key>`
 """
 
 
+def preload_library() -> None:
+    """Import the parts of ``midre`` that spec validation uses (torch included: seconds, once)."""
+    import importlib
+
+    for name in ("midre.train", "midre.study"):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:  # midre.study is optional
+            log.debug("not preloading %s: %s", name, exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
@@ -57,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.ensure_dirs()
         if settings.auto_migrate:
             await run_in_threadpool(upgrade, settings.db_url)
+        # Job specs are validated against the library: import it now, not in the first request.
+        await run_in_threadpool(preload_library)
         yield
         serving.close()
 

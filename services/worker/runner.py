@@ -114,6 +114,8 @@ class _Tracker:
         self._message = ""
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        #: Seconds the job's own thread spent in these callbacks (the service's cost inside training).
+        self.callback_seconds = 0.0
 
     # -- ownership ---------------------------------------------------------------------------
     def _owned(self) -> Any:
@@ -149,6 +151,12 @@ class _Tracker:
         if now - self._last_poll < self.settings.cancel_poll_s:
             return False
         self._last_poll = now
+        try:
+            return self._poll_flags()
+        finally:
+            self.callback_seconds += time.monotonic() - now
+
+    def _poll_flags(self) -> bool:
         with self.sessions() as session:
             row = session.execute(
                 select(Job.attempt, Job.cancel_requested).where(Job.id == self.job_id)
@@ -177,6 +185,22 @@ class _Tracker:
         if is_step and not stage_changed and now - self._last_write < PROGRESS_EVERY_S:
             return
         self._last_write = now
+        try:
+            self._record(stage, message, fraction, epoch, metrics, event, is_step, stage_changed)
+        finally:
+            self.callback_seconds += time.monotonic() - now
+
+    def _record(
+        self,
+        stage: str,
+        message: str,
+        fraction: float,
+        epoch: Any,
+        metrics: dict[str, float],
+        event: Any,
+        is_step: bool,
+        stage_changed: bool,
+    ) -> None:
         with self.sessions() as session:
             values: dict[str, Any] = {"progress": min(max(fraction, 0.0), 1.0), "heartbeat_at": utcnow()}
             if stage and stage != EPOCH_STAGE:
@@ -363,7 +387,8 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
                                    attempt=job.attempt, stage="done", message=f"{count} artifacts stored"):
                 jobstate.add_event(session, row, "status",
                                    f"succeeded in {time.perf_counter() - started:.1f}s",
-                                   stage="done", data={"status": "succeeded", "artifacts": count})
+                                   stage="done", data={"status": "succeeded", "artifacts": count,
+                                                       "callback_seconds": round(tracker.callback_seconds, 4)})
             session.commit()
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         return "succeeded"

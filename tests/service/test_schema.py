@@ -100,3 +100,11 @@ def test_docker_compose_shape() -> None:
     assert "alembic upgrade head" in " ".join(services["api"]["command"])
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "uv sync --frozen" in dockerfile
+
+
+def test_every_setting_is_documented() -> None:
+    from services.settings import Settings
+
+    doc = (REPO / "docs" / "service.md").read_text()
+    missing = [f"MIDRE_{name.upper()}" for name in Settings.model_fields if f"`MIDRE_{name.upper()}`" not in doc]
+    assert not missing, f"docs/service.md lacks {missing}"
