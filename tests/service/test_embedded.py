@@ -76,7 +76,8 @@ def test_embedded_serve_with_cli(server: tuple[str, dict[str, str], Path], tmp_p
     assert key.startswith("mk_")
     cli = ["--url", url, "--api-key", key]
 
-    submitted = midre(env, "jobs", "submit", json.dumps(TRAIN_SPEC), *cli)
+    spec = TRAIN_SPEC | {"training": {**TRAIN_SPEC["training"], "epochs": 1}}
+    submitted = midre(env, "jobs", "submit", json.dumps(spec), *cli)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().splitlines()[-1].split()[-1]
     assert job_id.startswith("job_")
