@@ -15,18 +15,27 @@ from services.gateway.schemas import (
 )
 
 
+def metrics_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, float]]:
+    """Final metrics of each job (one query); while a job runs, the latest per-epoch values."""
+    rows = session.execute(
+        select(Metric.job_id, Metric.name, Metric.value, Metric.epoch)
+        .where(Metric.job_id.in_(job_ids))
+        .order_by(Metric.id)
+    ).all()
+    latest: dict[str, dict[str, float]] = {}
+    final: dict[str, dict[str, float]] = {}
+    for job_id, name, value, epoch in rows:
+        (latest if epoch is not None else final).setdefault(job_id, {})[name] = value
+    return {job_id: final.get(job_id) or latest.get(job_id) or {} for job_id in job_ids}
+
+
 def final_metrics(session: Session, job_id: str) -> dict[str, float]:
     """Final metrics of a job; while it runs, the latest per-epoch value of each name."""
-    rows = session.scalars(select(Metric).where(Metric.job_id == job_id).order_by(Metric.id)).all()
-    latest: dict[str, float] = {}
-    final: dict[str, float] = {}
-    for row in rows:
-        (latest if row.epoch is not None else final)[row.name] = row.value
-    return final or latest
+    return metrics_of(session, [job_id])[job_id]
 
 
-def job_view(session: Session, job: Job) -> JobPublic:
-    """The public view of a job."""
+def job_view(session: Session, job: Job, metrics: dict[str, float] | None = None) -> JobPublic:
+    """The public view of a job (``metrics`` when already loaded, e.g. for a page of jobs)."""
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     return JobPublic(
         id=job.id,
@@ -37,7 +46,7 @@ def job_view(session: Session, job: Job) -> JobPublic:
         stage=job.stage,
         message=job.message,
         error=error,
-        metrics=final_metrics(session, job.id),
+        metrics=final_metrics(session, job.id) if metrics is None else metrics,
         attempt=job.attempt,
         queue=job.queue,
         created_at=job.created_at,

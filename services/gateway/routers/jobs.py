@@ -17,7 +17,7 @@ from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
 from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
-from services.gateway.views import event_view, job_view
+from services.gateway.views import event_view, job_view, metrics_of
 from services.worker.library import DIGITS, SpecError, validate_spec
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ def list_jobs(
     if cursor:
         query = query.where(Job.id < cursor)
     rows = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
-    items = [job_view(session, job) for job in rows[:limit]]
+    metrics = metrics_of(session, [job.id for job in rows[:limit]])
+    items = [job_view(session, job, metrics[job.id]) for job in rows[:limit]]
     return JobPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
 
 
