@@ -15,7 +15,9 @@ DEFENSE_HELP = """defense to train with:
                   of the image filled with the ImageNet mean (paper Sec. 2.2)
   fixed-erasing   ablation: one fixed square per image for the whole training (Table 1)
   entire-erasing  ablation: each epoch, leave out --share of each identity's images (Table 1)
-  (names may be joined with '+' when more defenses are installed, e.g. midre+nls)"""
+  comparison defenses: nls, bido, mid, tl-dmi, mi-rad, cutmix, random-crop, gaussian-blur
+  (docs/defenses.md; set their parameters with --param KEY=VALUE)
+  names joined with '+' combine defenses, e.g. midre+nls"""
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,13 +50,25 @@ def data_spec_from_args(args: argparse.Namespace):
     )
 
 
+def parse_params(items: list[str] | None) -> dict:
+    """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, lists, objects)."""
+    params: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param: expected KEY=VALUE, got {item!r}")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
 def defense_spec_from_args(args: argparse.Namespace) -> dict:
-    """The defense spec from --defense and its parameter flags (only the flags that were given)."""
-    params = {"a_h": args.a_h, "a_l": args.a_l, "a_e": args.a_e, "share": args.share}
-    spec = {"name": args.defense}
-    if "+" in args.defense:
-        return spec
-    return {**spec, **{k: v for k, v in params.items() if v is not None}}
+    """The defense spec from --defense, its flags and --param (only what was given)."""
+    flags = {"a_h": args.a_h, "a_l": args.a_l, "a_e": args.a_e, "share": args.share}
+    params = {**{k: v for k, v in flags.items() if v is not None}, **parse_params(args.param)}
+    return {"name": args.defense, **params}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +94,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="MIDRE / fixed-erasing: erase exactly this area fraction instead of sampling one")
     g.add_argument("--share", type=float, default=None, metavar="X",
                    help="entire-erasing: share of each identity's images left out per epoch (default 0.3)")
+    g.add_argument("--param", action="append", metavar="KEY=VALUE",
+                   help="any defense parameter, repeatable (e.g. --param smoothing=-0.05 for nls; for a "
+                        "combination give each part's parameters as JSON: --param 'nls={\"smoothing\": -0.1}')")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     t.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")

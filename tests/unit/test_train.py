@@ -126,3 +126,16 @@ def test_cli_bad_input_is_a_clear_message(tmp_path, capsys):
     rc = cli_main(["train", "--data", "digits", "--defense", "midre", "--a-h", "7", "--out", str(tmp_path)])
     assert rc == 2
     assert "a_h" in capsys.readouterr().err
+
+
+def test_cli_param_reaches_any_defense():
+    from argparse import Namespace
+
+    from midre.commands.train import defense_spec_from_args
+
+    args = Namespace(defense="midre+nls", a_h=None, a_l=None, a_e=None, share=None,
+                     param=['midre={"a_h": 0.8}', 'nls={"smoothing": -0.1}'])
+    spec = TrainConfig(data=DIGITS, defense=defense_spec_from_args(args)).defense
+    assert spec["midre"]["a_h"] == 0.8 and spec["nls"]["smoothing"] == -0.1
+    with pytest.raises(ValueError, match="--param"):
+        defense_spec_from_args(Namespace(defense="nls", a_h=None, a_l=None, a_e=None, share=None, param=["oops"]))
