@@ -57,6 +57,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{millis:012x}{secrets.token_hex(8)}"
 
 
+def host_id() -> str:
+    """This host (and PID namespace, so two containers sharing a hostname differ)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        namespace = ""
+    return f"{os.uname().nodename}#{namespace}" if namespace else os.uname().nodename
+
+
 def pid_host() -> str:
-    """``hostname:pid`` of this process, recorded as the worker that owns a job."""
-    return f"{os.uname().nodename}:{os.getpid()}"
+    """``host:pid`` of this process, recorded as the worker that owns a job."""
+    return f"{host_id()}:{os.getpid()}"

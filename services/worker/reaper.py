@@ -2,9 +2,10 @@
 
 Runs in every worker's main process (a daemon thread, every ``reaper_interval_s``):
 
-* a ``running`` / ``cancelling`` job whose heartbeat is older than ``stale_after_s`` lost its
-  worker (SIGKILL, OOM, node gone): it is re-queued (the next attempt resumes from the last
-  epoch checkpoint), cancelled if a cancel was pending, or failed after ``max_attempts``;
+* a ``running`` / ``cancelling`` job whose heartbeat is older than ``stale_after_s`` (or whose
+  worker process on this host is gone) lost its worker (SIGKILL, OOM, node gone): it is
+  re-queued (the next attempt resumes from the last epoch checkpoint), cancelled if a cancel was
+  pending, or failed after ``max_attempts``;
 * a ``queued`` job never handed to the broker (the API crashed or the broker was down between the
   commit and the send) is sent;
 * processed message files of the embedded broker older than a day are deleted.
@@ -27,6 +28,7 @@ from services.db.session import session_factory
 from services.db.types import utcnow
 from services.settings import Settings
 from services.worker.dispatch import Dispatcher
+from services.worker.runner import owner_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,12 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
     stale_before = now - dt.timedelta(seconds=settings.stale_after_s)
     to_send: list[tuple[str, str]] = []
     with sessions() as session:
-        stale = session.scalars(
-            select(Job).where(
-                Job.status.in_([jobstate.RUNNING, jobstate.CANCELLING]), Job.heartbeat_at < stale_before
-            )
-        ).all()
+        active = session.scalars(select(Job).where(Job.status.in_([jobstate.RUNNING, jobstate.CANCELLING]))).all()
+        stale = [
+            job
+            for job in active
+            if job.heartbeat_at is None or job.heartbeat_at < stale_before or owner_is_dead(job.worker)
+        ]
         for job in stale:
             lost = f"worker {job.worker} stopped sending heartbeats"
             expected = [job.status]

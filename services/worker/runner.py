@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import shutil
 import threading
 import time
@@ -32,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, Metric
 from services.db.session import session_factory
-from services.db.types import pid_host, utcnow
+from services.db.types import host_id, pid_host, utcnow
 from services.settings import Settings
 from services.storage import LocalStore
 
@@ -232,6 +233,26 @@ class _Tracker:
         self._message = message or self._message
 
 
+def owner_is_dead(worker: str | None) -> bool:
+    """True when ``worker`` (``host:pid``) is a process of this host that no longer exists.
+
+    Lets a redelivered message (``task_reject_on_worker_lost`` after a pool process died) or this
+    host's reaper take the job over at once instead of waiting for its heartbeat to go stale.
+    """
+    if not worker or ":" not in worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != host_id() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def _claim(settings: Settings, sessions: sessionmaker[Session], job_id: str, worker: str) -> Job | None:
     """Take the job for this worker, or return None when it must not run here."""
     with sessions() as session:
@@ -244,7 +265,7 @@ def _claim(settings: Settings, sessions: sessionmaker[Session], job_id: str, wor
             return None
         if job.status in (jobstate.RUNNING, jobstate.CANCELLING) and job.heartbeat_at is not None:
             age = (utcnow() - job.heartbeat_at).total_seconds()
-            if age < settings.stale_after_s:
+            if age < settings.stale_after_s and not owner_is_dead(job.worker):
                 log.info("job %s runs on %s (heartbeat %.0fs ago); duplicate delivery dropped", job_id,
                          job.worker, age)
                 return None

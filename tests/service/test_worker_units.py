@@ -204,3 +204,23 @@ def test_api_keys_are_hashed_and_checked(settings: Settings) -> None:
 
 def test_status_constants() -> None:
     assert jobstate.TERMINAL == {"succeeded", "failed", "cancelled"}
+
+
+def test_a_dead_local_owner_is_taken_over_at_once(settings: Settings) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from services.db.types import host_id, pid_host
+    from services.worker.runner import owner_is_dead
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{host_id()}:{gone.stdout.strip()}"
+    assert owner_is_dead(dead)
+    assert not owner_is_dead(pid_host())
+    assert not owner_is_dead(f"{os.uname().nodename}#other-namespace:{gone.stdout.strip()}")
+    assert not owner_is_dead("another-host:1") and not owner_is_dead(None)
+    # A redelivery after the pool process died does not wait for the heartbeat to go stale.
+    job_id = add_job(settings, status="running", attempt=1, heartbeat_at=utcnow(), worker=dead)
+    assert execute_job(settings, job_id, {"train": fake_train}) == "succeeded"
+    assert job_row(settings, job_id).attempt == 2
