@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, package_versions, read_card, save_checkpoint
+from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, package_versions, read_card, save_checkpoint
 from midre.data import DatasetSpec, ImageSet, load_dataset, to_float
 from midre.defenses import Defense, TrainContext, build_defense
 from midre.models import create_model, list_models
@@ -400,3 +400,6 @@ def train(
 
 def _numeric(d: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+__all__ = ["TrainConfig", "TrainResult", "evaluate_accuracy", "load_checkpoint", "resolve_device", "train"]
