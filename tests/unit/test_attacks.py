@@ -41,8 +41,8 @@ def digits():
     return x, torch.tensor(d.target)
 
 
-@pytest.fixture(scope="module")
-def target(digits):
+def tiny_target(digits, key: str) -> AttackTarget:
+    """A TinyNet trained 2 epochs on digits 0-4 (the private identities); 5-9 stay public."""
     x, y = digits
     private = y < 5
     torch.manual_seed(0)
@@ -56,7 +56,12 @@ def target(digits):
             loss.backward()
             opt.step()
     model.eval()
-    return AttackTarget(model, (1, SIZE, SIZE), None, key="tiny-digits")
+    return AttackTarget(model, (1, SIZE, SIZE), None, key=key)
+
+
+@pytest.fixture(scope="module")
+def target(digits):
+    return tiny_target(digits, "tiny-digits")
 
 
 @pytest.fixture(scope="module")

@@ -8,45 +8,22 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from midre.attacks import AttackBudget, AttackTarget, run_attack
+from midre.attacks import AttackBudget, run_attack
 from midre.attacks.blackbox import LabelOracle, ProbabilityOracle, QueryBudgetExceeded
 from midre.attacks.brep_mi import BREPMI, BREPMIOptions, repulsion_direction, sphere_directions
 from midre.attacks.rlb_mi import RLBMI, RLBMIOptions, rlb_reward
 from midre.priors import PriorConfig, PublicData, train_prior
-from tests.unit.test_attacks import SIZE, TinyNet
+from tests.unit.test_attacks import SIZE, TinyNet, digits, tiny_target  # noqa: F401  (digits: fixture)
 
 RLB_TINY = {"hidden": 16, "batch_size": 8}
 BREP_TINY = {"sphere_points": 6, "init_batch": 64}
 
 
 @pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = F.interpolate(torch.tensor(d.images, dtype=torch.float32)[:, None] / 16, size=SIZE, mode="bilinear")
-    return x, torch.tensor(d.target)
-
-
-@pytest.fixture(scope="module")
 def target(digits):
-    x, y = digits
-    keep = y < 5
-    torch.manual_seed(0)
-    model = TinyNet(5)
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    xp, yp = x[keep], y[keep]
-    for _ in range(2):
-        for i in range(0, len(xp), 96):
-            loss = F.cross_entropy(model(xp[i:i + 96]), yp[i:i + 96])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return AttackTarget(model, (1, SIZE, SIZE), None, key="bb-digits")
+    return tiny_target(digits, "bb-digits")
 
 
 @pytest.fixture(scope="module")
