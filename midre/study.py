@@ -111,6 +111,22 @@ class _AttackSettings:
     cache_dir: str | None = None
     device: str = "cpu"
 
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
+        _check_fields(cls, data)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"{cls.__name__}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def _validate_attack_settings(self) -> None:
         if isinstance(self.attacks, str):
             self.attacks = [a for a in self.attacks.split(",") if a.strip()]
@@ -213,22 +229,6 @@ class PipelineConfig(_AttackSettings):
             raise ValueError(f"PipelineConfig.seeds must be a non-empty list of ints, got {self.seeds!r}")
         self._validate_attack_settings()
 
-    @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
-        _check_fields(cls, data)
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"PipelineConfig: {exc}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def dataset_spec(self, num_private: int | None = None) -> Any:
         from midre.data import DatasetSpec
 
@@ -262,22 +262,6 @@ class AttackEvalConfig(_AttackSettings):
                 isinstance(self.seeds, int) and self.seeds < 1):
             raise ValueError(f"AttackEvalConfig.seeds must be a count >= 1 or a list of ints, got {self.seeds!r}")
         self._validate_attack_settings()
-
-    @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AttackEvalConfig:
-        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
-        _check_fields(cls, data)
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"AttackEvalConfig: {exc}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # --------------------------------------------------------------------------- helpers
