@@ -17,6 +17,11 @@ import time
 import torch
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     from midre.attacks import AttackBudget, AttackTarget, run_attack
     from midre.models import create_model
@@ -30,6 +35,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -38,21 +44,26 @@ def main() -> None:
     target = AttackTarget(model, (3, args.image_size, args.image_size), None)
     budget = AttackBudget(steps=args.steps)
     ids = list(range(args.identities))
-    run_attack(args.attack, target, ids[:2], per_identity=1, budget=AttackBudget(steps=1))  # warm-up
+    run_attack(args.attack, target, ids[:2], per_identity=1, budget=AttackBudget(steps=1),  # warm-up
+               device=args.device)
 
     t0 = time.perf_counter()
-    batched = run_attack(args.attack, target, ids, per_identity=args.per_identity, budget=budget, seed=0)
+    batched = run_attack(args.attack, target, ids, per_identity=args.per_identity, budget=budget, seed=0,
+                         device=args.device)
+    _sync(args.device)
     t_batched = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    looped = [run_attack(args.attack, target, [i], per_identity=args.per_identity, budget=budget, seed=0)
-              for i in ids]
+    looped = [run_attack(args.attack, target, [i], per_identity=args.per_identity, budget=budget, seed=0,
+                         device=args.device) for i in ids]
+    _sync(args.device)
     t_loop = time.perf_counter() - t0
 
     n = batched.labels.numel()
     assert n == sum(r.labels.numel() for r in looped)
     print(f"attack {args.attack}, {args.arch} target, {args.identities} identities x {args.per_identity} images, "
-          f"{args.image_size} px, {args.steps} steps, {torch.get_num_threads()} threads")
+          f"{args.image_size} px, {args.steps} steps, "
+          f"{torch.cuda.get_device_name() if args.device.startswith('cuda') else f'{torch.get_num_threads()} threads'}")
     print(f"batched (one optimisation of {n} images): {t_batched:8.2f} s")
     print(f"per-identity loop ({args.identities} optimisations): {t_loop:8.2f} s")
     print(f"speed-up: {t_loop / t_batched:.1f}x")
