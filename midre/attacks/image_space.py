@@ -54,10 +54,14 @@ class MIFaceOptions:
 class DeepInversionOptions:
     """DeepInversion (Yin et al., "Dreaming to Distill", CVPR 2020, Eq. 2-4) settings.
 
-    Defaults are the authors' published low-resolution (CIFAR-10, 32 px) configuration, the one
-    closest to the 64 px targets here: ``r_feature`` 10, ``tv_l2`` 1e-3, ``l2`` 0, Adam at 0.1, no
-    extra weight on the first BatchNorm layer, random flips and a roll of up to 2 px per 32 px
-    (scaled to the image). Their ImageNet configuration (224 px) is ``bn_weight=0.01,
+    Defaults follow the authors' published low-resolution (CIFAR-10, 32 px) configuration, the one
+    closest to the 64 px targets here: ``tv_l2`` 1e-3, ``l2`` 0, Adam at 0.1, no extra weight on
+    the first BatchNorm layer, random flips and a roll of up to 2 px per 32 px (scaled to the
+    image), except ``bn_weight``: 1 instead of their ``r_feature`` 10. The calibration sweep
+    (``benchmarks/attack_calibration.py``, docs/attacks.md) measured on AT&T faces at 64 px,
+    3 NoDef seeds: 2000 steps give 41.1 % top-1 AttAcc with weight 1 against 12.8 % with 10 (200
+    steps: 22.2 % with 1). An evaluation that under-reports leakage is the dangerous error, so the
+    stronger measured setting is the default. Their ImageNet configuration (224 px) is ``bn_weight=0.01,
     first_bn_multiplier=10, tv_weight=1e-4, l2_weight=1e-5``, lr 0.25 with a cosine schedule and a
     30 px jitter; pass those through ``options`` / ``AttackBudget.lr`` to use it.
 
@@ -71,7 +75,7 @@ class DeepInversionOptions:
         cosine: cosine learning-rate decay (the ImageNet recipe).
     """
 
-    bn_weight: float = 10.0
+    bn_weight: float = 1.0
     first_bn_multiplier: float = 1.0
     tv_weight: float = 1e-3
     l2_weight: float = 0.0
