@@ -160,6 +160,9 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
                      f"evaluation model ({esc(str(ev.get('accuracy_split', 'test')))} accuracy "
                      f"{acc_txt}); chance level is "
                      f"{100.0 / max(1, int(ds.get('identities', 1) or 1)):.1f}% top-1.</p>")
+    if "summary" in images:
+        parts.append("<p class='small'>The whole report in one picture (also <code>summary.png</code>):</p>"
+                     f"<img alt='summary: results table, verdicts and trade-off plot' src='{_b64(images['summary'])}'>")
     parts.append("<h2>Results (paper Table 3 layout)</h2><table><tr><th>Attack</th><th>Defense</th>"
                  "<th>Acc ↑</th><th>AttAcc top-1 ↓</th><th>AttAcc top-5 ↓</th><th>KNN dist ↑</th>"
                  "<th>δ_eval ↑</th><th>Δ ↑</th><th>Queries</th></tr>")
@@ -239,6 +242,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str
             if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
     if rows:
         images["tradeoff"] = plots.tradeoff_plot(rows)
+        images["summary"] = plots.summary_card(report, _label)
     for attack, grid in (grids or {}).items():
         images[f"grid_{attack}"] = plots.image_grid(grid.get("real"), grid["recon"], grid["names"])
     for title, result in (feature_results or {}).items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,11 @@ def tradeoff_plot(rows: list[dict[str, Any]]) -> bytes:
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    _tradeoff_axes(plt, ax, rows)
+    return _png(fig)
+
+
+def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
     attacks = sorted({r["attack"] for r in rows})
     defenses = sorted({r["defense"] for r in rows})
     markers = ["o", "s", "^", "D", "v", "P", "X"]
@@ -61,7 +67,60 @@ def tradeoff_plot(rows: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("top-1 AttAcc (%)  (leakage, lower is better)")
     ax.set_title("Privacy-utility trade-off (mean ± std over seeds)")
     ax.grid(alpha=0.3)
+
+
+def summary_card(report: dict[str, Any], label: Any = str) -> bytes:
+    """One picture of the whole report: the results table, the verdicts and the trade-off plot.
+
+    Made for places that show an image but not HTML (a README, a ticket, a chat): it holds the
+    numbers a reader needs to see at a glance whether the defense helped. ``label`` names a
+    defense for display.
+    """
+    plt = _pyplot()
+    results = report.get("results", [])
+    ds = report.get("dataset", {})
+    fig = plt.figure(figsize=(12.0, 3.2 + 0.32 * len(results) + 0.3 * len(report.get("verdicts", []))))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.35, 1.0], height_ratios=[1.0, 0.45])
+    ax_t, ax_p, ax_v = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[:, 1]), fig.add_subplot(grid[1, 0])
+
+    def fmt(stat: dict[str, Any] | None) -> str:
+        if not stat:
+            return "-"
+        return f"{stat['mean']:.1f} ± {stat['std']:.1f}" if stat.get("n", 1) > 1 else f"{stat['mean']:.1f}"
+
+    def fmt_delta(value: Any) -> str:
+        return value if isinstance(value, str) else ("-" if value is None else f"{value:.2f}")
+
+    cells = [[r["attack"], label(r["defense"]),
+              fmt(r["metrics"].get("acc")), fmt(r["metrics"].get("attacc_top1")),
+              fmt(r["metrics"].get("attacc_top5")), fmt_delta(r.get("tradeoff_delta"))] for r in results]
+    ax_t.axis("off")
+    if cells:
+        table = ax_t.table(cellText=cells, colLabels=["attack", "defense", "Acc %", "AttAcc top-1 %",
+                                                      "AttAcc top-5 %", "Δ"], loc="upper center", cellLoc="center")
+        table.auto_set_font_size(False)
+        table.set_fontsize(9)
+        table.auto_set_column_width(list(range(6)))
+        table.scale(1.0, 1.35)
+    n_ids = int(ds.get("identities", 0) or 0)
+    ax_t.set_title(f"{_source_name(ds.get('source'))}: {n_ids} private identities, {ds.get('image_size', '?')} px, "
+                   f"seeds {report.get('seeds', [])}" + (f" (chance {100 / n_ids:.1f}% top-1)" if n_ids else ""),
+                   fontsize=10)
+    ax_v.axis("off")
+    lines = [textwrap.fill("• " + v["text"], 100, subsequent_indent="  ") for v in report.get("verdicts", [])]
+    ax_v.text(0.0, 1.0, "\n".join(lines) or "no defense compared with NoDef", va="top", ha="left", fontsize=8.5,
+              transform=ax_v.transAxes)
+    rows = [{"attack": r["attack"], "defense": cells[i][1], "acc": r["metrics"]["acc"],
+             "attacc": r["metrics"]["attacc_top1"]} for i, r in enumerate(results)
+            if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
+    _tradeoff_axes(plt, ax_p, rows)
+    fig.tight_layout()
     return _png(fig)
+
+
+def _source_name(source: Any) -> str:
+    text = str(source or "?").rstrip("/")
+    return text.rsplit("/", 1)[-1]
 
 
 def image_grid(real: np.ndarray | None, recon: dict[str, np.ndarray], names: list[str]) -> bytes:

@@ -65,5 +65,10 @@ def test_write_report_files_and_html(tmp_path):
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and "AttAcc top-1" in html and "Δ" in html
     assert "did not lower AttAcc for deepinversion" in html
-    assert html.count("data:image/png;base64,") == 2  # trade-off plot + grid, embedded
+    assert html.count("data:image/png;base64,") == 3  # summary card + trade-off plot + grid, embedded
     assert (tmp_path / "tradeoff.png").is_file() and report["artifacts"]["plots"]
+    assert "summary.png" in report["artifacts"]["plots"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "summary.png") as card:  # a real, readable picture of a sensible size
+        assert card.format == "PNG" and card.width > 800 and card.height > 250
