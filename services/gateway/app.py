@@ -54,7 +54,6 @@ def preload_library() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir))
     ctx = ServiceContext(
         settings=settings,
         sessions=session_factory(settings.db_url),
@@ -62,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dispatcher=Dispatcher(settings),
         auth_cache=AuthCache(settings.auth_cache_s),
     )
+    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir), ctx.sessions)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -70,8 +70,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(upgrade, settings.db_url)
         # Job specs are validated against the library: import it now, not in the first request.
         await run_in_threadpool(preload_library)
-        yield
-        serving.close()
+        serving.start()  # writes the query counts of unbudgeted models every MIDRE_SERVE_USAGE_FLUSH_S
+        try:
+            yield
+        finally:
+            await serving.stop()  # the last counts reach the database before the process ends
+            serving.close()
 
     app = FastAPI(
         title="MIDRE service",
@@ -92,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     registry = install_metrics(app, ctx)
     serving.register_metrics(registry)
-    registry.register(UsageCollector(ctx.sessions))
+    registry.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
     for module in (health, datasets, jobs, artifacts, models, predict):
         app.include_router(module.router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -23,7 +24,35 @@ class ServingSettings(BaseSettings):
     max_images: int = Field(64, ge=1, description="Most images in one predict request.")
     max_image_bytes: int = Field(8 * 1024**2, ge=1, description="Largest encoded image accepted.")
     default_top_k: int = Field(5, ge=1, description="Identities returned when the request names no top_k.")
-    threads: int = Field(0, ge=0, description="torch intra-op threads for CPU forwards (0: torch's default).")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="torch intra-op threads for CPU forwards; 0: one fewer than the CPU cores (at least 1), "
+        "so the event loop keeps a core.",
+    )
+    inline_decode_pixels: int = Field(
+        256 * 256,
+        ge=0,
+        description="Requests whose images have at most this many pixels together (read from the headers) "
+        "are decoded on the event loop, saving a worker-thread hop; larger ones never block it. 0: always "
+        "decode in a worker thread.",
+    )
+    usage_flush_s: float = Field(
+        0.5,
+        ge=0,
+        description="Models without a budget: count queries in memory and write them every this many "
+        "seconds (and at shutdown); 0 writes every request. Budgeted models are always exact.",
+    )
+
+    def forward_threads(self) -> int:
+        """torch intra-op threads of the forward thread (``threads``, or one fewer than the cores)."""
+        if self.threads:
+            return self.threads
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, cores - 1)
 
     def torch_device(self) -> str:
         """The device forwards run on."""

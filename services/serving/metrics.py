@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -13,10 +13,14 @@ from services.db.models import ModelUsage
 
 
 class UsageCollector(Collector):
-    """``midre_model_queries{job_id,key_id}`` and ``midre_model_queries_rejected{job_id,key_id}``."""
+    """``midre_model_queries{job_id,key_id}`` and ``midre_model_queries_rejected{job_id,key_id}``.
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    ``before`` runs first (writes this process's counted queries, so the scrape sees them).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], before: Callable[[], None] | None = None) -> None:
         self.sessions = sessions
+        self.before = before
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queries = GaugeMetricFamily(
@@ -27,6 +31,11 @@ class UsageCollector(Collector):
             "Predict requests refused (429) because the key spent the model's budget",
             labels=["job_id", "key_id"],
         )
+        if self.before is not None:
+            try:
+                self.before()
+            except Exception:  # noqa: BLE001 - the counts stay pending; report what the DB has
+                pass
         try:
             with self.sessions() as session:
                 rows = session.execute(

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy.orm import Session
 
+from services.serving.accounting import UsageMeter
 from services.serving.batcher import DynamicBatcher
 from services.serving.cache import LoadedModel, ModelCache, load_from_store
 from services.serving.config import ServingSettings
 from services.serving.export import FORMATS, export_model
 from services.storage import LocalStore
+
+log = logging.getLogger(__name__)
+
+
+def _set_threads(n: int) -> None:
+    torch.get_num_threads()  # torch's lazy per-thread init first, or it later undoes the next line
+    torch.set_num_threads(n)
 
 
 class ServingRuntime:
@@ -24,16 +36,33 @@ class ServingRuntime:
     Args:
         settings: the ``MIDRE_SERVE_*`` settings.
         store: the artifact store the checkpoints are in.
+        sessions: session factory of the service database (query accounting).
     """
 
-    def __init__(self, settings: ServingSettings, store: LocalStore) -> None:
+    def __init__(
+        self, settings: ServingSettings, store: LocalStore, sessions: Callable[[], Session] | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.usage: UsageMeter | None = (
+            UsageMeter(sessions, enabled=settings.usage_flush_s > 0) if sessions is not None else None
+        )
+        self._flusher: asyncio.Task[None] | None = None
         self.device = torch.device(settings.torch_device())
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        # One forward thread: forwards run one after another at full intra-op parallelism.
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="midre-forward")
+        # One forward thread: forwards run one after another, each with `forward_threads` intra-op
+        # threads (default: all cores but one, which the event loop needs for HTTP, JSON and
+        # decoding; on 2 cores two intra-op threads and the loop fight over the cores).
+        self.executor = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="midre-forward",
+            initializer=_set_threads,
+            initargs=(settings.forward_threads(),),
+        )
+        # torch's thread count is per thread, but set_num_threads also sets the default of threads
+        # that start later: start the forward thread now, then put that default back.
+        default_threads = torch.get_num_threads()
+        self.executor.submit(int).result()
+        torch.set_num_threads(default_threads)
         self.cache = ModelCache(
             settings.cache_models,
             lambda card_sha, weights_sha: load_from_store(store, card_sha, weights_sha, self.device),
@@ -122,6 +151,42 @@ class ServingRuntime:
                 model, card = load_from_store(self.store, card_sha, weights_sha, "cpu")
                 export_model(model, card, fmt, dest)
         return dest
+
+    # -- query accounting ------------------------------------------------------------------------
+    def flush_usage(self) -> None:
+        """Write the queries counted in memory (blocking; a no-op when nothing waits)."""
+        if self.usage is not None and self.usage.dirty:
+            self.usage.flush()
+
+    def start(self) -> None:
+        """Start writing the counted queries every ``usage_flush_s`` (call on the app's event loop)."""
+        if self.usage is not None and self.usage.enabled and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop(), name="midre-usage-flush")
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.settings.usage_flush_s)
+            if self.usage is not None and self.usage.dirty:
+                try:
+                    await loop.run_in_executor(None, self.usage.flush)
+                except Exception:  # noqa: BLE001 - the counts are kept for the next try
+                    log.warning("writing the query accounting failed; retrying", exc_info=True)
+
+    async def stop(self) -> None:
+        """Stop the periodic writer and write what is left (the app's shutdown)."""
+        task, self._flusher = self._flusher, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self.usage is not None and self.usage.dirty:
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.usage.flush)
+            except Exception:  # noqa: BLE001 - logged with the count that is lost
+                log.error("could not write %d counted queries at shutdown", self.usage.pending(), exc_info=True)
 
     def close(self) -> None:
         """Stop the batchers and the forward thread."""

@@ -30,7 +30,7 @@ from services.serving.accounting import Charge, charge, reset
 from services.serving.cache import LoadedModel
 from services.serving.export import FORMATS
 from services.serving.policy import OutputPolicy, apply_policy
-from services.serving.preprocess import InputError, RawImage, preprocess
+from services.serving.preprocess import InputError, RawImage, preprocess, total_pixels
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import (
     KeyUsage,
@@ -125,6 +125,21 @@ async def cached_ref(ctx: ServiceContext, rt: ServingRuntime, tenant: TenantRef,
         refs.clear()
     refs[(tenant.id, job_id)] = (ref, time.monotonic() + REF_TTL_S)
     return ref
+
+
+def charge_queries(ctx: ServiceContext, rt: ServingRuntime, key_id: str, ref: ModelRef, n: int) -> Charge:
+    """Count ``n`` queries of ``key_id`` on the model: in memory when it has no budget and this
+    process knows the key's count (written behind, see :class:`UsageMeter`), else the exact atomic
+    charge in the database (always for a budgeted model). Blocking only in the second case."""
+    meter = rt.usage
+    if ref.budget is None and meter is not None:
+        count = meter.add(key_id, ref.job_id, n)
+        if count is not None:
+            return Charge(True, count, None)
+    with ctx.sessions() as session:
+        if meter is not None:
+            return meter.charge(session, key_id, ref.job_id, n, ref.budget)
+        return charge(session, key_id, ref.job_id, n, ref.budget)
 
 
 def _key_id(request: Request) -> str:
@@ -273,15 +288,27 @@ async def predict(
     ref = await cached_ref(ctx, rt, tenant, job_id)
     key_id = _key_id(request)
 
-    def prepare() -> tuple[torch.Tensor, Charge, LoadedModel]:
-        x = preprocess(images, ref.card)  # before charging: a bad image costs nothing
-        with ctx.sessions() as session:
-            spent = charge(session, key_id, ref.job_id, len(images), ref.budget)
+    def prepare(x: torch.Tensor | None) -> tuple[torch.Tensor, Charge, LoadedModel]:
+        if x is None:
+            x = preprocess(images, ref.card)  # before charging: a bad image costs nothing
+        spent = charge_queries(ctx, rt, key_id, ref, len(images))
         entry = rt.cached(ref.weights_sha) or rt.model(ref.card_sha, ref.weights_sha)
         return x, spent, entry
 
     try:
-        x, spent, entry = await run_in_threadpool(prepare)
+        x: torch.Tensor | None = None
+        spent: Charge | None = None
+        entry = rt.cached(ref.weights_sha)
+        limit = rt.settings.inline_decode_pixels
+        if entry is not None and limit and total_pixels(images, limit) is not None:
+            # Small images of a loaded model: decode here, cheaper than a hop to a worker thread;
+            # the hop is still taken when the charge needs the database.
+            x = preprocess(images, ref.card)
+            if ref.budget is None and rt.usage is not None:
+                count = rt.usage.add(key_id, ref.job_id, len(images))
+                spent = None if count is None else Charge(True, count, None)
+        if spent is None or entry is None:
+            x, spent, entry = await run_in_threadpool(prepare, x)
     except InputError as exc:
         raise _input_error(exc) from exc
     if not spent.allowed:
@@ -381,6 +408,7 @@ def _policy_view(session: Session, job_id: str) -> PolicyView:
 def get_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str) -> PolicyView:
     """The model's output policy and budget, and the queries each API key made."""
     ref = resolve_model(session, rt, tenant, job_id)
+    rt.flush_usage()  # this process's counted queries first, so the view is current
     return _policy_view(session, ref.job_id)
 
 
@@ -401,9 +429,13 @@ def put_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str, bod
         session.add(row)
     row.policy, row.top_k, row.decimals, row.budget = body.policy, body.top_k, body.decimals, body.budget
     row.updated_at = utcnow()
+    # Write this process's counted queries first: a new budget then sees them, a reset zeroes them.
+    rt.flush_usage()
     if body.reset_usage:
         reset(session, ref.job_id)
     session.commit()
+    if rt.usage is not None:
+        rt.usage.forget(ref.job_id)  # counts re-sync from the database on the next request
     _refs(rt).pop((tenant.id, job_id), None)
     return _policy_view(session, ref.job_id)
 
