@@ -8,22 +8,17 @@ DeepInversion >= 50% top-1 AttAcc (issue 4's acceptance criterion) and GMI >= 4x
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
 
-ATT_FACES = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "att_faces"
-
 
 @pytest.fixture(scope="module")
-def nodef_report(tmp_path_factory):
-    if not ATT_FACES.is_dir():
-        pytest.skip(f"{ATT_FACES} not present")
+def nodef_report(tmp_path_factory, shared_datasets):
     from midre.study import PipelineConfig, run_pipeline
 
-    cfg = PipelineConfig.from_dict({"data": str(ATT_FACES), "image_size": 64, "defenses": ["nodef"], "seeds": 1,
+    cfg = PipelineConfig.from_dict({"data": str(shared_datasets / "att_faces"), "image_size": 64,
+                                    "defenses": ["nodef"], "seeds": 1,
                                     "attacks": ["deepinversion", "gmi"], "feature_identities": 0})
     report = run_pipeline(cfg, tmp_path_factory.mktemp("att_faces"))
     return {r["attack"]: r["metrics"] for r in report["results"]}, report
