@@ -4,7 +4,9 @@
 Covers: endpoint predictions == the in-process model's, every output policy returns only what it
 promises, a budget of N answers 429 on query N+1 (and shows in /metrics), another tenant gets 404,
 bad inputs are 4xx naming the file or field, TorchScript/ONNX exports reproduce the predictions, the
-client and ``midre predict``; plus unit tests of the dynamic batcher and the LRU cache.
+client and ``midre predict``; write-behind query accounting (exact answers, views and /metrics, written at
+shutdown; budgets stay exact across replicas); plus unit tests of the dynamic batcher, the LRU cache and
+the usage meter (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -412,3 +414,202 @@ def test_model_cache_is_a_bounded_lru() -> None:
     cache.get("c", "c")  # evicts b
     assert loads == ["a", "b", "c"] and evicted == ["b"] and len(cache) == 2
     assert "a" in cache and "b" not in cache
+
+
+# -- write-behind query accounting ----------------------------------------------------------------
+def _usage(url: str, job_id: str) -> dict[str, tuple[int, int]]:
+    """{key_id: (queries, rejected)} of ``job_id`` straight from the database."""
+    from sqlalchemy import select
+
+    from services.db.models import ModelUsage
+    from services.db.session import session_scope
+
+    with session_scope(url) as session:
+        rows = session.execute(
+            select(ModelUsage.key_id, ModelUsage.queries, ModelUsage.rejected).where(ModelUsage.job_id == job_id)
+        ).all()
+    return {k: (int(q), int(r)) for k, q, r in rows}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def usage_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, str]]:
+    """A migrated database with one job and two API keys: (url, job id, key id, other key id)."""
+    from services.db.keys import create_api_key
+    from services.db.migrate import upgrade
+    from services.db.models import Job
+    from services.db.session import session_scope
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'usage.sqlite3'}"
+    else:
+        url = request.getfixturevalue("pg_databases").create()
+    upgrade(url)
+    with session_scope(url) as session:
+        keys = [create_api_key(session, "meter").split("_")[1] for _ in range(2)]
+        tenant_id = session.execute(
+            __import__("sqlalchemy").text("select tenant_id from api_keys where key_id = :k"), {"k": keys[0]}
+        ).scalar_one()
+        session.add(Job(id="job_meter", tenant_id=tenant_id, kind="train", status="succeeded", spec={}, queue="cpu"))
+    yield url, "job_meter", keys[0], keys[1]
+
+
+def test_usage_meter_counts_in_memory_and_writes_on_flush(usage_db: tuple[str, str, str, str]) -> None:
+    from services.db.session import session_factory
+    from services.serving.accounting import UsageMeter, charge
+
+    url, job, key, other = usage_db
+    sessions = session_factory(url)
+    meter = UsageMeter(sessions)
+    assert meter.add(key, job, 1) is None  # the pair's count is not known yet: charge in the DB
+    with sessions() as session:
+        assert meter.charge(session, key, job, 1, None).queries == 1
+    assert [meter.add(key, job, n) for n in (1, 2, 1)] == [2, 4, 5]  # in memory, exact
+    assert _usage(url, job) == {key: (1, 0)} and meter.dirty and meter.pending(key, job) == 4
+
+    # Another replica's queries (a direct charge) show after this process's next flush.
+    with sessions() as session:
+        charge(session, key, job, 10, None)
+    assert meter.flush() == 1 and not meter.dirty
+    assert _usage(url, job) == {key: (15, 0)}
+    assert meter.add(key, job, 1) == 16
+    assert meter.flush() == 1 and meter.flush() == 0
+    assert _usage(url, job)[key] == (16, 0)
+
+    # A failed flush keeps its counts for the next one.
+    meter.add(key, job, 3)
+    broken = UsageMeter(lambda: (_ for _ in ()).throw(RuntimeError("database down")))  # type: ignore[arg-type]
+    broken._base, broken._pending = dict(meter._base), dict(meter._pending)
+    with pytest.raises(RuntimeError):
+        broken.flush()
+    assert broken.pending(key, job) == 3 and broken.add(key, job, 1) == 20
+    meter.flush()
+    assert _usage(url, job)[key] == (19, 0)
+
+    # forget() (after a reset): the next query re-syncs from the database.
+    meter.forget(job)
+    assert meter.add(key, job, 1) is None
+    # A second key has its own count; write-through (enabled=False) never counts in memory.
+    with sessions() as session:
+        assert meter.charge(session, other, job, 2, None).queries == 2
+    assert meter.add(other, job, 1) == 3
+    off = UsageMeter(sessions, enabled=False)
+    with sessions() as session:
+        off.charge(session, other, job, 1, None)
+    assert off.add(other, job, 1) is None and not off.dirty
+
+
+def test_usage_meter_budgeted_charge_sees_pending_queries(usage_db: tuple[str, str, str, str]) -> None:
+    from services.db.session import session_factory
+    from services.serving.accounting import UsageMeter
+
+    url, job, key, _ = usage_db
+    sessions = session_factory(url)
+    meter = UsageMeter(sessions)
+    with sessions() as session:
+        meter.charge(session, key, job, 1, None)
+    meter.add(key, job, 2)  # counted while the model had no budget; not written yet
+    with sessions() as session:
+        # The owner sets a budget of 3: the exact charge writes the pending 2 first and refuses.
+        spent = meter.charge(session, key, job, 1, 3)
+    assert not spent.allowed and spent.queries == 3
+    assert _usage(url, job)[key] == (3, 1) and not meter.dirty
+
+
+def test_usage_meter_drops_counts_of_a_deleted_key(usage_db: tuple[str, str, str, str]) -> None:
+    from sqlalchemy import delete
+
+    from services.db.models import ApiKey
+    from services.db.session import session_factory, session_scope
+    from services.serving.accounting import UsageMeter
+
+    url, job, key, other = usage_db
+    sessions = session_factory(url)
+    meter = UsageMeter(sessions)
+    with sessions() as session:
+        meter.charge(session, key, job, 1, None)
+        meter.charge(session, other, job, 1, None)
+    meter.add(key, job, 5)
+    meter.add(other, job, 7)
+    with session_scope(url) as session:
+        session.execute(delete(ApiKey).where(ApiKey.key_id == other))
+    assert meter.flush() == 2  # the deleted key's 7 are dropped, the other key's 5 are written
+    assert _usage(url, job) == {key: (6, 0)} and not meter.dirty
+
+
+def _replica(stack: Api, home: Path, monkeypatch: pytest.MonkeyPatch, flush_s: float) -> TestClient:
+    """Another API process on the same database and artifacts (a second serving replica)."""
+    monkeypatch.setenv("MIDRE_SERVE_USAGE_FLUSH_S", str(flush_s))
+    settings = make_settings(
+        home,
+        database_url=stack.settings.database_url,
+        broker_url=stack.settings.broker_url,
+        broker_prefix=stack.settings.broker_prefix,
+        data_dir=stack.settings.storage_dir,
+    )
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+def test_unbudgeted_usage_is_exact_in_answers_views_metrics_and_after_shutdown(
+    stack: Api, key: str, trained: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, _ = trained
+    key_id = key.split("_")[1]
+    set_policy(stack, key, job_id, policy="label-only", budget=None, reset_usage=True)
+    one = upload(images(1))
+    # A replica that writes its counts only when asked or at shutdown (flush interval of an hour).
+    with _replica(stack, tmp_path / "replica", monkeypatch, 3600) as replica:
+        got = []
+        for _ in range(6):
+            r = replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
+            assert r.status_code == 200, r.text
+            got.append(r.json()["usage"])
+        assert [u["queries"] for u in got] == [1, 2, 3, 4, 5, 6] and "budget" not in got[0]
+        # Only the first query (which learnt the count) reached the database; the rest wait.
+        assert _usage(stack.settings.db_url, job_id)[key_id] == (1, 0)
+        rt = replica.app.state.serving  # type: ignore[attr-defined]
+        assert rt.usage.pending(key_id, job_id) == 5
+
+        # A multi-image request counts every image; the policy view writes the counts first.
+        r = replica.post(f"/v1/models/{job_id}/predict", files=upload(images(3)), headers=stack.auth(key))
+        assert r.json()["usage"]["queries"] == 9
+        view = replica.get(f"/v1/models/{job_id}/policy", headers=stack.auth(key)).json()
+        assert {u["key_id"]: u["queries"] for u in view["usage"]}[key_id] == 9
+        replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
+        assert f'midre_model_queries{{job_id="{job_id}",key_id="{key_id}"}} 10.0' in replica.get("/metrics").text
+        for _ in range(2):
+            assert replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key)).status_code == 200
+        assert _usage(stack.settings.db_url, job_id)[key_id] == (10, 0)
+    # Shutdown wrote the last two.
+    assert _usage(stack.settings.db_url, job_id)[key_id] == (12, 0)
+
+    # With the default interval (0.5 s) the counts land without anyone asking.
+    r = stack.client.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
+    r = stack.client.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
+    assert r.json()["usage"]["queries"] == 14
+    wait_for(lambda: _usage(stack.settings.db_url, job_id)[key_id] == (14, 0) or None, 10, what="flush")
+    set_policy(stack, key, job_id, policy="full", budget=None, reset_usage=True)
+
+
+def test_budget_holds_across_replicas_after_unbudgeted_queries(
+    stack: Api, key: str, trained: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id, _ = trained
+    key_id = key.split("_")[1]
+    set_policy(stack, key, job_id, policy="label-only", budget=None, reset_usage=True)
+    one = upload(images(1))
+    with _replica(stack, tmp_path / "replica", monkeypatch, 3600) as replica:
+        for _ in range(3):  # unbudgeted: 1 written, 2 pending in the replica
+            assert replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key)).status_code == 200
+        # The owner sets a budget of 6 on the replica: its pending queries are written first.
+        r = replica.put(f"/v1/models/{job_id}/policy", json={"policy": "label-only", "budget": 6},
+                        headers=stack.auth(key))
+        assert r.status_code == 200, r.text
+        assert {u["key_id"]: u["queries"] for u in r.json()["usage"]}[key_id] == 3
+        answers = []
+        for i in range(5):  # alternate replicas: 3 more are allowed, then 429 on both
+            client = replica if i % 2 else stack.client
+            r = client.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
+            answers.append((r.status_code, r.json().get("usage", {}).get("queries")))
+        assert answers == [(200, 4), (200, 5), (200, 6), (429, None), (429, None)]
+    assert _usage(stack.settings.db_url, job_id)[key_id] == (6, 2)
+    set_policy(stack, key, job_id, policy="full", budget=None, reset_usage=True)
