@@ -33,12 +33,53 @@ class LoadedModel:
     card: dict[str, Any]
     device: torch.device
     batcher: DynamicBatcher | None = field(default=None, repr=False)
+    channels_last: bool = False
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits of a normalised float batch, on the CPU (runs in the executor)."""
         with torch.inference_mode():
-            logits = self.model(x.to(self.device, non_blocking=True))
+            if self.channels_last and x.dim() == 4:
+                x = x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+            else:
+                x = x.to(self.device, non_blocking=True)
+            logits = self.model(x)
             return torch.softmax(logits.float(), dim=1).cpu()
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` that directly follows a ``Conv2d`` in an
+    ``nn.Sequential`` into that convolution (the BN becomes ``Identity``); returns how many.
+
+    Exact up to float rounding (an eval BN is an affine map per channel); saves a pass over every
+    activation. Only Sequential neighbours are folded: there the convolution's output feeds
+    nothing but the BN.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    folded = 0
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        for i in range(len(module) - 1):
+            conv, bn = module[i], module[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                module[i] = fuse_conv_bn_eval(conv, bn)
+                module[i + 1] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def for_serving(model: nn.Module, card: dict[str, Any], device: torch.device) -> tuple[nn.Module, bool]:
+    """The model as served: batch norms folded into their convolutions and, on the CPU, the
+    channels-last layout (oneDNN's fast convolutions; measured 1.5-3x faster for ``cnn-small``).
+    Returns ``(model, channels_last)``; predictions equal the checkpoint's up to float rounding."""
+    fold_batchnorm(model)
+    channels_last = device.type == "cpu" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, channels_last
 
 
 def load_from_store(store: LocalStore, card_sha: str, weights_sha: str, device: str | torch.device) -> tuple[
@@ -60,6 +101,8 @@ class ModelCache:
         loader: ``(card_sha, weights_sha) -> (model, card)``.
         device: where models live.
         on_evict: called with an evicted entry (stops its batcher).
+        prepare: ``(model, card, device) -> (model, channels_last)`` applied to a loaded model
+            (:func:`for_serving`).
     """
 
     def __init__(
@@ -68,11 +111,13 @@ class ModelCache:
         loader: Callable[[str, str], tuple[nn.Module, dict[str, Any]]],
         device: torch.device,
         on_evict: Callable[[LoadedModel], None] | None = None,
+        prepare: Callable[[nn.Module, dict[str, Any], torch.device], tuple[nn.Module, bool]] | None = None,
     ) -> None:
         self.capacity = capacity
         self.loader = loader
         self.device = device
         self.on_evict = on_evict
+        self.prepare = prepare
         self._entries: OrderedDict[str, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self.loads = 0
@@ -93,7 +138,12 @@ class ModelCache:
                 self.hits += 1
                 return entry
             model, card = self.loader(card_sha, weights_sha)
-            entry = LoadedModel(key=weights_sha, model=model, card=card, device=self.device)
+            channels_last = False
+            if self.prepare is not None:
+                model, channels_last = self.prepare(model, card, self.device)
+            entry = LoadedModel(
+                key=weights_sha, model=model, card=card, device=self.device, channels_last=channels_last
+            )
             self._entries[weights_sha] = entry
             self.loads += 1
             while len(self._entries) > self.capacity:

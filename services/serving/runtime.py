@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.serving.accounting import UsageMeter
 from services.serving.batcher import DynamicBatcher
-from services.serving.cache import LoadedModel, ModelCache, load_from_store
+from services.serving.cache import LoadedModel, ModelCache, for_serving, load_from_store
 from services.serving.config import ServingSettings
 from services.serving.export import FORMATS, export_model
 from services.storage import LocalStore
@@ -68,6 +68,7 @@ class ServingRuntime:
             lambda card_sha, weights_sha: load_from_store(store, card_sha, weights_sha, self.device),
             self.device,
             on_evict=self._evicted,
+            prepare=for_serving,
         )
         self._cards: dict[str, dict[str, Any]] = {}
         self._export_lock = threading.Lock()

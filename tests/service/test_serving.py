@@ -613,3 +613,28 @@ def test_budget_holds_across_replicas_after_unbudgeted_queries(
         assert answers == [(200, 4), (200, 5), (200, 6), (429, None), (429, None)]
     assert _usage(stack.settings.db_url, job_id)[key_id] == (6, 2)
     set_policy(stack, key, job_id, policy="full", budget=None, reset_usage=True)
+
+
+@pytest.mark.parametrize("arch", ["cnn-small", "resnet18", "vgg16"])
+def test_served_model_form_predicts_like_the_checkpoint(arch: str) -> None:
+    """Folded batch norms and the channels-last layout change nothing but float rounding."""
+    from midre.models import create_model
+    from services.serving.cache import LoadedModel, for_serving
+
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=7, image_size=64, in_channels=3).eval()
+    for module in model.modules():  # non-trivial running statistics, so folding matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        expected = torch.softmax(model(x), dim=1)
+    served, channels_last = for_serving(model, {}, torch.device("cpu"))
+    assert channels_last
+    if arch == "cnn-small":  # every BN follows a convolution in a Sequential
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
+    entry = LoadedModel(key="k", model=served, card={}, device=torch.device("cpu"), channels_last=channels_last)
+    torch.testing.assert_close(entry.probabilities(x), expected, atol=1e-5, rtol=1e-4)
