@@ -30,13 +30,6 @@ class ServingSettings(BaseSettings):
         description="torch intra-op threads for CPU forwards; 0: one fewer than the CPU cores (at least 1), "
         "so the event loop keeps a core.",
     )
-    inline_decode_pixels: int = Field(
-        256 * 256,
-        ge=0,
-        description="Requests whose images have at most this many pixels together (read from the headers) "
-        "are decoded on the event loop, saving a worker-thread hop; larger ones never block it. 0: always "
-        "decode in a worker thread.",
-    )
     usage_flush_s: float = Field(
         0.5,
         ge=0,

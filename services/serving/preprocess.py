@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from midre.checkpoint import card_normalization
 from midre.data import to_float
 from midre.data.errors import DatasetError
-from midre.data.images import ALLOWED_FORMATS, decode_image
+from midre.data.images import decode_image
 
 
 class InputError(ValueError):
@@ -67,19 +66,3 @@ def _named(image: RawImage) -> str:
 def preprocess(images: list[RawImage], card: dict[str, Any]) -> torch.Tensor:
     """The normalised float batch ``[N, C, S, S]`` the model expects."""
     return to_float(decode_uint8(images, card), card_normalization(card))
-
-
-def total_pixels(images: list[RawImage], limit: int) -> int | None:
-    """The pixels of ``images`` together, from their headers only (no pixel is decoded), or None
-    when a header cannot be read or the total passes ``limit`` (then stop looking)."""
-    total = 0
-    for image in images:
-        try:
-            with Image.open(io.BytesIO(image.data), formats=ALLOWED_FORMATS) as img:
-                width, height = img.size
-        except Exception:  # noqa: BLE001 - decoding in a worker thread reports the error
-            return None
-        total += width * height
-        if total > limit:
-            return None
-    return total
