@@ -50,7 +50,7 @@ DEFAULT_ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "rlb-mi": {"steps": 500, "prior_steps": 400},
     "brep-mi": {"steps": 100, "prior_steps": 400},
 }
-DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32}
+DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32, "resolution": 32}
 
 
 def _check_fields(cls: type, data: dict[str, Any]) -> None:

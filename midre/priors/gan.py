@@ -51,15 +51,18 @@ class Generator(nn.Module):
         image_size: output side S.
         channels: output channels.
         width: channels of the last up-sampling block; doubled per block up to ``8 * width``.
+        resolution: side at which the network draws (default ``image_size``); a smaller one (e.g.
+            32 for 64 px targets) makes the prior about 4x cheaper, the output is still resized
+            to ``image_size``.
         num_classes: if set, every BatchNorm is class-conditional and ``forward`` needs labels.
     """
 
     def __init__(self, latent_dim: int = 100, image_size: int = 64, channels: int = 3, width: int = 32,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, resolution: int | None = None) -> None:
         super().__init__()
         self.latent_dim, self.image_size, self.channels = latent_dim, image_size, channels
         self.width, self.num_classes = width, num_classes
-        side = _pow2(image_size)
+        side = _pow2(resolution or image_size)
         n_up = int(math.log2(side // 4))
         chans = [min(width * 2 ** (n_up - i), width * 8) for i in range(n_up + 1)]
         self.start_channels = chans[0]
@@ -97,6 +100,7 @@ class Discriminator(nn.Module):
 
     Args:
         image_size, channels, width: as for :class:`Generator` (width of the first conv block).
+        resolution: side at which images are judged (inputs are resized to it; default ``image_size``).
         outputs: 1 for a GMI critic; the number of private identities for KEDMI.
         num_classes: if set, adds a projection term ``<embed(y), h>`` (PLG-MI's projection D).
         norm: ``"instance"`` (WGAN-GP critics must not use BatchNorm), ``"batch"`` or ``"none"``.
@@ -104,11 +108,12 @@ class Discriminator(nn.Module):
     """
 
     def __init__(self, image_size: int = 64, channels: int = 3, width: int = 32, outputs: int = 1,
-                 num_classes: int | None = None, norm: str = "instance", spectral: bool = False) -> None:
+                 num_classes: int | None = None, norm: str = "instance", spectral: bool = False,
+                 resolution: int | None = None) -> None:
         super().__init__()
         if norm not in ("instance", "batch", "none"):
             raise ValueError(f"norm must be 'instance', 'batch' or 'none', got {norm!r}")
-        self.image_size, self.side = image_size, _pow2(image_size)
+        self.image_size, self.side = image_size, _pow2(resolution or image_size)
         sn = nn.utils.parametrizations.spectral_norm if spectral else (lambda m: m)
         n_down = int(math.log2(self.side // 4))
         layers: list[nn.Module] = []

@@ -78,6 +78,9 @@ class PriorConfig:
         top_n: PLG-MI pseudo-labelled public images per class.
         inversion_weight: PLG-MI's weight of the inversion loss in the generator objective.
         seed: random seed.
+        resolution: side at which G draws and D judges (``None``: the image size). The generator's
+            output is resized to the image size, so attacks see full-size images; 32 for 64 px
+            images makes a prior about 4x cheaper on a CPU (our CPU default), at the cost of detail.
     """
 
     kind: str = "gmi"
@@ -92,6 +95,7 @@ class PriorConfig:
     top_n: int = 30
     inversion_weight: float = 0.2
     seed: int = 0
+    resolution: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in PRIOR_KINDS:
@@ -100,6 +104,9 @@ class PriorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "steps" else 1):
                 raise ValueError(f"PriorConfig.{name} must be a positive integer, got {value!r}")
+        if self.resolution is not None and (isinstance(self.resolution, bool) or not isinstance(self.resolution, int)
+                                            or self.resolution < 8):
+            raise ValueError(f"PriorConfig.resolution must be an integer >= 8 or None, got {self.resolution!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,16 +174,18 @@ class GanPrior:
 def build_networks(config: PriorConfig, image_shape: tuple[int, int, int],
                    num_classes: int | None) -> tuple[Generator, Discriminator]:
     c, _, w = image_shape
+    res = min(config.resolution, w) if config.resolution else None
     if config.kind == "gmi":
-        return (Generator(config.latent_dim, w, c, config.width),
-                Discriminator(w, c, config.width, outputs=1, norm="instance"))
+        return (Generator(config.latent_dim, w, c, config.width, resolution=res),
+                Discriminator(w, c, config.width, outputs=1, norm="instance", resolution=res))
     if num_classes is None:
         raise ValueError(f"a {config.kind} prior needs num_classes (the target's identities)")
     if config.kind == "kedmi":
-        return (Generator(config.latent_dim, w, c, config.width),
-                Discriminator(w, c, config.width, outputs=num_classes, norm="instance"))
-    return (Generator(config.latent_dim, w, c, config.width, num_classes=num_classes),
-            Discriminator(w, c, config.width, outputs=1, num_classes=num_classes, norm="none", spectral=True))
+        return (Generator(config.latent_dim, w, c, config.width, resolution=res),
+                Discriminator(w, c, config.width, outputs=num_classes, norm="instance", resolution=res))
+    return (Generator(config.latent_dim, w, c, config.width, num_classes=num_classes, resolution=res),
+            Discriminator(w, c, config.width, outputs=1, num_classes=num_classes, norm="none", spectral=True,
+                          resolution=res))
 
 
 def prior_key(config: PriorConfig, public: PublicData, image_shape: tuple[int, int, int],

@@ -194,6 +194,25 @@ def test_prior_is_cached_and_reused(public, tmp_path, monkeypatch):
     assert loaded.kind == "gmi" and loaded.image_shape == (1, SIZE, SIZE)
 
 
+def test_prior_resolution_draws_small_and_outputs_full_size(public, tmp_path):
+    """``resolution`` shrinks the networks' working side, not the images the attacks see."""
+    from midre.priors.gan import Discriminator, Generator
+
+    full, small = Generator(image_size=32, channels=1, width=8), Generator(image_size=32, channels=1, width=8,
+                                                                          resolution=16)
+    assert len(small.ups) == len(full.ups) - 1  # one up-sampling block fewer
+    z = torch.randn(2, 100)
+    assert small(z).shape == full(z).shape == (2, 1, 32, 32)
+    assert Discriminator(image_size=32, channels=1, width=8, resolution=16).side == 16
+    cfg = PriorConfig(kind="gmi", steps=1, width=8, batch_size=8, resolution=8)
+    prior = load_or_train_prior(cfg, public, (1, SIZE, SIZE), cache_dir=tmp_path)
+    assert prior.sample(torch.randn(3, 100)).shape == (3, 1, SIZE, SIZE)
+    reloaded = GanPrior.load(tmp_path / "priors" / prior.info["key"])
+    assert reloaded.config.resolution == 8 and reloaded.generator.image_size == SIZE
+    with pytest.raises(ValueError, match="resolution"):
+        PriorConfig(resolution=4)
+
+
 def test_target_specific_prior_needs_target(public):
     with pytest.raises(ValueError, match="target"):
         load_or_train_prior(PriorConfig(kind="kedmi", steps=1, width=8), public, (1, SIZE, SIZE))
