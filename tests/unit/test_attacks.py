@@ -149,6 +149,20 @@ def test_deepinversion_raises_target_confidence(target):
     assert long.extra["final_identity_loss"] < short.extra["final_identity_loss"]
 
 
+def test_deepinversion_multi_resolution_schedule(target):
+    """A low-resolution first phase, then full size: the result has the target's image shape."""
+    ids = [0, 1, 2]
+    opts = {"bn_weight": 0.1, "low_res_fraction": 0.5, "flip": False, "jitter": 0}
+    two_steps = run_attack("deepinversion", target, ids, per_identity=1, budget=AttackBudget(steps=2),
+                           options=opts, seed=1)
+    assert two_steps.images.shape == (3, *target.image_shape)
+    run = run_attack("deepinversion", target, ids, per_identity=2, budget=AttackBudget(steps=20), options=opts)
+    assert run.images.shape == (6, *target.image_shape) and torch.isfinite(run.images).all()
+    assert run.queries >= 6 * 20
+    with pytest.raises(ValueError, match="low_res"):
+        run_attack("deepinversion", target, ids, budget=AttackBudget(steps=2), options={"low_res_fraction": 1.5})
+
+
 def test_bn_hook_matches_running_statistics():
     bn = nn.BatchNorm2d(4).eval()
     hook = BatchNormStatsHook(nn.Sequential(bn))
