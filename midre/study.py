@@ -534,7 +534,10 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
                           evaluator, splits.train, public, prior_cache, cache_dir, device, sub, should_stop)
         records.append({**rec, "defense": label, "seed": seed})
     timings["attacks"] = time.monotonic() - t0
-    timings.update({f"prior_{k.split(':')[0][:8]}": v for k, v in prior_cache.items() if k.endswith(":seconds")})
+    for key, seconds in prior_cache.items():
+        if key.endswith(":seconds"):
+            prior_cfg = json.loads(key.removesuffix(":seconds"))
+            timings[f"prior_{prior_cfg['kind']}_{prior_cfg['steps']}_steps"] = seconds
 
     # (6) report
     t0 = time.monotonic()

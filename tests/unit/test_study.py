@@ -76,6 +76,7 @@ def test_pipeline_writes_report(pipeline_run):
     assert len(data["verdicts"]) == 2 and all(v["text"] for v in data["verdicts"])
     assert data["dataset"]["public_note"]  # digits: the last identities became the public set
     assert data["models"]["evaluation"]["arch"] == "resnet18"
+    assert "prior_gmi_1_steps" in data["timings"] and data["timings"]["total"] > 0
     assert data["feature_space"] and "recon_priv_centroid" in next(iter(data["feature_space"].values()))["distances"]
     html = (out / "report.html").read_text()
     assert "AttAcc top-1" in html and "Verdict" in html and html.count("data:image/png;base64,") >= 3
