@@ -617,7 +617,8 @@ def test_budget_holds_across_replicas_after_unbudgeted_queries(
 
 @pytest.mark.parametrize("arch", ["cnn-small", "resnet18", "vgg16"])
 def test_served_model_form_predicts_like_the_checkpoint(arch: str) -> None:
-    """Folded batch norms and the channels-last layout change nothing but float rounding."""
+    """Folded batch norms, the channels-last layout and the traced graph change nothing but float
+    rounding, for any batch size."""
     from midre.models import create_model
     from services.serving.cache import LoadedModel, for_serving
 
@@ -632,9 +633,13 @@ def test_served_model_form_predicts_like_the_checkpoint(arch: str) -> None:
     x = torch.randn(3, 3, 64, 64)
     with torch.inference_mode():
         expected = torch.softmax(model(x), dim=1)
-    served, channels_last = for_serving(model, {}, torch.device("cpu"))
-    assert channels_last
+    card = {"arch": arch, "image_size": 64, "channels": 3}
+    served, channels_last = for_serving(model, card, torch.device("cpu"))
+    assert channels_last and isinstance(served, torch.jit.ScriptModule)
     if arch == "cnn-small":  # every BN follows a convolution in a Sequential
-        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
-    entry = LoadedModel(key="k", model=served, card={}, device=torch.device("cpu"), channels_last=channels_last)
+        plain = create_model(arch, num_classes=7, image_size=64, in_channels=3).eval()
+        folded, _ = for_serving(plain, {}, torch.device("cpu"))  # no card: not traced
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    entry = LoadedModel(key="k", model=served, card=card, device=torch.device("cpu"), channels_last=channels_last)
     torch.testing.assert_close(entry.probabilities(x), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(entry.probabilities(x[:1]), expected[:1], atol=1e-5, rtol=1e-4)
