@@ -242,7 +242,10 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str
             if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
     if rows:
         images["tradeoff"] = plots.tradeoff_plot(rows)
-        images["summary"] = plots.summary_card(report, _label)
+        cells = [[r["attack"], _label(r["defense"]), _fmt(m.get("acc"), 1), _fmt(m.get("attacc_top1"), 1),
+                  _fmt(m.get("attacc_top5"), 1), _fmt_delta(r.get("tradeoff_delta"))]
+                 for r in report.get("results", []) for m in (r["metrics"],)]
+        images["summary"] = plots.summary_card(report, cells, rows)
     for attack, grid in (grids or {}).items():
         images[f"grid_{attack}"] = plots.image_grid(grid.get("real"), grid["recon"], grid["names"])
     for title, result in (feature_results or {}).items():

@@ -69,31 +69,19 @@ def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.grid(alpha=0.3)
 
 
-def summary_card(report: dict[str, Any], label: Any = str) -> bytes:
+def summary_card(report: dict[str, Any], cells: list[list[str]], rows: list[dict[str, Any]]) -> bytes:
     """One picture of the whole report: the results table, the verdicts and the trade-off plot.
 
     Made for places that show an image but not HTML (a README, a ticket, a chat): it holds the
-    numbers a reader needs to see at a glance whether the defense helped. ``label`` names a
-    defense for display.
+    numbers a reader needs to see at a glance whether the defense helped. ``cells``: the table's
+    rows, already formatted (attack, defense, Acc, top-1, top-5, Δ); ``rows``: as for
+    :func:`tradeoff_plot`.
     """
     plt = _pyplot()
-    results = report.get("results", [])
     ds = report.get("dataset", {})
-    fig = plt.figure(figsize=(12.0, 3.2 + 0.32 * len(results) + 0.3 * len(report.get("verdicts", []))))
+    fig = plt.figure(figsize=(12.0, 3.2 + 0.32 * len(cells) + 0.3 * len(report.get("verdicts", []))))
     grid = fig.add_gridspec(2, 2, width_ratios=[1.35, 1.0], height_ratios=[1.0, 0.45])
     ax_t, ax_p, ax_v = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[:, 1]), fig.add_subplot(grid[1, 0])
-
-    def fmt(stat: dict[str, Any] | None) -> str:
-        if not stat:
-            return "-"
-        return f"{stat['mean']:.1f} ± {stat['std']:.1f}" if stat.get("n", 1) > 1 else f"{stat['mean']:.1f}"
-
-    def fmt_delta(value: Any) -> str:
-        return value if isinstance(value, str) else ("-" if value is None else f"{value:.2f}")
-
-    cells = [[r["attack"], label(r["defense"]),
-              fmt(r["metrics"].get("acc")), fmt(r["metrics"].get("attacc_top1")),
-              fmt(r["metrics"].get("attacc_top5")), fmt_delta(r.get("tradeoff_delta"))] for r in results]
     ax_t.axis("off")
     if cells:
         table = ax_t.table(cellText=cells, colLabels=["attack", "defense", "Acc %", "AttAcc top-1 %",
@@ -110,9 +98,6 @@ def summary_card(report: dict[str, Any], label: Any = str) -> bytes:
     lines = [textwrap.fill("• " + v["text"], 100, subsequent_indent="  ") for v in report.get("verdicts", [])]
     ax_v.text(0.0, 1.0, "\n".join(lines) or "no defense compared with NoDef", va="top", ha="left", fontsize=8.5,
               transform=ax_v.transAxes)
-    rows = [{"attack": r["attack"], "defense": cells[i][1], "acc": r["metrics"]["acc"],
-             "attacc": r["metrics"]["attacc_top1"]} for i, r in enumerate(results)
-            if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
     _tradeoff_axes(plt, ax_p, rows)
     fig.tight_layout()
     return _png(fig)
