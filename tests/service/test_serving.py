@@ -453,13 +453,20 @@ def usage_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[s
     yield url, "job_meter", keys[0], keys[1]
 
 
-def test_usage_meter_counts_in_memory_and_writes_on_flush(usage_db: tuple[str, str, str, str]) -> None:
+@pytest.fixture
+def metered(usage_db: tuple[str, str, str, str]) -> tuple[str, str, str, str, Any, Any]:
+    """``usage_db`` plus its session factory and a fresh write-behind ``UsageMeter`` on it."""
     from services.db.session import session_factory
+    from services.serving.accounting import UsageMeter
+
+    sessions = session_factory(usage_db[0])
+    return (*usage_db, sessions, UsageMeter(sessions))
+
+
+def test_usage_meter_counts_in_memory_and_writes_on_flush(metered: tuple[str, str, str, str, Any, Any]) -> None:
     from services.serving.accounting import UsageMeter, charge
 
-    url, job, key, other = usage_db
-    sessions = session_factory(url)
-    meter = UsageMeter(sessions)
+    url, job, key, other, sessions, meter = metered
     assert meter.add(key, job, 1) is None  # the pair's count is not known yet: charge in the DB
     with sessions() as session:
         assert meter.charge(session, key, job, 1, None).queries == 1
@@ -498,13 +505,8 @@ def test_usage_meter_counts_in_memory_and_writes_on_flush(usage_db: tuple[str, s
     assert off.add(other, job, 1) is None and not off.dirty
 
 
-def test_usage_meter_budgeted_charge_sees_pending_queries(usage_db: tuple[str, str, str, str]) -> None:
-    from services.db.session import session_factory
-    from services.serving.accounting import UsageMeter
-
-    url, job, key, _ = usage_db
-    sessions = session_factory(url)
-    meter = UsageMeter(sessions)
+def test_usage_meter_budgeted_charge_sees_pending_queries(metered: tuple[str, str, str, str, Any, Any]) -> None:
+    url, job, key, _, sessions, meter = metered
     with sessions() as session:
         meter.charge(session, key, job, 1, None)
     meter.add(key, job, 2)  # counted while the model had no budget; not written yet
@@ -515,16 +517,13 @@ def test_usage_meter_budgeted_charge_sees_pending_queries(usage_db: tuple[str, s
     assert _usage(url, job)[key] == (3, 1) and not meter.dirty
 
 
-def test_usage_meter_drops_counts_of_a_deleted_key(usage_db: tuple[str, str, str, str]) -> None:
+def test_usage_meter_drops_counts_of_a_deleted_key(metered: tuple[str, str, str, str, Any, Any]) -> None:
     from sqlalchemy import delete
 
     from services.db.models import ApiKey
-    from services.db.session import session_factory, session_scope
-    from services.serving.accounting import UsageMeter
+    from services.db.session import session_scope
 
-    url, job, key, other = usage_db
-    sessions = session_factory(url)
-    meter = UsageMeter(sessions)
+    url, job, key, other, sessions, meter = metered
     with sessions() as session:
         meter.charge(session, key, job, 1, None)
         meter.charge(session, other, job, 1, None)
