@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, package_versions, read_card, save_checkpoint
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "multistep", "cosine")
-AUGMENTATIONS = ("hflip",)
+AUGMENTATIONS = ("hflip", "shift")
 RESUME_FILE = "checkpoint/last.pt"
 
 
@@ -59,7 +60,10 @@ class TrainConfig:
         lr, weight_decay: optimizer settings.
         schedule: "multistep" (x0.1 at ``milestones``, fractions of the epochs: the authors' 75/90 of
             100), "cosine" or "none".
-        augment: extra train-time augmentation applied before the defense ("hflip").
+        augment: extra train-time augmentation applied before the defense: "hflip" (random
+            horizontal flip), "shift" (random translation by up to 1/8 of the side, reflected
+            border: the standard small-data augmentation that stops a model from keying on exact
+            pixel positions).
         seed: seeds model init, shuffling and erasing.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
         amp: bfloat16 autocast on CUDA (ignored on CPU).
@@ -177,6 +181,18 @@ def resolve_device(name: str) -> torch.device:
 def _hflip(x: Tensor, generator: torch.Generator) -> Tensor:
     flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5
     return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def _shift(x: Tensor, generator: torch.Generator, fraction: float = 0.125) -> Tensor:
+    """Translate each image by its own whole-pixel offset of at most ``fraction`` of its side."""
+    n, _, h, w = x.shape
+    limit = torch.tensor([max(1, int(w * fraction)), max(1, int(h * fraction))], device=generator.device)
+    offsets = torch.randint(-2**20, 2**20, (n, 2), generator=generator, device=generator.device) % (2 * limit + 1) - limit
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = 2 * offsets.to(x.device, x.dtype) / torch.tensor([w, h], device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="nearest", padding_mode="reflection", align_corners=False)
 
 
 @torch.no_grad()
@@ -334,6 +350,8 @@ def train(
             y = labels[idx]
             if "hflip" in cfg.augment:
                 x = _hflip(x, aug)
+            if "shift" in cfg.augment:
+                x = _shift(x, aug)
             x = defense.transform(x, y, idx, epoch, aug)
             if use_cuda:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -115,7 +115,7 @@ def run_pipeline_command(args: argparse.Namespace) -> int:
         "data": args.data, "image_size": args.image_size or (32 if args.data == "digits" else 64),
         "channels": args.channels, "normalize": not args.no_normalize, "test_fraction": args.test_fraction,
         "split_seed": args.split_seed, "num_private": args.num_private, "arch": args.arch, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "augment": ["hflip"] if args.hflip else [],
+        "batch_size": args.batch_size, "lr": args.lr, "augment": [a for a in ("hflip", "shift") if getattr(args, a)],
         "defenses": args.defenses, "seeds": args.seeds, **_attack_settings(args),
     }
     if args.config:
@@ -204,6 +204,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=32, help="target batch size (default 32)")
     t.add_argument("--lr", type=float, default=1e-3, help="target learning rate (default 1e-3)")
     t.add_argument("--hflip", action="store_true", help="random horizontal flips while training targets")
+    t.add_argument("--shift", action="store_true", help="random shifts (up to 1/8 of the side) while training targets")
     t.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of PipelineConfig fields overriding the flags")
     _add_attack_arguments(p, "deepinversion,gmi")

@@ -38,7 +38,11 @@ class EvalModelConfig:
             but its accuracy can then only be reported on images it was trained on.
         seed: training seed.
         lr, batch_size: optimiser settings passed to :class:`midre.train.TrainConfig`.
-        augment: train-time augmentation names of :class:`midre.train.TrainConfig`.
+        augment: train-time augmentation names of :class:`midre.train.TrainConfig`. Default
+            flips and random shifts: on att_faces 64 px (30 identities, 8 train / 2 held-out images
+            each, 20 epochs) held-out accuracy 98.3 % against 95.0 % with flips alone. A judge that
+            keys on exact pixel positions of ten photos per person under-counts recognisable
+            reconstructions (docs/attacks.md, "The evaluation model").
     """
 
     arch: str = "resnet18"
@@ -47,7 +51,7 @@ class EvalModelConfig:
     seed: int = 1234
     lr: float = 1e-3
     batch_size: int = 64
-    augment: tuple[str, ...] = ("hflip",)
+    augment: tuple[str, ...] = ("hflip", "shift")
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

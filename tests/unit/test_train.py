@@ -139,3 +139,20 @@ def test_cli_param_reaches_any_defense():
     assert spec["midre"]["a_h"] == 0.8 and spec["nls"]["smoothing"] == -0.1
     with pytest.raises(ValueError, match="--param"):
         defense_spec_from_args(Namespace(defense="nls", a_h=None, a_l=None, a_e=None, share=None, param=["oops"]))
+
+
+def test_shift_augmentation_translates_each_image_by_whole_pixels_within_an_eighth():
+    from midre.train import _shift
+
+    x = torch.rand(64, 3, 32, 32)
+    y = _shift(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    found = []
+    for i in range(x.shape[0]):
+        # the interior of a shifted image is the original's interior moved by (dy, dx), |d| <= 4
+        matches = [(dy, dx) for dy in range(-4, 5) for dx in range(-4, 5)
+                   if torch.equal(y[i, :, 4:-4, 4:-4], x[i, :, 4 + dy:28 + dy, 4 + dx:28 + dx])]
+        assert len(matches) == 1, f"image {i}: not a whole-pixel shift of at most 4 px"
+        found.append(matches[0])
+    assert len(set(found)) > 10  # offsets are drawn per image
+    assert torch.equal(_shift(x, torch.Generator().manual_seed(0)), y)  # seeded
