@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import io
 import json
 import os
@@ -194,7 +195,14 @@ async def load(url: str, key: str, job_id: str, png: bytes, clients: int, second
         finally:
             http.close()
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    # This process trained a model: its heap is large, and a full garbage collection of it stalls
+    # every client at once (measured: 250-350 ms, once or twice per run, the whole p99). Freeze it.
+    gc.collect()
+    gc.freeze()
+    try:
+        await asyncio.gather(*(client() for _ in range(clients)))
+    finally:
+        gc.unfreeze()
     return latencies
 
 
@@ -212,6 +220,65 @@ def batch_mean(url: str) -> float:
     total = float(re.search(r"^midre_serving_batch_images_sum (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
     count = float(re.search(r"^midre_serving_batch_images_count (\S+)", text, re.M).group(1))  # type: ignore[union-attr]
     return total / max(count, 1.0)
+
+
+def forward_ceiling(home: Path, job_id: str, args: argparse.Namespace) -> dict[str, float]:
+    """The most batching can gain in compute: the served model's forward alone, in this process,
+    per image at batch 1 and at a batch of ``--clients`` images, with the server's intra-op
+    threads; plus the FLOP rate each reaches (torch's FLOP counter on the eager model).
+
+    If one image per forward already runs near the cores' arithmetic peak, no batcher can beat
+    it by more than ``batch1 / batchN``, whatever the HTTP layer does.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from services.db.models import Artifact
+    from services.db.session import session_scope
+    from services.serving.cache import for_serving, load_from_store
+    from services.serving.config import ServingSettings
+    from services.settings import Settings
+    from services.storage import LocalStore
+
+    settings = Settings(home=home)
+    with session_scope(settings.db_url) as session:
+        shas = {a.name: a.sha256 for a in session.query(Artifact).filter_by(job_id=job_id)}
+    device = torch.device(args.device if args.device != "auto" else ServingSettings().torch_device())
+    model, card = load_from_store(LocalStore(settings.storage_dir), shas["model.json"], shas["model.safetensors"],
+                                  device)
+    model.eval()
+    shape = (int(card["channels"]), int(card["image_size"]), int(card["image_size"]))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(1, *shape, device=device))
+    flops = counter.get_total_flops()
+    served, channels_last = for_serving(model, card, device)
+    previous = torch.get_num_threads()
+    threads = args.threads or ServingSettings().forward_threads()
+    torch.set_num_threads(threads)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    try:
+        per_image = {}
+        for n in (1, args.clients):
+            x = torch.rand(n, *shape, device=device).contiguous(memory_format=fmt)
+            with torch.inference_mode():
+                for _ in range(5):
+                    served(x)
+                times = []
+                for _ in range(7):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for _ in range(max(1, 64 // n)):
+                        served(x)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t0) / (max(1, 64 // n) * n))
+            per_image[n] = statistics.median(times)
+    finally:
+        torch.set_num_threads(previous)
+    one, many = per_image[1], per_image[args.clients]
+    return {"flops": flops, "one_ms": 1000 * one, "many_ms": 1000 * many, "one_gflops": flops / one / 1e9,
+            "many_gflops": flops / many / 1e9, "ceiling": one / many, "threads": threads}
 
 
 def run_mode(home: Path, batching: bool, job: tuple[str, str, bytes], args: argparse.Namespace) -> dict[str, Any]:
@@ -244,7 +311,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    parser.add_argument("--wait-ms", type=float, default=3.0, help="batching window")
+    parser.add_argument("--wait-ms", type=float, default=0.0,
+                        help="MIDRE_SERVE_BATCH_WAIT_MS: how long a lone request waits for company")
     parser.add_argument("--threads", type=int, default=0,
                         help="MIDRE_SERVE_THREADS for both modes (0: the server's default, all cores but one)")
     parser.add_argument("--rounds", type=int, default=1,
@@ -256,6 +324,11 @@ def main() -> int:
         home = Path(tmp)
         print(f"training cnn-small on digits at {args.image_size}px (1 epoch) ...", flush=True)
         job = register_model(home, args.image_size)
+        c = forward_ceiling(home, job[0], args)
+        print(f"forward alone ({args.device}, {c['threads']} threads, {c['flops'] / 1e6:.0f} MFLOP per image): "
+              f"batch 1 {c['one_ms']:.2f} ms/image ({c['one_gflops']:.0f} GFLOP/s), batch {args.clients} "
+              f"{c['many_ms']:.2f} ms/image ({c['many_gflops']:.0f} GFLOP/s): batching can gain at most "
+              f"{c['ceiling']:.2f}x in compute", flush=True)
         runs: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
         order = [True, False]
         for _ in range(args.rounds):

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.keys import authenticate, hash_key
 from services.gateway.errors import ApiError
+from services.gateway.ttl_cache import TTLCache
 from services.settings import Settings
 from services.storage import LocalStore
 from services.worker.dispatch import Dispatcher
@@ -55,30 +54,13 @@ class TenantRef:
     name: str
 
 
-class AuthCache:
+class AuthCache(TTLCache[str, TenantRef]):
     """Successful key checks remembered for ``ttl`` seconds, keyed by the key's sha256.
 
     Saves a query and a thread-pool hop on every request; a revoked key stops working within
-    ``ttl`` (``MIDRE_AUTH_CACHE_S``, 0 disables). Failures are never cached.
+    ``ttl`` (``MIDRE_AUTH_CACHE_S``, 0 disables). Failures are never cached; concurrent checks of
+    one key when its entry expires share one query (:class:`TTLCache`).
     """
-
-    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[TenantRef, float]] = {}
-
-    def get(self, digest: str) -> TenantRef | None:
-        entry = self._entries.get(digest)
-        if entry is None or entry[1] < time.monotonic():
-            return None
-        return entry[0]
-
-    def put(self, digest: str, tenant: TenantRef) -> None:
-        if self.ttl <= 0:
-            return
-        if len(self._entries) >= self.max_entries:
-            self._entries.clear()
-        self._entries[digest] = (tenant, time.monotonic() + self.ttl)
 
 
 def _unauthorized(detail: str, error: str | None = None) -> ApiError:
@@ -93,19 +75,15 @@ async def get_tenant(request: Request, ctx: Annotated[ServiceContext, Depends(ge
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
     digest = hash_key(key)
-    cached = ctx.auth_cache.get(digest)
-    if cached is not None:
-        return cached
 
     def lookup() -> TenantRef | None:
         with ctx.sessions() as session:
             tenant = authenticate(session, key)
             return TenantRef(id=tenant.id, name=tenant.name) if tenant is not None else None
 
-    found = await run_in_threadpool(lookup)
+    found = await ctx.auth_cache.get_or_load(digest, lookup)
     if found is None:
         raise _unauthorized("invalid API key", "invalid_token")
-    ctx.auth_cache.put(digest, found)
     return found
 
 

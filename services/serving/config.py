@@ -18,7 +18,11 @@ class ServingSettings(BaseSettings):
     cache_models: int = Field(8, ge=1, description="Models kept loaded per process (least recently used go).")
     batching: bool = Field(True, description="Run requests for one model that arrive together in one forward.")
     batch_wait_ms: float = Field(
-        3.0, ge=0, description="How long the first request of a batch waits for others to join."
+        0.0,
+        ge=0,
+        description="How long a lone request waits for others before its forward starts. 0 (default): "
+        "it runs at once, and the requests that arrive during that forward form the next batch; "
+        "a window idles the forward thread (measured on 2 cores: 3 ms cost 19 % of throughput).",
     )
     max_batch: int = Field(256, ge=1, description="Most images in one forward.")
     max_images: int = Field(64, ge=1, description="Most images in one predict request.")

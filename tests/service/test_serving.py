@@ -397,6 +397,38 @@ def test_dynamic_batcher_runs_concurrent_requests_in_one_forward() -> None:
         assert len(calls) == 10
 
 
+def test_dynamic_batcher_without_a_window_batches_what_arrives_during_a_forward() -> None:
+    """The default (no window): a lone request runs at once; requests that arrive while its forward
+    runs wait for it and then share the next forward."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.serving.batcher import DynamicBatcher
+
+    calls: list[tuple[int, float]] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        calls.append((int(x.shape[0]), time.perf_counter()))
+        time.sleep(0.2)
+        return x + 1
+
+    async def main() -> None:
+        batcher = DynamicBatcher(forward, pool)
+        assert batcher.wait_s == 0
+        start = time.perf_counter()
+        first = asyncio.ensure_future(batcher.submit(torch.zeros(1, 2)))
+        await asyncio.sleep(0.05)  # the first forward is running now
+        rest = [asyncio.ensure_future(batcher.submit(torch.full((1, 2), float(i)))) for i in range(5)]
+        outs = await asyncio.gather(first, *rest)
+        batcher.close()
+        assert [n for n, _ in calls] == [1, 5]
+        assert calls[0][1] - start < 0.05  # no waiting for company
+        assert [float(o[0, 0]) for o in outs] == [1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+
+    with ThreadPoolExecutor(1) as pool:
+        asyncio.run(main())
+
+
 def test_model_cache_is_a_bounded_lru() -> None:
     from services.serving.cache import ModelCache
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,6 +24,7 @@ from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, Tenant
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
 from services.gateway.routers.jobs import get_job
 from services.gateway.routers.models import CARD_NAMES
+from services.gateway.ttl_cache import TTLCache
 from services.gateway.views import final_metrics
 from services.serving.accounting import Charge, charge, reset
 from services.serving.cache import LoadedModel
@@ -102,28 +102,22 @@ def resolve_model(session: Session, rt: ServingRuntime, tenant: TenantRef, job_i
     return ModelRef(job.id, card_art.sha256, weights_art.sha256, rt.card(card_art.sha256), policy, budget)
 
 
-def _refs(rt: ServingRuntime) -> dict[tuple[str, str], tuple[ModelRef, float]]:
+def _refs(rt: ServingRuntime) -> TTLCache[tuple[str, str], ModelRef]:
     refs = getattr(rt, "_refs", None)
     if refs is None:
-        refs = rt._refs = {}  # type: ignore[attr-defined]
+        refs = rt._refs = TTLCache(REF_TTL_S)  # type: ignore[attr-defined]
     return refs
 
 
 async def cached_ref(ctx: ServiceContext, rt: ServingRuntime, tenant: TenantRef, job_id: str) -> ModelRef:
-    """:func:`resolve_model`, remembered for :data:`REF_TTL_S` seconds."""
-    refs = _refs(rt)
-    hit = refs.get((tenant.id, job_id))
-    if hit is not None and hit[1] > time.monotonic():
-        return hit[0]
+    """:func:`resolve_model`, remembered for :data:`REF_TTL_S` seconds (one lookup per expiry)."""
 
     def lookup() -> ModelRef:
         with ctx.sessions() as session:
             return resolve_model(session, rt, tenant, job_id)
 
-    ref = await run_in_threadpool(lookup)
-    if len(refs) > 10_000:
-        refs.clear()
-    refs[(tenant.id, job_id)] = (ref, time.monotonic() + REF_TTL_S)
+    ref = await _refs(rt).get_or_load((tenant.id, job_id), lookup)
+    assert ref is not None  # resolve_model answers a ModelRef or raises
     return ref
 
 
@@ -426,7 +420,7 @@ def put_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str, bod
     session.commit()
     if rt.usage is not None:
         rt.usage.forget(ref.job_id)  # counts re-sync from the database on the next request
-    _refs(rt).pop((tenant.id, job_id), None)
+    _refs(rt).forget((tenant.id, job_id))
     return _policy_view(session, ref.job_id)
 
 
