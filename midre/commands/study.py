@@ -102,7 +102,7 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
         acc = m.get("acc", {})
         print(f"{row['attack']:>14} {row['defense']:>12}  Acc {acc.get('mean', float('nan')):6.2f}±"
               f"{acc.get('std', 0):.2f}  AttAcc@1 {att.get('mean', float('nan')):6.2f}±{att.get('std', 0):.2f}  "
-              f"Δ {row.get('tradeoff_delta')}  queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
+              f"Δ {'–' if row.get('tradeoff_delta') is None else row['tradeoff_delta']}  queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
         print("verdict:", v["text"])
     print(f"report: {out}/report.html")

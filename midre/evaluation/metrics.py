@@ -13,7 +13,8 @@ Definitions (see ``shared/DESIGN.md`` §2 and the papers cited per function):
   same number of reconstructions). ``delta_face`` is this function applied to a face-embedding
   model's features, which the caller supplies.
 * Delta trade-off (MIDRE paper, Sec. 4.2, Table 3):
-  ``(AttAcc_NoDef - AttAcc_def) / (Acc_NoDef - Acc_def)``; ``"OP"`` when the defense loses no accuracy.
+  ``(AttAcc_NoDef - AttAcc_def) / (Acc_NoDef - Acc_def)``; ``"OP"`` when the defense loses no accuracy
+  and lowers AttAcc, ``"no gain"`` when it loses no accuracy and does not lower AttAcc.
 
 Accumulators follow the torchmetrics pattern (``update`` / ``compute`` / ``reset`` with a declared
 ``higher_is_better``), each with a functional twin that holds the math.
@@ -95,7 +96,9 @@ def tradeoff_delta(acc_nodef: float, attacc_nodef: float, acc_def: float, attacc
 
     Attack-accuracy points removed per accuracy point lost; higher is better. When the defense
     costs no accuracy (``acc_def >= acc_nodef``) the ratio is undefined and the paper writes
-    ``"OP"`` (the defense outperforms NoDef in utility); read it together with the AttAcc change.
+    ``"OP"`` (the defense outperforms NoDef in utility). The paper's defenses all lower AttAcc;
+    where one does not, ``"OP"`` would read as a win, so here it is ``"no gain"`` instead: no
+    accuracy lost, but no attack accuracy removed either.
 
     Example:
         >>> round(tradeoff_delta(85.74, 53.64, 79.85, 26.62), 2)
@@ -106,7 +109,7 @@ def tradeoff_delta(acc_nodef: float, attacc_nodef: float, acc_def: float, attacc
         if value is None or not math.isfinite(float(value)):
             raise ValueError(f"tradeoff_delta: {name} must be a finite number, got {value!r}")
     if acc_def >= acc_nodef:
-        return "OP"
+        return "OP" if attacc_def < attacc_nodef else "no gain"
     return (attacc_nodef - attacc_def) / (acc_nodef - acc_def)
 
 

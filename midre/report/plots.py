@@ -58,11 +58,15 @@ def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
         if len(pts) > 1:
             xs, ys = zip(*pts, strict=True)
             ax.plot(xs, ys, "-", color=colors[attacks.index(a) % len(colors)], alpha=0.4)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+    lo, hi = ax.get_xlim()
+    if hi > 100:  # an error bar past 100 % is a std, not an accuracy: do not draw ticks there
+        ax.set_xlim(lo, max(100.0, lo + 0.5))
     handles = [plt.Line2D([], [], color=colors[i % len(colors)], marker="o", ls="", label=a)
                for i, a in enumerate(attacks)]
     handles += [plt.Line2D([], [], color="grey", marker=markers[i % len(markers)], ls="", label=d)
                 for i, d in enumerate(defenses)]
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # error bars fill the axes
     ax.set_xlabel("Acc (%) on held-out private images  (utility, higher is better)")
     ax.set_ylabel("top-1 AttAcc (%)  (leakage, lower is better)")
     ax.set_title("Privacy-utility trade-off (mean ± std over seeds)")

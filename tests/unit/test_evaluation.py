@@ -35,6 +35,9 @@ def test_tradeoff_delta_reproduces_paper_table3():
 def test_tradeoff_delta_op_and_bad_input():
     assert tradeoff_delta(90.0, 50.0, 91.0, 40.0) == "OP"
     assert tradeoff_delta(90.0, 50.0, 90.0, 40.0) == "OP"
+    # no accuracy lost but no attack accuracy removed: not a win
+    assert tradeoff_delta(90.0, 50.0, 91.0, 55.0) == "no gain"
+    assert tradeoff_delta(90.0, 50.0, 90.0, 50.0) == "no gain"
     with pytest.raises(ValueError, match="acc_def"):
         tradeoff_delta(90.0, 50.0, float("nan"), 40.0)
 
