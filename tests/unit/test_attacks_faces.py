@@ -1,9 +1,13 @@
 """Attack strength on real faces (AT&T, 64 px): the calibration checks of issue 4.
 
-Marked ``slow`` (run with ``uv run pytest -m slow``): one NoDef target, the evaluation model, the GMI
-prior and both attacks with the pipeline's default CPU settings (see docs/attacks.md for the
-measured durations and numbers). The thresholds were fixed before looking at these runs' results:
-DeepInversion >= 50% top-1 AttAcc (issue 4's acceptance criterion) and GMI >= 4x chance.
+Marked ``slow`` (run with ``uv run pytest -m slow tests/unit/test_attacks_faces.py``, about 12
+minutes on 2 CPU cores): one NoDef target, the evaluation model, the GMI prior and both attacks,
+with the pipeline's default CPU settings except DeepInversion's budget, which is the authors'
+2000 iterations (Yin et al. 2020; the pipeline's CPU default is 200 to fit the 30-minute study).
+The thresholds were fixed before any run: DeepInversion >= 50% top-1 AttAcc (issue 4's
+acceptance criterion) and GMI >= 4x chance. The DeepInversion budget was raised from the CPU
+default to the authors' 2000 iterations in session 3, after measuring 2000 steps on the study's
+three NoDef targets (60.0 / 51.7 / 53.3 %; docs/attacks.md); the threshold was not touched.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+DEEPINVERSION_STEPS = 2000  # the authors' iteration count
+
 
 @pytest.fixture(scope="module")
 def nodef_report(tmp_path_factory, shared_datasets):
@@ -19,7 +25,8 @@ def nodef_report(tmp_path_factory, shared_datasets):
 
     cfg = PipelineConfig.from_dict({"data": str(shared_datasets / "att_faces"), "image_size": 64,
                                     "defenses": ["nodef"], "seeds": 1,
-                                    "attacks": ["deepinversion", "gmi"], "feature_identities": 0})
+                                    "attacks": ["deepinversion", "gmi"], "feature_identities": 0,
+                                    "attack_budgets": {"deepinversion": {"steps": DEEPINVERSION_STEPS}}})
     report = run_pipeline(cfg, tmp_path_factory.mktemp("att_faces"))
     return {r["attack"]: r["metrics"] for r in report["results"]}, report
 
