@@ -222,7 +222,7 @@ def batch_mean(url: str) -> float:
     return total / max(count, 1.0)
 
 
-def forward_ceiling(home: Path, job_id: str, args: argparse.Namespace) -> dict[str, float]:
+def forward_ceiling(home: Path, args: argparse.Namespace) -> dict[str, float]:
     """The most batching can gain in compute: the served model's forward alone, in this process,
     per image at batch 1 and at a batch of ``--clients`` images, with the server's intra-op
     threads; plus the FLOP rate each reaches (torch's FLOP counter on the eager model).
@@ -233,19 +233,12 @@ def forward_ceiling(home: Path, job_id: str, args: argparse.Namespace) -> dict[s
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from services.db.models import Artifact
-    from services.db.session import session_scope
-    from services.serving.cache import for_serving, load_from_store
+    from midre.checkpoint import load_checkpoint
+    from services.serving.cache import for_serving
     from services.serving.config import ServingSettings
-    from services.settings import Settings
-    from services.storage import LocalStore
 
-    settings = Settings(home=home)
-    with session_scope(settings.db_url) as session:
-        shas = {a.name: a.sha256 for a in session.query(Artifact).filter_by(job_id=job_id)}
     device = torch.device(args.device if args.device != "auto" else ServingSettings().torch_device())
-    model, card = load_from_store(LocalStore(settings.storage_dir), shas["model.json"], shas["model.safetensors"],
-                                  device)
+    model, card = load_checkpoint(home / "trained", device=device)  # what register_model stored
     model.eval()
     shape = (int(card["channels"]), int(card["image_size"]), int(card["image_size"]))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -324,7 +317,7 @@ def main() -> int:
         home = Path(tmp)
         print(f"training cnn-small on digits at {args.image_size}px (1 epoch) ...", flush=True)
         job = register_model(home, args.image_size)
-        c = forward_ceiling(home, job[0], args)
+        c = forward_ceiling(home, args)
         print(f"forward alone ({args.device}, {c['threads']} threads, {c['flops'] / 1e6:.0f} MFLOP per image): "
               f"batch 1 {c['one_ms']:.2f} ms/image ({c['one_gflops']:.0f} GFLOP/s), batch {args.clients} "
               f"{c['many_ms']:.2f} ms/image ({c['many_gflops']:.0f} GFLOP/s): batching can gain at most "

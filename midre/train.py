@@ -187,7 +187,8 @@ def _shift(x: Tensor, generator: torch.Generator, fraction: float = 0.125) -> Te
     """Translate each image by its own whole-pixel offset of at most ``fraction`` of its side."""
     n, _, h, w = x.shape
     limit = torch.tensor([max(1, int(w * fraction)), max(1, int(h * fraction))], device=generator.device)
-    offsets = torch.randint(-2**20, 2**20, (n, 2), generator=generator, device=generator.device) % (2 * limit + 1) - limit
+    draws = torch.randint(-2**20, 2**20, (n, 2), generator=generator, device=generator.device)
+    offsets = draws % (2 * limit + 1) - limit
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = theta[:, 1, 1] = 1
     theta[:, :, 2] = 2 * offsets.to(x.device, x.dtype) / torch.tensor([w, h], device=x.device, dtype=x.dtype)

@@ -96,26 +96,30 @@ def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_summary(report: dict[str, Any], out: str) -> None:
+    from midre.report import format_delta
+
     for row in report.get("results", []):
         m = row["metrics"]
         att = m.get("attacc_top1", {})
         acc = m.get("acc", {})
         print(f"{row['attack']:>14} {row['defense']:>12}  Acc {acc.get('mean', float('nan')):6.2f}±"
               f"{acc.get('std', 0):.2f}  AttAcc@1 {att.get('mean', float('nan')):6.2f}±{att.get('std', 0):.2f}  "
-              f"Δ {'–' if row.get('tradeoff_delta') is None else row['tradeoff_delta']}  queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
+              f"Δ {format_delta(row.get('tradeoff_delta'))}  "
+              f"queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
         print("verdict:", v["text"])
     print(f"report: {out}/report.html")
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
+    from midre.commands.train import augment_from_args
     from midre.study import PipelineConfig, run_pipeline
 
     data: dict[str, Any] = {
         "data": args.data, "image_size": args.image_size or (32 if args.data == "digits" else 64),
         "channels": args.channels, "normalize": not args.no_normalize, "test_fraction": args.test_fraction,
         "split_seed": args.split_seed, "num_private": args.num_private, "arch": args.arch, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "augment": [a for a in ("hflip", "shift") if getattr(args, a)],
+        "batch_size": args.batch_size, "lr": args.lr, "augment": list(augment_from_args(args)),
         "defenses": args.defenses, "seeds": args.seeds, **_attack_settings(args),
     }
     if args.config:
@@ -181,7 +185,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``pipeline``, ``attack``, ``prior`` and ``evaluate`` to the ``midre`` CLI."""
-    from midre.commands.train import add_data_arguments
+    from midre.commands.train import add_augment_arguments, add_data_arguments
 
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
@@ -203,8 +207,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, default=30, help="target training epochs (default 30)")
     t.add_argument("--batch-size", type=int, default=32, help="target batch size (default 32)")
     t.add_argument("--lr", type=float, default=1e-3, help="target learning rate (default 1e-3)")
-    t.add_argument("--hflip", action="store_true", help="random horizontal flips while training targets")
-    t.add_argument("--shift", action="store_true", help="random shifts (up to 1/8 of the side) while training targets")
+    add_augment_arguments(t)  # target training
     t.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of PipelineConfig fields overriding the flags")
     _add_attack_arguments(p, "deepinversion,gmi")

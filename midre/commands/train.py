@@ -50,6 +50,23 @@ def data_spec_from_args(args: argparse.Namespace):
     )
 
 
+AUGMENT_HELP = {
+    "hflip": "random horizontal flips (faces; not for digits)",
+    "shift": "random shifts by up to 1/8 of the side, reflected border",
+}
+
+
+def add_augment_arguments(group: argparse._ArgumentGroup) -> None:
+    """One flag per train-time augmentation (``--hflip``, ``--shift``)."""
+    for name, text in AUGMENT_HELP.items():
+        group.add_argument(f"--{name}", action="store_true", help=text)
+
+
+def augment_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The augmentations whose flags are set, for :class:`midre.train.TrainConfig`."""
+    return tuple(name for name in AUGMENT_HELP if getattr(args, name, False))
+
+
 def parse_params(items: list[str] | None) -> dict:
     """``KEY=VALUE`` pairs; values are read as JSON when they parse (numbers, lists, objects)."""
     params: dict = {}
@@ -105,8 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
     t.add_argument("--schedule", choices=("multistep", "cosine", "none"), default="multistep",
                    help="multistep: x0.1 at 75%% and 90%% of the epochs (authors' recipe; default)")
-    t.add_argument("--hflip", action="store_true", help="random horizontal flips (faces; not for digits)")
-    t.add_argument("--shift", action="store_true", help="random shifts by up to 1/8 of the side, reflected border")
+    add_augment_arguments(t)
     t.add_argument("--seed", type=int, default=0, help="seed of init, shuffling and erasing (default 0)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     t.add_argument("--no-resume", action="store_true", help="ignore resume state in OUT and start over")
@@ -127,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=data_spec_from_args(args), arch=args.arch, defense=defense_spec_from_args(args),
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, schedule=args.schedule, augment=tuple(a for a in ("hflip", "shift") if getattr(args, a)),
+        weight_decay=args.weight_decay, schedule=args.schedule, augment=augment_from_args(args),
         seed=args.seed, device=args.device, weights_path=args.weights,
     )
     bar = None if args.quiet else ProgressBar()

@@ -122,7 +122,8 @@ def _fmt(stat: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{stat['mean']:.{digits}f}"
 
 
-def _fmt_delta(value: Any) -> str:
+def format_delta(value: Any) -> str:
+    """Δ for display: "–" when undefined, "OP" / "no gain" as they are, else two decimals."""
     if value is None:
         return "–"
     if isinstance(value, str):
@@ -172,7 +173,7 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
             f"<tr><td class='l'>{esc(row['attack'])}</td><td class='l'>{esc(_label(row['defense']))}</td>"
             f"<td>{_fmt(m.get('acc'))}</td><td>{_fmt(m.get('attacc_top1'))}</td><td>{_fmt(m.get('attacc_top5'))}</td>"
             f"<td>{_fmt(m.get('knn_dist'), 1)}</td><td>{_fmt(m.get('delta_eval'), 1)}</td>"
-            f"<td>{esc(_fmt_delta(row.get('tradeoff_delta')))}</td><td>{_fmt(m.get('queries'), 0)}</td></tr>")
+            f"<td>{esc(format_delta(row.get('tradeoff_delta')))}</td><td>{_fmt(m.get('queries'), 0)}</td></tr>")
     parts.append("</table><p class='small'>Mean ± sample std over seeds (each seed trains its own target and "
                  "runs its own attack). Acc, AttAcc in %. Δ = (AttAcc<sub>NoDef</sub> − AttAcc<sub>def</sub>) / "
                  "(Acc<sub>NoDef</sub> − Acc<sub>def</sub>); OP: the defense loses no accuracy.</p>")
@@ -243,7 +244,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str
     if rows:
         images["tradeoff"] = plots.tradeoff_plot(rows)
         cells = [[r["attack"], _label(r["defense"]), _fmt(m.get("acc"), 1), _fmt(m.get("attacc_top1"), 1),
-                  _fmt(m.get("attacc_top5"), 1), _fmt_delta(r.get("tradeoff_delta"))]
+                  _fmt(m.get("attacc_top5"), 1), format_delta(r.get("tradeoff_delta"))]
                  for r in report.get("results", []) for m in (r["metrics"],)]
         images["summary"] = plots.summary_card(report, cells, rows)
     for attack, grid in (grids or {}).items():

@@ -27,6 +27,7 @@ from services.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class LoadedModel:
     """A model ready to serve: eval mode, on its device, with its card and batcher."""
