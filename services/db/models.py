@@ -54,13 +54,20 @@ class Tenant(Base):
 
 
 class ApiKey(Base):
-    """An API key: only its sha256 is stored; ``key_id`` is the public part used for lookup."""
+    """An API key: only its sha256 is stored; ``key_id`` is the public part used for lookup.
+
+    ``scopes`` (``admin`` | ``jobs`` | ``predict``) say what the key may do; ``model_ids``, when set,
+    limits a ``predict`` key to those served models.
+    """
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
     key_id: Mapped[str] = mapped_column(String(32), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(200))
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=lambda: ["admin"])
+    model_ids: Mapped[list[str] | None] = mapped_column(JSONType)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -102,6 +109,8 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    #: The spec with every default filled in, as converted once at submit time; the worker runs this.
+    resolved: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     queue: Mapped[str] = mapped_column(String(100))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     dataset_id: Mapped[str | None] = mapped_column(String(40))
