@@ -14,14 +14,14 @@ WORKDIR /app
 
 # Dependencies first (cached layer), exactly as locked.
 COPY pyproject.toml uv.lock README.md ./
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service --no-install-project
 
 # Then the project itself.
 COPY midre ./midre
 COPY services ./services
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service
 
 RUN useradd --create-home --uid 1000 midre && mkdir -p /data && chown midre /data
 USER midre
