@@ -1,9 +1,11 @@
 """The ``midre`` command line.
 
 Each group of commands lives in its own module with a ``register(subparsers)`` function that adds
-its sub-commands and sets ``func`` on them; this file only assembles them. Service commands
-(serve, worker, demo, admin, jobs, predict) live in ``services/cli.py`` and are loaded only when the
-service package is installed, so ``midre`` stays usable on a bare PyTorch machine.
+its sub-commands and sets ``func`` on them; this file only assembles them. The science commands
+(train, pipeline, attack, prior, evaluate) are built in and need only the core dependencies. Other
+packages add their groups through the ``midre.commands`` entry-point group (the service's serve,
+worker, demo, admin, jobs, datasets, models, predict come from ``services.cli`` that way), so this
+module never names the service and ``midre`` stays usable on a bare PyTorch machine.
 """
 
 from __future__ import annotations
@@ -12,12 +14,34 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
+#: The built-in groups: the science layer, importable with torch + torchvision + numpy.
 COMMAND_MODULES = (
     "midre.commands.train",
     "midre.commands.study",
-    "services.cli",
 )
+
+#: Entry-point group through which installed packages add sub-commands (``register(subparsers)``).
+PLUGIN_GROUP = "midre.commands"
+
+log = logging.getLogger(__name__)
+
+
+def _plugins() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: ignore[type-arg]
+    """The ``register`` functions of the installed plugins, sorted by entry-point name.
+
+    A plugin that fails to import is skipped with a warning rather than taking the science
+    commands down with it.
+    """
+    found = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except ImportError as exc:
+            log.warning("midre: command plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,13 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # optional layer not installed (e.g. bare GPU box)
-            if exc.name and name.startswith(exc.name.split(".")[0]):
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
+    for register in _plugins():
+        register(subparsers)
     return parser
 
 
