@@ -1,6 +1,9 @@
-"""Service commands of the ``midre`` CLI: serve, worker, demo, admin, jobs, predict.
+"""Service commands of the ``midre`` CLI: serve, worker, migrate, demo, admin, jobs, datasets, models, predict.
 
-Loaded by ``midre/cli.py`` (``register(subparsers)``); each parser sets ``func(args) -> int``.
+``midre/cli.py`` finds :func:`register` through the ``midre.commands`` entry point; each parser
+sets ``func(args) -> int``. This module imports only the standard library at load time: the
+wheel ships ``services/`` with the core, and without the ``service`` extra the commands must
+still show in ``midre --help`` and answer with one line that says what to install.
 """
 
 from __future__ import annotations
@@ -13,16 +16,63 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+
+#: Import names of the ``service`` extra's packages (pyproject ``[project.optional-dependencies]``).
+SERVICE_MODULES = (
+    "fastapi", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy", "alembic",
+    "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
+)
 
 #: Environment variables that select production servers; ``midre demo`` removes them so it always
 #: runs the self-contained embedded stack.
 PRODUCTION_ENV = ("MIDRE_DATABASE_URL", "MIDRE_BROKER_URL", "MIDRE_DATA_DIR")
 
 
+def missing_service_modules() -> list[str]:
+    """The ``service`` extra's modules that are not installed (cheap: nothing is imported)."""
+    return [name for name in SERVICE_MODULES if find_spec(name) is None]
+
+
+def _needs_service_extra(command: str, func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """Wrap ``func`` so that, without the ``service`` extra, it prints one line instead of a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        missing = missing_service_modules()
+        if missing:
+            print(f"midre {command}: needs the 'service' extra (missing: {', '.join(missing)}); "
+                  "install it with: pip install 'midre[service]'", file=sys.stderr)
+            return 2
+        return func(args)
+
+    run.__doc__ = func.__doc__
+    return run
+
+
+def _guard(parser: argparse.ArgumentParser, command: str) -> None:
+    """Put :func:`_needs_service_extra` around every ``func`` of ``parser`` and its sub-parsers."""
+    func = parser.get_default("func")
+    if func is not None:
+        parser.set_defaults(func=_needs_service_extra(command, func))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                _guard(sub, f"{command} {name}")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the service sub-commands to the ``midre`` parser."""
+    """Add the service sub-commands to the ``midre`` parser (each one checks the extra first)."""
+    before = set(subparsers.choices)
+    _register(subparsers)
+    for name, parser in subparsers.choices.items():
+        if name not in before:
+            _guard(parser, name)
+
+
+def _register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("serve", help="run the API and a worker (embedded: SQLite + file broker)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -31,14 +81,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--role", choices=("all", "api"), default="all",
                    help="all: API + workers; api: a serving/API replica without workers (= --no-worker)")
     p.add_argument("--home", help="data folder (sets MIDRE_HOME; default ~/.midre)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="log debug messages, Alembic's migration log included (same as `midre -v serve`)")
     p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("migrate", help="apply the database migrations (MIDRE_DATABASE_URL) and exit")
+    p.add_argument("--revision", default="head", help="target revision (default head)")
+    p.set_defaults(func=cmd_migrate)
 
     p = subparsers.add_parser("worker", help="run a Celery worker that executes jobs")
     p.add_argument("--queues", help="comma-separated: gpu,cpu (default: both if a GPU is present or in "
                    "embedded mode, else cpu)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs run at once (default 1 per GPU)")
     p.add_argument("--loglevel", default="INFO")
-    p.add_argument("--hostname", help="Celery node name (default midre-<pid>@<host>)")
+    p.add_argument("--hostname", help="Celery node name (default midre-<pid>@<host>; %%h is the host name)")
+    p.add_argument("--ping", action="store_true",
+                   help="do not start a worker: exit 0 if the worker named --hostname answers a Celery ping "
+                   "(the compose healthcheck)")
+    p.add_argument("--ping-timeout", type=float, default=5.0, help="seconds to wait for the ping's reply")
     p.set_defaults(func=cmd_worker)
 
     p = subparsers.add_parser("demo", help="start the embedded service, run a digits job over REST, "
@@ -162,8 +222,23 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply the migrations and exit: compose's one-shot ``migrate`` service runs this before the
+    API and the workers start, so no replica migrates concurrently with another."""
+    from services.db.migrate import upgrade
+    from services.settings import Settings
+
+    settings = Settings()
+    settings.ensure_dirs()
+    upgrade(settings.db_url, args.revision)
+    print(f"midre migrate: database at revision {args.revision}", file=sys.stderr)
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run a Celery worker (blocks)."""
+    """Run a Celery worker (blocks), or with ``--ping`` check that one is alive."""
+    if args.ping:
+        return ping_worker(args.hostname, args.ping_timeout)
     from services.worker.app import celery_app, settings
 
     if args.queues:
@@ -190,6 +265,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _preload()
     celery_app.worker_main(argv)
     return 0
+
+
+def ping_worker(hostname: str | None, timeout: float) -> int:
+    """Exit status 0 if the Celery node ``hostname`` answers a ping over the broker.
+
+    A worker's process can be up while its consumer is stuck (lost broker connection, a wedged
+    pool); a ping goes through the broker and the worker's control loop, so it checks what a job
+    needs. Only the broker is touched: no torch import, no database.
+    """
+    from celery.utils.nodenames import host_format
+
+    from services.settings import Settings
+    from services.worker.celery_app import make_celery
+
+    if not hostname:
+        raise ValueError("--ping needs --hostname (the node name the worker was started with)")
+    settings = Settings()
+    if settings.embedded:
+        raise ValueError("--ping needs a production broker (MIDRE_BROKER_URL); the embedded broker has no "
+                         "remote control")
+    node = host_format(hostname)
+    app = make_celery(settings)
+    try:
+        replies = app.control.ping(destination=[node], timeout=timeout)
+    finally:
+        app.close()
+    if any(node in reply for reply in replies):
+        print(f"{node}: pong")
+        return 0
+    print(f"{node}: no reply within {timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def _preload() -> None:

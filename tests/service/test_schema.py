@@ -89,17 +89,63 @@ def test_docker_compose_shape() -> None:
     """Checked without docker: the stack the issue asks for, wired the way the settings expect."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"api", "worker", "redis", "postgres"} <= set(services)
-    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
-    for name in ("api", "worker"):
+    assert {"migrate", "api", "redis", "postgres"} <= set(services)
+    workers = {name: svc for name, svc in services.items() if name.startswith("worker")}
+    assert len(workers) >= 2, "one worker service per GPU"
+    for name in ("migrate", "api", *workers):
         env = services[name]["environment"]
         assert env["MIDRE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["MIDRE_BROKER_URL"].startswith("redis://")
         assert services[name]["build"]["dockerfile"] == "Dockerfile"
-    assert "alembic upgrade head" in " ".join(services["api"]["command"])
+
+    # migrations: one one-shot service that everything else waits for; the API does not migrate itself
+    assert services["migrate"]["command"] == ["midre", "migrate"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"].get("restart", "no") == "no"
+    for name in ("api", *workers):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+        assert services[name]["environment"]["MIDRE_AUTO_MIGRATE"] == "false"
+    api_command = " ".join(services["api"]["command"])
+    assert "alembic" not in api_command and "migrate" not in api_command
+
+    # one GPU per worker, each pinned to its own device, each with a healthcheck that pings it
+    device_ids: list[str] = []
+    nodes: list[str] = []
+    for name, svc in workers.items():
+        devices = svc["deploy"]["resources"]["reservations"]["devices"]
+        assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"], name
+        assert "count" not in devices[0], f"{name}: device_ids, not count, pins a worker to one GPU"
+        assert len(devices[0]["device_ids"]) == 1, name
+        device_ids += devices[0]["device_ids"]
+        command = svc["command"]
+        node = command[command.index("--hostname") + 1]
+        nodes.append(node)
+        test = svc["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "midre", "worker", "--ping"] and test[test.index("--hostname") + 1] == node, name
+    assert len(set(device_ids)) == len(device_ids), f"two workers share a GPU: {device_ids}"
+    assert len(set(nodes)) == len(nodes), f"two workers share a Celery node name: {nodes}"
+
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "uv sync --frozen" in dockerfile
+    assert "uv sync --frozen" in dockerfile and "--extra service" in dockerfile
+    assert "COPY migrations" not in dockerfile, "the migrations ship inside the package"
+
+
+def test_compose_gpu_override_adds_distinct_workers() -> None:
+    """scripts/compose_gpus.py: the override for 4 GPUs adds gpu2, gpu3 next to the base file's two."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compose_gpus", REPO / "scripts" / "compose_gpus.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    base = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    added = module.gpu_workers(base, 4)
+    assert set(added) == {"worker-gpu2", "worker-gpu3"}
+    merged = {name: svc for name, svc in (base["services"] | added).items() if name.startswith("worker")}
+    ids = [svc["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0] for svc in merged.values()]
+    assert sorted(ids) == ["0", "1", "2", "3"]
+    assert added["worker-gpu3"]["healthcheck"]["test"][-1] == "gpu3@%h"
+    assert added["worker-gpu3"]["command"][-1] == "gpu3@%h"
 
 
 def test_every_setting_is_documented() -> None:
