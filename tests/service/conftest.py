@@ -1,4 +1,8 @@
-"""Fixtures: an in-process API on SQLite, API keys, and the real PostgreSQL/Redis/RabbitMQ servers."""
+"""Fixtures: an in-process API on SQLite, API keys, and the real PostgreSQL/Redis/RabbitMQ servers.
+
+The server fixtures skip their tests when the server is not reachable, or fail them under
+``MIDRE_REQUIRE_SERVERS=1`` (see ``tests/_requirements.py``).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from services.db.keys import create_api_key
 from services.db.session import dispose_all, session_scope
 from services.gateway.app import create_app
 from services.settings import Settings
+from tests._requirements import need_server
 from tests.service._support import FAST
 
 PG_ADMIN_URL = os.environ.get("MIDRE_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -63,18 +68,6 @@ def key_b(api: Api) -> str:
     return api.key("tenant-b")
 
 
-def _server_up(url: str) -> bool:
-    import socket
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url.replace("+psycopg", ""))
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 class PgDatabases:
     """Creates throw-away PostgreSQL databases and drops them all at the end of the session."""
 
@@ -105,9 +98,8 @@ class PgDatabases:
 
 @pytest.fixture(scope="session")
 def pg_databases() -> Iterator[PgDatabases]:
-    """Factory of PostgreSQL databases private to this test session."""
-    if not _server_up(PG_ADMIN_URL):
-        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} (service tests need it)")
+    """Factory of PostgreSQL databases private to this test run."""
+    need_server("PostgreSQL", PG_ADMIN_URL, "MIDRE_TEST_PG_ADMIN")
     factory = PgDatabases()
     try:
         yield factory
@@ -116,10 +108,16 @@ def pg_databases() -> Iterator[PgDatabases]:
 
 
 @pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """The RabbitMQ broker URL (``$MIDRE_TEST_AMQP``), once it accepts connections."""
+    need_server("RabbitMQ", AMQP_URL, "MIDRE_TEST_AMQP")
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
 def redis_prefix() -> Iterator[str]:
-    """A unique Redis key/queue prefix for this session; its keys are deleted afterwards."""
-    if not _server_up(REDIS_URL):
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} (service tests need it)")
+    """A unique Redis key/queue prefix for this test run; its keys are deleted afterwards."""
+    need_server("Redis", REDIS_URL, "MIDRE_TEST_REDIS")
     import redis
 
     prefix = f"midre-test-{secrets.token_hex(4)}-"

@@ -1,6 +1,6 @@
 """Production shape on the real servers: PostgreSQL + Redis, real Celery worker processes.
 
-Acceptance of issue 5: a digits train job end to end (download, sha256, load, predict), cancel of a
+Covered: a digits train job end to end (download, sha256, load, predict), cancel of a
 running job within one epoch, and a SIGKILLed worker whose job resumes from its last checkpoint on
 another worker. The shared worker consumes ``gpu`` (jobs with device ``auto``); the SIGKILL test
 uses ``cpu`` jobs and its own workers so the two never take each other's jobs.

@@ -11,16 +11,14 @@ from fastapi.testclient import TestClient
 from services.gateway.app import create_app
 from services.worker.dispatch import Dispatcher
 from tests.service._support import TRAIN_SPEC
-from tests.service.conftest import AMQP_URL, Api, _server_up, make_settings
+from tests.service.conftest import Api, make_settings
 
 pytestmark = pytest.mark.service
 
 
-def test_rabbitmq_broker(tmp_path: Path) -> None:
-    if not _server_up(AMQP_URL):
-        pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL} (service tests need it)")
+def test_rabbitmq_broker(tmp_path: Path, amqp_url: str) -> None:
     prefix = f"midre-test-{secrets.token_hex(4)}-"
-    settings = make_settings(tmp_path / "home", broker_url=AMQP_URL, broker_prefix=prefix)
+    settings = make_settings(tmp_path / "home", broker_url=amqp_url, broker_prefix=prefix)
     dispatcher = Dispatcher(settings)
     try:
         with TestClient(create_app(settings)) as client:

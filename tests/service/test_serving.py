@@ -1,4 +1,4 @@
-"""Serving (issue 8) on the real stack: PostgreSQL + Redis + a real Celery worker trains a tiny
+"""Serving on the real stack: PostgreSQL + Redis + a real Celery worker trains a tiny
 ``cnn-small`` on digits (16 px, 1 epoch) once; the tests then predict with it over the API.
 
 Covers: endpoint predictions == the in-process model's, every output policy returns only what it
@@ -400,29 +400,36 @@ def test_dynamic_batcher_runs_concurrent_requests_in_one_forward() -> None:
 def test_dynamic_batcher_without_a_window_batches_what_arrives_during_a_forward() -> None:
     """The default (no window): a lone request runs at once; requests that arrive while its forward
     runs wait for it and then share the next forward."""
-    import time
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from services.serving.batcher import DynamicBatcher
 
-    calls: list[tuple[int, float]] = []
+    calls: list[int] = []
+    started = threading.Event()  # the first forward is running
+    release = threading.Event()  # lets it finish
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        calls.append((int(x.shape[0]), time.perf_counter()))
-        time.sleep(0.2)
+        calls.append(int(x.shape[0]))
+        started.set()
+        assert release.wait(30), "the test never released the first forward"
         return x + 1
 
     async def main() -> None:
         batcher = DynamicBatcher(forward, pool)
         assert batcher.wait_s == 0
-        start = time.perf_counter()
         first = asyncio.ensure_future(batcher.submit(torch.zeros(1, 2)))
-        await asyncio.sleep(0.05)  # the first forward is running now
+        # no waiting for company: the lone request's forward starts while nothing else was submitted
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
+        assert calls == [1]
         rest = [asyncio.ensure_future(batcher.submit(torch.full((1, 2), float(i)))) for i in range(5)]
+        for _ in range(10):  # let the five submissions reach the batcher's queue
+            await asyncio.sleep(0)
+        assert calls == [1] and not first.done()
+        release.set()
         outs = await asyncio.gather(first, *rest)
         batcher.close()
-        assert [n for n, _ in calls] == [1, 5]
-        assert calls[0][1] - start < 0.05  # no waiting for company
+        assert calls == [1, 5]
         assert [float(o[0, 0]) for o in outs] == [1.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
     with ThreadPoolExecutor(1) as pool:

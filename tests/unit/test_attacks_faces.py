@@ -1,13 +1,12 @@
-"""Attack strength on real faces (AT&T, 64 px): the calibration checks of issue 4.
+"""Attack strength on real faces (AT&T, 64 px): calibration checks of DeepInversion and GMI.
 
 Marked ``slow`` (run with ``uv run pytest -m slow tests/unit/test_attacks_faces.py``, about 12
 minutes on 2 CPU cores): one NoDef target, the evaluation model, the GMI prior and both attacks,
 with the pipeline's default CPU settings except DeepInversion's budget, which is the authors'
 2000 iterations (Yin et al. 2020; the pipeline's CPU default is 200 to fit the 30-minute study).
-The thresholds were fixed before any run: DeepInversion >= 50% top-1 AttAcc (issue 4's
-acceptance criterion) and GMI >= 4x chance. The DeepInversion budget was raised from the CPU
-default to the authors' 2000 iterations in session 3, after measuring 2000 steps on the study's
-three NoDef targets (60.0 / 51.7 / 53.3 %; docs/attacks.md); the threshold was not touched.
+Thresholds: DeepInversion >= 50 % top-1 AttAcc and GMI >= 4x chance. At 2000 steps DeepInversion
+reaches 60.0 / 51.7 / 53.3 % on the study's three NoDef targets (docs/attacks.md). Needs the face
+data sets (skipped without them; see tests/_requirements.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Comparison defenses, augmentation baselines and combinations (paper Tables 4-5; issue 6).
+"""Comparison defenses, augmentation baselines and combinations (paper Tables 4-5).
 
 Each defense trains a small model on the built-in digits and is checked for the change it claims:
 NLS targets go negative after the warm-up, BiDO's dependence terms are computed and logged, MID's
