@@ -27,6 +27,9 @@ SERVICE_MODULES = (
     "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
 )
 
+#: Job states, for ``midre jobs list --status`` (services.gateway.schemas.JobPublic.status).
+JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
+
 #: Environment variables that select production servers; ``midre demo`` removes them so it always
 #: runs the self-contained embedded stack.
 PRODUCTION_ENV = ("MIDRE_DATABASE_URL", "MIDRE_BROKER_URL", "MIDRE_DATA_DIR")
@@ -141,6 +144,56 @@ def _register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[t
     p = jobs.add_parser("cancel", parents=[common], help="cancel a job")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_cancel)
+    p = jobs.add_parser("list", parents=[common], help="list jobs, newest first")
+    p.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
+    p.add_argument("--kind", help="only jobs of this kind (train, attack_eval, pipeline, ...)")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0: all)")
+    p.add_argument("--json", action="store_true", help="print the jobs as JSON")
+    p.set_defaults(func=cmd_jobs_list)
+    p = jobs.add_parser("events", parents=[common], help="print a job's events (log, stages, epochs)")
+    p.add_argument("job_id")
+    p.add_argument("--after", type=int, help="only events after this event id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the job ends")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_jobs_events)
+
+    datasets = subparsers.add_parser("datasets", help="upload and list datasets over REST").add_subparsers(
+        dest="datasets_command", metavar="ACTION"
+    )
+    p = datasets.add_parser("upload", parents=[common],
+                            help="upload an ImageFolder archive (.zip/.tar[.gz]); prints the dataset id last")
+    p.add_argument("file", help="archive with one folder of images per identity")
+    p.add_argument("--name", help="dataset name (default: the file name)")
+    p.set_defaults(func=cmd_datasets_upload)
+    p = datasets.add_parser("list", parents=[common], help="list datasets, newest first")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20; 0: all)")
+    p.add_argument("--json", action="store_true", help="print the datasets as JSON")
+    p.set_defaults(func=cmd_datasets_list)
+
+    models = subparsers.add_parser("models", help="list, govern and export trained models over REST").add_subparsers(
+        dest="models_command", metavar="ACTION"
+    )
+    p = models.add_parser("list", parents=[common], help="list servable models, newest first")
+    p.add_argument("--json", action="store_true", help="print the models as JSON")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("policy", parents=[common],
+                          help="show a model's output policy and budget, or change the fields given")
+    p.add_argument("model", metavar="MODEL", help="job id of the trained model")
+    p.add_argument("--policy", choices=("full", "top-k", "label-only", "rounded"),
+                   help="what answers reveal")
+    p.add_argument("--top-k", type=int, help="most identities a top-k / rounded answer lists")
+    p.add_argument("--decimals", type=int, help="rounding of a rounded answer")
+    p.add_argument("--budget", type=_budget, metavar="N|unlimited", default=argparse.SUPPRESS,
+                   help="most images one API key may submit ('unlimited' removes the budget)")
+    p.add_argument("--reset-usage", action="store_true", help="zero every key's query count")
+    p.add_argument("--json", action="store_true", help="print the policy as JSON")
+    p.set_defaults(func=cmd_models_policy)
+    p = models.add_parser("export", parents=[common], help="download the model as ONNX or TorchScript")
+    p.add_argument("model", metavar="MODEL", help="job id of the trained model")
+    p.add_argument("--out", required=True, help="file to write (.onnx, or .pt/.ts for TorchScript)")
+    p.add_argument("--format", choices=("onnx", "torchscript"),
+                   help="default: from the --out extension (.pt/.ts/.torchscript: torchscript; else onnx)")
+    p.set_defaults(func=cmd_models_export)
 
     from services.serving.cli import register as register_serving
 
@@ -363,17 +416,46 @@ def _load_spec(text: str) -> dict[str, Any]:
     return spec
 
 
+def problem_line(exc: Any) -> str:
+    """One line for an error answer: status, title, detail, and the field errors the detail left out.
+
+    The gateway's validation detail already lists the first field errors ("spec.x: bad"), so they are
+    added only when the detail does not contain them: each message is printed once.
+    """
+    problem = exc.problem
+    title = problem.get("title") or problem.get("code") or "error"
+    detail = problem.get("detail") or ""
+    text = f"{exc.status} {title}" + (f": {detail}" if detail and detail != title else "")
+    extra = [f"{e.get('field')}: {e.get('message')}" for e in problem.get("errors", [])
+             if f"{e.get('field')}: {e.get('message')}" not in detail]
+    return text + ("; " + "; ".join(extra) if extra else "")
+
+
 def _api_call(fn: Any) -> Any:
-    """Run ``fn`` and turn a service error into an exit code with the problem's detail."""
-    from services.client import ApiError
+    """Run ``fn``; an error answer or an unreachable service becomes one line on stderr and ``None``.
+
+    Callers turn ``None`` into exit status 1. No traceback: the user can act on the line (start the
+    service, fix the URL or key, fix the field).
+    """
+    from services.client import ApiError, ServiceUnreachable
 
     try:
         return fn()
     except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        for err in exc.problem.get("errors", []):
-            print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
+        print(f"error: {problem_line(exc)}", file=sys.stderr)
+    except ServiceUnreachable as exc:
+        print(f"error: {exc}; start it with `midre serve` (or set --url / MIDRE_URL)", file=sys.stderr)
+    return None
+
+
+def _budget(text: str) -> int | None:
+    """``--budget``: a count of images, or ``unlimited`` / ``none`` for no budget."""
+    if text.lower() in ("unlimited", "none"):
         return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0 or 'unlimited'")
+    return value
 
 
 def cmd_jobs_submit(args: argparse.Namespace) -> int:
@@ -463,17 +545,175 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned columns, two spaces apart (no third-party table library in the CLI)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def _when(stamp: str | None) -> str:
+    """``2026-11-30T11:07:00.123+00:00`` -> ``2026-11-30 11:07:00`` (UTC, seconds)."""
+    return (stamp or "").replace("T", " ")[:19]
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    """A table of jobs (id, kind, status, progress, stage, created), newest first."""
+    with _client(args) as client:
+        jobs = _api_call(lambda: client.jobs(args.status, args.kind, args.limit or None))
+    if jobs is None:
+        return 1
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs")
+        return 0
+    rows = [[j["id"], j["kind"], j["status"], f"{100 * float(j['progress']):.0f}%", j.get("stage") or "",
+             _when(j["created_at"])] for j in jobs]
+    print(_table(rows, ["ID", "KIND", "STATUS", "PROGRESS", "STAGE", "CREATED"]))
+    return 0
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    stage = f" [{event['stage']}]" if event.get("stage") else ""
+    return f"{_when(event['created_at'])} #{event['id']} {event['type']}{stage} {event['message']}".rstrip()
+
+
+def cmd_jobs_events(args: argparse.Namespace) -> int:
+    """Print a job's events; ``--follow`` polls for new ones until the job ends."""
+    from services.client import TERMINAL
+
+    after: int | None = args.after
+
+    def show() -> dict[str, Any]:
+        nonlocal after
+        for event in client.events(args.job_id, after=after):
+            after = event["id"]
+            print(json.dumps(event) if args.json else _event_line(event), flush=True)
+        return client.job(args.job_id)
+
+    with _client(args) as client:
+        job = _api_call(show)
+        while job is not None and args.follow and job["status"] not in TERMINAL:
+            time.sleep(1.0)
+            job = _api_call(show)
+    return 0 if job is not None else 1
+
+
+def cmd_datasets_upload(args: argparse.Namespace) -> int:
+    """Upload an archive; prints its validation summary, then its id as the last word."""
+    if not os.path.isfile(args.file):
+        raise FileNotFoundError(f"no such file: {args.file}")
+    with _client(args) as client:
+        dataset = _api_call(lambda: client.upload_dataset(args.file, args.name))
+    if dataset is None:
+        return 1
+    summary = dataset.get("summary") or {}
+    print(json.dumps(summary, indent=2))
+    print(f"uploaded dataset {dataset['name']!r} ({summary.get('identities', '?')} identities, "
+          f"{summary.get('images', '?')} images): {dataset['id']}")
+    return 0
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    """A table of datasets (id, name, source, identities, images, size, created)."""
+    with _client(args) as client:
+        datasets = _api_call(lambda: client.datasets(args.limit or None))
+    if datasets is None:
+        return 1
+    if args.json:
+        print(json.dumps(datasets, indent=2))
+        return 0
+    if not datasets:
+        print("no datasets")
+        return 0
+    rows = [[d["id"], d["name"], d["source_type"], str((d.get("summary") or {}).get("identities", "")),
+             str((d.get("summary") or {}).get("images", "")),
+             "" if d.get("size_bytes") is None else f"{d['size_bytes'] / 1e6:.1f} MB", _when(d["created_at"])]
+            for d in datasets]
+    print(_table(rows, ["ID", "NAME", "SOURCE", "IDENTITIES", "IMAGES", "SIZE", "CREATED"]))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    """A table of servable models (job id, arch, classes, defense, policy, budget, Acc)."""
+    with _client(args) as client:
+        models = _api_call(client.models)
+    if models is None:
+        return 1
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return 0
+    if not models:
+        print("no models")
+        return 0
+    rows = []
+    for m in models:
+        defense = (m.get("defense") or {}).get("name", "") if isinstance(m.get("defense"), dict) else ""
+        acc = m.get("metrics", {}).get("test_accuracy")
+        rows.append([m["job_id"], m["kind"], m.get("arch") or "", str(m.get("num_classes") or ""), defense,
+                     m["policy"]["name"], "unlimited" if m.get("budget") is None else str(m["budget"]),
+                     "" if acc is None else f"{acc:.2f}", _when(m["created_at"])])
+    print(_table(rows, ["MODEL", "KIND", "ARCH", "CLASSES", "DEFENSE", "POLICY", "BUDGET", "ACC", "CREATED"]))
+    return 0
+
+
+def _policy_text(view: dict[str, Any]) -> str:
+    lines = [f"model {view['job_id']}: policy {view['policy']}"
+             + (f", top_k {view['top_k']}" if view.get("top_k") is not None else "")
+             + (f", decimals {view['decimals']}" if view.get("decimals") is not None else "")
+             + f", budget {'unlimited' if view.get('budget') is None else view['budget']}"]
+    for usage in view.get("usage") or []:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in usage.items()))
+    return "\n".join(lines)
+
+
+def cmd_models_policy(args: argparse.Namespace) -> int:
+    """Show the policy, or ``PATCH`` only the options given (the rest keep their values)."""
+    changes: dict[str, Any] = {}
+    for field in ("policy", "top_k", "decimals"):
+        if getattr(args, field) is not None:
+            changes[field] = getattr(args, field)
+    if "budget" in vars(args):  # given (SUPPRESS default): a count, or None for unlimited
+        changes["budget"] = args.budget
+    if args.reset_usage:
+        changes["reset_usage"] = True
+    with _client(args) as client:
+        view = _api_call(lambda: client.update_policy(args.model, **changes) if changes else client.policy(args.model))
+    if view is None:
+        return 1
+    print(json.dumps(view, indent=2) if args.json else _policy_text(view))
+    return 0
+
+
+def _export_format(out: str, given: str | None) -> str:
+    if given:
+        return given
+    return "torchscript" if Path(out).suffix.lower() in (".pt", ".ts", ".torchscript", ".pth") else "onnx"
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    """Download the exported model to ``--out``; prints its path."""
+    fmt = _export_format(args.out, args.format)
+    Path(args.out).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    with _client(args) as client:
+        path = _api_call(lambda: client.export(args.model, args.out, fmt))
+    if path is None:
+        return 1
+    print(f"exported model {args.model} as {fmt} ({path.stat().st_size / 1e6:.1f} MB): {path}")
+    return 0
+
+
 # -- demo --------------------------------------------------------------------------------------
 def demo_spec(epochs: int) -> dict[str, Any]:
-    """The demo's job: a ``pipeline`` study when ``midre.study`` is installed, else a ``train`` job.
+    """The demo's job: a ``pipeline`` study.
 
-    Both run on the built-in ``digits`` data with the small CNN at 32x32 (600 images), sized so the
+    It runs on the built-in ``digits`` data with the small CNN at 32x32 (600 images), sized so the
     demo finishes in a couple of minutes on two CPU cores: NoDef vs MIDRE (a_h 0.4), one seed,
     MI-Face and DeepInversion with short budgets, a ResNet-18 evaluation model trained for 2
     epochs. The numbers show the mechanics, not the paper's effect sizes (see docs/attacks.md).
     """
-    from services.worker.library import has_study
-
     common: dict[str, Any] = {
         "dataset": "digits",
         "arch": "cnn-small",
@@ -482,8 +722,6 @@ def demo_spec(epochs: int) -> dict[str, Any]:
         "data": {"channels": 1, "max_images_per_identity": 60},
         "device": "auto",
     }
-    if not has_study():  # the train-only fallback of an installation without midre.study
-        return {"kind": "train", **common}
     return {
         "kind": "pipeline",
         **common,

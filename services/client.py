@@ -33,6 +33,25 @@ class ApiError(RuntimeError):
         self.problem = problem
 
 
+class ServiceUnreachable(ConnectionError):
+    """No answer at all from the service URL (nothing listening, DNS, timeout): not an API error."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the MIDRE service at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """``[Errno 111] Connection refused`` -> ``connection refused``: the part a person acts on."""
+    text = str(exc) or type(exc).__name__
+    if text.startswith("[Errno") and "]" in text:
+        text = text.split("]", 1)[1].strip()
+    if isinstance(exc, httpx.TimeoutException) and not str(exc):
+        text = "timed out"
+    return text[:1].lower() + text[1:]
+
+
 class Client:
     """Thin, typed-by-convention wrapper around the REST API.
 
@@ -67,10 +86,37 @@ class Client:
             raise ApiError(response.status_code, problem)
         return response
 
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a transport failure becomes :class:`ServiceUnreachable`, an error answer :class:`ApiError`."""
+        try:
+            return self._check(self.http.request(method, path, **kwargs))
+        except httpx.TransportError as exc:
+            raise ServiceUnreachable(self.url, _reason(exc)) from exc
+
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the API and return the decoded JSON (None for an empty body)."""
-        response = self._check(self.http.request(method, path, **kwargs))
+        response = self._send(method, path, **kwargs)
         return response.json() if response.content else None
+
+    def pages(self, path: str, params: dict[str, Any] | None = None, limit: int | None = None,
+              page_size: int = 200) -> Iterator[dict[str, Any]]:
+        """The items of a cursor-paginated list (newest first), at most ``limit`` of them."""
+        cursor: str | None = None
+        seen = 0
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - seen))
+            query = {k: v for k, v in (params or {}).items() if v is not None} | {"limit": size}
+            if cursor:
+                query["cursor"] = cursor
+            page = self.request("GET", path, params=query)
+            for item in page["items"]:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield item
+            cursor = page["next_cursor"]
+            if cursor is None or (limit is not None and seen >= limit):
+                return
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
@@ -81,6 +127,12 @@ class Client:
     def job(self, job_id: str) -> dict[str, Any]:
         """One job."""
         return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(
+        self, status: str | None = None, kind: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The tenant's jobs, newest first, optionally only one ``status`` / ``kind``."""
+        return list(self.pages("/v1/jobs", {"status": status, "kind": kind}, limit))
 
     def events(self, job_id: str, after: int | None = None) -> Iterator[dict[str, Any]]:
         """Every event of a job after ``after``, following pagination."""
@@ -134,20 +186,27 @@ class Client:
                 raise ValueError(f"refusing artifact name {item['name']!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             digest = hashlib.sha256()
-            with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{item['name']}") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    self._check(response)
-                with open(target, "wb") as fh:
-                    for chunk in response.iter_bytes():
-                        digest.update(chunk)
-                        fh.write(chunk)
+            try:
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{item['name']}") as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        self._check(response)
+                    with open(target, "wb") as fh:
+                        for chunk in response.iter_bytes():
+                            digest.update(chunk)
+                            fh.write(chunk)
+            except httpx.TransportError as exc:
+                raise ServiceUnreachable(self.url, _reason(exc)) from exc
             if digest.hexdigest() != item["sha256"]:
                 raise ValueError(f"{item['name']}: sha256 mismatch after download")
             paths.append(target)
         return paths
 
     # -- datasets -----------------------------------------------------------------------------
+    def datasets(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The tenant's datasets, newest first."""
+        return list(self.pages("/v1/datasets", limit=limit))
+
     def upload_dataset(self, archive: str | Path, name: str | None = None) -> dict[str, Any]:
         """Upload an ImageFolder archive; returns the dataset with its validation summary."""
         archive = Path(archive)
@@ -194,9 +253,20 @@ class Client:
         """Set a model's output policy / budget (``policy=``, ``top_k=``, ``decimals=``, ``budget=``)."""
         return self.request("PUT", f"/v1/models/{job_id}/policy", json=policy)
 
+    def policy(self, job_id: str) -> dict[str, Any]:
+        """A model's output policy, budget and per-key query accounting."""
+        return self.request("GET", f"/v1/models/{job_id}/policy")
+
+    def update_policy(self, job_id: str, **fields: Any) -> dict[str, Any]:
+        """Change only the given policy fields (``PATCH``); the others keep their values.
+
+        ``budget=None`` given explicitly removes the budget (unlimited); leaving it out keeps it.
+        """
+        return self.request("PATCH", f"/v1/models/{job_id}/policy", json=fields)
+
     def export(self, job_id: str, dest: str | Path, fmt: str = "onnx") -> Path:
         """Download the model exported as ``fmt`` (``onnx`` | ``torchscript``) to the file ``dest``."""
-        response = self._check(self.http.get(f"/v1/models/{job_id}/export", params={"format": fmt}))
+        response = self._send("GET", f"/v1/models/{job_id}/export", params={"format": fmt})
         dest = Path(dest)
         dest.write_bytes(response.content)
         return dest

@@ -47,19 +47,15 @@ def format_answer(answer: dict[str, Any]) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print the predictions; exit 1 with the problem's detail on an error answer."""
-    from services.client import ApiError
+    from services.cli import _api_call
 
     missing = [p for p in args.images if not os.path.isfile(p)]
     if missing:
         print(f"error: no such file: {missing[0]}", file=sys.stderr)
         return 2
     with make_client(args) as client:
-        try:
-            answer = client.predict(args.model, args.images, top_k=args.top_k)
-        except ApiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            for err in exc.problem.get("errors", []):
-                print(f"  {err.get('field')}: {err.get('message')}", file=sys.stderr)
-            return 1
+        answer = _api_call(lambda: client.predict(args.model, args.images, top_k=args.top_k))
+    if answer is None:
+        return 1
     print(json.dumps(answer, indent=2) if args.json else format_answer(answer))
     return 0

@@ -1,0 +1,198 @@
+"""The REST commands of ``midre`` against the embedded service, as a user types them.
+
+One ``midre serve`` (SQLite + file broker + one worker) and one short digits training job are
+shared by the module; every command runs as its own ``python -m midre.cli`` process, so exit codes,
+stdout and stderr are what a shell sees. Error manners are checked too: one line, no traceback,
+non-zero exit, whether the service is down or answers 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service._support import (
+    REPO,
+    TRAIN_SPEC,
+    face_folder_members,
+    make_zip,
+    settings_env,
+    wait_for,
+)
+from tests.service.conftest import make_settings
+from tests.service.test_embedded import free_port, midre
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]
+    key: str
+    job_id: str
+    log_path: Path
+    create_key_output: str
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``midre ARGS --url URL --api-key KEY``."""
+        return midre(self.env, *args, "--url", self.url, "--api-key", self.key, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """``midre serve`` with a key and one succeeded one-epoch training job."""
+    tmp = tmp_path_factory.mktemp("cli")
+    env = settings_env(make_settings(tmp / "home"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "midre.cli", "serve", "--port", str(port)],
+                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ready() -> bool:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, 120, what="midre serve")
+        created = midre(env, "admin", "create-key", "--tenant", "cli")
+        assert created.returncode == 0, created.stderr
+        key = created.stdout.strip().splitlines()[-1].split()[-1]
+        spec = TRAIN_SPEC | {"training": {**TRAIN_SPEC["training"], "epochs": 1}}
+        submitted = midre(env, "jobs", "submit", json.dumps(spec), "--url", url, "--api-key", key)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.strip().splitlines()[-1].split()[-1]
+        waited = midre(env, "jobs", "wait", job_id, "--timeout", "240", "--url", url, "--api-key", key)
+        assert waited.returncode == 0, (waited.stderr, log_path.read_text()[-3000:])
+        yield Service(url, env, key, job_id, log_path, created.stdout + created.stderr)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a failed command, checked to be a single line without a traceback."""
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_jobs_list_and_filters(service: Service) -> None:
+    table = service.cli("jobs", "list")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.strip().splitlines()
+    assert header.split()[:3] == ["ID", "KIND", "STATUS"]
+    assert any(row.split()[0] == service.job_id and "succeeded" in row for row in rows)
+
+    as_json = service.cli("jobs", "list", "--status", "succeeded", "--kind", "train", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert [j["id"] for j in json.loads(as_json.stdout)] == [service.job_id]
+    none = service.cli("jobs", "list", "--status", "queued")
+    assert none.returncode == 0 and none.stdout.strip() == "no jobs"
+
+
+def test_jobs_events(service: Service) -> None:
+    events = service.cli("jobs", "events", service.job_id)
+    assert events.returncode == 0, events.stderr
+    lines = events.stdout.strip().splitlines()
+    assert lines and all(line.split()[2].startswith("#") for line in lines)  # date time #id type ...
+    assert "succeeded" in events.stdout
+    # --follow on a finished job prints the rest and returns; --after skips what was seen
+    first_id = json.loads(service.cli("jobs", "events", service.job_id, "--json").stdout.splitlines()[0])["id"]
+    followed = service.cli("jobs", "events", service.job_id, "--follow", "--after", str(first_id), timeout=60)
+    assert followed.returncode == 0, followed.stderr
+    assert len(followed.stdout.strip().splitlines()) == len(lines) - 1
+
+
+def test_datasets_upload_and_list(service: Service, tmp_path: Path) -> None:
+    archive = tmp_path / "faces.zip"
+    archive.write_bytes(make_zip(face_folder_members(identities=3, per_identity=4)))
+    uploaded = service.cli("datasets", "upload", str(archive), "--name", "faces-cli")
+    assert uploaded.returncode == 0, uploaded.stderr
+    dataset_id = uploaded.stdout.strip().splitlines()[-1].split()[-1]
+    assert "3 identities" in uploaded.stdout and "12 images" in uploaded.stdout
+
+    listed = service.cli("datasets", "list")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(dataset_id))
+    assert "faces-cli" in row and "upload" in row
+    as_json = json.loads(service.cli("datasets", "list", "--json").stdout)
+    assert dataset_id in [d["id"] for d in as_json]
+
+    missing = service.cli("datasets", "upload", str(tmp_path / "nope.zip"), "--name", "x")
+    assert "no such file" in one_line_error(missing)
+
+
+def test_models_list_policy_export(service: Service, tmp_path: Path) -> None:
+    listed = service.cli("models", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.startswith(service.job_id) for line in listed.stdout.splitlines())
+
+    shown = service.cli("models", "policy", service.job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["policy"] == "full"
+
+    changed = service.cli("models", "policy", service.job_id, "--policy", "top-k", "--top-k", "2", "--budget", "50",
+                          "--json")
+    assert changed.returncode == 0, changed.stderr
+    view = json.loads(changed.stdout)
+    assert (view["policy"], view["top_k"], view["budget"]) == ("top-k", 2, 50)
+    # PATCH: only the budget changes, the policy stays top-k
+    unlimited = service.cli("models", "policy", service.job_id, "--budget", "unlimited", "--json")
+    assert unlimited.returncode == 0, unlimited.stderr
+    view = json.loads(unlimited.stdout)
+    assert (view["policy"], view["top_k"], view["budget"]) == ("top-k", 2, None)
+    text = service.cli("models", "policy", service.job_id)
+    assert text.returncode == 0 and "policy top-k" in text.stdout and "budget unlimited" in text.stdout
+
+    out = tmp_path / "model.pt"
+    exported = service.cli("models", "export", service.job_id, "--out", str(out), timeout=240)
+    assert exported.returncode == 0, exported.stderr
+    assert "torchscript" in exported.stdout and out.stat().st_size > 1000
+    assert out.read_bytes()[:2] == b"PK"  # a TorchScript archive is a zip file
+
+
+def test_error_answers_print_once(service: Service) -> None:
+    not_found = one_line_error(service.cli("jobs", "status", "job_doesnotexist"))
+    assert not_found.startswith("error: 404") and "job_doesnotexist" in not_found
+
+    bad = service.cli("jobs", "submit", json.dumps(TRAIN_SPEC | {"arch": "nope"}))
+    line = one_line_error(bad)
+    assert line.startswith("error: 422") and "arch" in line
+    assert line.count("nope") <= 1 and line.count("arch:") <= 1, line
+
+    unauthorized = midre(service.env, "models", "list", "--url", service.url, "--api-key", "mk_x_y")
+    assert one_line_error(unauthorized).startswith("error: 401")
+
+
+def test_unreachable_service_is_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")}
+    for args in (("jobs", "list"), ("datasets", "list"), ("models", "list"), ("jobs", "events", "job_x")):
+        line = one_line_error(midre(env, *args, "--url", url, "--api-key", "mk_x_y", timeout=60))
+        assert line == f"error: cannot reach the MIDRE service at {url}: connection refused; start it with " \
+                       "`midre serve` (or set --url / MIDRE_URL)", line
+
+
+def test_no_alembic_chatter(service: Service) -> None:
+    """``midre serve`` and ``midre admin create-key`` migrate quietly unless ``-v``."""
+    assert "alembic" not in service.create_key_output.lower()
+    assert "alembic" not in service.log_path.read_text().lower()
