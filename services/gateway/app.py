@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from services.db.migrate import upgrade
 from services.db.session import session_factory
 from services.gateway.deps import AuthCache, ServiceContext
+from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import artifacts, datasets, health, jobs, models, predict
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from install_docs: local assets, no CDN
+        redoc_url=None,
         openapi_tags=[
             {"name": "datasets", "description": "Upload or register training data."},
             {"name": "jobs", "description": "Train / attack-evaluate / pipeline jobs."},
@@ -94,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.serving = serving
     install_error_handlers(app)
+    install_docs(app)
     registry = install_metrics(app, ctx)
     serving.register_metrics(registry)
     registry.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
