@@ -48,9 +48,9 @@ def spec(args: argparse.Namespace) -> dict[str, Any]:
 def run_in_process(args: argparse.Namespace, out_dir: Path) -> float:
     """The library call the worker makes, timed in this process."""
     from midre.train import train
-    from services.worker.library import train_config
+    from services.jobspec import bind, resolve
 
-    cfg = train_config(spec(args), "digits")
+    cfg = bind(resolve(spec(args)), lookup=str)  # digits: no dataset or job to bind
     start = time.perf_counter()
     train(cfg, out_dir)
     return time.perf_counter() - start

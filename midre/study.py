@@ -27,9 +27,21 @@ from typing import Any
 
 import torch
 
-from midre.attacks import AttackBudget, AttackTarget, list_attacks, needs_public_data, resolve_attack_name, run_attack
+from midre.attacks import (
+    AttackBudget,
+    AttackTarget,
+    list_attacks,
+    needs_public_data,
+    parse_options,
+    resolve_attack_name,
+    run_attack,
+)
+from midre.defenses import build_defense
+from midre.errors import ConfigError
 from midre.evaluation import EvalModelConfig, evaluate_reconstructions, feature_space_analysis
 from midre.evaluation.eval_model import EvaluationModel, load_evaluation_model, train_evaluation_model
+from midre.models import check_input_size, list_models
+from midre.priors.prior import check_prior_options
 from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
 
 logger = logging.getLogger(__name__)
@@ -55,27 +67,27 @@ DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32, "resolut
 
 def _check_fields(cls: type, data: dict[str, Any]) -> None:
     if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError("", f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field {unknown[0]!r}; known fields: {', '.join(sorted(known))}")
+        raise ConfigError(unknown[0], f"unknown field of {cls.__name__}; known fields: {', '.join(sorted(known))}")
 
 
 def _positive_int(obj: Any, name: str, minimum: int = 1) -> None:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{type(obj).__name__}.{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
 
 
 def parse_defense(item: Any) -> dict[str, Any]:
     """``"midre"`` / ``"midre:a_h=0.8"`` / ``{"name": "midre", "a_h": 0.8}`` -> a defense dict."""
     if isinstance(item, dict):
         if "name" not in item:
-            raise ValueError("defenses: every defense needs a 'name'")
+            raise ConfigError("defenses", "every defense needs a 'name'")
         return dict(item)
     if not isinstance(item, str) or not item.strip():
-        raise ValueError(f"defenses: expected a name or a mapping, got {item!r}")
+        raise ConfigError("defenses", f"expected a name or a mapping, got {item!r}")
     name, _, params = item.strip().partition(":")
     out: dict[str, Any] = {"name": name.strip().lower()}
     for part in filter(None, params.split(",")):
@@ -122,7 +134,7 @@ class _AttackSettings:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ValueError(f"{cls.__name__}: {exc}") from None
+            raise ConfigError("", f"{cls.__name__}: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,25 +143,49 @@ class _AttackSettings:
         if isinstance(self.attacks, str):
             self.attacks = [a for a in self.attacks.split(",") if a.strip()]
         if not isinstance(self.attacks, list) or not self.attacks:
-            raise ValueError(f"{type(self).__name__}.attacks must be a non-empty list of names "
-                             f"({', '.join(list_attacks())})")
-        try:
-            self.attacks = [resolve_attack_name(a) for a in self.attacks]
-        except ValueError as exc:
-            raise ValueError(f"{type(self).__name__}.attacks: {exc}") from None
+            raise ConfigError("attacks", f"must be a non-empty list of names ({', '.join(list_attacks())})")
+        resolved = []
+        for i, attack in enumerate(self.attacks):
+            if not isinstance(attack, str):
+                raise ConfigError(f"attacks[{i}]", f"must be an attack name, got {attack!r}")
+            try:
+                resolved.append(resolve_attack_name(attack))
+            except ValueError as exc:
+                raise ConfigError(f"attacks[{i}]", str(exc)) from None
+        self.attacks = resolved
         _positive_int(self, "per_identity")
         _positive_int(self, "eval_epochs")
+        if self.eval_arch not in list_models():
+            known = ", ".join(list_models())
+            raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: {known}")
         _positive_int(self, "feature_identities", 0)
         if self.identities is not None:
             _positive_int(self, "identities")
         for name in ("attack_budgets", "attack_options", "prior_options"):
             if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{type(self).__name__}.{name} must be a mapping")
+                raise ConfigError(name, "must be a mapping")
+        for name in ("attack_budgets", "attack_options"):
+            for attack in getattr(self, name):
+                try:
+                    resolve_attack_name(attack)
+                except ValueError as exc:
+                    raise ConfigError(f"{name}.{attack}", str(exc)) from None
         for attack, budget in self.attack_budgets.items():
             try:
                 AttackBudget.from_dict({**DEFAULT_ATTACK_BUDGETS.get(resolve_attack_name(attack), {}), **budget})
+            except ConfigError as exc:
+                raise exc.within(f"attack_budgets.{attack}") from None
             except (ValueError, TypeError) as exc:
-                raise ValueError(f"{type(self).__name__}.attack_budgets[{attack!r}]: {exc}") from None
+                raise ConfigError(f"attack_budgets.{attack}", str(exc)) from None
+        try:
+            check_prior_options(self.prior_options)
+        except ConfigError as exc:
+            raise exc.within("prior_options") from None
+        for attack, options in self.attack_options.items():
+            try:
+                parse_options(attack, options)
+            except ConfigError as exc:
+                raise exc.within(f"attack_options.{attack}") from None
 
     def budget_for(self, attack: str) -> AttackBudget:
         own = {resolve_attack_name(k): v for k, v in self.attack_budgets.items()}
@@ -210,23 +246,37 @@ class PipelineConfig(_AttackSettings):
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
-            raise ValueError("PipelineConfig.data must be 'digits' or a path")
+            raise ConfigError("data", "must be 'digits' or a path")
         _positive_int(self, "image_size", 8)
         _positive_int(self, "epochs")
         _positive_int(self, "batch_size")
         if not (isinstance(self.public_fraction, int | float) and 0 < self.public_fraction < 1):
-            raise ValueError(f"PipelineConfig.public_fraction must be in (0, 1), got {self.public_fraction!r}")
+            raise ConfigError("public_fraction", f"must be in (0, 1), got {self.public_fraction!r}")
         if isinstance(self.defenses, str):
             self.defenses = [d for d in self.defenses.split(";" if ":" in self.defenses else ",") if d.strip()]
         if not isinstance(self.defenses, list) or not self.defenses:
-            raise ValueError("PipelineConfig.defenses must be a non-empty list")
+            raise ConfigError("defenses", "must be a non-empty list")
         self.defenses = [parse_defense(d) for d in self.defenses]
+        for i, defense in enumerate(self.defenses):
+            try:
+                build_defense(defense)
+            except ConfigError as exc:
+                raise ConfigError(f"defenses[{i}]{exc.field.removeprefix('defense')}", exc.message) from None
+        for name in ("arch", "eval_arch"):
+            if getattr(self, name) not in list_models():
+                raise ConfigError(name, f"unknown architecture {getattr(self, name)!r}; known: "
+                                        f"{', '.join(list_models())}")
+            try:
+                check_input_size(getattr(self, name), self.image_size)
+            except ConfigError as exc:
+                model = "the target" if name == "arch" else "the evaluation model"
+                raise ConfigError("image_size", f"{exc.message} ({model})") from None
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list):
-            raise ValueError(f"PipelineConfig.seeds must be a count or a list of ints, got {self.seeds!r}")
+            raise ConfigError("seeds", f"must be a count or a list of ints, got {self.seeds!r}")
         if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ValueError(f"PipelineConfig.seeds must be >= 1, got {self.seeds}")
+            raise ConfigError("seeds", f"must be >= 1, got {self.seeds}")
         if isinstance(self.seeds, list) and (not self.seeds or not all(isinstance(s, int) for s in self.seeds)):
-            raise ValueError(f"PipelineConfig.seeds must be a non-empty list of ints, got {self.seeds!r}")
+            raise ConfigError("seeds", f"must be a non-empty list of ints, got {self.seeds!r}")
         self._validate_attack_settings()
 
     def dataset_spec(self, num_private: int | None = None) -> Any:
@@ -257,10 +307,10 @@ class AttackEvalConfig(_AttackSettings):
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
-            raise ValueError("AttackEvalConfig.target must be the path of a trained model folder")
+            raise ConfigError("target", "must be the path of a trained model folder")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list) or (
                 isinstance(self.seeds, int) and self.seeds < 1):
-            raise ValueError(f"AttackEvalConfig.seeds must be a count >= 1 or a list of ints, got {self.seeds!r}")
+            raise ConfigError("seeds", f"must be a count >= 1 or a list of ints, got {self.seeds!r}")
         self._validate_attack_settings()
 
 
@@ -573,7 +623,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
         "device": device,
     }
     report = write_report(report, out, grids=grids, feature_results=features)
-    progress(ProgressEvent(stage="done", fraction=1.0, message=f"report: {out / 'report.html'}"))
+    progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
     return report
 
 
@@ -672,7 +722,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
         "device": device,
     }
     report = write_report(report, out, grids=grids, feature_results=features)
-    progress(ProgressEvent(stage="done", fraction=1.0, message=f"report: {out / 'report.html'}"))
+    progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
     return report
 
 

@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, package_versions, read_card, save_checkpoint
-from midre.data import DatasetSpec, ImageSet, load_dataset, to_float
+from midre.data import DatasetError, DatasetSpec, ImageSet, load_dataset, to_float
 from midre.defenses import Defense, TrainContext, build_defense
-from midre.models import create_model, list_models
+from midre.errors import ConfigError
+from midre.models import check_input_size, create_model, list_models
 from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
 
 log = logging.getLogger(__name__)
@@ -92,37 +93,43 @@ class TrainConfig:
         if isinstance(self.data, Mapping):
             self.data = _dataset_spec_from_dict(self.data)
         if not isinstance(self.data, DatasetSpec):
-            raise ValueError(f"data: expected a DatasetSpec or an object, got {type(self.data).__name__}")
+            raise ConfigError("data", f"expected a DatasetSpec or an object, got {type(self.data).__name__}")
         if self.arch not in list_models():
-            raise ValueError(f"arch: unknown architecture {self.arch!r}; known: {', '.join(list_models())}")
+            raise ConfigError("arch", f"unknown architecture {self.arch!r}; known: {', '.join(list_models())}")
+        try:
+            check_input_size(self.arch, self.data.image_size)
+        except ConfigError as exc:
+            raise exc.within("data") from None
         if isinstance(self.defense, str):
             self.defense = {"name": self.defense}
         self.defense = build_defense(self.defense).spec()  # validates, fills defaults
         for name, low in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: must be an integer >= {low}, got {value!r}")
+                raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+        if self.seed >= 2**63:
+            raise ConfigError("seed", f"must be < 2**63, got {self.seed}")
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}: must be a number, got {value!r}")
+                raise ConfigError(name, f"must be a number, got {value!r}")
             if value < 0 or (name == "lr" and value == 0):
-                raise ValueError(f"{name}: must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
+                raise ConfigError(name, f"must be {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ConfigError("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         self.milestones = tuple(float(m) for m in self.milestones)
         if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones: fractions of the epochs in (0, 1), got {self.milestones}")
+            raise ConfigError("milestones", f"fractions of the epochs in (0, 1), got {self.milestones}")
         self.augment = tuple(self.augment)
         bad = [a for a in self.augment if a not in AUGMENTATIONS]
         if bad:
-            raise ValueError(f"augment: unknown {bad[0]!r}; known: {', '.join(AUGMENTATIONS)}")
+            raise ConfigError("augment", f"unknown {bad[0]!r}; known: {', '.join(AUGMENTATIONS)}")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
-            raise ValueError(f"device: 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+            raise ConfigError("device", f"'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -130,9 +137,9 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"{unknown[0]}: unknown training option; known: {', '.join(sorted(names))}")
+            raise ConfigError(unknown[0], f"unknown training option; known: {', '.join(sorted(names))}")
         if "data" not in d:
-            raise ValueError("data: required")
+            raise ConfigError("data", "required")
         return cls(**dict(d))
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,8 +159,11 @@ def _dataset_spec_from_dict(d: Mapping[str, Any]) -> DatasetSpec:
     names = {f.name for f in dataclasses.fields(DatasetSpec)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"data.{unknown[0]}: unknown data option; known: {', '.join(sorted(names))}")
-    return DatasetSpec(**dict(d))
+        raise ConfigError(f"data.{unknown[0]}", f"unknown data option; known: {', '.join(sorted(names))}")
+    try:
+        return DatasetSpec(**dict(d))
+    except DatasetError as exc:
+        raise ConfigError(f"data.{exc.field}" if exc.field else "data", exc.message) from None
 
 
 @dataclass

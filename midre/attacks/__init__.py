@@ -44,6 +44,7 @@ from midre.attacks.base import (
     total_variation,
     weights_key,
 )
+from midre.errors import ConfigError
 from midre.progress import ProgressCallback, StopCallback
 
 logger = logging.getLogger(__name__)
@@ -145,28 +146,47 @@ def run_attack(
         raise ValueError(f"per_identity must be >= 1, got {per_identity}")
     logger.info("attack %s: %d identities x %d images, %d steps x %d restarts on %s", name, ids.numel(),
                 per_identity, budget.steps, budget.restarts, device)
+    opts = parse_options(name, options)
     if name in ("mi-face", "deepinversion"):
-        cls = image_space.MIFaceOptions if name == "mi-face" else image_space.DeepInversionOptions
-        opts = image_space.options_from_dict(cls, options)
         return image_space.run_image_space_attack(
             name, target, ids, per_identity=per_identity, budget=budget, seed=seed, device=device,
             options=opts, progress=progress, should_stop=should_stop)
     if name in ("rlb-mi", "brep-mi"):
-        from midre.attacks import blackbox, brep_mi, rlb_mi
+        from midre.attacks import blackbox
 
-        cls = rlb_mi.RLBMIOptions if name == "rlb-mi" else brep_mi.BREPMIOptions
         return blackbox.run_query_attack(
             name, target, ids, per_identity=per_identity, budget=budget, seed=seed, device=device,
-            options=image_space.options_from_dict(cls, options), prior=prior, public=public,
-            cache_dir=cache_dir, progress=progress, should_stop=should_stop)
-    data = dict(options or {})
-    if "surrogates" in data:
-        data["surrogates"] = tuple(data["surrogates"])
-    opts = image_space.options_from_dict(gan_attacks.GanAttackOptions, data)
+            options=opts, prior=prior, public=public, cache_dir=cache_dir, progress=progress,
+            should_stop=should_stop)
+
     return gan_attacks.run_gan_attack(
         name, target, ids, per_identity=per_identity, budget=budget, seed=seed, device=device, options=opts,
         prior=prior, public=public, cache_dir=cache_dir, progress=progress, should_stop=should_stop)
 
+
+def parse_options(name: str, options: dict[str, Any] | None) -> Any:
+    """The options object of attack ``name`` built from ``options`` (a JSON-like dict).
+
+    Raises:
+        ConfigError: naming the unknown or invalid option (``lr``, ``prior.width``); a service calls
+            this before queueing so a misspelled option is refused at once, not in the worker.
+    """
+    from midre.attacks import brep_mi, gan_attacks, image_space, rlb_mi
+    from midre.priors.prior import check_prior_options
+
+    name = resolve_attack_name(name)
+    classes = {"mi-face": image_space.MIFaceOptions, "deepinversion": image_space.DeepInversionOptions,
+               "rlb-mi": rlb_mi.RLBMIOptions, "brep-mi": brep_mi.BREPMIOptions}
+    data = dict(options or {}) if isinstance(options, dict) or options is None else options
+    if name not in classes and isinstance(data, dict):
+        if "surrogates" in data and isinstance(data["surrogates"], list):
+            data["surrogates"] = tuple(data["surrogates"])
+        if "prior" in data:
+            try:
+                check_prior_options(data["prior"])
+            except ConfigError as exc:
+                raise exc.within("prior") from None
+    return image_space.options_from_dict(classes.get(name, gan_attacks.GanAttackOptions), data)
 
 __all__ = [
     "ATTACKS",
@@ -178,6 +198,7 @@ __all__ = [
     "list_attacks",
     "max_margin_loss",
     "needs_public_data",
+    "parse_options",
     "resolve_attack_name",
     "run_attack",
     "total_variation",

@@ -28,6 +28,7 @@ from midre.attacks.base import (
     select_best_restart,
     target_confidence,
 )
+from midre.errors import ConfigError
 from midre.progress import ProgressCallback, StopCallback
 
 logger = logging.getLogger(__name__)
@@ -265,10 +266,19 @@ def run_image_space_attack(
 
 
 def options_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    """Build an options dataclass, naming unknown fields in the ValueError."""
+    """Build an options dataclass; :class:`ConfigError` names an unknown or invalid option."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("", f"options must be an object, got {type(data).__name__}")
     data = dict(data or {})
     known = set(cls.__dataclass_fields__)
-    unknown = set(data) - known
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**data)
+        raise ConfigError(unknown[0], f"unknown option of {cls.__name__}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        field = next((k for k in sorted(known, key=len, reverse=True) if k in message), "")
+        raise ConfigError(field, message) from exc

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from midre.errors import ConfigError
 
-class DatasetError(ValueError):
-    """A data set, archive or `DatasetSpec` field that cannot be used.
+
+class DatasetError(ConfigError):
+    """A data set, archive or `DatasetSpec` field that cannot be used (a :class:`ConfigError` when
+    ``field`` is set).
 
     The message always names the offending file (as a path or archive member) or spec field, so a
     service can show it to the user verbatim. The same name is kept on the exception for callers that
@@ -18,9 +21,10 @@ class DatasetError(ValueError):
     """
 
     def __init__(self, message: str, *, path: str | None = None, field: str | None = None) -> None:
-        super().__init__(message)
+        ValueError.__init__(self, message)  # the message already names the file or field
+        self.message = message
         self.path = path
-        self.field = field
+        self.field = field  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,13 @@ from midre.defenses import label_smoothing as _label_smoothing  # noqa: F401  (r
 from midre.defenses import mid as _mid  # noqa: F401  (registers mid)
 from midre.defenses import skip as _skip  # noqa: F401  (registers mi-rad)
 from midre.defenses import transfer as _transfer  # noqa: F401  (registers tl-dmi)
-from midre.defenses.base import Defense, TrainContext, build_defense, defense_names, register_defense
+from midre.defenses.base import (
+    Defense,
+    TrainContext,
+    build_defense,
+    defense_names,
+    defense_path_params,
+    register_defense,
+)
 
-__all__ = ["Defense", "TrainContext", "build_defense", "defense_names", "register_defense"]
+__all__ = ["Defense", "TrainContext", "build_defense", "defense_names", "defense_path_params", "register_defense"]

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from midre.errors import ConfigError
+
 
 @dataclass
 class TrainContext:
@@ -40,6 +42,9 @@ class Defense:
     """Base class: NoDef behaviour (plain cross-entropy on untouched images)."""
 
     name = "nodef"
+    #: Parameters that name files (e.g. pretrained weights): a service must not take them from a
+    #: client; it gives the defense a folder of its own choosing instead.
+    path_params: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.context: TrainContext | None = None
@@ -96,28 +101,35 @@ def defense_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def defense_path_params(name: str) -> tuple[str, ...]:
+    """Parameters of defense ``name`` that name files (empty for an unknown name)."""
+    return tuple(getattr(_REGISTRY.get(name), "path_params", ()))
+
+
 def _build_one(spec: Mapping[str, Any], prefix: str) -> Defense:
     if not isinstance(spec, Mapping):
-        raise ValueError(f"{prefix}: expected an object with a 'name', got {type(spec).__name__}")
+        raise ConfigError(prefix, f"expected an object with a 'name', got {type(spec).__name__}")
     params = dict(spec)
     name = params.pop("name", None)
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"{prefix}.name: unknown defense {name!r}; known: {', '.join(defense_names())}")
+        raise ConfigError(f"{prefix}.name", f"unknown defense {name!r}; known: {', '.join(defense_names())}")
     factory = _REGISTRY[name]
     accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"{prefix}.{unknown[0]}: unknown parameter for defense {name!r}; "
-            f"accepted: {', '.join(accepted) or 'none'}"
+        raise ConfigError(
+            f"{prefix}.{unknown[0]}",
+            f"unknown parameter for defense {name!r}; accepted: {', '.join(accepted) or 'none'}",
         )
     try:
         return factory(**params)
+    except ConfigError as exc:
+        raise exc.within(prefix) from None
     except (TypeError, ValueError) as exc:
+        # A defense's own check names its parameter first ("a_h must be ...").
         message = str(exc)
         field = next((p for p in accepted if message.startswith(p)), None)
-        where = f"{prefix}.{field}" if field else prefix
-        raise ValueError(f"{where}: {message}") from exc
+        raise ConfigError(f"{prefix}.{field}" if field else prefix, message) from exc
 
 
 def build_defense(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Defense:
@@ -137,13 +149,13 @@ def build_defense(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -
         names = spec["name"].split("+")
         extra = sorted(set(spec) - {"name", *names})
         if extra:
-            raise ValueError(f"defense.{extra[0]}: give each part's parameters under its name ({names})")
+            raise ConfigError(f"defense.{extra[0]}", f"give each part's parameters under its name ({names})")
         spec = [{"name": n, **dict(spec.get(n) or {})} for n in names]
     if isinstance(spec, Mapping):
         return _build_one(spec, "defense")
     parts = [_build_one(s, f"defense[{i}]") for i, s in enumerate(spec)]
     if not parts:
-        raise ValueError("defense: empty list; use 'nodef' for no defense")
+        raise ConfigError("defense", "empty list; use 'nodef' for no defense")
     return parts[0] if len(parts) == 1 else ComposedDefense(parts)
 
 
@@ -159,7 +171,7 @@ class ComposedDefense(Defense):
         self.name = "+".join(p.name for p in self.parts)
         owners = [p for p in self.parts if type(p).loss is not Defense.loss]
         if len(owners) > 1:
-            raise ValueError(f"defense: {owners[0].name} and {owners[1].name} both define the loss")
+            raise ConfigError("defense", f"{owners[0].name} and {owners[1].name} both define the loss")
         self._loss_owner = owners[0] if owners else None
 
     def params(self) -> dict[str, Any]:

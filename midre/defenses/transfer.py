@@ -123,6 +123,7 @@ class TransferLearningDefense(Defense):
     """
 
     name = "tl-dmi"
+    path_params = ("pretrained",)
 
     def __init__(self, pretrained: str | None = None, trainable: int | Sequence[str] = 2) -> None:
         super().__init__()

@@ -18,12 +18,20 @@ Example:
 
 from midre.models import mi_targets, small_cnn, torchvision_models  # noqa: F401  (register the builders)
 from midre.models.base import Backbone, ClassifierModel, adapt_input_conv_weight, replace_first_conv
-from midre.models.registry import ModelInfo, create_model, get_model_info, list_models, register_model
+from midre.models.registry import (
+    ModelInfo,
+    check_input_size,
+    create_model,
+    get_model_info,
+    list_models,
+    register_model,
+)
 from midre.models.weights import LoadReport, load_state_dict_flexible, load_weights, read_state_dict
 
 __all__ = [
     "Backbone",
     "ClassifierModel",
+    "check_input_size",
     "LoadReport",
     "ModelInfo",
     "adapt_input_conv_weight",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from midre.errors import ConfigError
 from midre.models.base import ClassifierModel
 
 __all__ = ["ModelInfo", "create_model", "get_model_info", "list_models", "register_model"]
@@ -116,6 +117,27 @@ def _check_positive_int(value: Any, arg: str) -> int:
     return value
 
 
+def check_input_size(name: str, image_size: int) -> None:
+    """Refuse an input size the architecture ``name`` cannot take (too small, or not a multiple it needs).
+
+    Raises:
+        ConfigError: ``field="image_size"``, with the architecture's minimum / multiple in the message.
+    """
+    info = get_model_info(name)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ConfigError("image_size", f"must be a positive integer, got {image_size!r}")
+    if image_size < info.min_image_size:
+        raise ConfigError(
+            "image_size", f"{image_size} is too small for {info.name!r}: the minimum is {info.min_image_size}"
+        )
+    if image_size % info.image_size_multiple:
+        raise ConfigError(
+            "image_size",
+            f"{image_size} does not suit {info.name!r}: it must be a multiple of {info.image_size_multiple} "
+            f"(minimum {info.min_image_size})",
+        )
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -157,17 +179,8 @@ def create_model(
     """
     info = get_model_info(name)
     _check_positive_int(num_classes, "num_classes")
-    _check_positive_int(image_size, "image_size")
     _check_positive_int(in_channels, "in_channels")
-    if image_size < info.min_image_size:
-        raise ValueError(
-            f"image_size={image_size} is too small for {info.name!r}: the minimum is {info.min_image_size}"
-        )
-    if image_size % info.image_size_multiple:
-        raise ValueError(
-            f"image_size={image_size} does not suit {info.name!r}: it must be a multiple of "
-            f"{info.image_size_multiple} (minimum {info.min_image_size})"
-        )
+    check_input_size(name, image_size)
     options = {key: value for key, value in kwargs.items() if value is not None}
     unknown = sorted(set(options) - set(info.options))
     if unknown:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from midre.attacks.base import AttackTarget, PixelCodec, StepReporter, max_margin_loss
 from midre.attacks.base import differentiable_augment as _augment
+from midre.errors import ConfigError
 from midre.priors.gan import Discriminator, Generator, gradient_penalty
 from midre.progress import ProgressCallback, StopCallback
 
@@ -110,6 +111,27 @@ class PriorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: PriorConfig fields an attack sets itself (from its name, its budget and its seed).
+ATTACK_SET_PRIOR_FIELDS = ("kind", "steps", "seed")
+
+
+def check_prior_options(options: Any) -> None:
+    """Refuse prior options (``PriorConfig`` fields other than those an attack sets) that are unknown
+    or invalid; :class:`ConfigError` names the field."""
+    if not isinstance(options, dict):
+        raise ConfigError("", f"must be an object, got {type(options).__name__}")
+    known = [f for f in PriorConfig.__dataclass_fields__ if f not in ATTACK_SET_PRIOR_FIELDS]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown prior option; known: {', '.join(known)}")
+    try:
+        PriorConfig(**options)
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        field = next((k for k in sorted(known, key=len, reverse=True) if f".{k} " in message), "")
+        raise ConfigError(field, message) from exc
 
 
 @dataclass

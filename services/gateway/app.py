@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 
 from services.db.migrate import upgrade
 from services.db.session import session_factory
@@ -20,7 +22,7 @@ from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
-from services.gateway.routers import artifacts, datasets, health, jobs, models, predict
+from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, predict
 from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
@@ -36,8 +38,12 @@ MIDRE defense-as-a-service: upload a face dataset (or use the built-in `digits`)
 training job with a defense (MIDRE random erasing by default), follow its progress, download the
 hardened checkpoint and the privacy-utility report.
 
-Authenticate every `/v1` call with `Authorization: Bearer <api key>`
-(keys come from `midre admin create-key --tenant NAME`). Errors are RFC 9457 problem details.
+Authenticate every `/v1` call with `Authorization: Bearer <api key>`. The first key of a tenant
+comes from `midre admin create-key --tenant NAME` (an `admin` key); an admin key mints more with
+`POST /v1/keys`, each with scopes: `admin` (everything, keys included), `jobs` (datasets, jobs,
+artifacts, models, policies, exports, predict) or `predict` (predict and the served models' public
+metadata only, optionally limited to some models). Each operation names the scope it needs
+(`x-required-scope`). Errors are RFC 9457 problem details.
 """
 
 
@@ -91,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "artifacts", "description": "Checkpoints, reports and plots of a job."},
             {"name": "models", "description": "Model cards."},
             {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
+            {"name": "keys", "description": "Mint, list and revoke scoped API keys (admin scope)."},
             {"name": "health", "description": "Liveness and readiness."},
         ],
     )
@@ -101,9 +108,52 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registry = install_metrics(app, ctx)
     serving.register_metrics(registry)
     registry.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
-    for module in (health, datasets, jobs, artifacts, models, predict):
-        app.include_router(module.router)
+    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict)]
+    for router in routers:
+        app.include_router(router)
+    document_scopes(app, routers)
     return app
+
+
+def _required_scope(dependant: Any) -> str | None:
+    for dep in dependant.dependencies:
+        scope = getattr(dep.call, "scope", None) or _required_scope(dep)
+        if scope:
+            return scope
+    return None
+
+
+def document_scopes(app: FastAPI, routers: list[APIRouter]) -> None:
+    """Say in the app's own OpenAPI document which scope each operation needs.
+
+    The bearer scheme itself comes from the :data:`services.gateway.deps.bearer` dependency; this adds
+    ``x-required-scope`` and a sentence to each operation's description, so a client or fuzzer built
+    from ``/openapi.json`` knows both that it needs a key and which one.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = build()
+        for route in (r for router in routers for r in router.routes):
+            if not isinstance(route, APIRoute):
+                continue
+            scope = _required_scope(route.dependant)
+            if scope is None:
+                continue
+            item = doc.get("paths", {}).get(route.path_format, {})
+            for method in route.methods:
+                operation = item.get(method.lower())
+                if operation is None:
+                    continue
+                operation["x-required-scope"] = scope
+                note = f"Needs an API key with the `{scope}` scope (`admin` keys have every scope)."
+                operation["description"] = f"{operation.get('description', '').rstrip()}\n\n{note}".lstrip()
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 app = create_app()

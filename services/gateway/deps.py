@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.db.keys import authenticate, hash_key
+from services.db.keys import SCOPES, KeyOwner, authenticate, hash_key
 from services.gateway.errors import ApiError
 from services.gateway.ttl_cache import TTLCache
 from services.settings import Settings
@@ -54,12 +55,31 @@ class TenantRef:
     name: str
 
 
-class AuthCache(TTLCache[str, TenantRef]):
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated caller: its tenant, its key's public id, scopes and model allow-list."""
+
+    tenant: TenantRef
+    key_id: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None = None
+
+    def can(self, scope: str) -> bool:
+        """True when the key grants ``scope`` (``admin`` grants every scope, ``jobs`` grants predict)."""
+        return scope in self.scopes
+
+    def may_use_model(self, model_id: str) -> bool:
+        """True unless the key is limited to a list of models that does not name ``model_id``."""
+        return self.models is None or model_id in self.models
+
+
+class AuthCache(TTLCache[str, Caller]):
     """Successful key checks remembered for ``ttl`` seconds, keyed by the key's sha256.
 
     Saves a query and a thread-pool hop on every request; a revoked key stops working within
-    ``ttl`` (``MIDRE_AUTH_CACHE_S``, 0 disables). Failures are never cached; concurrent checks of
-    one key when its entry expires share one query (:class:`TTLCache`).
+    ``ttl`` (``MIDRE_AUTH_CACHE_S``, 0 disables) on other replicas, at once on the one that revoked
+    it. Failures are never cached; concurrent checks of one key when its entry expires share one
+    query (:class:`TTLCache`).
     """
 
 
@@ -68,18 +88,35 @@ def _unauthorized(detail: str, error: str | None = None) -> ApiError:
     return ApiError(401, "unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-async def get_tenant(request: Request, ctx: Annotated[ServiceContext, Depends(get_context)]) -> TenantRef:
-    """The tenant of the ``Authorization: Bearer <key>`` header; 401 when missing or wrong."""
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    key = key.strip()
-    if scheme.lower() != "bearer" or not key:
+#: Declares the bearer scheme in the app's own OpenAPI document (``auto_error=False``: a missing
+#: key answers our 401 problem details, not FastAPI's 403).
+bearer = HTTPBearer(
+    scheme_name="bearerAuth",
+    description="An API key (`Authorization: Bearer mk_...`) from `midre admin create-key --tenant NAME` "
+    "or `POST /v1/keys`; its scopes decide which operations it may call.",
+    auto_error=False,
+)
+
+
+def _caller(owner: KeyOwner) -> Caller:
+    return Caller(TenantRef(owner.tenant_id, owner.tenant_name), owner.key_id, owner.scopes, owner.models)
+
+
+async def get_caller(
+    request: Request,
+    ctx: Annotated[ServiceContext, Depends(get_context)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The caller of the ``Authorization: Bearer <key>`` header; 401 when missing or wrong."""
+    key = credentials.credentials.strip() if credentials is not None else ""
+    if not key:
         raise _unauthorized("missing API key: send `Authorization: Bearer <key>`")
     digest = hash_key(key)
 
-    def lookup() -> TenantRef | None:
+    def lookup() -> Caller | None:
         with ctx.sessions() as session:
-            tenant = authenticate(session, key)
-            return TenantRef(id=tenant.id, name=tenant.name) if tenant is not None else None
+            owner = authenticate(session, key)
+            return _caller(owner) if owner is not None else None
 
     found = await ctx.auth_cache.get_or_load(digest, lookup)
     if found is None:
@@ -87,6 +124,40 @@ async def get_tenant(request: Request, ctx: Annotated[ServiceContext, Depends(ge
     return found
 
 
+async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> TenantRef:
+    """The caller's tenant (any valid key)."""
+    return caller.tenant
+
+
+def forbidden(detail: str) -> ApiError:
+    """403 for a valid key that lacks the scope (or the model) an operation needs."""
+    return ApiError(403, "forbidden", detail)
+
+
+def require_scope(scope: str) -> Any:
+    """A dependency that answers 403 unless the caller's key grants ``scope``.
+
+    The returned callable carries ``scope`` so the OpenAPI document can say what each operation needs.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+        if not caller.can(scope):
+            have = ", ".join(s for s in SCOPES if s in caller.scopes) or "none"
+            raise forbidden(f"this API key (scopes: {have}) may not do this: it needs the `{scope}` scope")
+        return caller
+
+    check.scope = scope  # type: ignore[attr-defined]
+    return check
+
+
 Ctx = Annotated[ServiceContext, Depends(get_context)]
 DB = Annotated[Session, Depends(get_session)]
+CurrentCaller = Annotated[Caller, Depends(get_caller)]
 CurrentTenant = Annotated[TenantRef, Depends(get_tenant)]
+
+
+def scoped(scope: str) -> list[Any]:
+    """Router ``dependencies`` that require ``scope`` of every operation of the router."""
+    return [Depends(require_scope(scope))]

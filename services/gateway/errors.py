@@ -171,6 +171,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": desc}
     for code, desc in {
         401: "Missing or invalid API key",
+        403: "The API key lacks the scope (or the model) this operation needs",
         404: "Not found (or owned by another tenant)",
         422: "Invalid request; `errors` names the fields",
     }.items()

@@ -42,6 +42,7 @@ def job_view(session: Session, job: Job, metrics: dict[str, float] | None = None
         kind=job.kind,
         status=job.status,  # type: ignore[arg-type]
         spec=job.spec,
+        resolved=job.resolved,
         progress=min(max(job.progress, 0.0), 1.0),
         stage=job.stage,
         message=job.message,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PolicyName = Literal["full", "top-k", "rounded", "label-only"]
 
@@ -67,14 +67,43 @@ class PredictJSON(BaseModel):
     top_k: int | None = Field(None, ge=1)
 
 
+#: The largest count a database BIGINT holds: budgets and top_k above it are refused (422), not a 500.
+MAX_COUNT = 2**63 - 1
+
+
 class PolicyUpdate(BaseModel):
-    """A model's output policy and query budget (set by its owner)."""
+    """A model's whole output policy and query budget (set by its owner); fields left out take
+    their defaults, so a ``PUT`` without ``budget`` removes the budget."""
+
+    model_config = ConfigDict(extra="forbid")
 
     policy: PolicyName = "full"
-    top_k: int | None = Field(None, ge=1, description="Most identities a `top-k`/`rounded` answer lists.")
+    top_k: int | None = Field(None, ge=1, le=MAX_COUNT, description="Most identities a `top-k`/`rounded` answer lists.")
     decimals: int | None = Field(None, ge=0, le=8, description="Rounding of `rounded` (default 2).")
-    budget: int | None = Field(None, ge=0, description="Most images one API key may submit; null: unlimited.")
+    budget: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="Most images one API key may submit; null: unlimited."
+    )
     reset_usage: bool = Field(False, description="Zero every key's query count (a fresh budget).")
+
+
+class PolicyPatch(BaseModel):
+    """Some fields of a model's output policy; the fields left out keep their current values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: PolicyName | None = None
+    top_k: int | None = Field(None, ge=1, le=MAX_COUNT, description="Most identities a `top-k`/`rounded` answer lists.")
+    decimals: int | None = Field(None, ge=0, le=8, description="Rounding of `rounded` (default 2).")
+    budget: int | None = Field(
+        None, ge=0, le=MAX_COUNT, description="Most images one API key may submit; null: unlimited."
+    )
+    reset_usage: bool = Field(False, description="Zero every key's query count (a fresh budget).")
+
+    @model_validator(mode="after")
+    def _policy_not_null(self) -> PolicyPatch:
+        if "policy" in self.model_fields_set and self.policy is None:
+            raise ValueError("policy: give a policy name or leave the field out")
+        return self
 
 
 class KeyUsage(BaseModel):

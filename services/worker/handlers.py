@@ -1,15 +1,15 @@
-"""Task bodies: parse the spec, call ``midre``, hand back the output folder and final metrics.
+"""Task bodies: bind the job's resolved config to this worker's folders, call ``midre``, hand back
+the output folder and final metrics.
 
 Nothing scientific lives here. ``train`` resumes by itself when its work folder already holds
-resume state (a redelivered job); ``attack_eval`` and ``pipeline`` call ``midre.study`` (the
-worker refuses those kinds with a clear error while ``midre.study`` is not installed).
+resume state (a redelivered job); ``attack_eval`` and ``pipeline`` call ``midre.study``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from services.worker.library import DIGITS, study_config, train_config
+from services import jobspec
 from services.worker.runner import Handler, JobContext, Outcome
 
 
@@ -21,13 +21,28 @@ def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
     }
 
 
+def library_config(ctx: JobContext) -> Any:
+    """The library config the job runs: its stored resolved config (or, for a job stored before
+    resolved configs existed, its spec resolved now), references bound to this worker's folders."""
+    resolved = ctx.resolved or jobspec.resolve(ctx.spec)
+
+    def lookup(token: str) -> str:
+        what, _, ident = token.partition(":")
+        if what == "dataset":
+            if ctx.dataset_source is None:
+                raise FileNotFoundError(f"dataset: {ident} is not this job's dataset")
+            return ctx.dataset_source
+        return str(ctx.materialize_job_outputs(ident, ctx.work_dir / "refs" / ident))
+
+    return jobspec.bind(resolved, lookup, cache_dir=str(ctx.cache_dir))
+
+
 def run_train(ctx: JobContext) -> Outcome:
     """Train (or resume training) the model of a ``train`` job."""
     from midre.train import train
 
-    cfg = train_config(ctx.spec, ctx.dataset_source or DIGITS)
     out_dir = ctx.work_dir / "train"
-    result = train(cfg, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
+    result = train(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=_numbers(result.metrics))
 
 
@@ -35,10 +50,8 @@ def run_attack_eval(ctx: JobContext) -> Outcome:
     """Attack the checkpoint of an earlier train job and write the report."""
     from midre.study import run_attack_eval as attack_eval
 
-    model_dir = ctx.materialize_job_outputs(ctx.spec["model_job"], ctx.work_dir / "model")
-    cfg = study_config(ctx.spec, ctx.dataset_source, model_dir=str(model_dir), cache_dir=str(ctx.cache_dir))
     out_dir = ctx.work_dir / "out"
-    report = attack_eval(cfg, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
+    report = attack_eval(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=report_metrics(report))
 
 
@@ -46,9 +59,8 @@ def run_pipeline(ctx: JobContext) -> Outcome:
     """NoDef vs defense: train both, attack both, write the privacy-utility report."""
     from midre.study import run_pipeline as pipeline
 
-    cfg = study_config(ctx.spec, ctx.dataset_source or DIGITS, cache_dir=str(ctx.cache_dir))
     out_dir = ctx.work_dir / "out"
-    report = pipeline(cfg, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
+    report = pipeline(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=report_metrics(report))
 
 

@@ -34,6 +34,7 @@ from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, Metric
 from services.db.session import session_factory
 from services.db.types import host_id, pid_host, utcnow
+from services.redact import server_redactor
 from services.settings import Settings
 from services.storage import LocalStore
 
@@ -67,6 +68,7 @@ class JobContext:
     store: LocalStore
     sessions: sessionmaker[Session]
     log: Callable[[str], None]
+    resolved: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -75,9 +77,12 @@ class JobContext:
         return self.store.root / "cache" / self.tenant_id
 
     def materialize_job_outputs(self, job_id: str, dest: Path, prefix: str = "") -> Path:
-        """Copy another job's artifacts (e.g. a trained checkpoint) from the store into ``dest``."""
+        """Copy another job of the same tenant's artifacts (e.g. a trained checkpoint) into ``dest``."""
         dest.mkdir(parents=True, exist_ok=True)
         with self.sessions() as session:
+            owner = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+            if owner != self.tenant_id:
+                raise FileNotFoundError(f"job {job_id} is not a job of this tenant")
             rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
         for row in rows:
             if not row.name.startswith(prefix):
@@ -107,6 +112,8 @@ class _Tracker:
         self.sessions = sessions
         self.job_id = job_id
         self.attempt = attempt
+        #: Messages reach clients (events, the job's message and error): no server path in them.
+        self.redact = server_redactor(settings)
         self.lost = threading.Event()
         self.cancel = threading.Event()
         self._last_write = 0.0
@@ -170,7 +177,7 @@ class _Tracker:
 
     def progress(self, event: Any) -> None:
         stage = str(getattr(event, "stage", "") or "")
-        message = str(getattr(event, "message", "") or "")
+        message = self.redact(str(getattr(event, "message", "") or ""))
         fraction = float(getattr(event, "fraction", 0.0) or 0.0)
         epoch = getattr(event, "epoch", None)
         metrics = {
@@ -376,7 +383,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         with sessions() as session:
             row = session.get(Job, job_id)
             if row is not None:
-                jobstate.add_event(session, row, "log", message, stage=row.stage)
+                jobstate.add_event(session, row, "log", tracker.redact(message), stage=row.stage)
                 session.commit()
 
     try:
@@ -386,6 +393,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
             tenant_id=job.tenant_id,
             kind=job.kind,
             spec=job.spec,
+            resolved=job.resolved,
             attempt=job.attempt,
             work_dir=store.work_dir(job_id),
             dataset_source=_dataset_source(sessions, job),
@@ -424,15 +432,15 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
                 row = session.get(Job, job_id)
                 if jobstate.transition(session, row, [jobstate.RUNNING, jobstate.CANCELLING],
                                        jobstate.CANCELLED, attempt=job.attempt, stage="cancelled",
-                                       message=str(exc)[:500]):
-                    jobstate.add_event(session, row, "status", f"cancelled: {exc}"[:1000],
+                                       message=tracker.redact(str(exc))[:500]):
+                    jobstate.add_event(session, row, "status", tracker.redact(f"cancelled: {exc}")[:1000],
                                        data={"status": "cancelled"})
                 session.commit()
             shutil.rmtree(store.work_dir(job_id), ignore_errors=True)
             return "cancelled"
         log.exception("job %s failed", job_id)
         code = _error_code(exc)
-        message = str(exc)[:2000] or type(exc).__name__
+        message = tracker.redact(str(exc))[:2000] or type(exc).__name__
         with sessions() as session:
             row = session.get(Job, job_id)
             if jobstate.transition(session, row, [jobstate.RUNNING, jobstate.CANCELLING], jobstate.FAILED,

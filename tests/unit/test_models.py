@@ -14,9 +14,11 @@ from torch import nn
 from torchvision.models.vgg import cfgs as vgg_cfgs
 from torchvision.models.vgg import make_layers as make_vgg_layers
 
+from midre.errors import ConfigError
 from midre.models import (
     ClassifierModel,
     adapt_input_conv_weight,
+    check_input_size,
     create_model,
     get_model_info,
     list_models,
@@ -158,14 +160,16 @@ def test_bad_common_arguments_name_the_argument(kwargs: dict, argument: str) -> 
 
 
 def test_image_size_limits_are_enforced_with_clear_messages() -> None:
-    with pytest.raises(ValueError, match=r"image_size=16.*'resnet18'.*minimum is 32"):
+    with pytest.raises(ConfigError, match=r"^image_size: 16 .*'resnet18'.*minimum is 32") as info:
         create_model("resnet18", 3, image_size=16)
-    with pytest.raises(ValueError, match=r"image_size=32.*'maxvit_t'.*minimum is 64"):
+    assert info.value.field == "image_size"
+    with pytest.raises(ValueError, match=r"^image_size: 32 .*'maxvit_t'.*minimum is 64"):
         create_model("maxvit_t", 3, image_size=32)
-    with pytest.raises(ValueError, match=r"image_size=80.*multiple of 32"):
-        create_model("maxvit_t", 3, image_size=80)
-    with pytest.raises(ValueError, match="image_size=8"):
+    with pytest.raises(ValueError, match=r"^image_size: 80 .*multiple of 32"):
+        check_input_size("maxvit_t", 80)
+    with pytest.raises(ValueError, match="^image_size: 8 "):
         create_model("cnn-small", 3, image_size=8)
+    check_input_size("maxvit_t", 224)  # fits: no error
 
 
 def test_maxvit_partition_size() -> None:

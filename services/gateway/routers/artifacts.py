@@ -9,13 +9,13 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from services.db.models import Artifact
-from services.gateway.deps import DB, Ctx, CurrentTenant
+from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ArtifactList
 from services.gateway.views import artifact_view
 
-router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 
 
 @router.get("/{job_id}/artifacts", response_model=ArtifactList, summary="List a job's artifacts")

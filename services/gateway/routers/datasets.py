@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from services.db.models import Dataset
 from services.db.types import new_id, utcnow
-from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef
+from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
 from services.gateway.errors import (
     PROBLEM_RESPONSES,
     ApiError,
@@ -25,10 +25,11 @@ from services.gateway.errors import (
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
 from services.gateway.uploads import receive_file, sniff_archive
 from services.gateway.views import dataset_view
-from services.worker.library import DIGITS
+from services.jobspec import DIGITS
+from services.redact import Redactor, server_redactor
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 
 #: Rejected files listed in a dataset summary (the count is always complete).
 MAX_REJECTED_LISTED = 100
@@ -102,14 +103,12 @@ def _extract_and_check(ctx: ServiceContext, archive: Path, dest: Path) -> dict[s
     return out
 
 
-def _dataset_error(exc: Exception) -> ApiError:
+def _dataset_error(exc: Exception, redact: Redactor) -> ApiError:
+    """422 for a refused upload; server paths in the library's message become the names a client knows."""
     field = getattr(exc, "field", None) or "file"
     if field in ("source", "dest"):
         field = "file"
-    message = str(exc)
-    path = getattr(exc, "path", None)
-    if path:  # never echo server paths back; keep the member name only
-        message = message.replace(str(path), Path(str(path)).name)
+    message = redact(str(exc))
     return ApiError(422, "invalid_dataset", message, errors=[FieldError(field=field, message=message)])
 
 
@@ -164,10 +163,13 @@ async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: Te
             )
         archive = upload.path.rename(upload.path.with_name(upload.path.name + suffix))
         upload.path = archive
+        # The client knows its archive by its file name and the files in it by their member paths.
+        client_name = Path(upload.filename).name or "upload"
+        redact = server_redactor(ctx.settings, {archive: client_name, dest: ""})
         try:
             report = await run_in_threadpool(_extract_and_check, ctx, archive, dest)
         except ValueError as exc:  # DatasetError included
-            raise _dataset_error(exc) from exc
+            raise _dataset_error(exc, redact) from exc
         name = (upload.fields.get("name") or Path(upload.filename).name or dataset_id)[:200]
         dataset = Dataset(
             id=dataset_id,
@@ -177,7 +179,7 @@ async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: Te
             source=report["source"],
             size_bytes=upload.size,
             sha256=upload.sha256,
-            summary=_summarize(report["load"], report),
+            summary=redact.data(_summarize(report["load"], report)),
             created_at=utcnow(),
         )
         session.add(dataset)
@@ -210,7 +212,8 @@ async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: T
     try:
         splits_summary = await run_in_threadpool(_check_loadable, source)
     except ValueError as exc:
-        raise ApiError(422, "invalid_dataset", str(exc), errors=[FieldError(field="source", message=str(exc))]) from exc
+        message = server_redactor(ctx.settings, {source: ref.source})(str(exc))
+        raise ApiError(422, "invalid_dataset", message, errors=[FieldError(field="source", message=message)]) from exc
     dataset = Dataset(
         id=new_id("ds"),
         tenant_id=tenant.id,

@@ -14,14 +14,14 @@ from sqlalchemy.orm import Session
 from services.db import jobs as jobstate
 from services.db.models import Dataset, Job, JobEvent
 from services.db.types import new_id, utcnow
-from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef
+from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
 from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
 from services.gateway.views import event_view, job_view, metrics_of
-from services.worker.library import DIGITS, SpecError, validate_spec
+from services.jobspec import DIGITS, SpecError, check_public_data, references, resolve
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 
 StatusFilter = Annotated[str | None, Query(description="Only jobs in this status.")]
 
@@ -44,12 +44,31 @@ def resolve_dataset(session: Session, tenant: TenantRef, ref: str) -> tuple[str,
     return dataset.source, dataset.id
 
 
-def _check_model_job(session: Session, tenant: TenantRef, ref: str) -> None:
+def _model_job(session: Session, tenant: TenantRef, field: str, ref: str) -> Job:
+    """The tenant's succeeded train job ``ref`` (its model is what the spec points at); 422 otherwise."""
     job = session.get(Job, ref)
     if job is None or job.tenant_id != tenant.id:
-        raise validation_error("model_job", f"unknown job {ref!r}")
+        raise validation_error(field, f"unknown job {ref!r}")
     if job.kind != "train" or job.status != jobstate.SUCCEEDED:
-        raise validation_error("model_job", f"job {ref!r} is not a succeeded train job")
+        raise validation_error(field, f"job {ref!r} is not a succeeded train job")
+    return job
+
+
+def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) -> tuple[str | None, Job | None]:
+    """Check that the tenant owns every dataset and job the spec names; ``(dataset_id, model_job)``."""
+    try:
+        refs = references(spec)
+    except SpecError as exc:
+        raise validation_error(exc.field, exc.message) from exc
+    dataset_id, model_job = None, None
+    for ref in refs:
+        if ref.what == "dataset":
+            dataset_id = resolve_dataset(session, tenant, ref.id)[1]
+        else:
+            job = _model_job(session, tenant, ref.field, ref.id)
+            if ref.field == "model_job":
+                model_job = job
+    return dataset_id, model_job
 
 
 @router.post(
@@ -70,7 +89,10 @@ async def submit_job(
         Header(max_length=200, description="Retrying with the same key returns the first job."),
     ] = None,
 ) -> JobPublic:
-    """Validate the spec against the library, store the job, then queue it (after the commit)."""
+    """Check the spec (unknown keys, ranges, ids you own, then the library's own checks: architecture
+    and input size, defense parameters, attack names and options, public data the attacks need),
+    store the job with its resolved config, then queue it (after the commit). A refused spec is a 422
+    naming the field; nothing is stored."""
     spec_dict: dict[str, Any] = spec.model_dump(mode="json", exclude_none=False)
     if idempotency_key:
         existing = session.scalar(
@@ -79,13 +101,13 @@ async def submit_job(
         if existing is not None:
             return _replay(session, existing, spec_dict, response)
 
-    source, dataset_id = None, None
-    if "dataset" in spec_dict:
-        source, dataset_id = resolve_dataset(session, tenant, spec_dict["dataset"])
-    if spec_dict["kind"] == "attack_eval":
-        _check_model_job(session, tenant, spec_dict["model_job"])
+    dataset_id, model_job = check_references(session, tenant, spec_dict)
+    model_resolved = None
+    if model_job is not None:  # jobs stored before resolved configs existed: their spec's data options
+        model_resolved = model_job.resolved or {"config": {"data": model_job.spec.get("data") or {}}}
     try:
-        await run_in_threadpool(validate_spec, spec_dict, source)
+        resolved = await run_in_threadpool(resolve, spec_dict)
+        check_public_data(spec_dict, model_resolved)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
 
@@ -96,6 +118,7 @@ async def submit_job(
         kind=spec_dict["kind"],
         status=jobstate.QUEUED,
         spec=spec_dict,
+        resolved=resolved,
         queue=queue,
         idempotency_key=idempotency_key,
         dataset_id=dataset_id,

@@ -10,13 +10,14 @@ from sqlalchemy import select
 
 from services.db import jobs as jobstate
 from services.db.models import Artifact
-from services.gateway.deps import DB, Ctx, CurrentTenant
+from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
 from services.gateway.views import artifact_view, final_metrics
+from services.redact import server_redactor
 
-router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 
 #: Card names tried first (kept for ``routers/predict.py``); :func:`card_name` knows pipelines too.
 CARD_NAMES = ("model.json",)
@@ -63,6 +64,7 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
         if label is None or name.startswith(f"{label}."):
             metrics[name.removeprefix(f"{label}.") if label else name] = value
     card.pop("history", None)
+    card = server_redactor(ctx.settings).data(card)  # the training config names the data's server folder
     return ModelCard(
         job_id=job.id,
         arch=card.get("arch"),

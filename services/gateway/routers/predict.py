@@ -1,5 +1,10 @@
 """Serving: ``GET /v1/models``, ``POST /v1/models/{job_id}/predict``, the output policy and budget
-(``GET|PUT /v1/models/{job_id}/policy``) and ``GET /v1/models/{job_id}/export``."""
+(``GET|PUT|PATCH /v1/models/{job_id}/policy``) and ``GET /v1/models/{job_id}/export``.
+
+A ``predict`` key (what a model owner hands to consumers) may list the models it may use and
+predict with them; the policy, the export and the checkpoint need a ``jobs`` (or ``admin``) key,
+so the output policy and budget bind the very clients they are meant to limit.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,15 @@ from starlette.datastructures import UploadFile
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Job, ModelPolicy, ModelUsage
 from services.db.types import utcnow
-from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef
+from services.gateway.deps import (
+    DB,
+    Caller,
+    Ctx,
+    ServiceContext,
+    TenantRef,
+    forbidden,
+    require_scope,
+)
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
 from services.gateway.routers.jobs import get_job
 from services.gateway.routers.models import CARD_NAMES
@@ -36,6 +49,7 @@ from services.serving.schemas import (
     KeyUsage,
     ModelPage,
     PolicyApplied,
+    PolicyPatch,
     PolicyUpdate,
     PolicyView,
     PredictJSON,
@@ -58,6 +72,8 @@ async def get_runtime(request: Request) -> ServingRuntime:
 
 
 Runtime = Annotated[ServingRuntime, Depends(get_runtime)]
+PredictCaller = Annotated[Caller, Depends(require_scope("predict"))]
+OwnerTenant = Annotated[Caller, Depends(require_scope("jobs"))]
 
 
 @dataclass(frozen=True)
@@ -134,12 +150,6 @@ def charge_queries(ctx: ServiceContext, rt: ServingRuntime, key_id: str, ref: Mo
         if meter is not None:
             return meter.charge(session, key_id, ref.job_id, n, ref.budget)
         return charge(session, key_id, ref.job_id, n, ref.budget)
-
-
-def _key_id(request: Request) -> str:
-    """The public id of the caller's API key (``mk_<key id>_<secret>``; already authenticated)."""
-    key = request.headers.get("authorization", "").partition(" ")[2].strip()
-    return key.split("_", 2)[1]
 
 
 def _input_error(exc: InputError) -> ApiError:
@@ -271,7 +281,7 @@ async def predict(
     request: Request,
     ctx: Ctx,
     rt: Runtime,
-    tenant: CurrentTenant,
+    caller: PredictCaller,
     job_id: str,
     top_k: Annotated[int | None, Query(ge=1, description="Identities to list (the policy may cap it).")] = None,
 ) -> dict[str, Any]:
@@ -279,8 +289,10 @@ async def predict(
     concurrent requests), and answer under the model's output policy. Each image is one query of
     the calling API key; past the model's budget the answer is 429."""
     images, body_k = await read_images(request, rt)
-    ref = await cached_ref(ctx, rt, tenant, job_id)
-    key_id = _key_id(request)
+    ref = await cached_ref(ctx, rt, caller.tenant, job_id)
+    if not caller.may_use_model(ref.job_id):
+        raise forbidden(f"this API key may not use model {job_id!r}")
+    key_id = caller.key_id
 
     def prepare() -> tuple[torch.Tensor, Charge, LoadedModel]:
         x = preprocess(images, ref.card)  # before charging: a bad image costs nothing
@@ -351,12 +363,15 @@ def _servable(job: Job, card: dict[str, Any], metrics: dict[str, float], row: Mo
 def list_models(
     rt: Runtime,
     session: DB,
-    tenant: CurrentTenant,
+    caller: PredictCaller,
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> ModelPage:
-    """Succeeded jobs that produced a checkpoint, newest first, with their card and output policy."""
-    query = select(Job).where(Job.tenant_id == tenant.id, Job.status == jobstate.SUCCEEDED)
+    """Succeeded jobs that produced a checkpoint, newest first, with their card and output policy
+    (for a key limited to some models, only those)."""
+    query = select(Job).where(Job.tenant_id == caller.tenant.id, Job.status == jobstate.SUCCEEDED)
+    if caller.models is not None:
+        query = query.where(Job.id.in_(sorted(caller.models)))
     if cursor:
         query = query.where(Job.id < cursor)
     jobs = session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)).all()
@@ -389,39 +404,66 @@ def _policy_view(session: Session, job_id: str) -> PolicyView:
 
 
 @router.get("/{job_id}/policy", response_model=PolicyView, summary="Output policy, budget and query accounting")
-def get_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str) -> PolicyView:
+def get_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str) -> PolicyView:
     """The model's output policy and budget, and the queries each API key made."""
-    ref = resolve_model(session, rt, tenant, job_id)
+    ref = resolve_model(session, rt, caller.tenant, job_id)
     rt.flush_usage()  # this process's counted queries first, so the view is current
     return _policy_view(session, ref.job_id)
 
 
-@router.put("/{job_id}/policy", response_model=PolicyView, summary="Set the output policy and query budget")
-def put_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str, body: PolicyUpdate) -> PolicyView:
-    """Replace the model's output policy and budget (applies on this replica at once, on others
-    within a few seconds). ``reset_usage`` zeroes every key's count."""
-    ref = resolve_model(session, rt, tenant, job_id)
-    if body.decimals is not None and body.policy != "rounded":
+def _set_policy(
+    rt: Runtime, session: Session, tenant: TenantRef, ref: ModelRef, values: dict[str, Any], reset_usage: bool
+) -> PolicyView:
+    """Check the policy ``values`` (policy, top_k, decimals, budget) as a whole and store them."""
+    if values["decimals"] is not None and values["policy"] != "rounded":
         raise validation_error("decimals", "only the `rounded` policy rounds")
-    if body.top_k is not None and body.policy not in ("top-k", "rounded"):
+    if values["top_k"] is not None and values["policy"] not in ("top-k", "rounded"):
         raise validation_error("top_k", "only the `top-k` and `rounded` policies take top_k")
-    if body.policy == "top-k" and body.top_k is None:
+    if values["policy"] == "top-k" and values["top_k"] is None:
         raise validation_error("top_k", "the `top-k` policy needs top_k")
     row = session.get(ModelPolicy, ref.job_id)
     if row is None:
         row = ModelPolicy(job_id=ref.job_id)
         session.add(row)
-    row.policy, row.top_k, row.decimals, row.budget = body.policy, body.top_k, body.decimals, body.budget
+    row.policy, row.top_k, row.decimals, row.budget = (values[k] for k in ("policy", "top_k", "decimals", "budget"))
     row.updated_at = utcnow()
     # Write this process's counted queries first: a new budget then sees them, a reset zeroes them.
     rt.flush_usage()
-    if body.reset_usage:
+    if reset_usage:
         reset(session, ref.job_id)
     session.commit()
     if rt.usage is not None:
         rt.usage.forget(ref.job_id)  # counts re-sync from the database on the next request
-    _refs(rt).forget((tenant.id, job_id))
+    _refs(rt).forget((tenant.id, ref.job_id))
     return _policy_view(session, ref.job_id)
+
+
+@router.put("/{job_id}/policy", response_model=PolicyView, summary="Replace the output policy and query budget")
+def put_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, body: PolicyUpdate) -> PolicyView:
+    """Replace the whole policy: fields left out take their defaults (`full`, no top_k, no rounding,
+    **no budget**). To change one field and keep the others, use `PATCH`. Applies on this replica at
+    once, on others within a few seconds; ``reset_usage`` zeroes every key's count."""
+    ref = resolve_model(session, rt, caller.tenant, job_id)
+    values = body.model_dump(include={"policy", "top_k", "decimals", "budget"})
+    return _set_policy(rt, session, caller.tenant, ref, values, body.reset_usage)
+
+
+@router.patch("/{job_id}/policy", response_model=PolicyView, summary="Change some fields of the output policy")
+def patch_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, body: PolicyPatch) -> PolicyView:
+    """Change only the fields given; the others (the budget included) keep their values. Switching
+    to a policy that does not take ``top_k`` / ``decimals`` drops them unless they are given."""
+    ref = resolve_model(session, rt, caller.tenant, job_id)
+    current, budget = _policy_of(session.get(ModelPolicy, ref.job_id))
+    values: dict[str, Any] = {"policy": current.name, "top_k": current.top_k, "decimals": current.decimals,
+                              "budget": budget}
+    given = body.model_dump(include=body.model_fields_set - {"reset_usage"})
+    if "policy" in given:
+        if given["policy"] not in ("top-k", "rounded"):
+            values["top_k"] = None
+        if given["policy"] != "rounded":
+            values["decimals"] = None
+    values.update(given)
+    return _set_policy(rt, session, caller.tenant, ref, values, body.reset_usage)
 
 
 @router.get(
@@ -433,7 +475,7 @@ def put_policy(rt: Runtime, session: DB, tenant: CurrentTenant, job_id: str, bod
 def export(
     rt: Runtime,
     session: DB,
-    tenant: CurrentTenant,
+    caller: OwnerTenant,
     job_id: str,
     format: Annotated[str, Query(description="`torchscript` or `onnx`.")] = "onnx",
 ) -> FileResponse:
@@ -441,7 +483,7 @@ def export(
     pixels / 255 (normalisation inside), output ``probabilities`` ``[N, classes]``."""
     if format not in FORMATS:
         raise validation_error("format", f"use one of {', '.join(FORMATS)}")
-    ref = resolve_model(session, rt, tenant, job_id)
+    ref = resolve_model(session, rt, caller.tenant, job_id)
     path = rt.export(ref.card_sha, ref.weights_sha, format)
     c, s = ref.card["channels"], ref.card["image_size"]
     return FileResponse(
