@@ -23,7 +23,7 @@ from typing import Any
 
 #: Import names of the ``service`` extra's packages (pyproject ``[project.optional-dependencies]``).
 SERVICE_MODULES = (
-    "fastapi", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy", "alembic",
+    "fastapi", "fastapi_offline", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy", "alembic",
     "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
 )
 
@@ -329,8 +329,8 @@ def ping_worker(hostname: str | None, timeout: float) -> int:
     """
     from celery.utils.nodenames import host_format
 
+    from services.queue.celery_app import make_celery
     from services.settings import Settings
-    from services.worker.celery_app import make_celery
 
     if not hostname:
         raise ValueError("--ping needs --hostname (the node name the worker was started with)")
