@@ -23,12 +23,12 @@ from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, predict
+from services.queue.dispatch import Dispatcher
 from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
 from services.storage import LocalStore
-from services.worker.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.db.keys import SCOPES, KeyOwner, authenticate, hash_key
 from services.gateway.errors import ApiError
 from services.gateway.ttl_cache import TTLCache
+from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore
-from services.worker.dispatch import Dispatcher
 
 
 @dataclass

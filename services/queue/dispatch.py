@@ -8,8 +8,8 @@ from functools import cached_property
 from celery import Celery
 from kombu import Connection
 
+from services.queue.celery_app import TASK_NAME, make_celery
 from services.settings import QueueName, Settings
-from services.worker.celery_app import TASK_NAME, make_celery
 
 log = logging.getLogger(__name__)
 

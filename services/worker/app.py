@@ -12,8 +12,8 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from services.db.session import dispose_all
+from services.queue.celery_app import TASK_NAME, make_celery
 from services.settings import get_settings
-from services.worker.celery_app import TASK_NAME, make_celery
 from services.worker.handlers import HANDLERS
 from services.worker.reaper import Reaper
 from services.worker.runner import execute_job

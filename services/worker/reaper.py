@@ -26,8 +26,8 @@ from services.db import jobs as jobstate
 from services.db.models import Job
 from services.db.session import session_factory
 from services.db.types import utcnow
+from services.queue.dispatch import Dispatcher
 from services.settings import Settings
-from services.worker.dispatch import Dispatcher
 from services.worker.runner import owner_is_dead
 
 log = logging.getLogger(__name__)

@@ -217,7 +217,7 @@ def test_readyz_reports_unreachable_broker(tmp_path: Any) -> None:
 
 
 def test_json_only_no_pickle(api: Api) -> None:
-    from services.worker.celery_app import make_celery
+    from services.queue.celery_app import make_celery
 
     conf = make_celery(api.settings).conf
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"

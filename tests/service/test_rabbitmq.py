@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
-from services.worker.dispatch import Dispatcher
+from services.queue.dispatch import Dispatcher
 from tests.service._support import TRAIN_SPEC
 from tests.service.conftest import Api, make_settings
 

@@ -18,9 +18,9 @@ from services.db.migrate import upgrade
 from services.db.models import ApiKey, Artifact, Job, JobEvent, Metric
 from services.db.session import dispose_all, session_factory, session_scope
 from services.db.types import new_id, utcnow
+from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore, sha256_file
-from services.worker.dispatch import Dispatcher
 from services.worker.reaper import reap_once
 from services.worker.runner import JobContext, Outcome, execute_job
 from tests.service._support import TRAIN_SPEC
