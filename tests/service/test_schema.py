@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,7 @@ def _compose_command() -> list[str] | None:
     return None
 
 
-def test_docker_compose_config_validates() -> None:
+def test_docker_compose_config_validates(tmp_path: Path) -> None:
     cmd = _compose_command()
     if cmd is None:
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
@@ -83,6 +84,17 @@ def test_docker_compose_config_validates() -> None:
     result = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "config", "--quiet"],
                             capture_output=True, text=True, cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
+    # and with the generated override for 4 GPUs (scripts/compose_gpus.py), as the header says
+    override = tmp_path / "docker-compose.gpus.yml"
+    generated = subprocess.run([sys.executable, str(REPO / "scripts" / "compose_gpus.py"), "--gpus", "4"],
+                               capture_output=True, text=True, cwd=REPO)
+    assert generated.returncode == 0, generated.stderr
+    override.write_text(generated.stdout)
+    merged = subprocess.run([*cmd, "-f", str(REPO / "docker-compose.yml"), "-f", str(override), "config"],
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    assert merged.returncode == 0, merged.stderr
+    services = yaml.safe_load(merged.stdout)["services"]
+    assert {f"worker-gpu{k}" for k in range(4)} <= set(services)
 
 
 def test_docker_compose_shape() -> None:
