@@ -1,0 +1,151 @@
+"""The job-spec trust boundary on the embedded service (SQLite, no servers).
+
+Every injection of a server path or a server-side object answers 422 naming the field and stores
+nothing; what can be checked before queueing is checked; the resolved config a job runs is shown
+and is what the worker runs (jobs run in this process through the worker's own ``execute_job``);
+and no server path reaches a client in the events, messages, errors or views of a whole study.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from services.db.models import Job
+from services.db.session import session_scope
+from services.worker.handlers import HANDLERS
+from services.worker.runner import execute_job
+from tests.service._support import TRAIN_SPEC, face_folder_members, make_zip, png_bytes
+from tests.service.conftest import Api
+from tests.service.test_scopes import model_id  # noqa: F401  (fixture: a trained model of tenant-a)
+
+STUDY = {"attacks": ["mi-face"], "seeds": 1, "device": "cpu",
+         "evaluation": {"arch": "cnn-small", "epochs": 1, "per_identity": 1, "identities": 2, "feature_identities": 0},
+         "attack_budgets": {"mi-face": {"steps": 3}}}
+PIPELINE = {"kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
+            "training": {"epochs": 1, "image_size": 32, "batch_size": 64, "seed": 0},
+            "data": {"channels": 1, "max_images_per_identity": 12}, **STUDY}
+
+
+def job_count(api: Api) -> int:
+    with session_scope(api.settings.db_url) as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def submit(api: Api, key: str, spec: dict[str, Any]) -> Any:
+    return api.client.post("/v1/jobs", json=spec, headers=api.auth(key))
+
+
+def assert_refused(api: Api, key: str, spec: dict[str, Any], field: str) -> None:
+    before = job_count(api)
+    r = submit(api, key, spec)
+    assert r.status_code == 422, (spec, r.status_code, r.text)
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert field in fields, (field, fields, r.json()["detail"])
+    assert job_count(api) == before, "a refused spec stored a job"
+
+
+def test_injections_are_422_naming_the_field_and_store_nothing(
+    api: Api, key_a: str, key_b: str, model_id: str  # noqa: F811
+) -> None:
+    train = {**TRAIN_SPEC, "device": "cpu"}
+    other = submit(api, key_b, {**train, "training": {"epochs": 1}}).json()["id"]  # tenant-b's (queued) job
+    cases = [
+        ({**train, "training": {"weights_path": "/etc/hostname"}}, "training.weights_path"),
+        ({**train, "training": {"epochs": 1, "eval_every": 1, "device": "cuda:0"}}, "training.device"),
+        ({**train, "defense": {"name": "tl-dmi", "pretrained": "/etc/hostname"}}, "defense.pretrained"),
+        ({**train, "defense": {"name": "midre+tl-dmi", "tl-dmi": {"pretrained": "/etc"}}}, "defense.tl-dmi.pretrained"),
+        ({**train, "defense": {"name": "tl-dmi", "pretrained_job": other}}, "defense.pretrained_job"),
+        ({**train, "defense": {"name": "midre", "a_hh": 0.5}}, "defense.a_hh"),
+        ({**train, "arch": "maxvit_t", "training": {"image_size": 40}}, "training.image_size"),
+        ({**train, "training": {"seed": 2**70}}, "training.seed"),
+        ({**train, "data": {"num_private": 10**9}}, "data.num_private"),
+        ({**train, "dataset": "ds_of_someone_else"}, "dataset"),
+        ({**train, "dataset": "../../etc"}, "dataset"),
+        ({**PIPELINE, "training": {"public_data": "/etc"}}, "training.public_data"),
+        ({**PIPELINE, "defenses": [{"name": "tl-dmi", "pretrained": "/etc"}]}, "defenses"),
+        ({**PIPELINE, "cache_dir": "/etc"}, "cache_dir"),
+        ({**PIPELINE, "attacks": ["mi-face", "no-such-attack"]}, "attacks[1]"),
+        ({**PIPELINE, "attack_options": {"mi-face": {"stepz": 3}}}, "attack_options.mi-face.stepz"),
+        ({**PIPELINE, "attack_options": {"gmi": {"prior": {"widht": 8}}}}, "attack_options.gmi.prior.widht"),
+        ({**PIPELINE, "attack_budgets": {"mi-face": {"steps": -1}}}, "attack_budgets.mi-face.steps"),
+        ({**PIPELINE, "prior_options": {"width": "wide"}}, "prior_options.width"),
+        ({**PIPELINE, "evaluation": {**STUDY["evaluation"], "arch": "nope"}}, "evaluation.arch"),
+        ({"kind": "attack_eval", "model_job": model_id, **STUDY, "attacks": ["gmi"]}, "attacks[0]"),
+        ({"kind": "attack_eval", "model_job": other, **STUDY}, "model_job"),
+        ({"kind": "attack_eval", "model_job": model_id, **STUDY, "target": "/etc"}, "target"),
+    ]
+    for spec, field in cases:
+        assert_refused(api, key_a, spec, field)
+
+
+def test_the_resolved_config_is_shown_and_run(api: Api, key_a: str, model_id: str) -> None:  # noqa: F811
+    spec = {**TRAIN_SPEC, "device": "cpu", "defense": {"name": "tl-dmi", "pretrained_job": model_id},
+            "training": {**TRAIN_SPEC["training"], "epochs": 1}, "data": {"max_images_per_identity": 20}}
+    created = submit(api, key_a, spec)
+    assert created.status_code == 201, created.text
+    job = api.client.get(f"/v1/jobs/{created.json()['id']}", headers=api.auth(key_a)).json()
+    resolved = job["resolved"]
+    assert resolved["kind"] == "train" and resolved["version"] == 1
+    config = resolved["config"]
+    # Every default filled in, ids kept as references.
+    assert (config["lr"], config["optimizer"], config["data"]["split_seed"]) == (0.001, "adam", 42)
+    assert config["defense"] == {"name": "tl-dmi", "pretrained": f"job:{model_id}", "trainable": 2}
+    assert resolved["refs"] == {"defense.pretrained": f"job:{model_id}"}
+    assert execute_job(api.settings, job["id"], HANDLERS) == "succeeded"
+    card = api.client.get(f"/v1/models/{job['id']}", headers=api.auth(key_a)).json()["card"]
+    assert card["config"]["lr"] == config["lr"] and card["defense"]["name"] == "tl-dmi"
+    assert str(api.settings.home) not in json.dumps(card)
+
+
+def test_no_server_path_reaches_a_client(api: Api, key_a: str) -> None:
+    home = str(api.settings.home)
+    upload = api.client.post(
+        "/v1/datasets",
+        files={"file": ("faces.zip", make_zip(face_folder_members(identities=3, per_identity=4)), "application/zip")},
+        data={"name": "faces"},
+        headers=api.auth(key_a),
+    )
+    assert upload.status_code == 201, upload.text
+    dataset = upload.json()
+    assert home not in json.dumps(dataset)
+    # A refused upload names the member, not the extraction folder.
+    bad = {**face_folder_members(identities=3, per_identity=4), "faces/person_0/broken.png": png_bytes(1)[:20]}
+    r = api.client.post("/v1/datasets", files={"file": ("bad.zip", make_zip(bad), "application/zip")},
+                        headers=api.auth(key_a))
+    if r.status_code == 422:
+        assert home not in r.text and "broken.png" in r.text, r.text
+    else:
+        assert r.status_code == 201 and home not in r.text and "broken.png" in r.text, r.text
+
+    pipeline = submit(api, key_a, PIPELINE).json()["id"]
+    assert execute_job(api.settings, pipeline, HANDLERS) == "succeeded"
+    # A job that fails in the worker: its dataset disappears before it runs.
+    doomed = submit(api, key_a, {**TRAIN_SPEC, "device": "cpu", "dataset": dataset["id"],
+                                 "training": {"epochs": 1, "image_size": 16}}).json()["id"]
+    assert api.client.delete(f"/v1/datasets/{dataset['id']}", headers=api.auth(key_a)).status_code == 204
+    assert execute_job(api.settings, doomed, HANDLERS) == "failed"
+
+    seen = []
+    for job_id in (pipeline, doomed):
+        seen.append(api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(key_a)).text)
+        seen.append(api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=api.auth(key_a)).text)
+        seen.append(api.client.get(f"/v1/jobs/{job_id}/artifacts", headers=api.auth(key_a)).text)
+    seen.append(api.client.get("/v1/jobs", headers=api.auth(key_a)).text)
+    seen.append(api.client.get(f"/v1/models/{pipeline}", headers=api.auth(key_a)).text)
+    events = json.loads(seen[1])["items"]
+    assert any(e["stage"] == "done" for e in events) and len(events) > 5
+    assert "failed" in seen[3]
+    for text in seen:
+        assert home not in text, text[:2000]
+    assert api.settings.home.is_absolute() and len(home) > 5
+
+
+@pytest.mark.parametrize("field", ["evaluation", "training", "data", "attack_budgets"])
+def test_unknown_nested_keys_are_refused(api: Api, key_a: str, field: str) -> None:
+    value = {"mi-face": {"bogus": 1}} if field == "attack_budgets" else {"bogus": 1}
+    path = f"{field}.mi-face.bogus" if field == "attack_budgets" else f"{field}.bogus"
+    assert_refused(api, key_a, {**PIPELINE, field: value}, path)
