@@ -136,6 +136,10 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else None
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        # A body that is not UTF-8 never reaches JSON parsing; answer it like malformed JSON (422).
+        message = "the request body is not UTF-8 JSON"
+        return problem_response(request, 422, "invalid_body", message, [FieldError(field="body", message=message)])
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route matches {request.url.path}"
     return problem_response(
@@ -175,4 +179,9 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Not found (or owned by another tenant)",
         422: "Invalid request; `errors` names the fields",
     }.items()
+}
+
+#: ``responses=`` entry of operations on a job's model: 409 while the job has not succeeded.
+NO_MODEL_YET: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "The job has not succeeded: no model yet"}
 }

@@ -149,3 +149,10 @@ def test_unknown_nested_keys_are_refused(api: Api, key_a: str, field: str) -> No
     value = {"mi-face": {"bogus": 1}} if field == "attack_budgets" else {"bogus": 1}
     path = f"{field}.mi-face.bogus" if field == "attack_budgets" else f"{field}.bogus"
     assert_refused(api, key_a, {**PIPELINE, field: value}, path)
+
+
+def test_a_body_that_is_not_utf8_is_422_naming_the_body(api: Api, key_a: str) -> None:
+    headers = {**api.auth(key_a), "content-type": "application/json"}
+    r = api.client.post("/v1/jobs", content=b"\x93\x17\xfb\x9b\xf6", headers=headers)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_body", r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["body"] and job_count(api) == 0

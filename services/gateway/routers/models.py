@@ -11,7 +11,7 @@ from sqlalchemy import select
 from services.db import jobs as jobstate
 from services.db.models import Artifact
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
-from services.gateway.errors import PROBLEM_RESPONSES, ApiError
+from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
 from services.gateway.views import artifact_view, final_metrics
@@ -40,7 +40,9 @@ def card_name(names: list[str]) -> str | None:
     return next((n for n in sorted(names) if n.endswith("model.json")), None)
 
 
-@router.get("/{job_id}", response_model=ModelCard, summary="Model card of a job's trained model")
+@router.get(
+    "/{job_id}", response_model=ModelCard, summary="Model card of a job's trained model", responses=NO_MODEL_YET
+)
 def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> ModelCard:
     """Architecture, classes, input size, defense and Acc / AttAcc of the model a job produced."""
     job = get_job(session, tenant, job_id)

@@ -34,7 +34,7 @@ from services.gateway.deps import (
     forbidden,
     require_scope,
 )
-from services.gateway.errors import PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
+from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
 from services.gateway.routers.jobs import get_job
 from services.gateway.routers.models import CARD_NAMES
 from services.gateway.ttl_cache import TTLCache
@@ -403,7 +403,11 @@ def _policy_view(session: Session, job_id: str) -> PolicyView:
     )
 
 
-@router.get("/{job_id}/policy", response_model=PolicyView, summary="Output policy, budget and query accounting")
+@router.get(
+    "/{job_id}/policy", response_model=PolicyView,
+    summary="Output policy, budget and query accounting",
+    responses=NO_MODEL_YET,
+)
 def get_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str) -> PolicyView:
     """The model's output policy and budget, and the queries each API key made."""
     ref = resolve_model(session, rt, caller.tenant, job_id)
@@ -438,7 +442,11 @@ def _set_policy(
     return _policy_view(session, ref.job_id)
 
 
-@router.put("/{job_id}/policy", response_model=PolicyView, summary="Replace the output policy and query budget")
+@router.put(
+    "/{job_id}/policy", response_model=PolicyView,
+    summary="Replace the output policy and query budget",
+    responses=NO_MODEL_YET,
+)
 def put_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, body: PolicyUpdate) -> PolicyView:
     """Replace the whole policy: fields left out take their defaults (`full`, no top_k, no rounding,
     **no budget**). To change one field and keep the others, use `PATCH`. Applies on this replica at
@@ -448,7 +456,11 @@ def put_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, body:
     return _set_policy(rt, session, caller.tenant, ref, values, body.reset_usage)
 
 
-@router.patch("/{job_id}/policy", response_model=PolicyView, summary="Change some fields of the output policy")
+@router.patch(
+    "/{job_id}/policy", response_model=PolicyView,
+    summary="Change some fields of the output policy",
+    responses=NO_MODEL_YET,
+)
 def patch_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, body: PolicyPatch) -> PolicyView:
     """Change only the fields given; the others (the budget included) keep their values. Switching
     to a policy that does not take ``top_k`` / ``decimals`` drops them unless they are given."""
@@ -470,7 +482,10 @@ def patch_policy(rt: Runtime, session: DB, caller: OwnerTenant, job_id: str, bod
     "/{job_id}/export",
     summary="Export the model as TorchScript or ONNX",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The exported model file"}},
+    responses={
+        **NO_MODEL_YET,
+        200: {"content": {"application/octet-stream": {}}, "description": "The exported model file"},
+    },
 )
 def export(
     rt: Runtime,
