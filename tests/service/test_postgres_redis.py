@@ -194,7 +194,7 @@ STUDY_ATTACK: dict[str, Any] = {
 def test_pipeline_and_attack_eval_jobs(stack: Api, key: str, gpu_worker: WorkerProcess) -> None:
     pytest.importorskip("midre.study")
     auth = stack.auth(key)
-    for bad, field in (({"attacks": ["nope"]}, "attacks"), ({"cache_dir": "/etc"}, "cache_dir"),
+    for bad, field in (({"attacks": ["nope"]}, "attacks[0]"), ({"cache_dir": "/etc"}, "cache_dir"),
                        ({"evaluation": {"arch": "nope"}}, "evaluation.arch")):
         spec = {"kind": "pipeline", **STUDY_COMMON, **STUDY_ATTACK, **bad}
         r = stack.client.post("/v1/jobs", json=spec, headers=auth)
