@@ -23,8 +23,8 @@ from typing import Any
 
 #: Import names of the ``service`` extra's packages (pyproject ``[project.optional-dependencies]``).
 SERVICE_MODULES = (
-    "fastapi", "fastapi_offline", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy", "alembic",
-    "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
+    "fastapi", "fastapi_offline", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy",
+    "alembic", "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
 )
 
 #: Job states, for ``midre jobs list --status`` (services.gateway.schemas.JobPublic.status).
@@ -417,15 +417,18 @@ def _load_spec(text: str) -> dict[str, Any]:
 
 
 def problem_line(exc: Any) -> str:
-    """One line for an error answer: status, title, detail, and the field errors the detail left out.
+    """One line for an error answer: status, title, stable code, detail, and the field errors the detail left out.
 
     The gateway's validation detail already lists the first field errors ("spec.x: bad"), so they are
     added only when the detail does not contain them: each message is printed once.
     """
     problem = exc.problem
-    title = problem.get("title") or problem.get("code") or "error"
+    title = problem.get("title") or "error"
+    code = problem.get("code")
     detail = problem.get("detail") or ""
-    text = f"{exc.status} {title}" + (f": {detail}" if detail and detail != title else "")
+    text = f"{exc.status} {title}" + (f" ({code})" if code else "")
+    if detail and detail != title:
+        text += f": {detail}"
     extra = [f"{e.get('field')}: {e.get('message')}" for e in problem.get("errors", [])
              if f"{e.get('field')}: {e.get('message')}" not in detail]
     return text + ("; " + "; ".join(extra) if extra else "")
