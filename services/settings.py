@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.db.session import PoolOptions
+
 QueueName = Literal["gpu", "cpu"]
 
 
@@ -58,6 +60,12 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."
     )
     reaper_interval_s: float = Field(30.0, gt=0, description="How often workers look for stale jobs.")
+    redispatch_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="A queued job whose message no worker picked up within this many seconds, while the broker "
+        "holds fewer messages than there are queued jobs (a message was lost), is sent again.",
+    )
     max_attempts: int = Field(3, ge=1, description="Give up on a job after this many worker losses.")
     cancel_poll_s: float = Field(1.0, ge=0, description="Seconds between DB reads of the cancel flag.")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset archive accepted.")
@@ -73,6 +81,11 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
     )
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the API starts.")
+    db_pool_size: int = Field(10, ge=1, le=1000, description="Pooled connections per process (PostgreSQL).")
+    db_max_overflow: int = Field(20, ge=0, le=1000, description="Extra connections beyond the pool under load.")
+    db_pool_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a request waits for a connection before it answers 503."
+    )
 
     @field_validator("dataset_paths", mode="before")
     @classmethod
@@ -105,6 +118,11 @@ class Settings(BaseSettings):
     def storage_dir(self) -> Path:
         """Root of artifacts, datasets and job work folders."""
         return self.data_dir or (self.home / "data")
+
+    @property
+    def pool(self) -> PoolOptions:
+        """The database connection pool of this process."""
+        return PoolOptions(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_s)
 
     def queue_name(self, queue: QueueName) -> str:
         """The broker queue name of the logical ``gpu``/``cpu`` queue."""

@@ -6,6 +6,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -26,30 +27,44 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str, *, pooled: bool = True) -> Engine:
+@dataclass(frozen=True)
+class PoolOptions:
+    """Connection pool of each process (``MIDRE_DB_POOL_SIZE``, ``MIDRE_DB_MAX_OVERFLOW``,
+    ``MIDRE_DB_POOL_TIMEOUT_S``): a request waits at most ``timeout_s`` for a connection, in a worker
+    thread (never on the event loop), then fails with 503 instead of hanging."""
+
+    size: int = 10
+    max_overflow: int = 20
+    timeout_s: float = 10.0
+
+
+def make_engine(url: str, *, pooled: bool = True, pool: PoolOptions | None = None) -> Engine:
     """A new engine for ``url`` with the per-backend settings the service relies on.
 
     Args:
         url: SQLAlchemy database URL.
         pooled: keep connections open between uses; False opens one per checkout (migrations).
+        pool: pool size and wait for a connection (SQLite too: its writers still take turns).
     """
-    extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+    extra: dict[str, Any] = {"poolclass": NullPool}
+    if pooled:
+        pool = pool or PoolOptions()
+        extra = {"pool_size": pool.size, "max_overflow": pool.max_overflow, "pool_timeout": pool.timeout_s}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **extra)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    if pooled:
-        extra.update(pool_size=10, max_overflow=20)
     return create_engine(url, pool_pre_ping=True, **extra)
 
 
-def get_engine(url: str) -> Engine:
-    """The engine of ``url`` in this process (created on first use; a forked child gets its own)."""
+def get_engine(url: str, pool: PoolOptions | None = None) -> Engine:
+    """The engine of ``url`` in this process (created on first use, with ``pool``; a forked child
+    gets its own)."""
     key = (url, os.getpid())
     with _lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _engines[key] = make_engine(url)
+            engine = _engines[key] = make_engine(url, pool=pool)
         return engine
 
 
@@ -62,9 +77,9 @@ def dispose_all() -> None:
         _engines.clear()
 
 
-def session_factory(url: str) -> sessionmaker[Session]:
+def session_factory(url: str, pool: PoolOptions | None = None) -> sessionmaker[Session]:
     """A session factory bound to the engine of ``url``."""
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    return sessionmaker(bind=get_engine(url, pool), expire_on_commit=False)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -157,6 +158,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return problem_response(request, 422, "validation_error", detail, errors)
 
 
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    """No database connection within the pool timeout (or SQLite's lock wait): a clean 503 that says
+    when to retry, instead of a hung request or a 500."""
+    log.warning("database busy on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem_response(request, 503, "database_busy", "the database is busy; retry shortly",
+                            headers={"Retry-After": "1"})
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal_error", "an unexpected error occurred")
@@ -167,6 +176,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(sqlalchemy.exc.TimeoutError, _busy)
     app.add_exception_handler(Exception, _unhandled)
 
 

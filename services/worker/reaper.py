@@ -8,6 +8,11 @@ Runs in every worker's main process (a daemon thread, every ``reaper_interval_s`
   pending, or failed after ``max_attempts``;
 * a ``queued`` job never handed to the broker (the API crashed or the broker was down between the
   commit and the send) is sent;
+* a ``queued`` job whose message no worker picked up within ``redispatch_after_s`` is sent again
+  when its queue holds fewer messages than it has queued jobs: the broker lost messages (a Redis
+  restart without persistence, a FLUSHALL, a failover, a purge, a deleted message file). A job
+  merely waiting behind a backlog still has its message, so it is not sent twice. Should the lost
+  message turn up after all, the claim's compare-and-set runs the job once and drops the other copy;
 * processed message files of the embedded broker older than a day are deleted.
 
 Each move is a compare-and-set, so any number of workers can run the reaper at once.
@@ -20,7 +25,8 @@ import logging
 import threading
 import time
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from services.db import jobs as jobstate
 from services.db.models import Job
@@ -39,9 +45,9 @@ PROCESSED_MAX_AGE_S = 24 * 3600
 
 
 def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
-    """One pass; returns how many jobs were re-queued, cancelled, failed and sent."""
-    sessions = session_factory(settings.db_url)
-    counts = {"requeued": 0, "cancelled": 0, "failed": 0, "sent": 0}
+    """One pass; returns how many jobs were re-queued, cancelled, failed, sent and re-sent."""
+    sessions = session_factory(settings.db_url, settings.pool)
+    counts = {"requeued": 0, "cancelled": 0, "failed": 0, "sent": 0, "resent": 0}
     now = utcnow()
     stale_before = now - dt.timedelta(seconds=settings.stale_after_s)
     to_send: list[tuple[str, str]] = []
@@ -96,11 +102,83 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
             with sessions() as session:
                 session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
                 session.commit()
+    counts["resent"] = resend_lost(settings, dispatcher, sessions, now)
     if settings.embedded:
         _clean_processed(settings)
     if any(counts.values()):
         log.info("reaper: %s", counts)
     return counts
+
+
+def resend_lost(settings: Settings, dispatcher: Dispatcher, sessions: sessionmaker[Session], now: dt.datetime) -> int:
+    """Send again the queued jobs whose message the broker lost; returns how many were re-sent.
+
+    A job is a candidate once it was sent more than ``redispatch_after_s`` before ``now`` and is
+    still ``queued``. Per queue, ``queued jobs - messages waiting`` of them (oldest send first) are
+    re-sent; every candidate when the broker cannot count. Each re-send is won by a compare-and-set
+    on ``dispatched_at``, so of several reapers only one sends a job, and a job sent again is not a
+    candidate for another ``redispatch_after_s``.
+    """
+    cutoff = now - dt.timedelta(seconds=settings.redispatch_after_s)
+    handed_over = (Job.status == jobstate.QUEUED) & Job.dispatched_at.is_not(None)
+    with sessions() as session:
+        overdue = session.execute(
+            select(Job.id, Job.queue).where(handed_over, Job.dispatched_at < cutoff).order_by(Job.dispatched_at, Job.id)
+        ).all()
+    if not overdue:
+        return 0
+    queues = sorted({row.queue for row in overdue})
+    # The broker first, then the DB: a message taken by a worker between the two reads then looks
+    # like an extra message (no re-send), never like a lost one.
+    waiting_messages = dispatcher.message_counts(queues)
+    with sessions() as session:
+        counted = select(Job.queue, func.count()).where(handed_over, Job.queue.in_(queues)).group_by(Job.queue)
+        queued_jobs = dict(session.execute(counted).all())
+    chosen: list[tuple[str, str]] = []
+    for queue in queues:
+        candidates = [row.id for row in overdue if row.queue == queue]
+        messages = waiting_messages.get(queue, -1)
+        lost = len(candidates) if messages < 0 else queued_jobs.get(queue, 0) - messages
+        chosen += [(job_id, queue) for job_id in candidates[: max(lost, 0)]]
+
+    resent = 0
+    for job_id, queue in chosen:
+        with sessions() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.dispatched_at is None:
+                continue
+            waited = (now - job.dispatched_at).total_seconds()
+            won = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == jobstate.QUEUED, Job.dispatched_at < cutoff)
+                .values(dispatched_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            if won.rowcount != 1:  # claimed, cancelled, or another reaper re-sent it meanwhile
+                session.rollback()
+                continue
+            jobstate.add_event(
+                session, job, "log", f"re-sent: not picked up within {settings.redispatch_after_s:g} s",
+                data={"resent": True, "queue": queue, "waited_s": round(waited, 1)},
+            )
+            session.commit()
+        try:
+            dispatcher.send(job_id, queue)
+        except Exception as exc:  # noqa: BLE001 - unsent again: the next pass sends it
+            log.warning("reaper: could not re-send %s: %s", job_id, exc)
+            with sessions() as session:
+                session.execute(
+                    update(Job).where(Job.id == job_id, Job.status == jobstate.QUEUED).values(dispatched_at=None)
+                )
+                job = session.get(Job, job_id)
+                if job is not None:
+                    jobstate.add_event(session, job, "log", "re-send failed: the broker refused the message; "
+                                       "the reaper tries again", data={"resent": False, "queue": queue})
+                session.commit()
+            continue
+        log.info("reaper: re-sent %s to %s (queued, not picked up for %.0f s)", job_id, queue, waited)
+        resent += 1
+    return resent
 
 
 def _clean_processed(settings: Settings) -> None:

@@ -369,7 +369,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
     Never raises for job errors (they are recorded on the job); a ``JobLost`` or a worker crash
     leaves the job to the attempt that owns it / to the reaper.
     """
-    sessions = session_factory(settings.db_url)
+    sessions = session_factory(settings.db_url, settings.pool)
     store = LocalStore(settings.storage_dir)
     worker = worker or pid_host()
     job = _claim(settings, sessions, job_id, worker)

@@ -123,7 +123,7 @@ def _dataset_error(exc: Exception, redact: Redactor) -> ApiError:
         415: PROBLEM_RESPONSES[422] | {"description": "Not a .zip / .tar.gz / .tar archive"},
     },
 )
-async def create_dataset(request: Request, ctx: Ctx, session: DB, tenant: CurrentTenant) -> DatasetPublic:
+async def create_dataset(request: Request, ctx: Ctx, tenant: CurrentTenant) -> DatasetPublic:
     """``multipart/form-data`` with a ``file`` part: an ImageFolder archive, streamed to storage with
     a size cap, extracted safely (no traversal, links or bombs) and checked image by image; the
     answer reports identities, images and rejected files. Nothing is stored when it is refused.
@@ -133,7 +133,7 @@ async def create_dataset(request: Request, ctx: Ctx, session: DB, tenant: Curren
     """
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        return await _upload(request, ctx, session, tenant)
+        return await _upload(request, ctx, tenant)
     if content_type.startswith("application/json"):
         try:
             ref = DatasetRef.model_validate_json(await request.body())
@@ -143,11 +143,19 @@ async def create_dataset(request: Request, ctx: Ctx, session: DB, tenant: Curren
                 for e in exc.errors()
             ]
             raise ApiError(422, "validation_error", "invalid dataset reference", errors=errors) from exc
-        return await _register(ref, ctx, session, tenant)
+        return await _register(ref, ctx, tenant)
     raise ApiError(415, "unsupported_media_type", "send multipart/form-data (upload) or application/json")
 
 
-async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: TenantRef) -> DatasetPublic:
+def _save(ctx: ServiceContext, dataset: Dataset) -> DatasetPublic:
+    """Store a checked dataset (in a worker thread: no database work on the event loop)."""
+    with ctx.sessions() as session:
+        session.add(dataset)
+        session.commit()
+        return dataset_view(dataset)
+
+
+async def _upload(request: Request, ctx: ServiceContext, tenant: TenantRef) -> DatasetPublic:
     store = ctx.store
     upload = await receive_file(request, store.upload_dir(), ctx.settings.max_upload_bytes)
     dataset_id = new_id("ds")
@@ -182,14 +190,13 @@ async def _upload(request: Request, ctx: ServiceContext, session: DB, tenant: Te
             summary=redact.data(_summarize(report["load"], report)),
             created_at=utcnow(),
         )
-        session.add(dataset)
-        session.commit()
+        view = await run_in_threadpool(_save, ctx, dataset)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     finally:
         upload.path.unlink(missing_ok=True)
-    return dataset_view(dataset)
+    return view
 
 
 def _allowed_path(ctx: ServiceContext, source: str) -> Path:
@@ -204,7 +211,7 @@ def _allowed_path(ctx: ServiceContext, source: str) -> Path:
     raise validation_error("source", "path is not under a folder the operator allow-listed (MIDRE_DATASET_PATHS)")
 
 
-async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: TenantRef) -> DatasetPublic:
+async def _register(ref: DatasetRef, ctx: ServiceContext, tenant: TenantRef) -> DatasetPublic:
     if ref.source == DIGITS:
         source_type, source = "builtin", DIGITS
     else:
@@ -225,9 +232,7 @@ async def _register(ref: DatasetRef, ctx: ServiceContext, session: DB, tenant: T
         summary=_summarize(splits_summary),
         created_at=utcnow(),
     )
-    session.add(dataset)
-    session.commit()
-    return dataset_view(dataset)
+    return await run_in_threadpool(_save, ctx, dataset)
 
 
 @router.get("", response_model=DatasetPage, summary="List datasets (newest first)")

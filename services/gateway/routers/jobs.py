@@ -6,7 +6,6 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -78,7 +77,7 @@ def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) 
     summary="Submit a job",
     responses={200: {"model": JobPublic, "description": "Replay of an earlier request (Idempotency-Key)"}},
 )
-async def submit_job(
+def submit_job(
     ctx: Ctx,
     session: DB,
     tenant: CurrentTenant,
@@ -106,7 +105,7 @@ async def submit_job(
     if model_job is not None:  # jobs stored before resolved configs existed: their spec's data options
         model_resolved = model_job.resolved or {"config": {"data": model_job.spec.get("data") or {}}}
     try:
-        resolved = await run_in_threadpool(resolve, spec_dict)
+        resolved = resolve(spec_dict)
         check_public_data(spec_dict, model_resolved)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
@@ -142,7 +141,7 @@ async def submit_job(
         return _replay(session, existing, spec_dict, response)
 
     try:
-        await run_in_threadpool(ctx.dispatcher.send, job.id, queue)
+        ctx.dispatcher.send(job.id, queue)
     except Exception as exc:  # noqa: BLE001 - the reaper re-sends jobs never dispatched
         log.warning("could not queue %s now (%s); a worker's reaper will", job.id, exc)
     else:
