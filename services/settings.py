@@ -77,6 +77,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Server-side folders a dataset may reference (comma-separated list).",
     )
+    metrics_token: str | None = Field(
+        None,
+        description="Bearer token of GET /metrics; without it /metrics shows only aggregate series "
+        "(no job or API-key ids).",
+    )
     auth_cache_s: float = Field(
         5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
     )

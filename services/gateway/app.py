@@ -105,9 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.serving = serving
     install_error_handlers(app)
     install_docs(app)
-    registry = install_metrics(app, ctx)
-    serving.register_metrics(registry)
-    registry.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
+    registries = install_metrics(app, ctx)
+    serving.register_metrics(registries.aggregate, registries.tenant)
+    registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
     routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict)]
     for router in routers:
         app.include_router(router)

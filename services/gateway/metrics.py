@@ -6,8 +6,10 @@ depths are read when Prometheus scrapes, so they are never stale and cost nothin
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
@@ -20,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.db.jobs import STATUSES
 from services.db.models import Job
+from services.gateway.errors import ApiError
 
 if TYPE_CHECKING:
     from services.gateway.deps import ServiceContext
@@ -88,9 +91,24 @@ class LatencyMiddleware:
             )
 
 
-def install_metrics(app: FastAPI, ctx: ServiceContext) -> CollectorRegistry:
-    """Add the latency middleware and the ``/metrics`` route to ``app``."""
+@dataclass(frozen=True)
+class Registries:
+    """``aggregate``: series without tenant data (anyone who reaches ``/metrics``); ``tenant``: series
+    labelled with job or key ids (only with the operator's ``MIDRE_METRICS_TOKEN``)."""
+
+    aggregate: CollectorRegistry
+    tenant: CollectorRegistry
+
+
+def install_metrics(app: FastAPI, ctx: ServiceContext) -> Registries:
+    """Add the latency middleware and the ``/metrics`` route to ``app``.
+
+    Without ``MIDRE_METRICS_TOKEN``, ``/metrics`` shows only aggregate series (no job or key ids);
+    with it, ``/metrics`` needs ``Authorization: Bearer <token>`` and shows every series.
+    """
     registry = CollectorRegistry()
+    tenant_registry = CollectorRegistry()
+    token = ctx.settings.metrics_token
     latency = Histogram(
         "midre_http_request_duration_seconds",
         "HTTP request latency by route template",
@@ -103,7 +121,14 @@ def install_metrics(app: FastAPI, ctx: ServiceContext) -> CollectorRegistry:
     app.add_middleware(LatencyMiddleware, histogram=latency)
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> Response:
+        body = generate_latest(registry)
+        if token:
+            given = request.headers.get("authorization", "").partition(" ")[2].strip()
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                raise ApiError(401, "unauthorized", "/metrics needs the operator's MIDRE_METRICS_TOKEN",
+                               headers={"WWW-Authenticate": "Bearer"})
+            body += generate_latest(tenant_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return registry
+    return Registries(registry, tenant_registry)

@@ -93,8 +93,9 @@ class ServingRuntime:
         self.rejected: Counter | None = None
 
     # -- metrics ---------------------------------------------------------------------------------
-    def register_metrics(self, registry: CollectorRegistry) -> None:
-        """Per-process serving metrics (the DB-backed query counts are collected separately)."""
+    def register_metrics(self, registry: CollectorRegistry, tenant_registry: CollectorRegistry) -> None:
+        """Per-process serving metrics (the DB-backed query counts are collected separately); series
+        labelled with a model's job id go to ``tenant_registry`` (shown to the operator only)."""
         self.batch_rows = Histogram(
             "midre_serving_batch_images",
             "Images per model forward (dynamic batching)",
@@ -102,13 +103,13 @@ class ServingRuntime:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
         self.images = Counter(
-            "midre_serving_images", "Images predicted by this process", ["job_id"], registry=registry
+            "midre_serving_images", "Images predicted by this process", ["job_id"], registry=tenant_registry
         )
         self.rejected = Counter(
             "midre_serving_budget_rejections",
             "Predict requests refused by this process because a query budget was spent",
             ["job_id"],
-            registry=registry,
+            registry=tenant_registry,
         )
         loaded = Gauge("midre_serving_models_loaded", "Models in this process's cache", registry=registry)
         loaded.set_function(lambda: len(self.cache))

@@ -64,7 +64,7 @@ class PredictJSON(BaseModel):
     """The JSON form of a predict request (the multipart form sends `files` parts instead)."""
 
     images: list[Base64Image | str] = Field(min_length=1)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=100_000)
 
 
 #: The largest count a database BIGINT holds: budgets and top_k above it are refused (422), not a 500.

@@ -156,3 +156,12 @@ def test_a_body_that_is_not_utf8_is_422_naming_the_body(api: Api, key_a: str) ->
     r = api.client.post("/v1/jobs", content=b"\x93\x17\xfb\x9b\xf6", headers=headers)
     assert r.status_code == 422 and r.json()["code"] == "invalid_body", r.text
     assert [e["field"] for e in r.json()["errors"]] == ["body"] and job_count(api) == 0
+
+
+def test_integers_past_64_bits_are_422_not_500(api: Api, key_a: str) -> None:
+    job = submit(api, key_a, {**TRAIN_SPEC, "device": "cpu"}).json()["id"]
+    r = api.client.get(f"/v1/jobs/{job}/events", params={"after": 2**63}, headers=api.auth(key_a))
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "after", r.text
+    for field, value in (("seeds", 2**70), ("seeds", [2**40])):
+        r = submit(api, key_a, {**PIPELINE, field: value})
+        assert r.status_code == 422 and any(e["field"].startswith(field) for e in r.json()["errors"]), r.text

@@ -186,3 +186,11 @@ def test_patch_changes_only_the_fields_given_and_put_replaces(api: Api, key_a: s
     assert api.client.get(url, headers=auth).json()["policy"] == "label-only"  # nothing stored by the 422s
     r = api.client.put(url, json={"policy": "top-k", "top_k": 2}, headers=auth)
     assert (r.json()["policy"], r.json()["top_k"], r.json()["budget"]) == ("top-k", 2, None)
+
+
+def test_metrics_without_an_operator_token_show_no_tenant_ids(api: Api, key_a: str, model_id: str) -> None:
+    consumer = mint(api, key_a, scopes=["predict"])
+    assert predict(api, consumer["key"], model_id).status_code == 200
+    text = api.client.get("/metrics").text
+    assert "midre_http_request_duration_seconds_count" in text and 'midre_jobs{status="succeeded"} 1.0' in text
+    assert model_id not in text and consumer["id"] not in text and "key_id=" not in text

@@ -30,6 +30,8 @@ from tests.service.conftest import REDIS_URL, Api, PgDatabases, make_settings
 
 pytestmark = pytest.mark.service
 
+METRICS_TOKEN = "operator-secret"
+OPERATOR = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "errors"}
 
 
@@ -37,7 +39,8 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "instance", "code", "errors
 def stack(pg_databases: PgDatabases, redis_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     home = tmp_path_factory.mktemp("serving-home")
     settings = make_settings(
-        home, database_url=pg_databases.create(), broker_url=REDIS_URL, broker_prefix=f"{redis_prefix}serving-"
+        home, database_url=pg_databases.create(), broker_url=REDIS_URL, broker_prefix=f"{redis_prefix}serving-",
+        metrics_token=METRICS_TOKEN,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield Api(settings, client)
@@ -236,7 +239,8 @@ def test_budget_of_n_answers_429_on_query_n_plus_1(stack: Api, key: str, trained
     view = stack.client.get(f"/v1/models/{job_id}/policy", headers=stack.auth(key)).json()
     usage = {u["key_id"]: u for u in view["usage"]}
     assert usage[key_id]["queries"] == 3 and usage[key_id]["rejected"] == 1
-    metrics = stack.client.get("/metrics").text
+    assert stack.client.get("/metrics").status_code == 401  # the token is required once set
+    metrics = stack.client.get("/metrics", headers=OPERATOR).text
     assert f'midre_model_queries{{job_id="{job_id}",key_id="{key_id}"}} 3.0' in metrics
     assert f'midre_model_queries_rejected{{job_id="{job_id}",key_id="{key_id}"}} 1.0' in metrics
     assert "midre_serving_batch_images_count" in metrics
@@ -583,6 +587,7 @@ def _replica(stack: Api, home: Path, monkeypatch: pytest.MonkeyPatch, flush_s: f
         broker_url=stack.settings.broker_url,
         broker_prefix=stack.settings.broker_prefix,
         data_dir=stack.settings.storage_dir,
+        metrics_token=METRICS_TOKEN,
     )
     return TestClient(create_app(settings), raise_server_exceptions=False)
 
@@ -613,7 +618,8 @@ def test_unbudgeted_usage_is_exact_in_answers_views_metrics_and_after_shutdown(
         view = replica.get(f"/v1/models/{job_id}/policy", headers=stack.auth(key)).json()
         assert {u["key_id"]: u["queries"] for u in view["usage"]}[key_id] == 9
         replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key))
-        assert f'midre_model_queries{{job_id="{job_id}",key_id="{key_id}"}} 10.0' in replica.get("/metrics").text
+        metrics = replica.get("/metrics", headers=OPERATOR).text
+        assert f'midre_model_queries{{job_id="{job_id}",key_id="{key_id}"}} 10.0' in metrics
         for _ in range(2):
             assert replica.post(f"/v1/models/{job_id}/predict", files=one, headers=stack.auth(key)).status_code == 200
         assert _usage(stack.settings.db_url, job_id)[key_id] == (10, 0)

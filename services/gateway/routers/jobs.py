@@ -17,7 +17,7 @@ from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
 from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
 from services.gateway.views import event_view, job_view, metrics_of
-from services.jobspec import DIGITS, SpecError, check_public_data, references, resolve
+from services.jobspec import DIGITS, MAX_INT64, SpecError, check_public_data, references, resolve
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
@@ -203,7 +203,7 @@ def list_events(
     session: DB,
     tenant: CurrentTenant,
     job_id: str,
-    after: Annotated[int | None, Query(ge=0, description="Return events with id > after.")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_INT64, description="Return events with id > after.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:
     """The append-only event log, oldest first: status and stage changes, epochs, log lines."""

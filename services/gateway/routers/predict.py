@@ -194,8 +194,8 @@ async def read_images(request: Request, rt: ServingRuntime) -> tuple[list[RawIma
             images.append(RawImage(field, part.filename or "", data))
         raw_k = form.get("top_k")
         if isinstance(raw_k, str) and raw_k.strip():
-            if not raw_k.strip().isdigit() or int(raw_k) < 1:
-                raise validation_error("top_k", "must be a positive integer")
+            if not raw_k.strip().isdigit() or not 1 <= int(raw_k) <= 100_000:
+                raise validation_error("top_k", "must be an integer in [1, 100000]")
             top_k = int(raw_k)
     elif ctype.startswith("application/json"):
         try:
@@ -283,7 +283,9 @@ async def predict(
     rt: Runtime,
     caller: PredictCaller,
     job_id: str,
-    top_k: Annotated[int | None, Query(ge=1, description="Identities to list (the policy may cap it).")] = None,
+    top_k: Annotated[
+        int | None, Query(ge=1, le=100_000, description="Identities to list (the policy may cap it).")
+    ] = None,
 ) -> dict[str, Any]:
     """Preprocess exactly as in training (the checkpoint's card), run the model (batched with
     concurrent requests), and answer under the model's output policy. Each image is one query of
