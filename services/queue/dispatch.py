@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from functools import cached_property
 
 from celery import Celery
@@ -49,25 +50,34 @@ class Dispatcher:
         )
 
     def queue_depths(self) -> dict[str, int]:
-        """Messages waiting in each queue (``-1`` when the broker cannot be asked).
+        """Messages waiting in the ``gpu`` and ``cpu`` queues (``-1`` when the broker cannot be asked)."""
+        logicals: tuple[QueueName, ...] = ("gpu", "cpu")
+        names = {logical: self.settings.queue_name(logical) for logical in logicals}
+        counts = self.message_counts(names.values())
+        return {logical: counts[name] for logical, name in names.items()}
 
-        One channel per queue: on AMQP a passive declare of a missing queue closes its channel.
+    def message_counts(self, queues: Iterable[str]) -> dict[str, int]:
+        """Messages waiting in each broker queue (full names): ready to deliver, not yet taken by a worker.
+
+        A queue nobody declared yet (or whose key is gone, on Redis) counts 0; every count is ``-1`` when
+        the broker cannot be asked. One channel per queue: on AMQP a passive declare of a missing queue
+        closes its channel.
         """
-        depths: dict[str, int] = {}
+        names = list(dict.fromkeys(queues))
+        counts: dict[str, int] = {}
         try:
             with self.celery.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=3)
-                for logical in ("gpu", "cpu"):
-                    name = self.settings.queue_name(logical)  # type: ignore[arg-type]
+                for name in names:
                     try:
                         with conn.channel() as channel:
-                            depths[logical] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                            counts[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
                     except Exception:  # noqa: BLE001 - a queue nobody declared yet is empty
-                        depths[logical] = 0
+                        counts[name] = 0
         except Exception as exc:  # noqa: BLE001
             log.warning("queue depth unavailable: %s", exc)
-            return {"gpu": -1, "cpu": -1}
-        return depths
+            return {name: -1 for name in names}
+        return counts
 
     def ping(self, timeout: float = 3.0) -> None:
         """Raise when the broker cannot be reached within ``timeout`` seconds."""

@@ -161,14 +161,16 @@ def test_reaper_requeues_fails_cancels_and_sends(settings: Settings) -> None:
     with session_scope(settings.db_url) as session:
         session.execute(update(Job).where(Job.id == unsent).values(created_at=stale()))
     counts = reap_once(settings, Dispatcher(settings))
-    assert counts == {"requeued": 1, "cancelled": 1, "failed": 1, "sent": 2}
+    assert counts == {"requeued": 1, "cancelled": 1, "failed": 1, "sent": 2, "resent": 0}
     assert job_row(settings, lost).status == "queued" and job_row(settings, lost).dispatched_at is not None
     assert job_row(settings, cancelling).status == "cancelled"
     assert (job_row(settings, exhausted).status, job_row(settings, exhausted).error_code) == ("failed", "worker_lost")
     assert job_row(settings, alive).status == "running"
     assert len(queued_messages(settings)) == 2  # the re-queued job and the never-sent one
     assert any("re-queued" in e.message for e in job_events(settings, lost))
-    assert reap_once(settings, Dispatcher(settings)) == {"requeued": 0, "cancelled": 0, "failed": 0, "sent": 0}
+    assert reap_once(settings, Dispatcher(settings)) == {
+        "requeued": 0, "cancelled": 0, "failed": 0, "sent": 0, "resent": 0
+    }
 
 
 def test_store_is_content_addressed(tmp_path: Path) -> None:
