@@ -48,6 +48,11 @@ ARCHIVE_SUFFIXES: tuple[str, ...] = (".zip", ".tar.gz", ".tgz", ".tar")
 DEFAULT_MAX_FILES = 100_000
 #: Default cap on the uncompressed size of an archive (2 GiB).
 DEFAULT_MAX_TOTAL_BYTES = 2 * 2**30
+#: An archive that declares more than this many times its own size, and over
+#: :data:`RATIO_FLOOR_BYTES` uncompressed, is refused before anything is written: images are already
+#: compressed, so such ratios are the mark of a decompression bomb, not of a face data set.
+MAX_EXPANSION_RATIO = 100
+RATIO_FLOOR_BYTES = 64 * 2**20
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -169,6 +174,18 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
         yield _Member(info.name, kind, info.size, opener)
 
 
+def _check_expansion(label: str, declared: int, archive_bytes: int, at: str | None = None) -> None:
+    """Refuse an archive whose members declare more than :data:`MAX_EXPANSION_RATIO` times its size."""
+    if declared > RATIO_FLOOR_BYTES and declared > MAX_EXPANSION_RATIO * max(archive_bytes, 1):
+        where = f" (at member {at})" if at else ""
+        raise DatasetError(
+            f"{label}: declares {declared} uncompressed bytes from {archive_bytes} archive bytes{where}, more "
+            f"than {MAX_EXPANSION_RATIO}x: refused as a likely decompression bomb before anything was written",
+            path=label,
+            field="max_total_bytes",
+        )
+
+
 @contextmanager
 def _open_archive(path: Path, max_files: int, max_total_bytes: int) -> Iterator[Iterator[_Member]]:
     label = str(path)
@@ -188,6 +205,7 @@ def _open_archive(path: Path, max_files: int, max_total_bytes: int) -> Iterator[
                     field="max_files",
                 )
             declared = sum(i.file_size for i in infos if not i.is_dir())
+            _check_expansion(label, declared, path.stat().st_size)
             if declared > max_total_bytes:
                 raise DatasetError(
                     f"{label}: archive declares {declared} uncompressed bytes, more than "
@@ -269,6 +287,7 @@ def _process(archive: Path, dest: Path | None, max_files: int, max_total_bytes: 
     entries = 0
     declared = 0
     written = 0
+    archive_bytes = archive.stat().st_size if archive.is_file() else 0
     try:
         with _open_archive(archive, max_files, max_total_bytes) as members:
             for member in members:
@@ -283,6 +302,7 @@ def _process(archive: Path, dest: Path | None, max_files: int, max_total_bytes: 
                 if member.kind == "dir" or not parts:
                     continue
                 declared += member.size
+                _check_expansion(label, declared, archive_bytes, at=member.name)
                 if declared > max_total_bytes:
                     raise DatasetError(
                         f"{label}: more than max_total_bytes={max_total_bytes} uncompressed "

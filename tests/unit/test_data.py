@@ -688,3 +688,26 @@ def test_imageset_validates_and_selects():
         ImageSet(images, labels.int(), ["a", "b", "c"])
     with pytest.raises(ValueError, match="paths"):
         ImageSet(images, labels, ["a"])
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path: Path, kind: str) -> None:
+    """96 MiB of zeros packs into well under 1 MiB: refused from the declared sizes, nothing extracted."""
+    from midre.data.archive import MAX_EXPANSION_RATIO
+
+    blob = bytes(96 * 2**20)
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("faces/a/1.png", blob)
+    else:
+        with tarfile.open(archive, "w:gz") as tf:
+            info = tarfile.TarInfo("faces/a/1.png")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    assert len(blob) > MAX_EXPANSION_RATIO * archive.stat().st_size
+    dest = tmp_path / "out"
+    with pytest.raises(DatasetError, match="decompression bomb") as info:
+        safe_extract(archive, dest, max_total_bytes=2**31)
+    assert info.value.field == "max_total_bytes"
+    assert not dest.exists() or not any(p.is_file() for p in dest.rglob("*"))
