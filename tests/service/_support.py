@@ -104,6 +104,20 @@ class WorkerProcess:
         self._log.close()
 
 
+def stop_group(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after ``grace``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "") -> Any:
     """Poll ``predicate`` until it returns something truthy; returns that value."""
     deadline = time.monotonic() + timeout
@@ -228,13 +242,5 @@ class ApiProcess:
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the process group, SIGKILL after ``grace``."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=30)
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc, grace)
         self._log.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,12 +23,14 @@ from tests.service._support import (
     REPO,
     TRAIN_SPEC,
     face_folder_members,
+    free_port,
     make_zip,
     settings_env,
+    stop_group,
     wait_for,
 )
 from tests.service.conftest import make_settings
-from tests.service.test_embedded import free_port, midre
+from tests.service.test_embedded import midre
 
 
 @dataclass
@@ -78,12 +79,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         assert waited.returncode == 0, (waited.stderr, log_path.read_text()[-3000:])
         yield Service(url, env, key, job_id, log_path, created.stdout + created.stderr)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service._support import REPO, TRAIN_SPEC, load_checkpoint, predict_digits_accuracy, settings_env, wait_for
+from tests.service._support import (
+    REPO,
+    TRAIN_SPEC,
+    free_port,
+    load_checkpoint,
+    predict_digits_accuracy,
+    settings_env,
+    stop_group,
+    wait_for,
+)
 from tests.service.conftest import make_settings
 
 
@@ -25,12 +31,6 @@ def midre(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.C
         [sys.executable, "-m", "midre.cli", *args], env=env, cwd=REPO, capture_output=True, text=True,
         timeout=timeout,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -58,12 +58,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
         wait_for(ready, 120, what="midre serve")
         yield url, env, log_path
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
 
 

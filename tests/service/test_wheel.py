@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -31,8 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service._support import REPO
-from tests.service.test_embedded import free_port
+from tests.service._support import REPO, free_port, stop_group
 
 
 def _uv() -> str:
@@ -123,12 +121,7 @@ def test_wheel_with_service_extra_serves(wheel: Path, tmp_path: Path) -> None:
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # migrated from the packaged scripts
         assert httpx.get(f"{url}/static/apidocs/swagger-ui-bundle.js", timeout=10).status_code == 200
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
     log_text = log_path.read_text()
     assert "alembic" not in log_text.lower(), log_text
     assert list(empty.iterdir()) == [], "midre serve wrote into its working folder"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.db.migrate import upgrade
-from tests.service._support import REPO, settings_env, wait_for
+from tests.service._support import REPO, settings_env, stop_group, wait_for
 from tests.service.conftest import REDIS_URL, make_settings
 
 pytestmark = pytest.mark.service
@@ -43,9 +41,4 @@ def test_ping_answers_for_a_live_worker_only(redis_prefix: str, tmp_path: Path) 
         other = ping(env, f"nobody{secrets.token_hex(3)}@%h", timeout=1.0)
         assert other.returncode == 1 and "no reply" in other.stderr
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
