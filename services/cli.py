@@ -24,7 +24,7 @@ from typing import Any
 #: Import names of the ``service`` extra's packages (pyproject ``[project.optional-dependencies]``).
 SERVICE_MODULES = (
     "fastapi", "fastapi_offline", "uvicorn", "python_multipart", "pydantic", "pydantic_settings", "sqlalchemy",
-    "alembic", "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml",
+    "alembic", "psycopg", "celery", "redis", "httpx", "prometheus_client", "yaml", "standardwebhooks",
 )
 
 #: Job states, for ``midre jobs list --status`` (services.gateway.schemas.JobPublic.status).
