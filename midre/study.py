@@ -216,6 +216,8 @@ class PipelineConfig(_AttackSettings):
         public_fraction: see ``num_private``.
         public_data: a separate public data set (path), e.g. Extended Yale B for AT&T faces.
         arch, epochs, batch_size, lr, augment: target training (:class:`midre.train.TrainConfig`).
+        weights_path, init_from: every target (NoDef included) starts from these weights, e.g. a
+            model to harden (:class:`midre.train.TrainConfig`).
         defenses: names or dicts (``"midre"``, ``{"name": "midre", "a_h": 0.8}``); NoDef first.
         seeds: number of seeds (0..N-1) or an explicit list; each trains a target and attacks it.
         attacks, per_identity, identities: which attacks, images per identity, how many identities
@@ -243,6 +245,8 @@ class PipelineConfig(_AttackSettings):
     augment: list[str] = field(default_factory=list)
     defenses: list[Any] = field(default_factory=lambda: ["nodef", "midre"])
     seeds: int | list[int] = 3
+    weights_path: str | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str) or not self.data:
@@ -294,6 +298,10 @@ class AttackEvalConfig(_AttackSettings):
 
     Attributes:
         target: the target's checkpoint folder.
+        data: the private data the target was trained on, as :class:`midre.data.DatasetSpec` fields
+            without ``image_size`` / ``channels`` / ``normalize`` (those come from the target's card),
+            e.g. ``{"source": "faces/", "num_private": 30}``. ``None`` re-loads the data spec that
+            ``midre train`` stored in the card; a model trained elsewhere needs it.
         eval_model: an evaluation model's checkpoint folder; ``None`` trains (or reuses from the
             cache) one for the target's data spec.
         seeds: attack repetitions (seeds 0..N-1 or a list); the report gives mean ± std over them.
@@ -302,12 +310,25 @@ class AttackEvalConfig(_AttackSettings):
     """
 
     target: str = ""
+    data: dict[str, Any] | None = None
     eval_model: str | None = None
     seeds: int | list[int] = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
             raise ConfigError("target", "must be the path of a trained model folder")
+        if self.data is not None:
+            if not isinstance(self.data, dict) or not isinstance(self.data.get("source"), str):
+                raise ConfigError("data", "must be an object with a 'source' (DatasetSpec fields)")
+            taken = sorted(set(self.data) & {"image_size", "channels", "normalize"})
+            if taken:
+                raise ConfigError(f"data.{taken[0]}", "comes from the target's model card")
+            from midre.data import DatasetSpec
+
+            try:
+                DatasetSpec.from_dict(self.data)
+            except ConfigError as exc:
+                raise exc.within("data") from None
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list) or (
                 isinstance(self.seeds, int) and self.seeds < 1):
             raise ConfigError("seeds", f"must be a count >= 1 or a list of ints, got {self.seeds!r}")
@@ -315,6 +336,22 @@ class AttackEvalConfig(_AttackSettings):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _target_data(config: AttackEvalConfig, card: dict[str, Any]) -> Any:
+    """The private data spec of an attack evaluation: ``config.data`` sized as the card says, or the
+    spec ``midre train`` stored in the card."""
+    from midre.data import DatasetSpec
+
+    if config.data is not None:
+        size, channels = card.get("image_size"), card.get("channels") or card.get("in_channels") or 3
+        normalize = card.get("normalization") is not None
+        return DatasetSpec.from_dict({**config.data, "image_size": size, "channels": channels, "normalize": normalize})
+    data_dict = (card.get("config") or {}).get("data")
+    if not data_dict:
+        raise ConfigError("data", "the target's model.json stores no data spec (a model trained elsewhere): "
+                                  "give the private data set")
+    return DatasetSpec.from_dict(data_dict)
 
 
 class _Stages:
@@ -558,7 +595,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
         tdir = out / "targets" / label / f"seed{seed}"
         cfg = TrainConfig(data=spec, arch=config.arch, defense=defense, epochs=config.epochs,
                           batch_size=config.batch_size, lr=config.lr, augment=tuple(config.augment), seed=seed,
-                          device=device)
+                          device=device, weights_path=config.weights_path, init_from=config.init_from)
         train(cfg, tdir, progress=scaled(train_sub, i / n_runs, (i + 1) / n_runs), should_stop=should_stop)
         target_dirs[(label, seed)] = tdir
     timings["targets"] = time.monotonic() - t0
@@ -635,7 +672,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     identities, same split), the evaluation model is loaded (``eval_model``) or trained/reused from
     the cache, and each attack runs ``seeds`` times.
     """
-    from midre.data import DatasetSpec, load_dataset
+    from midre.data import load_dataset
 
     progress = progress or no_progress
     should_stop = should_stop or never_stop
@@ -646,14 +683,14 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
     target = AttackTarget.from_checkpoint(config.target, device=device)
-    data_dict = (target.card.get("config") or {}).get("data")
-    if not data_dict:
-        raise ValueError(f"target: {config.target}/model.json has no config.data (was it trained by midre train?)")
-    spec = DatasetSpec.from_dict(data_dict)
+    spec = _target_data(config, target.card)
     splits = load_dataset(spec)
     card_names = target.card.get("class_names")
     if card_names and list(card_names) != list(splits.class_names):
         raise ValueError("target: the data set's identities differ from those in model.json")
+    if len(splits.class_names) != target.num_classes:
+        raise ValueError(f"target: the model has {target.num_classes} classes, the data set "
+                         f"{len(splits.class_names)} private identities")
     public = None
     if any(needs_public_data(a) for a in config.attacks):
         if config.public_data:
@@ -679,7 +716,12 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     timings["evaluation_model"] = time.monotonic() - t0
     defense = target.card.get("defense") or {"name": "unknown"}
     label = str(defense.get("name", "target")) if isinstance(defense, dict) else "target"
-    acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
+    acc = (target.card.get("metrics") or {}).get("test_accuracy")
+    if acc is None:  # a model trained elsewhere: measure it on the held-out split
+        from midre.train import evaluate_accuracy
+
+        acc = evaluate_accuracy(target.model, splits.test, target.normalization, torch.device(device))
+    acc = float(acc)
     num_ids = len(splits.class_names)
     ids = list(range(min(num_ids, config.identities or num_ids)))
     jobs = [(s, a) for s in seeds for a in config.attacks]
@@ -706,7 +748,8 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
         "dataset": {**spec.to_dict(), "identities": num_ids, "class_names": list(splits.class_names),
                     "public": public.description if public is not None else None},
         "models": {"target": {"arch": target.card.get("arch"), "dir": str(config.target), "defense": defense,
-                              "metrics": target.card.get("metrics")},
+                              "metrics": {**(target.card.get("metrics") or {}), "test_accuracy": acc},
+                              "origin": target.card.get("origin") or {"kind": "trained"}},
                    "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
                                                                        if evaluator.accuracy is not None else None),
                                   "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},

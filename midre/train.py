@@ -68,7 +68,10 @@ class TrainConfig:
         seed: seeds model init, shuffling and erasing.
         device: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
         amp: bfloat16 autocast on CUDA (ignored on CPU).
-        weights_path: local weights to start from (e.g. ImageNet backbone); never downloaded.
+        weights_path: local weights to start from (e.g. an ImageNet backbone, or a checkpoint folder of
+            ``midre train`` / of a model trained elsewhere, to harden it); never downloaded.
+        init_from: what the starting weights are, for the record (written into ``model.json``, e.g.
+            a model id); it loads nothing itself.
         eval_every: evaluate on the test split every this many epochs (and always at the end).
     """
 
@@ -87,6 +90,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     weights_path: str | None = None
+    init_from: str | None = None
     eval_every: int = 1
 
     def __post_init__(self) -> None:
@@ -153,6 +157,13 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("device")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _weights_file(path: str | None) -> str | None:
+    """A weights file, or the ``model.safetensors`` of a checkpoint folder."""
+    if path is not None and Path(path).is_dir():
+        return str(Path(path) / WEIGHTS_FILE)
+    return path
 
 
 def _dataset_spec_from_dict(d: Mapping[str, Any]) -> DatasetSpec:
@@ -297,7 +308,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, num_classes, image_size=cfg.data.image_size,
-                         in_channels=cfg.data.channels, weights_path=cfg.weights_path)
+                         in_channels=cfg.data.channels, weights_path=_weights_file(cfg.weights_path))
     defense: Defense = build_defense(cfg.defense)
     defense.setup(TrainContext(
         train_labels=splits.train.labels, num_classes=num_classes, image_size=cfg.data.image_size,
@@ -404,6 +415,7 @@ def train(
         "channels": cfg.data.channels,
         "normalization": {"mean": list(norm.mean), "std": list(norm.std)} if norm is not None else None,
         "defense": cfg.defense,
+        "init_from": cfg.init_from,
         "metrics": {
             "test_accuracy": final.get("test_accuracy"),
             "train_accuracy": final.get("train_accuracy"),

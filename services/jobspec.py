@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: Version of the resolved document stored on each job (``resolved.version``).
 SPEC_VERSION = 1
@@ -155,6 +155,9 @@ class TrainJobSpec(_Strict):
     kind: Literal["train"]
     dataset: Id = Field(description="`digits` or the id of one of your datasets.")
     arch: str = Field(min_length=1, max_length=100, description="A name from `midre.models`.")
+    init_from: Id | None = Field(
+        None, description="Id of one of your models (uploaded or trained) to start from: harden it."
+    )
     defense: DefenseSpec = Field(default_factory=DefenseSpec)
     training: TrainingParams = Field(default_factory=TrainingParams)
     data: DataOptions = Field(default_factory=DataOptions)
@@ -162,10 +165,30 @@ class TrainJobSpec(_Strict):
 
 
 class AttackEvalJobSpec(_StudyFields):
-    """Attack the model of an earlier, succeeded ``train`` job and write the privacy report."""
+    """Attack a model of yours (trained by the service or uploaded) and write the privacy report."""
 
     kind: Literal["attack_eval"]
-    model_job: Id = Field(description="Id of one of your succeeded train jobs.")
+    model: Id | None = Field(None, description="Id of one of your models: uploaded, or a succeeded train job.")
+    model_job: Id | None = Field(None, description="The same as `model` (kept for older clients).")
+    dataset: Id | None = Field(
+        None,
+        description="The private data the model was trained on (`digits` or a dataset id). Needed for an "
+        "uploaded model; a model trained by the service knows its own.",
+    )
+    data: DataOptions = Field(default_factory=DataOptions, description="Split of `dataset` (with `dataset` only).")
+
+    @model_validator(mode="after")
+    def _one_model(self) -> AttackEvalJobSpec:
+        if (self.model is None) == (self.model_job is None):
+            raise ValueError("give the model to attack as `model` (or its older name `model_job`), once")
+        if self.dataset is None and self.data.model_fields_set:
+            raise ValueError("`data` options need `dataset`")
+        return self
+
+    @property
+    def model_id(self) -> str:
+        """The model under attack."""
+        return self.model or self.model_job or ""
 
 
 class PipelineJobSpec(_StudyFields):
@@ -174,6 +197,9 @@ class PipelineJobSpec(_StudyFields):
     kind: Literal["pipeline"]
     dataset: Id = Field(description="`digits` or the id of one of your datasets.")
     arch: str = Field(min_length=1, max_length=100)
+    init_from: Id | None = Field(
+        None, description="Id of one of your models to start every target from (NoDef included)."
+    )
     defense: DefenseSpec = Field(default_factory=DefenseSpec)
     training: PipelineTrainingParams = Field(default_factory=PipelineTrainingParams)
     data: DataOptions = Field(default_factory=DataOptions)
@@ -240,8 +266,9 @@ def references(spec: dict[str, Any]) -> list[Ref]:
     refs = []
     if spec.get("dataset") not in (None, DIGITS):
         refs.append(Ref("dataset", "dataset", spec["dataset"]))
-    if spec.get("model_job"):
-        refs.append(Ref("model_job", "job", spec["model_job"]))
+    for field in ("model", "model_job", "init_from"):
+        if spec.get(field):
+            refs.append(Ref(field, "job", spec[field]))
     if spec.get("defense"):
         refs.extend(_defense_refs(spec["defense"], "defense"))
     return refs
@@ -294,7 +321,7 @@ def library_dict(spec: dict[str, Any]) -> dict[str, Any]:
         if "image_size" in training:
             data["image_size"] = training.pop("image_size")
         return {"data": data, "arch": spec["arch"], "defense": _library_defense(spec.get("defense") or {}),
-                "device": spec.get("device", "auto"), **training}
+                "device": spec.get("device", "auto"), **_init_from(spec), **training}
     out: dict[str, Any] = {k: spec[k] for k in _STUDY_PASS if spec.get(k) not in (None, [], {})}
     for key, value in _present(spec.get("evaluation")).items():
         out[_EVALUATION_KEYS[key]] = value
@@ -302,7 +329,9 @@ def library_dict(spec: dict[str, Any]) -> dict[str, Any]:
     if budgets:
         out["attack_budgets"] = budgets
     if kind == "attack_eval":
-        out["target"] = f"job:{spec['model_job']}"
+        out["target"] = f"job:{spec.get('model') or spec['model_job']}"
+        if spec.get("dataset"):
+            out["data"] = {**_present(spec.get("data")), "source": _dataset_token(spec)}
         return out
     out["data"] = _dataset_token(spec)
     out["arch"] = spec["arch"]
@@ -314,14 +343,22 @@ def library_dict(spec: dict[str, Any]) -> dict[str, Any]:
     if seed is not None and "seeds" not in out:
         out["seeds"] = [seed]
     out.update({k: v for k, v in training.items() if k in _PIPELINE_TRAINING_KEYS})
+    out.update(_init_from(spec))
     return out
+
+
+def _init_from(spec: dict[str, Any]) -> dict[str, Any]:
+    """``weights_path`` (bound to the model's folder by the worker) and ``init_from`` (its id, kept)."""
+    model = spec.get("init_from")
+    return {"weights_path": f"job:{model}", "init_from": f"job:{model}"} if model else {}
 
 
 # --------------------------------------------------------------------------- library field -> API field
 
 _STUDY_TO_API = {
     "data": "dataset",
-    "target": "model_job",
+    "target": "model",
+    "weights_path": "init_from",
     **{k: f"data.{k}" for k in _DATA_KEYS},
     **{k: f"training.{k}" for k in _PIPELINE_TRAINING_KEYS},
     **{v: f"evaluation.{k}" for k, v in _EVALUATION_KEYS.items()},
@@ -340,7 +377,11 @@ def api_field(kind: str, field: str, spec: dict[str, Any] | None = None) -> str:
             return "training.image_size" if sub == "image_size" else field or "data"
         if head in ("defense", "arch", "device", ""):
             return field or "spec"
+        if head == "weights_path":
+            return "init_from"
         return f"training.{field}"
+    if kind == "attack_eval" and head == "data":
+        return "dataset" if rest == ".source" else field
     if head == "defenses":
         # The study's defense list is [nodef, <the spec's defense>] (or just [nodef]).
         return "defense" + re.sub(r"^\[\d+\]", "", rest)
@@ -388,8 +429,9 @@ def _ref_paths(config: dict[str, Any], tokens: set[str]) -> dict[str, str]:
         elif isinstance(value, str) and value in tokens:
             out[path] = value
 
-    # Only where a reference may stand: the data source, the target, a defense's file parameters.
-    for key in ("data", "target", "defense", "defenses"):
+    # Only where a reference may stand: the data source, the target, the starting weights, a defense's
+    # file parameters (``init_from`` holds the same token as a label and is never bound).
+    for key in ("data", "target", "weights_path", "defense", "defenses"):
         if key in config:
             walk(config[key], key)
     return out
@@ -449,9 +491,14 @@ def check_public_data(spec: dict[str, Any], model_resolved: dict[str, Any] | Non
     """
     from midre.attacks import needs_public_data, resolve_attack_name
 
-    if spec["kind"] != "attack_eval" or model_resolved is None:
+    if spec["kind"] != "attack_eval":
         return
-    data = (model_resolved.get("config") or {}).get("data") or {}
+    if spec.get("dataset"):  # the spec says which data the model was trained on, and how it is split
+        data = spec.get("data") or {}
+    elif model_resolved is not None:
+        data = (model_resolved.get("config") or {}).get("data") or {}
+    else:
+        return
     if data.get("num_private") is not None:
         return
     attacks = spec.get("attacks") or _config_class("attack_eval").__dataclass_fields__["attacks"].default_factory()
@@ -463,7 +510,8 @@ def check_public_data(spec: dict[str, Any], model_resolved: dict[str, Any] | Non
         if needed:
             raise SpecError(
                 f"attacks[{i}]" if spec.get("attacks") else "attacks",
-                f"{resolve_attack_name(attack)} needs public identities (a GAN prior), and model_job "
-                f"{spec['model_job']} was trained on every identity of its data set: train it with "
-                "`data.num_private` set, or choose attacks that need no public data (mi-face, deepinversion)",
+                f"{resolve_attack_name(attack)} needs public identities (a GAN prior), and model "
+                f"{spec.get('model') or spec.get('model_job')} was trained on every identity of its data set: "
+                "set `data.num_private` (for a model you trained here: when training it), or choose attacks "
+                "that need no public data (mi-face, deepinversion)",
             )

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Give up on a job after this many worker losses.")
     cancel_poll_s: float = Field(1.0, ge=0, description="Seconds between DB reads of the cancel flag.")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset archive accepted.")
+    max_model_bytes: int = Field(
+        1024**3, ge=1, description="Largest model file accepted by POST /v1/models (safetensors weights)."
+    )
     max_archive_files: int = Field(200_000, ge=1, description="Most files an archive may hold.")
     max_extracted_bytes: int = Field(
         4 * 1024**3, ge=1, description="Most bytes an archive may expand to (zip-bomb guard)."
@@ -90,6 +93,20 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(20, ge=0, le=1000, description="Extra connections beyond the pool under load.")
     db_pool_timeout_s: float = Field(
         10.0, gt=0, description="Seconds a request waits for a connection before it answers 503."
+    )
+    webhooks_allow_private: bool = Field(
+        False,
+        description="Let webhooks target loopback, private, link-local and other non-public addresses "
+        "(refused by default, at registration and at every delivery).",
+    )
+    webhooks_max_attempts: int = Field(8, ge=1, le=50, description="Tries of a webhook delivery before giving up.")
+    webhooks_base_delay_s: float = Field(
+        30.0, gt=0, description="Back-off before the 2nd try; it doubles after each failed try (capped at 6 h)."
+    )
+    webhooks_timeout_s: float = Field(10.0, gt=0, le=300, description="Seconds one webhook request may take.")
+    webhooks_poll_s: float = Field(2.0, gt=0, description="How often a deliverer looks for due webhook deliveries.")
+    webhooks_in_api: bool = Field(
+        True, description="Run a webhook deliverer in each API process too (every worker runs one)."
     )
 
     @field_validator("dataset_paths", mode="before")

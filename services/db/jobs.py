@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from services.db import webhooks
 from services.db.models import Job, JobEvent
 from services.db.types import utcnow
 
@@ -15,7 +16,11 @@ QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-KINDS = ("train", "attack_eval", "pipeline")
+#: ``upload`` is a model a client uploaded (``POST /v1/models``): a job that succeeded when it was
+#: stored, so uploaded and trained models share one id space, serving, policies and audits.
+KINDS = ("train", "attack_eval", "pipeline", "upload")
+#: Kinds whose job produced one model (what ``model``, ``init_from`` and ``pretrained_job`` may name).
+MODEL_KINDS = ("train", "upload")
 
 
 def add_event(
@@ -79,6 +84,8 @@ def transition(
     A conditional UPDATE, so it is race-free on SQLite and PostgreSQL alike (the API cancelling
     while a worker claims). With ``attempt``, only that attempt of the job may make the move.
     Refreshes ``job``; returns whether the move happened (the caller then logs the event).
+    A move to a final status also queues the job's webhook messages in the same transaction
+    (:func:`services.db.webhooks.enqueue_job_end`), so they commit, or not, with the status.
     """
     now = utcnow()
     if status in TERMINAL:
@@ -95,4 +102,7 @@ def transition(
         .execution_options(synchronize_session=False)
     )
     session.refresh(job)
-    return result.rowcount == 1
+    moved = result.rowcount == 1
+    if moved and status in TERMINAL:
+        webhooks.enqueue_job_end(session, job)
+    return moved

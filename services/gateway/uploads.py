@@ -44,9 +44,11 @@ def _refuse(status: int, code: str, field: str, message: str) -> ApiError:
 class _Collector:
     """Multipart parser callbacks: the ``file`` part goes to disk, small text fields to memory."""
 
-    def __init__(self, out: tempfile._TemporaryFileWrapper[bytes], max_bytes: int) -> None:
+    def __init__(self, out: tempfile._TemporaryFileWrapper[bytes], max_bytes: int,
+                 max_field_bytes: int = MAX_FIELD_BYTES) -> None:
         self.out = out
         self.max_bytes = max_bytes
+        self.max_field_bytes = max_field_bytes
         self.digest = hashlib.sha256()
         self.size = 0
         self.buffer = bytearray()
@@ -100,7 +102,7 @@ class _Collector:
             self.buffer += chunk
         else:
             self._value += chunk
-            if len(self._value) > MAX_FIELD_BYTES:
+            if len(self._value) > self.max_field_bytes:
                 raise _refuse(413, "too_large", self._name or "field", "form field too long")
 
     def on_part_end(self) -> None:
@@ -108,13 +110,16 @@ class _Collector:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
 
 
-async def receive_file(request: Request, scratch_dir: Path, max_bytes: int) -> UploadedFile:
+async def receive_file(
+    request: Request, scratch_dir: Path, max_bytes: int, max_field_bytes: int = MAX_FIELD_BYTES
+) -> UploadedFile:
     """Stream the ``file`` part of a multipart request into ``scratch_dir``.
 
     Args:
         request: the incoming request (``Content-Type: multipart/form-data; boundary=...``).
         scratch_dir: folder for the received file (on the same filesystem as its final place).
         max_bytes: the largest file accepted.
+        max_field_bytes: the largest text field accepted (e.g. a JSON model card).
 
     Returns:
         The received file; the caller deletes ``path`` when done with it.
@@ -124,7 +129,7 @@ async def receive_file(request: Request, scratch_dir: Path, max_bytes: int) -> U
             is left behind in either case.
     """
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + FRAMING_BYTES:
+    if declared and declared.isdigit() and int(declared) > max_bytes + max_field_bytes + FRAMING_BYTES:
         raise _refuse(413, "too_large", "file", f"upload exceeds the {max_bytes}-byte limit")
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
@@ -132,13 +137,13 @@ async def receive_file(request: Request, scratch_dir: Path, max_bytes: int) -> U
         raise _refuse(422, "validation_error", "body", "multipart boundary missing")
     scratch_dir.mkdir(parents=True, exist_ok=True)
     out = tempfile.NamedTemporaryFile(dir=scratch_dir, prefix="upload-", delete=False)  # noqa: SIM115
-    collector = _Collector(out, max_bytes)
+    collector = _Collector(out, max_bytes, max_field_bytes)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
-            if received > max_bytes + FRAMING_BYTES:
+            if received > max_bytes + max_field_bytes + FRAMING_BYTES:
                 raise _refuse(413, "too_large", "file", f"upload exceeds the {max_bytes}-byte limit")
             try:
                 parser.write(chunk)

@@ -44,13 +44,22 @@ def resolve_dataset(session: Session, tenant: TenantRef, ref: str) -> tuple[str,
 
 
 def _model_job(session: Session, tenant: TenantRef, field: str, ref: str) -> Job:
-    """The tenant's succeeded train job ``ref`` (its model is what the spec points at); 422 otherwise."""
+    """The tenant's model ``ref``: an uploaded model or a succeeded train job; 422 otherwise."""
     job = session.get(Job, ref)
     if job is None or job.tenant_id != tenant.id:
-        raise validation_error(field, f"unknown job {ref!r}")
-    if job.kind != "train" or job.status != jobstate.SUCCEEDED:
-        raise validation_error(field, f"job {ref!r} is not a succeeded train job")
+        raise validation_error(field, f"unknown model {ref!r}")
+    if job.kind not in jobstate.MODEL_KINDS or job.status != jobstate.SUCCEEDED:
+        raise validation_error(field, f"{ref!r} is not a model: not an uploaded model or a succeeded train job")
     return job
+
+
+def _model_data(job: Job) -> dict[str, Any] | None:
+    """The data spec a model was trained on, as far as the service knows it (None: unknown)."""
+    if job.kind == "upload":  # a midre model.json uploaded as it is still carries its data spec
+        return ((job.spec.get("card") or {}).get("config") or {}).get("data")
+    if job.resolved:
+        return (job.resolved.get("config") or {}).get("data")
+    return job.spec.get("data") or {}  # a train job stored before resolved configs existed
 
 
 def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) -> tuple[str | None, Job | None]:
@@ -65,7 +74,7 @@ def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) 
             dataset_id = resolve_dataset(session, tenant, ref.id)[1]
         else:
             job = _model_job(session, tenant, ref.field, ref.id)
-            if ref.field == "model_job":
+            if ref.field in ("model", "model_job"):
                 model_job = job
     return dataset_id, model_job
 
@@ -102,8 +111,12 @@ def submit_job(
 
     dataset_id, model_job = check_references(session, tenant, spec_dict)
     model_resolved = None
-    if model_job is not None:  # jobs stored before resolved configs existed: their spec's data options
-        model_resolved = model_job.resolved or {"config": {"data": model_job.spec.get("data") or {}}}
+    if model_job is not None:
+        data = _model_data(model_job)
+        if data is None and spec_dict["kind"] == "attack_eval" and not spec_dict.get("dataset"):
+            raise validation_error("dataset", f"model {model_job.id} was not trained here: name the private data "
+                                              "it was trained on (`dataset`, and its split in `data`)")
+        model_resolved = {"config": {"data": data or {}}}
     try:
         resolved = resolve(spec_dict)
         check_public_data(spec_dict, model_resolved)

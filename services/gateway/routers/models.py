@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from services.db import jobs as jobstate
-from services.db.models import Artifact
-from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
-from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError
+from services.db.models import Artifact, Job
+from services.db.types import new_id, utcnow
+from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
+from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
+from services.gateway.uploads import receive_file
 from services.gateway.views import artifact_view, final_metrics
 from services.redact import server_redactor
 
@@ -77,3 +81,115 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
         checkpoint=artifact_view(weights) if weights else None,
         card=card,
     )
+
+
+#: The largest model card (JSON text) an upload may carry.
+MAX_CARD_BYTES = 1024 * 1024
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "card"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "The weights: a safetensors state dict of the card's architecture."},
+                        "card": {"type": "string", "description": "JSON: arch, num_classes or class_names, "
+                                 "image_size, channels, optional normalization {mean, std} (a midre model.json "
+                                 "is accepted as it is)."},
+                        "name": {"type": "string", "description": "A name for the model."},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _check_upload(weights: Path, card: dict[str, Any]) -> dict[str, Any]:
+    from midre.checkpoint import check_external_checkpoint
+    from midre.errors import ConfigError
+
+    try:
+        return check_external_checkpoint(weights, card)
+    except ConfigError as exc:
+        raise validation_error(exc.field, exc.message) from exc
+
+
+def _store_upload(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Path, card: dict[str, Any]) -> Job:
+    """Store an accepted model as a succeeded ``upload`` job with its two artifacts (one transaction)."""
+    job_id = new_id("job")
+    card_file = weights.with_suffix(".json")
+    card_file.write_text(json.dumps(card, indent=2))
+    try:
+        blobs = {"model.safetensors": ctx.store.put_file(weights), "model.json": ctx.store.put_file(card_file)}
+    finally:
+        card_file.unlink(missing_ok=True)
+    now = utcnow()
+    job = Job(id=job_id, tenant_id=tenant.id, kind="upload", status=jobstate.SUCCEEDED,
+              spec={"kind": "upload", "name": name, "card": {k: v for k, v in card.items() if k != "origin"}},
+              queue="none", progress=1.0, stage="done", message="uploaded model", attempt=0,
+              cancel_requested=False, created_at=now, started_at=now, finished_at=now)
+    with ctx.sessions() as session:
+        session.add(job)
+        session.flush()
+        for artifact, blob in blobs.items():
+            kind = "application/json" if artifact.endswith(".json") else "application/octet-stream"
+            session.add(Artifact(job_id=job_id, name=artifact, size=blob.size, sha256=blob.sha256,
+                                 content_type=kind, created_at=now))
+        jobstate.add_event(session, job, "status", f"model {name!r} uploaded", stage="done",
+                           data={"status": "succeeded"})
+        session.commit()
+        session.refresh(job)
+        session.expunge(job)
+    return job
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelCard,
+    summary="Upload a model trained elsewhere",
+    openapi_extra=_UPLOAD_BODY,
+    responses={413: PROBLEM_RESPONSES[422] | {"description": "Larger than MIDRE_MAX_MODEL_BYTES"}},
+)
+async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> ModelCard:
+    """``multipart/form-data`` with ``file`` (a safetensors state dict; never unpickled) and ``card``
+    (JSON). The weights are checked against the card: the architecture is registered, the tensors fit
+    it exactly, and a forward pass on a dummy batch gives one logit per class. The model gets an id
+    (the same id space as jobs: audit it with ``attack_eval`` ``model``, harden it with ``init_from``,
+    serve it with ``/v1/models/{id}/predict``). A refused upload stores nothing.
+
+    TorchScript and ONNX files are not accepted: white-box attacks need the model's gradients and a
+    rebuildable architecture, which a safetensors state dict of a registered architecture gives.
+    """
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with `file` and `card` parts")
+    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_model_bytes, MAX_CARD_BYTES)
+    try:
+        with open(upload.path, "rb") as fh:
+            head = fh.read(8)
+        if head.startswith(b"PK"):
+            raise validation_error("file", "a zip archive (TorchScript?) is not accepted: upload the state dict as "
+                                           "safetensors (white-box attacks need the architecture and gradients)")
+        try:
+            card = json.loads(upload.fields.get("card") or "")
+        except json.JSONDecodeError as exc:
+            raise validation_error("card", f"a JSON object is required ({exc.msg})") from exc
+        checked = await run_in_threadpool(_check_upload, upload.path, card)
+        name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
+        checked.pop("history", None)
+        checked["origin"] = {"kind": "upload", "name": name, "file": Path(upload.filename).name,
+                             "sha256": upload.sha256}
+        job = await run_in_threadpool(_store_upload, ctx, tenant, name, upload.path, checked)
+    finally:
+        upload.path.unlink(missing_ok=True)
+    return await run_in_threadpool(_card_view, ctx, tenant, job.id)
+
+
+def _card_view(ctx: ServiceContext, tenant: TenantRef, job_id: str) -> ModelCard:
+    with ctx.sessions() as session:
+        return model_card(ctx, session, tenant, job_id)

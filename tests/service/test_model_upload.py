@@ -1,0 +1,118 @@
+"""Bring your own model (embedded service, no servers): upload a model trained outside the service,
+audit it with ``attack_eval``, harden it with ``init_from``; bad uploads are 4xx naming the problem
+and store nothing. Jobs run in this process through the worker's own ``execute_job``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from midre.data import DatasetSpec
+from midre.train import TrainConfig, train
+from services.worker.handlers import HANDLERS
+from services.worker.runner import execute_job
+from tests.service.conftest import Api, make_settings
+from tests.service.test_jobspec import STUDY, job_count, submit
+
+DATA = {"max_images_per_identity": 20}
+
+
+@pytest.fixture(scope="module")
+def outside_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, Any]]:
+    """Weights and a minimal card of a model trained with the library, outside the service."""
+    out = tmp_path_factory.mktemp("outside")
+    cfg = TrainConfig(data=DatasetSpec(source="digits", image_size=16, channels=1, max_images_per_identity=20),
+                      arch="cnn-small", defense={"name": "nodef"}, epochs=1, device="cpu")
+    train(cfg, out)
+    card = json.loads((out / "model.json").read_text())
+    minimal = {k: card[k] for k in ("arch", "class_names", "image_size", "channels", "normalization")}
+    return (out / "model.safetensors").read_bytes(), minimal
+
+
+def upload(api: Api, key: str, weights: bytes, card: Any, name: str = "their-model") -> Any:
+    files = {"file": ("their.safetensors", weights, "application/octet-stream")}
+    text = card if isinstance(card, str) else json.dumps(card)
+    return api.client.post("/v1/models", files=files, data={"card": text, "name": name}, headers=api.auth(key))
+
+
+def test_upload_audit_and_harden_a_model_trained_elsewhere(
+    api: Api, key_a: str, key_b: str, outside_model: tuple[bytes, dict[str, Any]]
+) -> None:
+    weights, card = outside_model
+    r = upload(api, key_a, weights, card)
+    assert r.status_code == 201, r.text
+    model = r.json()
+    model_id = model["job_id"]
+    assert model["arch"] == "cnn-small" and model["num_classes"] == 10
+    assert model["card"]["origin"]["kind"] == "upload" and model["card"]["origin"]["name"] == "their-model"
+    listed = api.client.get("/v1/models", headers=api.auth(key_a)).json()["items"]
+    assert [(m["job_id"], m["kind"]) for m in listed] == [(model_id, "upload")]
+    assert api.client.get(f"/v1/models/{model_id}", headers=api.auth(key_b)).status_code == 404
+
+    # Audit: the private data it was trained on is named by the spec (the card does not know it).
+    audit = submit(api, key_a, {"kind": "attack_eval", "model": model_id, "dataset": "digits", "data": DATA,
+                                **STUDY})
+    assert audit.status_code == 201, audit.text
+    assert audit.json()["resolved"]["config"]["target"] == f"job:{model_id}"
+    assert execute_job(api.settings, audit.json()["id"], HANDLERS) == "succeeded"
+    report = json.loads(api.client.get(f"/v1/jobs/{audit.json()['id']}/artifacts/report.json",
+                                       headers=api.auth(key_a)).content)
+    target = report["models"]["target"]
+    assert target["origin"]["kind"] == "upload" and target["origin"]["name"] == "their-model"
+    assert 0 < target["metrics"]["test_accuracy"] <= 1  # measured on the held-out split, the card had none
+    # Without the data set the worker could not know the private data: refused before queueing.
+    r = submit(api, key_a, {"kind": "attack_eval", "model": model_id, **STUDY})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset", r.text
+
+    # Harden it: fine-tune with MIDRE from its weights.
+    spec = {"kind": "train", "dataset": "digits", "arch": "cnn-small", "init_from": model_id, "device": "cpu",
+            "defense": {"name": "midre", "a_h": 0.4}, "training": {"epochs": 1, "image_size": 16},
+            "data": {"channels": 1, **DATA}}
+    hardened = submit(api, key_a, spec)
+    assert hardened.status_code == 201, hardened.text
+    assert execute_job(api.settings, hardened.json()["id"], HANDLERS) == "succeeded"
+    card_after = api.client.get(f"/v1/models/{hardened.json()['id']}", headers=api.auth(key_a)).json()["card"]
+    assert card_after["init_from"] == f"job:{model_id}" and card_after["defense"]["name"] == "midre"
+    assert str(api.settings.home) not in json.dumps(card_after)
+
+
+def test_bad_uploads_are_4xx_naming_the_problem_and_store_nothing(
+    api: Api, key_a: str, outside_model: tuple[bytes, dict[str, Any]]
+) -> None:
+    weights, card = outside_model
+    zip_head = b"PK\x03\x04" + bytes(64)
+    cases = [
+        (b"not a safetensors file at all", card, "file"),
+        (zip_head, card, "file"),
+        (weights, {**card, "class_names": card["class_names"][:5]}, "file"),  # 5 classes: the head does not fit
+        (weights, {**card, "arch": "resnet18"}, "card.image_size"),  # 16 px is too small for it
+        (weights, {**card, "arch": "no-such-net"}, "card.arch"),
+        (weights, {k: v for k, v in card.items() if k != "image_size"}, "card.image_size"),
+        (weights, {**card, "channels": 2}, "card.channels"),
+        (weights, {**card, "normalization": {"mean": [0.5, 0.5], "std": [0.5]}}, "card.normalization"),
+        (weights, "{not json", "card"),
+    ]
+    for data, bad_card, field in cases:
+        r = upload(api, key_a, data, bad_card)
+        assert r.status_code == 422, (field, r.status_code, r.text)
+        assert field in [e["field"] for e in r.json()["errors"]], (field, r.text)
+    assert job_count(api) == 0
+    assert not any(p.is_file() for p in (api.settings.storage_dir / "uploads").rglob("*"))
+
+
+def test_an_oversized_model_is_413(tmp_path: Path, outside_model: tuple[bytes, dict[str, Any]]) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    settings = make_settings(tmp_path / "home", max_model_bytes=1024)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        small = Api(settings, client)
+        key = small.key("t")
+        r = upload(small, key, outside_model[0], outside_model[1])
+        assert r.status_code == 413 and r.json()["errors"][0]["field"] == "file", r.text
+        assert job_count(small) == 0
+
