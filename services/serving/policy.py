@@ -84,3 +84,9 @@ def apply_policy(
             answer["probabilities"] = [float(p) for p in probs[row].tolist()]
         out.append(answer)
     return out
+
+
+def classification_strings(answers: list[dict[str, Any]]) -> list[list[str]]:
+    """The ``top`` list of each :func:`apply_policy` answer in the Open Inference Protocol's
+    classification form, ``"<score>:<index>:<label>"`` (scores as the policy left them)."""
+    return [[f"{t['probability']}:{t['label']}:{t['identity']}" for t in answer.get("top", [])] for answer in answers]
