@@ -6,6 +6,7 @@ can draw one kind of progress bar and the service worker can store one kind of e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -16,6 +17,10 @@ class Cancelled(RuntimeError):
 
     The job has saved whatever state lets it resume before raising.
     """
+
+
+class AttackCancelled(Cancelled):
+    """Raised by an attack (or the prior / surrogates it trains) whose ``should_stop`` returned True."""
 
 
 @dataclass(frozen=True)
@@ -64,3 +69,31 @@ def scaled(progress: ProgressCallback, start: float, end: float) -> ProgressCall
         progress(ProgressEvent(**{**event.to_dict(), "fraction": frac}))
 
     return report
+
+
+class StepReporter:
+    """Throttled progress + cooperative cancellation for an optimisation loop.
+
+    Used by the attacks and by the priors and surrogates they train: about 50 events per loop,
+    and ``should_stop`` polled at every step (raising :class:`AttackCancelled`).
+    """
+
+    def __init__(self, name: str, total: int, progress: ProgressCallback | None,
+                 should_stop: StopCallback | None, stage: str = "attack") -> None:
+        self.name = name
+        self.total = max(1, total)
+        self.progress = progress or no_progress
+        self.should_stop = should_stop or never_stop
+        self.stage = stage
+        self.done = 0
+        self._every = max(1, self.total // 50)
+
+    def step(self, loss: float | None = None, message: str = "") -> None:
+        self.done += 1
+        if self.should_stop():
+            raise AttackCancelled(f"{self.name}: stopped after {self.done} of {self.total} steps")
+        if self.done % self._every == 0 or self.done == self.total:
+            metrics = {} if loss is None or not math.isfinite(loss) else {"loss": float(loss)}
+            self.progress(ProgressEvent(stage=self.stage, fraction=min(1.0, self.done / self.total),
+                                        message=message or self.name, step=self.done, steps=self.total,
+                                        metrics=metrics))

@@ -1,30 +1,57 @@
-"""Shared pieces of every model inversion attack: the target wrapper, budgets, results, regularisers.
+"""Shared pieces of every model inversion attack: budgets, results, regularisers, running helpers.
 
 Every attack optimises images (or generator latents) in *pixel space* ``[0, 1]`` and feeds
 ``normalize(x)`` to the target, so the same code serves targets trained with or without ImageNet
 normalisation. The result is returned in the target's *input space* (normalised exactly as the
 target was trained) together with the :class:`~midre.data.Normalization` needed to get pixels back.
+
+The target wrapper and what the priors share with the attacks live in :mod:`midre.target`, the loop
+reporter and :class:`AttackCancelled` in :mod:`midre.progress` (so :mod:`midre.priors` never imports
+:mod:`midre.attacks`); they are re-exported here for the attack modules.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
+from midre.priors.prior import GanPrior, PriorConfig, load_or_train_prior
+from midre.progress import AttackCancelled, ProgressCallback, StepReporter, StopCallback
+from midre.target import (
+    AttackTarget,
+    PixelCodec,
+    differentiable_augment,
+    load_checkpoint,
+    max_margin_loss,
+    weights_key,
+)
 
-logger = logging.getLogger(__name__)
-
-
-class AttackCancelled(Cancelled):
-    """Raised by an attack whose ``should_stop`` callback returned True."""
+__all__ = [
+    "AttackBudget",
+    "AttackCancelled",
+    "AttackRequest",
+    "AttackResult",
+    "AttackTarget",
+    "PixelCodec",
+    "StepReporter",
+    "attack_prior",
+    "chunks",
+    "differentiable_augment",
+    "expand_labels",
+    "freeze",
+    "load_checkpoint",
+    "max_margin_loss",
+    "random_jitter_flip",
+    "select_best_restart",
+    "target_confidence",
+    "total_variation",
+    "weights_key",
+]
 
 
 @dataclass(frozen=True)
@@ -80,130 +107,6 @@ class AttackBudget:
         return cls(**data)
 
 
-class _NoNormalization:
-    """Identity normalisation for targets trained on plain ``[0, 1]`` pixels."""
-
-    mean = None
-    std = None
-
-    def normalize(self, x: Tensor) -> Tensor:
-        return x
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        return x
-
-
-def _norm_tensors(normalization: Any, channels: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    if normalization is None or getattr(normalization, "mean", None) is None:
-        return torch.zeros(1, channels, 1, 1, device=device), torch.ones(1, channels, 1, 1, device=device)
-    mean = torch.as_tensor(normalization.mean, dtype=torch.float32, device=device).flatten()
-    std = torch.as_tensor(normalization.std, dtype=torch.float32, device=device).flatten()
-    if mean.numel() != channels:  # e.g. ImageNet stats for a 1-channel model: use the channel mean
-        mean, std = mean.mean().repeat(channels), std.mean().repeat(channels)
-    return mean.view(1, channels, 1, 1), std.view(1, channels, 1, 1)
-
-
-@dataclass
-class AttackTarget:
-    """A trained classifier under attack plus what is needed to feed it images.
-
-    Attributes:
-        model: the classifier; ``model(x)`` returns logits, ``model.features(x)`` the penultimate
-            activations (used by LOMMA's feature regulariser and the feature-space analysis).
-        image_shape: ``(C, H, W)`` of the target's input.
-        normalization: a :class:`midre.data.Normalization` (or ``None`` for plain ``[0, 1]`` input).
-        num_classes: number of private identities the target classifies.
-        key: a stable identifier (e.g. a hash of the weights) used to cache target-specific priors.
-    """
-
-    model: nn.Module
-    image_shape: tuple[int, int, int]
-    normalization: Any = None
-    num_classes: int | None = None
-    key: str = ""
-    card: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if len(self.image_shape) != 3:
-            raise ValueError(f"AttackTarget.image_shape must be (C, H, W), got {self.image_shape!r}")
-        self.image_shape = tuple(int(v) for v in self.image_shape)  # type: ignore[assignment]
-        if self.num_classes is None:
-            classifier = getattr(self.model, "classifier", None)
-            if isinstance(classifier, nn.Linear):
-                self.num_classes = classifier.out_features
-            else:
-                raise ValueError("AttackTarget.num_classes is required when model.classifier is not "
-                                 "an nn.Linear")
-
-    @classmethod
-    def from_checkpoint(cls, directory: str, device: str | torch.device = "cpu") -> AttackTarget:
-        """Load a target trained by :func:`midre.train.train` (``model.safetensors`` + ``model.json``)."""
-        model, card = load_checkpoint(directory, device=device)
-        return cls.from_model_card(model, card, key=weights_key(directory))
-
-    @classmethod
-    def from_model_card(cls, model: nn.Module, card: dict[str, Any], key: str = "") -> AttackTarget:
-        """Build from a loaded model and its JSON sidecar (tolerates nested or flat card layouts)."""
-        size = _card_get(card, "image_size", "input_size")
-        channels = _card_get(card, "in_channels", "channels") or 3
-        if isinstance(size, list | tuple):
-            size = size[-1]
-        if size is None:
-            raise ValueError("model card has no image_size / input_size")
-        norm = _card_get(card, "normalization")
-        normalization = None
-        if isinstance(norm, dict) and norm.get("mean") is not None:
-            from midre.data import Normalization
-
-            normalization = Normalization(tuple(norm["mean"]), tuple(norm["std"]))
-        elif norm is not None and hasattr(norm, "mean"):
-            normalization = norm
-        num_classes = _card_get(card, "num_classes")
-        return cls(model=model, image_shape=(int(channels), int(size), int(size)),
-                   normalization=normalization, num_classes=num_classes, key=key, card=card)
-
-
-def load_checkpoint(directory: str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """``midre.train.load_checkpoint`` (the contract), falling back to ``midre.checkpoint``."""
-    try:
-        from midre.train import load_checkpoint as _load
-    except ImportError:
-        from midre.checkpoint import load_checkpoint as _load
-    model, card = _load(directory, device=device)
-    model.eval()
-    return model, card
-
-
-def _card_get(card: dict[str, Any], *names: str) -> Any:
-    """Find the first of ``names`` in a model card, looking one level into nested dicts."""
-    for name in names:
-        if name in card:
-            return card[name]
-    for value in card.values():
-        if isinstance(value, dict):
-            for name in names:
-                if name in value:
-                    return value[name]
-    return None
-
-
-def weights_key(directory: str) -> str:
-    """A short content hash of a checkpoint directory's weights file (for prior/surrogate caches)."""
-    import hashlib
-    from pathlib import Path
-
-    path = Path(directory)
-    candidates = [path / "model.safetensors", *sorted(path.glob("*.safetensors"))]
-    for candidate in candidates:
-        if candidate.is_file():
-            digest = hashlib.sha256()
-            with candidate.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            return digest.hexdigest()[:16]
-    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-
-
 @dataclass
 class AttackResult:
     """What an attack returns.
@@ -234,26 +137,89 @@ class AttackResult:
         """The reconstructions as ``[0, 1]`` pixels (for display and for models with other inputs)."""
         if self.normalization is None:
             return self.images.clamp(0, 1)
-        mean, std = _norm_tensors(self.normalization, self.images.shape[1], self.images.device)
-        return (self.images * std + mean).clamp(0, 1)
+        codec = PixelCodec(self.normalization, self.images.shape[1], self.images.device)
+        return codec.to_pixels(self.images).clamp(0, 1)
 
 
-class PixelCodec:
-    """Converts between ``[0, 1]`` pixels and the target's normalised input, on one device."""
+@dataclass(frozen=True)
+class AttackRequest:
+    """One attack run, validated by :func:`run_attack` (see its arguments for each field).
 
-    def __init__(self, normalization: Any, channels: int, device: torch.device) -> None:
-        self.mean, self.std = _norm_tensors(normalization, channels, device)
-        self.lo = (0 - self.mean) / self.std
-        self.hi = (1 - self.mean) / self.std
+    Attributes:
+        name: the canonical attack name.
+        target: the classifier under attack.
+        identities: the class indices to attack, ``[K]`` int64 on the CPU, each in ``[0, num_classes)``.
+        per_identity: reconstructions per identity (>= 1).
+        budget: steps, restarts, step size, chunking, prior / surrogate training and query budget.
+        options: the attack's options object (the class it was registered with).
+        seed: seeds every random draw of the attack.
+        device: where to run.
+        prior: a trained :class:`midre.priors.GanPrior`, or ``None`` to train one from ``public``.
+        public: :class:`midre.priors.PublicData` for priors and LOMMA surrogates.
+        cache_dir: folder for priors and surrogates reused across calls.
+        progress: receives :class:`midre.progress.ProgressEvent`.
+        should_stop: polled every step; True raises :class:`midre.progress.AttackCancelled`.
+    """
 
-    def to_input(self, x01: Tensor) -> Tensor:
-        return (x01 - self.mean) / self.std
+    name: str
+    target: AttackTarget
+    identities: Tensor
+    per_identity: int
+    budget: AttackBudget
+    options: Any
+    seed: int
+    device: torch.device
+    prior: Any = None
+    public: Any = None
+    cache_dir: str | None = None
+    progress: ProgressCallback | None = None
+    should_stop: StopCallback | None = None
 
-    def to_pixels(self, x: Tensor) -> Tensor:
-        return x * self.std + self.mean
 
-    def clamp_input(self, x: Tensor) -> Tensor:
-        return torch.maximum(torch.minimum(x, self.hi), self.lo)
+def attack_prior(request: AttackRequest, kind: str, progress: ProgressCallback, *,
+                 target_aware: bool) -> tuple[GanPrior, dict[str, Any]]:
+    """The GAN prior of ``kind`` the attack runs in, ready on the device with a frozen generator.
+
+    ``request.prior`` when given, else one trained on ``request.public`` (reused from ``cache_dir``).
+
+    Args:
+        request: the attack run (its budget's ``prior_steps``, seed and ``options.prior`` set the prior).
+        kind: the prior kind the attack needs.
+        progress: receives the prior training's progress.
+        target_aware: hand the target to the prior training (KEDMI's and PLG-MI's priors read it);
+            False for the query-only attacks, whose GMI prior never sees the target.
+
+    Returns:
+        ``(prior, extra)``; ``extra`` holds ``prior_key`` and, when it was trained, ``prior_seconds``.
+    """
+    extra: dict[str, Any] = {}
+    prior = request.prior
+    if prior is None:
+        if request.public is None:
+            raise ValueError(f"{request.name} needs a GAN prior: pass prior= or public= (public images to train one)")
+        cfg = PriorConfig(**{"kind": kind, "steps": request.budget.prior_steps, "seed": request.seed,
+                             **request.options.prior})
+        t0 = time.monotonic()
+        prior = load_or_train_prior(cfg, request.public, request.target.image_shape, cache_dir=request.cache_dir,
+                                    target=request.target if target_aware else None, device=request.device,
+                                    progress=progress, should_stop=request.should_stop)
+        extra["prior_seconds"] = time.monotonic() - t0
+    if prior.kind != kind:
+        raise ValueError(f"{request.name} needs a '{kind}' prior, got a '{prior.kind}' prior")
+    if tuple(prior.image_shape) != tuple(request.target.image_shape):
+        raise ValueError(f"prior image shape {prior.image_shape} != target input {request.target.image_shape}")
+    prior.to(request.device)
+    freeze(prior.generator)
+    extra["prior_key"] = prior.info.get("key")
+    return prior, extra
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients for the parameters (the attacks optimise images, never weights)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 # --------------------------------------------------------------------------- regularisers and losses
@@ -270,19 +236,6 @@ def total_variation(x: Tensor) -> Tensor:
     return dh + dw
 
 
-def l2_norm_sq(x: Tensor) -> Tensor:
-    """Mean squared value per image ``[N]`` (the R_l2 image prior)."""
-    return x.pow(2).flatten(1).mean(1)
-
-
-def max_margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Max-margin identity loss per image: ``-l_y + max_{j != y} l_j`` (PLG-MI, Yuan et al. 2023, Eq. 5)."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, labels[:, None], float("-inf"))
-    return -true + others.max(1).values
-
-
 def random_jitter_flip(x: Tensor, max_shift: int, flip: bool, generator: torch.Generator) -> Tensor:
     """One random roll (same for the batch) and a random horizontal flip (DeepInversion, Sec. 3.2).
 
@@ -294,27 +247,6 @@ def random_jitter_flip(x: Tensor, max_shift: int, flip: bool, generator: torch.G
     if flip and bool(torch.rand((), generator=generator) < 0.5):
         x = torch.flip(x, dims=(3,))
     return x
-
-
-def differentiable_augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Random resized-crop (scale 0.8-1) + horizontal flip + small rotation-free shift, batched.
-
-    PLG-MI (Yuan et al. 2023, Sec. 3.3) optimises against augmented copies so that the generated
-    image is robust and not an adversarial example; ``affine_grid`` keeps it differentiable.
-    """
-    n = x.shape[0]
-    device = x.device
-    scale = 0.8 + 0.2 * torch.rand(n, generator=generator)
-    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
-    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - scale)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = scale * flip
-    theta[:, 1, 1] = scale
-    theta[:, 0, 2] = tx
-    theta[:, 1, 2] = ty
-    grid = torch.nn.functional.affine_grid(theta.to(device), list(x.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
 
 
 # --------------------------------------------------------------------------- running helpers
@@ -336,31 +268,6 @@ def chunks(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-class StepReporter:
-    """Throttled progress + cooperative cancellation for an optimisation loop."""
-
-    def __init__(self, name: str, total: int, progress: ProgressCallback | None,
-                 should_stop: StopCallback | None, stage: str = "attack") -> None:
-        self.name = name
-        self.total = max(1, total)
-        self.progress = progress or no_progress
-        self.should_stop = should_stop or never_stop
-        self.stage = stage
-        self.done = 0
-        self._every = max(1, self.total // 50)
-        self._last = time.monotonic()
-
-    def step(self, loss: float | None = None, message: str = "") -> None:
-        self.done += 1
-        if self.should_stop():
-            raise AttackCancelled(f"{self.name}: stopped after {self.done} of {self.total} steps")
-        if self.done % self._every == 0 or self.done == self.total:
-            metrics = {} if loss is None or not math.isfinite(loss) else {"loss": float(loss)}
-            self.progress(ProgressEvent(stage=self.stage, fraction=min(1.0, self.done / self.total),
-                                        message=message or self.name, step=self.done, steps=self.total,
-                                        metrics=metrics))
-
-
 @torch.no_grad()
 def target_confidence(model: nn.Module, x: Tensor, labels: Tensor, batch: int = 256) -> Tensor:
     """Softmax probability of ``labels`` under ``model`` for input-space images ``x``."""
@@ -375,6 +282,3 @@ def select_best_restart(losses: Tensor, n: int, restarts: int) -> Tensor:
     """Indices of the best restart per image: ``losses`` is ``[restarts * n]`` laid out restart-major."""
     best = losses.view(restarts, n).argmin(0)
     return best * n + torch.arange(n)
-
-
-Loss = Callable[[Tensor, Tensor], Tensor]

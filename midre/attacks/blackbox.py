@@ -34,8 +34,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from midre.attacks.base import AttackBudget, AttackResult, AttackTarget, PixelCodec, chunks, target_confidence
-from midre.progress import ProgressCallback, ProgressEvent, StopCallback, no_progress, scaled
+from midre.attacks.base import (
+    AttackRequest,
+    AttackResult,
+    AttackTarget,
+    PixelCodec,
+    attack_prior,
+    chunks,
+    target_confidence,
+)
+from midre.progress import ProgressEvent, no_progress, scaled
 
 logger = logging.getLogger(__name__)
 
@@ -146,64 +154,34 @@ def checkpoint_queries(budget: int, fractions: tuple[float, ...]) -> list[int]:
     return sorted({max(1, int(round(f * budget))) for f in fractions if 0 < f <= 1})
 
 
-def run_query_attack(
-    name: str,
-    target: AttackTarget,
-    identities: Tensor,
-    *,
-    per_identity: int,
-    budget: AttackBudget,
-    seed: int,
-    device: torch.device,
-    options: Any,
-    prior: Any,
-    public: Any,
-    cache_dir: str | None,
-    progress: ProgressCallback | None,
-    should_stop: StopCallback | None,
-) -> AttackResult:
-    """Train or reuse the GMI prior, wrap the target in the attack's oracle and run the attack.
+def run_query_attack(request: AttackRequest, oracle_class: type[_Oracle],
+                     attack_class: Callable[..., Any]) -> AttackResult:
+    """Train or reuse the GMI prior, wrap the target in ``oracle_class`` and run ``attack_class``.
+
+    Args:
+        request: the validated attack run.
+        oracle_class: :class:`ProbabilityOracle` (black-box) or :class:`LabelOracle` (label-only).
+        attack_class: ``attack_class(oracle, generator, options, seed=, device=)`` with a
+            ``run(identities, per_identity, budget, progress=, should_stop=)`` method returning
+            ``{"pixels", "labels", "checkpoints", "extra"}`` (:class:`~midre.attacks.rlb_mi.RLBMI`,
+            :class:`~midre.attacks.brep_mi.BREPMI`).
 
     The attack object gets the oracle and the generator only. The final ``confidence`` of the
     result is measured here, by the harness, for the report: it is not seen by the attack and not
     counted in ``queries`` (recorded as ``extra["report_forward_passes"]``).
     """
-    from midre.attacks.brep_mi import BREPMI
-    from midre.attacks.rlb_mi import RLBMI
-    from midre.priors.prior import PriorConfig, load_or_train_prior
-
-    progress = progress or no_progress
+    name, target, budget, device = request.name, request.target, request.budget, request.device
+    progress = request.progress or no_progress
     start = time.monotonic()
-    extra: dict[str, Any] = {}
-    prep_end = 0.0
-    if prior is None:
-        if public is None:
-            raise ValueError(f"{name} needs a GAN prior: pass prior= or public= (public images to train one)")
-        cfg = PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": seed, **options.prior})
-        t0 = time.monotonic()
-        prep_end = 0.4
-        # the GMI prior is target-independent: trained on public images only, no target access
-        prior = load_or_train_prior(cfg, public, target.image_shape, cache_dir=cache_dir, device=device,
-                                    progress=scaled(progress, 0.0, prep_end), should_stop=should_stop)
-        extra["prior_seconds"] = time.monotonic() - t0
-    if prior.kind != "gmi":
-        raise ValueError(f"{name} needs a 'gmi' prior (an unconditional generator), got a '{prior.kind}' prior")
-    if tuple(prior.image_shape) != tuple(target.image_shape):
-        raise ValueError(f"prior image shape {prior.image_shape} != target input {target.image_shape}")
-    prior.to(device)
-    generator = prior.generator.eval()
-    for p in generator.parameters():
-        p.requires_grad_(False)
-    extra["prior_key"] = prior.info.get("key")
-    if name == "rlb-mi":
-        oracle: _Oracle = ProbabilityOracle(target, budget.queries, device)
-        attack: Any = RLBMI(oracle, generator, options, seed=seed, device=device)
-    else:
-        oracle = LabelOracle(target, budget.queries, device)
-        attack = BREPMI(oracle, generator, options, seed=seed, device=device)
+    prep_end = 0.0 if request.prior is not None else 0.4
+    # the GMI prior is target-independent: trained on public images only, no target access
+    prior, extra = attack_prior(request, "gmi", scaled(progress, 0.0, prep_end), target_aware=False)
+    generator = prior.generator
+    oracle = oracle_class(target, budget.queries, device)
+    attack = attack_class(oracle, generator, request.options, seed=request.seed, device=device)
     t0 = time.monotonic()
-    out = attack.run(identities, per_identity, budget, progress=scaled(progress, prep_end, 1.0),
-                     should_stop=should_stop)
+    out = attack.run(request.identities, request.per_identity, budget, progress=scaled(progress, prep_end, 1.0),
+                     should_stop=request.should_stop)
     progress(ProgressEvent(stage="attack", fraction=1.0, message=f"{name}: {oracle.queries} queries",
                            metrics={"queries": float(oracle.queries)}))
     extra["search_seconds"] = time.monotonic() - t0

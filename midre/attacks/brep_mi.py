@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from midre.attacks.base import AttackBudget, StepReporter, expand_labels
-from midre.attacks.blackbox import LabelOracle, QueryBudgetExceeded
+from midre.attacks.base import AttackBudget, AttackResult, StepReporter, expand_labels
+from midre.attacks.blackbox import LabelOracle, QueryBudgetExceeded, run_query_attack
+from midre.attacks.registry import AttackRequest, register_attack
 from midre.progress import ProgressCallback, StopCallback
 
 
@@ -222,4 +223,11 @@ class BREPMI:
         return {"pixels": pixels, "labels": labels, "checkpoints": snapshots, "extra": extra}
 
 
-__all__ = ["BREPMI", "BREPMIOptions", "repulsion_direction", "sphere_directions"]
+@register_attack("brep-mi", options=BREPMIOptions, needs="gmi", access="labels", paper="Kahla et al., CVPR 2022",
+                 aliases=("brepmi",))
+def run_brep_mi(request: AttackRequest) -> AttackResult:
+    """BREP-MI through a :class:`~midre.attacks.blackbox.LabelOracle` in a GMI prior's latent space."""
+    return run_query_attack(request, LabelOracle, BREPMI)
+
+
+__all__ = ["BREPMI", "BREPMIOptions", "repulsion_direction", "run_brep_mi", "sphere_directions"]

@@ -19,19 +19,21 @@ from torch import Tensor, nn
 from midre.attacks.base import (
     AttackBudget,
     AttackResult,
-    AttackTarget,
     PixelCodec,
     StepReporter,
+    attack_prior,
     chunks,
     differentiable_augment,
     expand_labels,
+    freeze,
     max_margin_loss,
     select_best_restart,
     target_confidence,
 )
-from midre.priors.prior import GanPrior, PriorConfig, PublicData, load_or_train_prior, realness_log_prob
+from midre.attacks.registry import AttackRequest, register_attack
+from midre.priors.prior import GanPrior, realness_log_prob
 from midre.priors.surrogates import SurrogateConfig, distill_surrogates, mean_public_features
-from midre.progress import ProgressCallback, StopCallback, no_progress, scaled
+from midre.progress import no_progress, scaled
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,13 @@ class GanAttackOptions:
     prior: dict[str, Any] = field(default_factory=dict)
     augment: bool = True
 
+    def __post_init__(self) -> None:
+        if isinstance(self.surrogates, list):  # a JSON list
+            object.__setattr__(self, "surrogates", tuple(self.surrogates))
+
 
 # default step sizes from the papers, for a loss summed over images
 DEFAULT_LR = {"gmi": 0.02, "kedmi": 0.02, "plg": 0.1}
-PRIOR_KIND = {"gmi": "gmi", "kedmi": "kedmi", "lomma+gmi": "gmi", "lomma+kedmi": "kedmi", "plg-mi": "plg"}
 
 
 class IdentityLoss:
@@ -91,55 +96,50 @@ class IdentityLoss:
         return total / len(self.models)
 
 
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+@register_attack("gmi", options=GanAttackOptions, needs="gmi", paper="Zhang et al., CVPR 2020")
+def run_gmi(request: AttackRequest) -> AttackResult:
+    """GMI: latent search in a GAN prior trained on public images."""
+    return _run_gan_attack(request, "gmi", lomma=False)
 
 
-def run_gan_attack(
-    name: str,
-    target: AttackTarget,
-    identities: Tensor,
-    *,
-    per_identity: int,
-    budget: AttackBudget,
-    seed: int,
-    device: torch.device,
-    options: GanAttackOptions,
-    prior: GanPrior | None,
-    public: PublicData | None,
-    cache_dir: str | None,
-    progress: ProgressCallback | None,
-    should_stop: StopCallback | None,
-) -> AttackResult:
-    """Train or reuse the prior (and LOMMA surrogates), then run the attack's latent search."""
-    progress = progress or no_progress
-    kind = PRIOR_KIND[name]
-    lomma = name.startswith("lomma+")
+@register_attack("kedmi", options=GanAttackOptions, needs="kedmi", paper="Chen et al., ICCV 2021")
+def run_kedmi(request: AttackRequest) -> AttackResult:
+    """KEDMI: a latent distribution per identity in a target-aware (inversion-specific) GAN prior."""
+    return _run_gan_attack(request, "kedmi", lomma=False)
+
+
+@register_attack("lomma+gmi", options=GanAttackOptions, needs="gmi", paper="Nguyen et al., CVPR 2023",
+                 aliases=("lomma", "gmi+lomma"))
+def run_lomma_gmi(request: AttackRequest) -> AttackResult:
+    """LOMMA's logit loss and model augmentation (distilled surrogates) on top of GMI."""
+    return _run_gan_attack(request, "gmi", lomma=True)
+
+
+@register_attack("lomma+kedmi", options=GanAttackOptions, needs="kedmi", paper="Nguyen et al., CVPR 2023",
+                 aliases=("kedmi+lomma",))
+def run_lomma_kedmi(request: AttackRequest) -> AttackResult:
+    """LOMMA's logit loss and model augmentation (distilled surrogates) on top of KEDMI."""
+    return _run_gan_attack(request, "kedmi", lomma=True)
+
+
+@register_attack("plg-mi", options=GanAttackOptions, needs="plg", paper="Yuan et al., AAAI 2023",
+                 aliases=("plgmi", "plg"))
+def run_plg_mi(request: AttackRequest) -> AttackResult:
+    """PLG-MI: class-conditional latent search in a prior trained on target-pseudo-labelled public images."""
+    return _run_gan_attack(request, "plg", lomma=False)
+
+
+def _run_gan_attack(request: AttackRequest, kind: str, *, lomma: bool) -> AttackResult:
+    """Train or reuse the ``kind`` prior (and LOMMA surrogates), then run the attack's latent search."""
+    name, target, budget, options = request.name, request.target, request.budget, request.options
+    seed, device, public = request.seed, request.device, request.public
+    cache_dir, should_stop = request.cache_dir, request.should_stop
+    progress = request.progress or no_progress
     start = time.monotonic()
-    model = _freeze(target.model.to(device))
-    extra: dict[str, Any] = {}
-    prep_end = 0.5 if prior is None else (0.3 if lomma else 0.0)
-    if prior is None:
-        if public is None:
-            raise ValueError(f"{name} needs a GAN prior: pass prior= or public= (public images to train one)")
-        cfg = PriorConfig(**{"kind": kind, "steps": budget.prior_steps, "seed": seed, **options.prior})
-        t0 = time.monotonic()
-        prior_progress = scaled(progress, 0.0, 0.35 if lomma else prep_end)
-        prior = load_or_train_prior(cfg, public, target.image_shape, cache_dir=cache_dir, target=target,
-                                    device=device, progress=prior_progress,
-                                    should_stop=should_stop)
-        extra["prior_seconds"] = time.monotonic() - t0
-    if prior.kind != kind:
-        raise ValueError(f"{name} needs a '{kind}' prior, got a '{prior.kind}' prior")
-    if tuple(prior.image_shape) != tuple(target.image_shape):
-        raise ValueError(f"prior image shape {prior.image_shape} != target input {target.image_shape}")
-    prior.to(device)
-    _freeze(prior.generator)
-    _freeze(prior.discriminator)
-    extra["prior_key"] = prior.info.get("key")
+    model = freeze(target.model.to(device))
+    prep_end = 0.5 if request.prior is None else (0.3 if lomma else 0.0)
+    prior, extra = attack_prior(request, kind, scaled(progress, 0.0, 0.35 if lomma else prep_end), target_aware=True)
+    freeze(prior.discriminator)
     codec = PixelCodec(target.normalization, target.image_shape[0], device)
     models = [model]
     id_kind = "ce"
@@ -160,7 +160,7 @@ def run_gan_attack(
     search = {"gmi": _gmi_search, "kedmi": _kedmi_search, "plg": _plg_search}[kind]
     t0 = time.monotonic()
     images01, labels, final, queries = search(
-        prior, identity, identities, per_identity, budget, options, seed, device,
+        prior, identity, request.identities, request.per_identity, budget, options, seed, device,
         StepReporter(name, 1, scaled(progress, prep_end, 1.0), should_stop))
     extra["search_seconds"] = time.monotonic() - t0
     extra["final_identity_loss"] = float(final.mean())

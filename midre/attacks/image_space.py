@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from midre.attacks.base import (
-    AttackBudget,
+    AttackRequest,
     AttackResult,
-    AttackTarget,
     PixelCodec,
     StepReporter,
     chunks,
@@ -28,8 +27,7 @@ from midre.attacks.base import (
     select_best_restart,
     target_confidence,
 )
-from midre.errors import ConfigError
-from midre.progress import ProgressCallback, StopCallback
+from midre.attacks.registry import register_attack
 
 logger = logging.getLogger(__name__)
 
@@ -142,20 +140,13 @@ def _tv_mean(x: Tensor) -> Tensor:
     return dh + dw
 
 
-def run_image_space_attack(
-    name: str,
-    target: AttackTarget,
-    identities: Tensor,
-    *,
-    per_identity: int,
-    budget: AttackBudget,
-    seed: int,
-    device: torch.device,
-    options: MIFaceOptions | DeepInversionOptions,
-    progress: ProgressCallback | None,
-    should_stop: StopCallback | None,
-) -> AttackResult:
+@register_attack("deepinversion", options=DeepInversionOptions, paper="Yin et al., CVPR 2020", aliases=("di",))
+@register_attack("mi-face", options=MIFaceOptions, paper="Fredrikson et al., CCS 2015", aliases=("miface",))
+def run_image_space_attack(request: AttackRequest) -> AttackResult:
     """Optimise pixels of every reconstruction at once (see module docstring)."""
+    name, target, identities, per_identity = request.name, request.target, request.identities, request.per_identity
+    budget, seed, device, options = request.budget, request.seed, request.device, request.options
+    progress, should_stop = request.progress, request.should_stop
     start = time.monotonic()
     model = target.model.to(device).eval()
     for p in model.parameters():
@@ -263,22 +254,3 @@ def run_image_space_attack(
     return AttackResult(images=images.cpu(), labels=labels, confidence=conf, queries=queries,
                         seconds=time.monotonic() - start, normalization=target.normalization, attack=name,
                         extra={"final_identity_loss": float(final_loss[best].mean())})
-
-
-def options_from_dict(cls: type, data: dict[str, Any] | None) -> Any:
-    """Build an options dataclass; :class:`ConfigError` names an unknown or invalid option."""
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError("", f"options must be an object, got {type(data).__name__}")
-    data = dict(data or {})
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(unknown[0], f"unknown option of {cls.__name__}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**data)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        message = str(exc)
-        field = next((k for k in sorted(known, key=len, reverse=True) if k in message), "")
-        raise ConfigError(field, message) from exc

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from midre.attacks.base import AttackBudget, StepReporter, expand_labels
-from midre.attacks.blackbox import ProbabilityOracle, checkpoint_queries
+from midre.attacks.base import AttackBudget, AttackResult, StepReporter, expand_labels
+from midre.attacks.blackbox import ProbabilityOracle, checkpoint_queries, run_query_attack
+from midre.attacks.registry import AttackRequest, register_attack
 from midre.progress import ProgressCallback, StopCallback
 
 
@@ -348,4 +349,11 @@ class RLBMI:
                 "checkpoints": snapshots, "extra": extra}
 
 
-__all__ = ["RLBMI", "RLBMIOptions", "StackedSAC", "rlb_reward"]
+@register_attack("rlb-mi", options=RLBMIOptions, needs="gmi", access="probabilities", paper="Han et al., CVPR 2023",
+                 aliases=("rlbmi",))
+def run_rlb_mi(request: AttackRequest) -> AttackResult:
+    """RLB-MI through a :class:`~midre.attacks.blackbox.ProbabilityOracle` in a GMI prior's latent space."""
+    return run_query_attack(request, ProbabilityOracle, RLBMI)
+
+
+__all__ = ["RLBMI", "RLBMIOptions", "StackedSAC", "rlb_reward", "run_rlb_mi"]

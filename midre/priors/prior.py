@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from midre.attacks.base import AttackTarget, PixelCodec, StepReporter, max_margin_loss
-from midre.attacks.base import differentiable_augment as _augment
 from midre.errors import ConfigError
 from midre.priors.gan import Discriminator, Generator, gradient_penalty
-from midre.progress import ProgressCallback, StopCallback
+from midre.progress import ProgressCallback, StepReporter, StopCallback
+from midre.target import AttackTarget, PixelCodec, max_margin_loss
+from midre.target import differentiable_augment as _augment
 
 logger = logging.getLogger(__name__)
 

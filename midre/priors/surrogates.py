@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from midre.attacks.base import AttackTarget, PixelCodec, StepReporter
 from midre.priors.prior import GanPrior, PublicData
-from midre.progress import ProgressCallback, StopCallback
+from midre.progress import ProgressCallback, StepReporter, StopCallback
+from midre.target import AttackTarget, PixelCodec
 
 logger = logging.getLogger(__name__)
 
