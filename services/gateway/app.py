@@ -22,7 +22,8 @@ from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import install_metrics
-from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, oip, predict
+from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, oip, predict, webhooks
+from services.integrations.webhooks import WebhookDeliverer
 from services.queue.dispatch import Dispatcher
 from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
@@ -78,9 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Job specs are validated against the library: import it now, not in the first request.
         await run_in_threadpool(preload_library)
         serving.start()  # writes the query counts of unbudgeted models every MIDRE_SERVE_USAGE_FLUSH_S
+        deliverer = WebhookDeliverer(settings) if settings.webhooks_in_api else None
+        if deliverer is not None:
+            deliverer.start()  # sends the webhook outbox (workers run one too; claims are race-safe)
         try:
             yield
         finally:
+            if deliverer is not None:
+                await run_in_threadpool(deliverer.stop)
             await serving.stop()  # the last counts reach the database before the process ends
             serving.close()
 
@@ -98,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "Model cards."},
             {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
             {"name": "keys", "description": "Mint, list and revoke scoped API keys (admin scope)."},
+            {"name": "webhooks", "description": "Signed webhooks (Standard Webhooks) for job events (admin scope)."},
             {"name": "inference (v2)", "description": "Served models over the Open Inference Protocol (KServe v2)."},
             {"name": "health", "description": "Liveness and readiness."},
         ],
@@ -109,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)
     registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
-    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict, oip)]
+    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks)]
     for router in routers:
         app.include_router(router)
     document_scopes(app, routers)

@@ -12,6 +12,7 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from services.db.session import dispose_all
+from services.integrations.webhooks import WebhookDeliverer
 from services.queue.celery_app import TASK_NAME, make_celery
 from services.settings import get_settings
 from services.worker.handlers import HANDLERS
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 settings = get_settings()
 celery_app = make_celery(settings)
 _reaper: Reaper | None = None
+_deliverer: WebhookDeliverer | None = None
 
 
 @celery_app.task(name=TASK_NAME, ignore_result=True)
@@ -41,9 +43,11 @@ def _fresh_connections(**_: Any) -> None:
 
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
-    global _reaper
+    global _reaper, _deliverer
     _reaper = Reaper(settings)
     _reaper.start()
+    _deliverer = WebhookDeliverer(settings)  # sends the webhook outbox, next to the reaper
+    _deliverer.start()
     log.info("midre worker ready (reaper every %.0fs)", settings.reaper_interval_s)
 
 
@@ -51,3 +55,5 @@ def _start_reaper(**_: Any) -> None:
 def _stop_reaper(**_: Any) -> None:
     if _reaper is not None:
         _reaper.stop()
+    if _deliverer is not None:
+        _deliverer.stop()
