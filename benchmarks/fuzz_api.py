@@ -31,6 +31,7 @@ Run: ``uv run python benchmarks/fuzz_api.py`` (``--per-operation 60``, ``--seed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -91,7 +92,7 @@ class Service:
     """``midre serve --no-worker`` on 127.0.0.1:<free port> with ``MIDRE_HOME=home``, ready when
     ``/readyz`` answers 200. Use as a context manager; :meth:`worker` starts a worker on demand."""
 
-    def __init__(self, home: Path, ready_timeout: float = 120.0) -> None:
+    def __init__(self, home: Path, ready_timeout: float = 120.0, database_url: str | None = None) -> None:
         home.mkdir(parents=True, exist_ok=True)
         self.home = home
         self.port = free_port()
@@ -99,6 +100,8 @@ class Service:
         self.log_path = home / "serve.log"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")}
         self.env |= {"MIDRE_HOME": str(home), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+        if database_url:
+            self.env["MIDRE_DATABASE_URL"] = database_url
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "midre.cli", "serve", "--no-worker", "--host", "127.0.0.1",
@@ -549,10 +552,10 @@ class Run:
 
 
 def run(home: Path, *, per_operation: int, seed: int, train: bool, budget_s: float,
-        progress: bool = False) -> Run:
-    """Start the service in ``home``, seed it, fuzz it, stop it."""
+        progress: bool = False, database_url: str | None = None) -> Run:
+    """Start the service in ``home`` (on ``database_url``, default SQLite), seed it, fuzz it, stop it."""
     t0 = time.monotonic()
-    with Service(home) as service:
+    with Service(home, database_url=database_url) as service:
         key = service.create_key("fuzz")
         seeds = seed_objects(service.url, key, start_worker=service.worker if train else None)
         setup_s = time.monotonic() - t0
@@ -566,6 +569,28 @@ def iter_json_failures(report: FuzzReport) -> Iterator[dict[str, Any]]:
         yield {k: v for k, v in vars(failure).items()}
 
 
+@contextlib.contextmanager
+def scratch_database(admin_url: str | None) -> Iterator[str | None]:
+    """A throw-away PostgreSQL database next to ``admin_url``'s (None: no database, SQLite is used)."""
+    if not admin_url:
+        yield None
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    name = f"midre_fuzz_{secrets.token_hex(4)}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-operation", type=int, default=60, help="examples per operation (all passes)")
@@ -575,11 +600,13 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=300.0, help="send no request after this many seconds")
     parser.add_argument("--json", type=Path, help="also write the figures and failures to this file")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-pass progress lines")
+    parser.add_argument("--postgres", metavar="ADMIN_URL", help="run on a fresh PostgreSQL database created (and "
+                        "dropped afterwards) through this admin URL, e.g. postgresql+psycopg://postgres@127.0.0.1/test")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="midre-fuzz-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="midre-fuzz-") as tmp, scratch_database(args.postgres) as url:
         result = run(Path(tmp) / "home", per_operation=args.per_operation, seed=args.seed, train=not args.no_train,
-                     budget_s=args.budget_s, progress=not args.quiet)
+                     budget_s=args.budget_s, progress=not args.quiet, database_url=url)
     report = result.report
     print(f"setup (serve + seed{'' if args.no_train else ' + train'}): {result.setup_s:.1f} s; "
           f"seeded path parameters: {json.dumps(result.seeds)}")
