@@ -36,6 +36,12 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BMP", "DIB", "TIFF", 
 #: Largest accepted image, in pixels (about 67 MP; a 8K photo is 33 MP). Guards against
 #: decompression bombs before any pixel is decoded.
 MAX_IMAGE_PIXELS = 64 * 2**20
+#: Most bytes one decode may hold in memory: pixels x (bytes per pixel of the file's mode, plus the
+#: float32 working copy that 16/32-bit gray needs). An 8192x8192 16-bit PNG (6 bytes a pixel, 384 MiB)
+#: is refused before its pixels are read; a 4096x4096 one (96 MiB) decodes.
+MAX_DECODE_BYTES = 256 * 2**20
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                    "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 8, "F": 8}
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _GRAY_MODES = frozenset({"1", "L", "I", "F"}) | _SIXTEEN_BIT_MODES
@@ -60,12 +66,18 @@ def _sniff_format(path: str) -> str | None:
         return None
 
 
+def decode_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes a decode of a ``width x height`` image in PIL ``mode`` holds (see :data:`MAX_DECODE_BYTES`)."""
+    per_pixel = 6 if mode in _SIXTEEN_BIT_MODES else _BYTES_PER_PIXEL.get(mode, 8)
+    return width * height * per_pixel
+
+
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Convert to "L" or "RGB"; 16-bit and 32-bit grayscale are scaled, not clipped, to 8 bits."""
     if img.mode == mode:
         return img
     if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        arr = np.asarray(img).astype(np.float64)
+        arr = np.asarray(img, dtype=np.float32)
         if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and arr.max(initial=0) > 255):
             arr = arr / 257.0  # 0..65535 -> 0..255
         elif img.mode == "F" and arr.max(initial=0) <= 1.0:
@@ -99,6 +111,13 @@ def decode_image(path: str, image_size: int, channels: int, *, display: str | No
             if width * height > MAX_IMAGE_PIXELS:
                 raise DatasetError(
                     f"{name}: image is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS} allowed",
+                    path=name,
+                )
+            needed = decode_bytes(img.mode, width, height)
+            if needed > MAX_DECODE_BYTES:
+                raise DatasetError(
+                    f"{name}: a {width}x{height} {img.mode} image needs {needed // 2**20} MiB to decode, more "
+                    f"than the {MAX_DECODE_BYTES // 2**20} MiB allowed",
                     path=name,
                 )
             img.draft(mode, (image_size, image_size))

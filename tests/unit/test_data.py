@@ -711,3 +711,22 @@ def test_a_decompression_bomb_is_refused_before_anything_is_written(tmp_path: Pa
         safe_extract(archive, dest, max_total_bytes=2**31)
     assert info.value.field == "max_total_bytes"
     assert not dest.exists() or not any(p.is_file() for p in dest.rglob("*"))
+
+
+def test_a_huge_16_bit_image_is_refused_before_decoding_and_a_large_one_decodes(tmp_path: Path) -> None:
+    """The decode budget counts bytes per pixel: a 16-bit 8192x8192 PNG (a few KB on disk) is refused
+    from its header; a 16-bit 2048x2048 one decodes to the same 8-bit image as its 8-bit twin."""
+    from midre.data.images import MAX_DECODE_BYTES, decode_bytes, decode_image
+
+    huge = tmp_path / "huge16.png"
+    Image.new("I;16", (8192, 8192)).save(huge)
+    assert huge.stat().st_size < 2**20 and decode_bytes("I;16", 8192, 8192) > MAX_DECODE_BYTES
+    with pytest.raises(DatasetError, match="MiB to decode"):
+        decode_image(str(huge), 32, 1)
+    ramp = (np.arange(2048, dtype=np.uint32)[None, :].repeat(2048, 0) * 32).astype(np.uint16)
+    large = tmp_path / "large16.png"
+    Image.fromarray(ramp).save(large)  # uint16 -> a 16-bit gray PNG
+    eight = tmp_path / "large8.png"
+    Image.fromarray(np.clip(np.rint(ramp / 257.0), 0, 255).astype(np.uint8)).save(eight)
+    a, b = decode_image(str(large), 32, 1), decode_image(str(eight), 32, 1)
+    assert a.shape == (32, 32) and np.abs(a.astype(int) - b.astype(int)).max() <= 1
