@@ -23,9 +23,11 @@ from midre.attacks.base import (
     StepReporter,
     chunks,
     expand_labels,
+    freeze,
     random_jitter_flip,
     select_best_restart,
     target_confidence,
+    total_variation,
 )
 from midre.attacks.registry import register_attack
 
@@ -134,123 +136,142 @@ def _tv_l2(x: Tensor) -> Tensor:
     return sum(torch.linalg.vector_norm(d) for d in (d1, d2, d3, d4))
 
 
-def _tv_mean(x: Tensor) -> Tensor:
-    dh = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().flatten(1).mean(1)
-    dw = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().flatten(1).mean(1)
-    return dh + dw
+class _PixelSearch:
+    """What MI-Face and DeepInversion share: the frozen target, the restart-major batch of images
+    (in the target's input space) they optimise chunk by chunk, and the bookkeeping of the search.
+
+    Images are drawn ``init_std * N(0, I)`` in the input space (clamped to valid pixels) from the
+    request's seeded generator, which the attack keeps drawing from (jitter, flips).
+    """
+
+    def __init__(self, request: AttackRequest, init_std: float) -> None:
+        self.request = request
+        self.start = time.monotonic()
+        device = request.device
+        self.model = freeze(request.target.model.to(device))
+        c, h, w = request.target.image_shape
+        self.codec = PixelCodec(request.target.normalization, c, device)
+        self.labels = expand_labels(request.identities, request.per_identity)
+        self.all_labels = self.labels.repeat(request.budget.restarts).to(device)
+        total = self.all_labels.numel()
+        self.gen = torch.Generator().manual_seed(request.seed)
+        self.x_all = self.codec.clamp_input(init_std * torch.randn(total, c, h, w, generator=self.gen).to(device))
+        # DI (CIFAR setting) and MI-Face both use a step size of 0.1
+        self.lr = request.budget.lr if request.budget.lr is not None else 0.1
+        self.slices = chunks(total, request.budget.chunk_size)
+        self.reporter = StepReporter(request.name, request.budget.steps * len(self.slices), request.progress,
+                                     request.should_stop)
+        self.final_loss = torch.zeros(total)
+        self.queries = 0
+
+    def step(self, x: Tensor, loss: Tensor, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """One descent step of the images ``x`` on ``loss`` (one forward of ``x`` counted), kept valid pixels."""
+        self.queries += x.shape[0]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            x.copy_(self.codec.clamp_input(x))
+        value = float(loss.detach())
+        self.reporter.step(value if math.isfinite(value) else None)
+
+    @torch.no_grad()
+    def keep(self, sl: slice, x: Tensor) -> None:
+        """Store a finished chunk and its identity loss (cross-entropy), which picks the best restart."""
+        self.final_loss[sl] = F.cross_entropy(self.model(x), self.all_labels[sl], reduction="none").cpu()
+        self.queries += x.shape[0]
+        self.x_all[sl] = x.detach()
+
+    def result(self) -> AttackResult:
+        """The best restart of every image, with its target confidence."""
+        request, n, restarts = self.request, self.labels.numel(), self.request.budget.restarts
+        best = select_best_restart(self.final_loss, n, restarts) if restarts > 1 else torch.arange(n)
+        images = self.x_all[best.to(request.device)].detach()
+        conf = target_confidence(self.model, images, self.labels.to(request.device))
+        self.queries += n
+        return AttackResult(images=images.cpu(), labels=self.labels, confidence=conf, queries=self.queries,
+                            seconds=time.monotonic() - self.start, normalization=request.target.normalization,
+                            attack=request.name, extra={"final_identity_loss": float(self.final_loss[best].mean())})
+
+
+@register_attack("mi-face", options=MIFaceOptions, paper="Fredrikson et al., CCS 2015", aliases=("miface",))
+def run_mi_face(request: AttackRequest) -> AttackResult:
+    """MI-Face: gradient descent on the pixels of every reconstruction, from the mean image (Alg. 1)."""
+    options: MIFaceOptions = request.options
+    # the all-zero (mean) image; a little noise separates the per-identity copies
+    search = _PixelSearch(request, init_std=0.05)
+    optimizer_class = torch.optim.Adam if options.optimizer == "adam" else torch.optim.SGD
+    for sl in search.slices:
+        x = search.x_all[sl].clone().requires_grad_(True)
+        y = search.all_labels[sl]
+        optimizer = optimizer_class([x], lr=search.lr)
+        for _ in range(request.budget.steps):
+            logits = search.model(x)
+            if options.loss == "paper":
+                main = 1 - logits.softmax(1).gather(1, y[:, None]).squeeze(1)
+            else:
+                main = F.cross_entropy(logits, y, reduction="none")
+            per = main + options.tv_weight * total_variation(x) + options.l2_weight * x.pow(2).flatten(1).mean(1)
+            search.step(x, per.sum(), optimizer)  # sum: each image's gradient is independent of the batch size
+        search.keep(sl, x)
+    return search.result()
+
+
+def _low_res_steps(options: DeepInversionOptions, steps: int) -> int:
+    """Steps of DeepInversion's low-resolution phase (0: none)."""
+    if options.low_res_fraction <= 0:
+        return 0
+    if not 0 < options.low_res_fraction < 1 or options.low_res_factor < 2:
+        raise ValueError("deepinversion: low_res_fraction must be in [0, 1) and low_res_factor >= 2")
+    return min(int(round(steps * options.low_res_fraction)), steps - 1)
+
+
+def _upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _di_optimizer(x: Tensor, lr: float, options: DeepInversionOptions, steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    optimizer = torch.optim.Adam([x], lr=lr)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps)) if options.cosine else None
 
 
 @register_attack("deepinversion", options=DeepInversionOptions, paper="Yin et al., CVPR 2020", aliases=("di",))
-@register_attack("mi-face", options=MIFaceOptions, paper="Fredrikson et al., CCS 2015", aliases=("miface",))
-def run_image_space_attack(request: AttackRequest) -> AttackResult:
-    """Optimise pixels of every reconstruction at once (see module docstring)."""
-    name, target, identities, per_identity = request.name, request.target, request.identities, request.per_identity
-    budget, seed, device, options = request.budget, request.seed, request.device, request.options
-    progress, should_stop = request.progress, request.should_stop
-    start = time.monotonic()
-    model = target.model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    c, h, w = target.image_shape
-    codec = PixelCodec(target.normalization, c, device)
-    labels = expand_labels(identities, per_identity)
-    n = labels.numel()
-    restarts = budget.restarts
-    all_labels = labels.repeat(restarts).to(device)
-    total = all_labels.numel()
-    gen = torch.Generator().manual_seed(seed)
-    is_di = isinstance(options, DeepInversionOptions)
-    lr = budget.lr if budget.lr is not None else 0.1  # DI (CIFAR setting) and MI-Face both use 0.1
-    if is_di:
-        # DeepInversion starts from Gaussian noise in the (normalised) input space.
-        x_all = torch.randn(total, c, h, w, generator=gen).to(device)
-    else:
-        # MI-Face starts from the all-zero (mean) image; a little noise separates the per-identity copies.
-        x_all = 0.05 * torch.randn(total, c, h, w, generator=gen).to(device)
-    x_all = codec.clamp_input(x_all)
-    hooks = BatchNormStatsHook(model) if is_di else None
-    if is_di and not hooks.layers:
+def run_deepinversion(request: AttackRequest) -> AttackResult:
+    """DeepInversion: pixels from noise matching the target's BatchNorm statistics (Eq. 2-4)."""
+    options: DeepInversionOptions = request.options
+    steps = request.budget.steps
+    _, h, w = request.target.image_shape
+    low_steps = _low_res_steps(options, steps)
+    search = _PixelSearch(request, init_std=1.0)  # Gaussian noise in the (normalised) input space
+    jitter = options.jitter if options.jitter is not None else max(1, int(round(w * 2 / 32)))
+    hooks = BatchNormStatsHook(search.model)
+    if not hooks.layers:
         logger.warning("deepinversion: the target has no BatchNorm layers; R_feature is skipped")
-    jitter = 0
-    if is_di:
-        jitter = options.jitter if options.jitter is not None else max(1, int(round(w * 2 / 32)))
-    slices = chunks(total, budget.chunk_size)
-    reporter = StepReporter(name, budget.steps * len(slices), progress, should_stop)
-    final_loss = torch.zeros(total)
-    queries = 0
-    low_steps = 0
-    if is_di and options.low_res_fraction > 0:
-        if not 0 < options.low_res_fraction < 1 or options.low_res_factor < 2:
-            raise ValueError("deepinversion: low_res_fraction must be in [0, 1) and low_res_factor >= 2")
-        low_steps = min(int(round(budget.steps * options.low_res_fraction)), budget.steps - 1)
-        low_side = (max(4, h // options.low_res_factor), max(4, w // options.low_res_factor))
     try:
-        for sl in slices:
-            y = all_labels[sl]
+        for sl in search.slices:
+            y = search.all_labels[sl]
             if low_steps:
-                x = F.interpolate(x_all[sl], size=low_side, mode="bilinear", align_corners=False,
+                low_side = (max(4, h // options.low_res_factor), max(4, w // options.low_res_factor))
+                x = F.interpolate(search.x_all[sl], size=low_side, mode="bilinear", align_corners=False,
                                   antialias=True).requires_grad_(True)
             else:
-                x = x_all[sl].clone().requires_grad_(True)
-
-            def new_optimizer(param: Tensor) -> tuple[torch.optim.Optimizer, Any]:
-                if is_di or options.optimizer == "adam":
-                    o: torch.optim.Optimizer = torch.optim.Adam([param], lr=lr)
-                else:
-                    o = torch.optim.SGD([param], lr=lr)
-                return o, (torch.optim.lr_scheduler.CosineAnnealingLR(o, max(1, budget.steps))
-                           if is_di and options.cosine else None)
-
-            opt, sched = new_optimizer(x)
-            for step in range(budget.steps):
+                x = search.x_all[sl].clone().requires_grad_(True)
+            optimizer, scheduler = _di_optimizer(x, search.lr, options, steps)
+            for step in range(steps):
                 if low_steps and step == low_steps:  # multi-resolution: continue at full size
-                    x = F.interpolate(x.detach(), size=(h, w), mode="bilinear",
-                                      align_corners=False).requires_grad_(True)
-                    opt, sched = new_optimizer(x)
-                opt.zero_grad(set_to_none=True)
-                if is_di:
-                    full = x if x.shape[-1] == w else F.interpolate(x, size=(h, w), mode="bilinear",
-                                                                     align_corners=False)
-                    xin = random_jitter_flip(full, jitter, options.flip, gen)
-                    logits = model(xin)
-                    loss = F.cross_entropy(logits, y)
-                    bn = hooks.take(options.first_bn_multiplier)
-                    if bn is not None:
-                        loss = loss + options.bn_weight * bn
-                    loss = (loss + options.tv_weight * _tv_l2(x)
-                            + options.l2_weight * x.flatten(1).norm(dim=1).mean())
-                else:
-                    logits = model(x)
-                    if options.loss == "paper":
-                        main = 1 - logits.softmax(1).gather(1, y[:, None]).squeeze(1)
-                    else:
-                        main = F.cross_entropy(logits, y, reduction="none")
-                    per = (main + options.tv_weight * _tv_mean(x)
-                           + options.l2_weight * x.pow(2).flatten(1).mean(1))
-                    loss = per.sum()  # sum: each image's gradient is independent of the batch size
-                queries += x.shape[0]
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                with torch.no_grad():
-                    x.copy_(codec.clamp_input(x))
-                reporter.step(float(loss.detach()) if math.isfinite(float(loss.detach())) else None)
-            with torch.no_grad():
-                if hooks is not None:
-                    hooks.losses = []
-                final_loss[sl] = F.cross_entropy(model(x), y, reduction="none").cpu()
-                if hooks is not None:
-                    hooks.losses = []
-                queries += x.shape[0]
-                x_all[sl] = x.detach()
+                    x = _upsample(x.detach(), (h, w)).requires_grad_(True)
+                    optimizer, scheduler = _di_optimizer(x, search.lr, options, steps)
+                full = x if x.shape[-1] == w else _upsample(x, (h, w))
+                loss = F.cross_entropy(search.model(random_jitter_flip(full, jitter, options.flip, search.gen)), y)
+                bn = hooks.take(options.first_bn_multiplier)
+                if bn is not None:
+                    loss = loss + options.bn_weight * bn
+                loss = loss + options.tv_weight * _tv_l2(x) + options.l2_weight * x.flatten(1).norm(dim=1).mean()
+                search.step(x, loss, optimizer, scheduler)
+            search.keep(sl, x)
+            hooks.losses = []  # the statistics of that last forward are no step's loss
     finally:
-        if hooks is not None:
-            hooks.close()
-    best = select_best_restart(final_loss, n, restarts) if restarts > 1 else torch.arange(n)
-    images = x_all[best.to(device)].detach()
-    conf = target_confidence(model, images, labels.to(device))
-    queries += n
-    return AttackResult(images=images.cpu(), labels=labels, confidence=conf, queries=queries,
-                        seconds=time.monotonic() - start, normalization=target.normalization, attack=name,
-                        extra={"final_identity_loss": float(final_loss[best].mean())})
+        hooks.close()
+    return search.result()
