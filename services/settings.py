@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Give up on a job after this many worker losses.")
     cancel_poll_s: float = Field(1.0, ge=0, description="Seconds between DB reads of the cancel flag.")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset archive accepted.")
+    max_json_bytes: int = Field(
+        256 * 1024, ge=1024, description="Largest JSON body of a spec, key, policy or webhook request (413 past it)."
+    )
     max_model_bytes: int = Field(
         1024**3, ge=1, description="Largest model file accepted by POST /v1/models (safetensors weights)."
     )

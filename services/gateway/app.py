@@ -21,6 +21,7 @@ from services.db.session import session_factory
 from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
+from services.gateway.limits import BodyLimitMiddleware, route_limits
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, oip, predict, webhooks
 from services.integrations.webhooks import WebhookDeliverer
@@ -113,6 +114,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.serving = serving
     install_error_handlers(app)
     install_docs(app)
+    serve = serving.settings
+    image_bytes = serve.max_images * (serve.max_image_bytes * 4 // 3 + 1024) + 64 * 1024  # base64 JSON or multipart
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)
     registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))

@@ -137,6 +137,9 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
     detail = exc.detail if isinstance(exc.detail, str) else None
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, ApiError):  # e.g. a body cut off at its size limit
+        return problem_response(request, cause.status, cause.code, cause.detail, cause.errors, cause.headers)
     if exc.status_code == 400 and detail == "There was an error parsing the body":
         # A body that is not UTF-8 never reaches JSON parsing; answer it like malformed JSON (422).
         message = "the request body is not UTF-8 JSON"

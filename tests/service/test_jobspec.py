@@ -165,3 +165,27 @@ def test_integers_past_64_bits_are_422_not_500(api: Api, key_a: str) -> None:
     for field, value in (("seeds", 2**70), ("seeds", [2**40])):
         r = submit(api, key_a, {**PIPELINE, field: value})
         assert r.status_code == 422 and any(e["field"].startswith(field) for e in r.json()["errors"]), r.text
+
+
+def test_bodies_past_the_route_limit_are_413_before_they_are_read(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+    from tests.service.conftest import make_settings
+
+    settings = make_settings(tmp_path / "home", max_json_bytes=4096)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        small = Api(settings, client)
+        key = small.key("t")
+        big = {**TRAIN_SPEC, "defense": {"name": "midre", "a_h": 0.4, "note": "x" * 10_000}}
+        r = client.post("/v1/jobs", json=big, headers=small.auth(key))
+        assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body", r.text
+
+        def chunks() -> Any:  # no Content-Length: cut off while streaming
+            yield json.dumps(big).encode()
+
+        headers = {**small.auth(key), "content-type": "application/json"}
+        r = client.post("/v1/jobs", content=chunks(), headers=headers)
+        assert r.status_code == 413, r.text
+        assert job_count(small) == 0
+        assert client.post("/v1/jobs", json={**TRAIN_SPEC, "device": "cpu"}, headers=small.auth(key)).status_code == 201

@@ -172,6 +172,29 @@ def _b64(field: str, name: str, text: str, limit: int) -> bytes:
         raise InputError(field, f"{name or 'image'} is not valid base64 ({exc})") from exc
 
 
+def _json_images(raw: bytes, max_image_bytes: int) -> tuple[list[RawImage], int | None]:
+    """The images and ``top_k`` of a JSON predict body (validated, base64-decoded)."""
+    try:
+        body = PredictJSON.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [
+            FieldError(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"]) for e in exc.errors()
+        ]
+        raise ApiError(
+            422, "validation_error", "; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors
+        ) from exc
+    images = []
+    for i, item in enumerate(body.images):
+        field = f"images[{i}]"
+        name, text = ("", item) if isinstance(item, str) else (item.name or "", item.data)
+        try:
+            data = _b64(field, name, text, max_image_bytes)
+        except InputError as exc:
+            raise _input_error(exc) from exc
+        images.append(RawImage(field, name, data))
+    return images, body.top_k
+
+
 async def read_images(request: Request, rt: ServingRuntime) -> tuple[list[RawImage], int | None]:
     """The submitted images (multipart ``files`` parts or JSON ``images``) and the body's ``top_k``."""
     limits = rt.settings
@@ -198,24 +221,8 @@ async def read_images(request: Request, rt: ServingRuntime) -> tuple[list[RawIma
                 raise validation_error("top_k", "must be an integer in [1, 100000]")
             top_k = int(raw_k)
     elif ctype.startswith("application/json"):
-        try:
-            body = PredictJSON.model_validate_json(await request.body())
-        except ValidationError as exc:
-            errors = [
-                FieldError(field=".".join(str(p) for p in e["loc"]) or "body", message=e["msg"]) for e in exc.errors()
-            ]
-            raise ApiError(
-                422, "validation_error", "; ".join(f"{e.field}: {e.message}" for e in errors[:5]), errors=errors
-            ) from exc
-        top_k = body.top_k
-        for i, item in enumerate(body.images):
-            field = f"images[{i}]"
-            name, text = ("", item) if isinstance(item, str) else (item.name or "", item.data)
-            try:
-                data = _b64(field, name, text, limits.max_image_bytes)
-            except InputError as exc:
-                raise _input_error(exc) from exc
-            images.append(RawImage(field, name, data))
+        # Parsing and base64-decoding megabytes is CPU work: a worker thread, not the event loop.
+        images, top_k = await run_in_threadpool(_json_images, await request.body(), limits.max_image_bytes)
     else:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data `files` or JSON `images` (base64)")
     if len(images) > limits.max_images:
