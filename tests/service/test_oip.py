@@ -13,6 +13,8 @@ import base64
 import io
 import json
 import struct
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from PIL import Image
 from services.serving.preprocess import RawImage, preprocess
 from services.worker.handlers import HANDLERS
 from services.worker.runner import execute_job
-from tests.service._support import TRAIN_SPEC
+from tests.service._support import TRAIN_SPEC, ApiProcess
 from tests.service.conftest import Api
 from tests.service.test_scopes import mint, model_id  # noqa: F401 - the fixture
 
@@ -306,3 +308,75 @@ def test_bad_requests_are_4xx_naming_the_field(api: Api, key_a: str, model_id: s
     assert_error(r, 413, "body")
     # None of the refused requests cost a query.
     assert api.client.get(f"/v1/models/{model_id}/policy", headers=api.auth(key_a)).json()["usage"] == []
+
+
+def test_tritonclient_against_a_real_server(api: Api, key_a: str, model_id: str, tmp_path: Path) -> None:  # noqa: F811
+    """Triton's own HTTP client (binary tensors by default, JSON on request) against ``midre serve``."""
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    data = images(3, seed=2)
+    expected = np.array([p["probabilities"] for p in v1(api, key_a, model_id, data)["predictions"]])
+    x = fp32_tensor(api, key_a, model_id, data).numpy()
+    server = ApiProcess(api.settings, tmp_path / "api.log")
+    try:
+        server.wait_ready()
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        auth = api.auth(key_a)
+
+        def key() -> dict[str, str]:
+            # tritonclient sends no bearer header by itself, and writes Inference-Header-Content-Length
+            # into the headers dict it is given: a fresh one for each call.
+            return dict(auth)
+
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata()["name"] == "midre"
+        assert client.is_model_ready(model_id, headers=key()) and not client.is_model_ready(model_id)
+        meta = client.get_model_metadata(model_id, headers=key())
+        assert meta["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, 3, 16, 16]}
+
+        for binary in (True, False):
+            fp32 = httpclient.InferInput("input", list(x.shape), "FP32")
+            fp32.set_data_from_numpy(x, binary_data=binary)
+            result = client.infer(model_id, [fp32], headers=key(), request_id="r1")
+            assert result.get_response()["id"] == "r1"
+            np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+
+            encoded = httpclient.InferInput("input", [len(data)], "BYTES")
+            # Raw bytes with the binary extension, base64 text in JSON.
+            elements = data if binary else [b64(d).encode() for d in data]
+            encoded.set_data_from_numpy(np.array(elements, dtype=np.object_), binary_data=binary)
+            result = client.infer(model_id, [encoded], headers=key())
+            np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
+
+        # The classification extension through the client, and the policy's top-k answer.
+        wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=False, class_count=2)]
+        result = client.infer(model_id, [encoded], outputs=wanted, headers=key())
+        top = result.as_numpy("probabilities")
+        assert top.shape == (3, 2)
+        assert [int(str(s).split(":")[1]) for s in top[:, 0]] == expected.argmax(axis=1).tolist()
+
+        time.sleep(1.0)  # the server writes its counted queries (every 0.5 s) before the reset below
+        r = api.client.patch(f"/v1/models/{model_id}/policy",
+                             json={"policy": "label-only", "budget": 4, "reset_usage": True}, headers=auth)
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 10  # the server re-reads the model's policy within 2 s
+        while client.get_model_metadata(model_id, headers=key())["outputs"][0]["name"] != "label":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        result = client.infer(model_id, [encoded], headers=key())
+        assert result.as_numpy("label").tolist() == expected.argmax(axis=1).tolist()
+
+        with pytest.raises(InferenceServerException, match="missing API key"):
+            client.infer(model_id, [encoded])
+        with pytest.raises(InferenceServerException, match="inputs\\[0\\].shape"):
+            bad = httpclient.InferInput("input", [1, 1, 16, 16], "FP32")
+            bad.set_data_from_numpy(np.zeros((1, 1, 16, 16), dtype=np.float32))
+            client.infer(model_id, [bad], headers=key())
+        assert result.get_response()["parameters"] == {"policy": "label-only", "queries": 3, "budget": 4,
+                                                       "remaining": 1}
+        with pytest.raises(InferenceServerException, match="has used 3 of the 4 queries"):
+            client.infer(model_id, [encoded], headers=key())
+        client.close()
+    finally:
+        server.stop()
