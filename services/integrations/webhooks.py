@@ -225,12 +225,16 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, message_id: str
             return None  # the webhook was deleted, or another deliverer took over
         url, secret, body, attempt = hook.url, hook.secret, row.payload, row.attempts
     at = utcnow()
-    headers = {
-        "webhook-id": message_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": Signer(secret).sign(message_id, at, body),
-    }
-    result = post(settings, url, body, headers)
+    try:
+        headers = {
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(at.timestamp())),
+            "webhook-signature": Signer(secret).sign(message_id, at, body),
+        }
+        result = post(settings, url, body, headers)
+    except Exception as exc:  # noqa: BLE001 - a bad row must still use up its tries, not loop forever
+        log.exception("webhook %s: try %d could not be made", message_id, attempt)
+        result = Result(None, f"internal error: {type(exc).__name__}", 0.0)
     finished = utcnow()
     if result.ok:
         state, next_at = DELIVERED, None

@@ -30,7 +30,7 @@ from services.db.session import dispose_all, session_factory, session_scope
 from services.db.types import new_id, utcnow
 from services.db.webhooks import enqueue_job_end
 from services.gateway.app import create_app
-from services.integrations.webhooks import address_problem, deliver_due, new_secret
+from services.integrations.webhooks import address_problem, backoff_s, deliver_due, new_secret, post
 from services.settings import Settings
 from services.worker.runner import execute_job
 from tests.service._support import REPO, TRAIN_SPEC, ApiProcess, free_port, stop_group, wait_for
@@ -145,6 +145,11 @@ def test_register_list_delete_and_tenant_isolation(api: Api, key_a: str, key_b: 
         response = api.client.request(method, path, headers=api.auth(key_b))
         assert response.status_code == 404, (method, response.text)
         assert response.json()["code"] == "not_found"
+
+    with session_scope(api.settings.db_url) as session:  # a `jobs` key of the same tenant: 403
+        jobs_key = create_api_key(session, "tenant-a", scopes=("jobs",))
+    assert api.client.get("/v1/webhooks", headers=api.auth(jobs_key)).status_code == 403
+    assert register(api, jobs_key, PUBLIC_URL).status_code == 403
 
     assert api.client.delete(f"/v1/webhooks/{hook['id']}", headers=api.auth(key_a)).status_code == 204
     assert api.client.delete(f"/v1/webhooks/{hook['id']}", headers=api.auth(key_a)).status_code == 404
@@ -280,6 +285,37 @@ def test_a_private_target_is_refused_at_delivery_too(db_settings: Settings) -> N
     assert deliver_due(settings) == 1
     (row,) = rows(settings, job_id)
     assert row.state == "failed" and row.attempts == 2 and row.next_attempt_at is None
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    paths: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.paths.append(self.path)
+        self.send_response(307)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_redirects_are_not_followed_and_the_back_off_doubles(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", webhooks_allow_private=True, **QUICK)
+    assert [backoff_s(settings, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff_s(settings.model_copy(update={"webhooks_base_delay_s": 30.0}), 40) == 6 * 3600
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    _Redirecting.paths = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = post(settings, f"http://127.0.0.1:{server.server_address[1]}/hook", "{}", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result.status_code, result.error, result.ok) == (307, "redirect not followed", False)
+    assert _Redirecting.paths == ["/hook"]
 
 
 class _Counting(BaseHTTPRequestHandler):
