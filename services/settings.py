@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(
         256 * 1024, ge=1024, description="Largest JSON body of a spec, key, policy or webhook request (413 past it)."
     )
+    max_active_jobs: int = Field(100, ge=1, description="Queued + running jobs one tenant may have (429 past it).")
+    max_study_runs: int = Field(
+        200, ge=1, description="Most attack runs (seeds x defenses x attacks) in one study (429 past it)."
+    )
+    max_storage_bytes: int = Field(
+        50 * 1024**3, ge=1, description="Bytes one tenant's datasets and job artifacts may hold (429 past it)."
+    )
     max_model_bytes: int = Field(
         1024**3, ge=1, description="Largest model file accepted by POST /v1/models (safetensors weights)."
     )

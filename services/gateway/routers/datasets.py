@@ -22,6 +22,7 @@ from services.gateway.errors import (
     not_found,
     validation_error,
 )
+from services.gateway.quotas import check_storage
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
 from services.gateway.uploads import receive_file, sniff_archive
 from services.gateway.views import dataset_view
@@ -158,6 +159,11 @@ def _save(ctx: ServiceContext, dataset: Dataset) -> DatasetPublic:
 async def _upload(request: Request, ctx: ServiceContext, tenant: TenantRef) -> DatasetPublic:
     store = ctx.store
     upload = await receive_file(request, store.upload_dir(), ctx.settings.max_upload_bytes)
+    try:
+        await run_in_threadpool(check_storage, ctx.sessions, ctx.settings, tenant.id, upload.size)
+    except ApiError:
+        upload.path.unlink(missing_ok=True)
+        raise
     dataset_id = new_id("ds")
     dest = store.dataset_dir(dataset_id)
     try:

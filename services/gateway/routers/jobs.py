@@ -15,6 +15,7 @@ from services.db.models import Dataset, Job, JobEvent
 from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
+from services.gateway.quotas import check_job_quotas
 from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
 from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import DIGITS, MAX_INT64, SpecError, check_public_data, references, resolve
@@ -122,6 +123,7 @@ def submit_job(
         check_public_data(spec_dict, model_resolved)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
+    check_job_quotas(session, ctx.settings, tenant.id, resolved)
 
     queue = ctx.settings.queue_name(ctx.dispatcher.route(spec_dict.get("device", "auto")))
     job = Job(

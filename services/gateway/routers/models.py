@@ -15,6 +15,7 @@ from services.db.models import Artifact, Job
 from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
+from services.gateway.quotas import check_storage
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
 from services.gateway.uploads import receive_file
@@ -169,6 +170,11 @@ async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> Mod
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with `file` and `card` parts")
     upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_model_bytes, MAX_CARD_BYTES)
+    try:
+        await run_in_threadpool(check_storage, ctx.sessions, ctx.settings, tenant.id, upload.size)
+    except ApiError:
+        upload.path.unlink(missing_ok=True)
+        raise
     try:
         with open(upload.path, "rb") as fh:
             head = fh.read(8)
