@@ -28,6 +28,7 @@ import binascii
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +131,24 @@ def model_metadata(
             "budget": budget,
         },
     }
+
+
+def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body of a ``Content-Encoding: gzip | deflate`` request (``tritonclient``'s
+    ``request_compression_algorithm``), inflated to at most ``limit`` bytes (413 past it)."""
+    name = (encoding or "identity").strip().lower()
+    if name in ("", "identity"):
+        return body
+    if name not in ("gzip", "deflate"):
+        raise ProtocolError("Content-Encoding", f"must be gzip, deflate or identity, got {encoding!r}", status=415)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if name == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ProtocolError("body", f"not valid {name} data ({exc})") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise ProtocolError("body", f"inflates past this model's {limit}-byte limit", status=413)
+    return out
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[Any, bytes]:

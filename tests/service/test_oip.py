@@ -10,6 +10,7 @@ trained in-process by the worker's handlers).
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import struct
@@ -153,9 +154,14 @@ def test_fp32_and_bytes_infer_equal_v1_predict(api: Api, key_a: str, model_id: s
                         headers={**api.auth(key_a), "Inference-Header-Content-Length": str(len(head))})
     torch.testing.assert_close(torch.tensor(output(r)["data"]).reshape(3, 10), expected, atol=1e-5, rtol=1e-4)
 
+    # A gzip-compressed body (tritonclient's request_compression_algorithm).
+    r = api.client.post(f"/v2/models/{model_id}/infer", content=gzip.compress(json.dumps(bytes_body(data)).encode()),
+                        headers={**api.auth(key_a), "Content-Encoding": "gzip"})
+    torch.testing.assert_close(torch.tensor(output(r)["data"]).reshape(3, 10), expected, atol=1e-5, rtol=1e-4)
+
     # Each image was one query of the key, on /v1 and /v2 alike.
     queries = api.client.get(f"/v1/models/{model_id}/policy", headers=api.auth(key_a)).json()["usage"][0]["queries"]
-    assert queries == 3 * 7
+    assert queries == 3 * 8
 
 
 def parse_classes(out: dict[str, Any]) -> list[list[tuple[float, int, str]]]:
@@ -295,7 +301,15 @@ def test_bad_requests_are_4xx_naming_the_field(api: Api, key_a: str, model_id: s
                         headers={**api.auth(key_a), "Inference-Header-Content-Length": str(len(head))})
     assert_error(r, 422, "inputs[0].parameters.binary_data_size")
 
-    # The body is bounded before it is read: a declared length, then while streaming.
+    plain = json.dumps(fp32([1, 3, 16, 16], one)).encode()
+    r = api.client.post(f"/v2/models/{model_id}/infer", content=plain,
+                        headers={**api.auth(key_a), "Content-Encoding": "br"})
+    assert_error(r, 415, "Content-Encoding")
+    r = api.client.post(f"/v2/models/{model_id}/infer", content=plain,
+                        headers={**api.auth(key_a), "Content-Encoding": "gzip"})
+    assert_error(r, 422, "body")
+
+    # The body is bounded before it is read: a declared length, then while streaming; and inflated.
     api.client.app.state.serving.settings.max_request_bytes = 1024  # type: ignore[attr-defined]
     assert_error(infer(api, key_a, model_id, fp32([1, 3, 16, 16], one)), 413, "body")
 
@@ -305,6 +319,11 @@ def test_bad_requests_are_4xx_naming_the_field(api: Api, key_a: str, model_id: s
             yield b" " * 100
 
     r = api.client.post(f"/v2/models/{model_id}/infer", content=chunks(), headers=api.auth(key_a))
+    assert_error(r, 413, "body")
+    bomb = gzip.compress(b'{"inputs": []' + b" " * 1_000_000 + b"}")
+    assert len(bomb) < 1024
+    r = api.client.post(f"/v2/models/{model_id}/infer", content=bomb,
+                        headers={**api.auth(key_a), "Content-Encoding": "gzip"})
     assert_error(r, 413, "body")
     # None of the refused requests cost a query.
     assert api.client.get(f"/v1/models/{model_id}/policy", headers=api.auth(key_a)).json()["usage"] == []
@@ -346,7 +365,8 @@ def test_tritonclient_against_a_real_server(api: Api, key_a: str, model_id: str,
             # Raw bytes with the binary extension, base64 text in JSON.
             elements = data if binary else [b64(d).encode() for d in data]
             encoded.set_data_from_numpy(np.array(elements, dtype=np.object_), binary_data=binary)
-            result = client.infer(model_id, [encoded], headers=key())
+            result = client.infer(model_id, [encoded], headers=key(),
+                                  request_compression_algorithm="gzip" if binary else None)
             np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-5)
 
         # The classification extension through the client, and the policy's top-k answer.

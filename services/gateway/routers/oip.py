@@ -34,6 +34,7 @@ from services.serving.oip import (
     InferRequest,
     ProtocolError,
     body_limit,
+    decode_content,
     encode_outputs,
     model_metadata,
     parse_request,
@@ -199,7 +200,7 @@ async def model_ready(ctx: Ctx, rt: Runtime, caller: PredictCaller, model_id: st
 
 
 def _protocol_error(exc: ProtocolError | InputError) -> ApiError:
-    code = {413: "too_large", 422: "validation_error"}.get(exc.status, "invalid_request")
+    code = {413: "too_large", 415: "unsupported_media_type", 422: "validation_error"}.get(exc.status, "invalid_request")
     if isinstance(exc, InputError):
         code = "invalid_image" if exc.status == 422 else "image_too_large"
     return ApiError(exc.status, code, f"{exc.field}: {exc.message}",
@@ -247,10 +248,11 @@ async def infer(request: Request, ctx: Ctx, rt: Runtime, caller: PredictCaller, 
     limit = body_limit(ref.card, settings.max_images, settings.max_image_bytes, settings.max_request_bytes)
     body = await read_body(request, limit)
     header_length = request.headers.get(HEADER_LENGTH)
+    encoding = request.headers.get("content-encoding")
     key_id = caller.key_id
 
     def prepare() -> tuple[InferRequest, torch.Tensor, Charge, LoadedModel]:
-        head, binary = split_body(body, header_length)
+        head, binary = split_body(decode_content(body, encoding, limit), header_length)
         parsed = parse_request(head, binary, ref.card, ref.policy, max_images=settings.max_images,
                                max_image_bytes=settings.max_image_bytes)
         tensor = parsed.input.tensor
