@@ -22,7 +22,7 @@ from tests.service._support import TRAIN_SPEC, ApiProcess, face_folder_members, 
 from tests.service.conftest import PgDatabases, make_settings
 
 CONCURRENT = 64
-#: The longest /healthz may take under the load (the issue's bound; typically a few ms).
+#: The longest /healthz may take under the load (typically a few ms).
 HEALTH_BOUND_S = 1.0
 
 
