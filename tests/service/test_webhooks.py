@@ -31,9 +31,10 @@ from services.db.types import new_id, utcnow
 from services.db.webhooks import enqueue_job_end
 from services.gateway.app import create_app
 from services.integrations.webhooks import address_problem, backoff_s, deliver_due, new_secret, post
+from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.worker.runner import execute_job
-from tests.service._support import REPO, TRAIN_SPEC, ApiProcess, free_port, stop_group, wait_for
+from tests.service._support import REPO, TRAIN_SPEC, ApiProcess, WorkerProcess, free_port, stop_group, wait_for
 from tests.service.conftest import Api, PgDatabases, make_settings
 from tests.service.test_worker_units import fake_train
 
@@ -445,4 +446,31 @@ def test_500_twice_then_200_across_an_api_restart(tmp_path: Path, receiver: Rece
         api.stop()
         if restarted is not None:
             restarted.stop()
+        dispose_all()
+
+
+def test_a_worker_delivers_what_its_job_produced(tmp_path: Path) -> None:
+    """No deliverer in any API: the worker that failed the job sends ``job.failed`` from its own thread."""
+    settings = make_settings(tmp_path / "home", webhooks_allow_private=True, webhooks_in_api=False, **QUICK)
+    settings.ensure_dirs()
+    upgrade(settings.db_url)
+    rec = Receiver(tmp_path, "204")
+    worker = WorkerProcess(settings, tmp_path / "worker.log", queues="cpu")
+    try:
+        tenant, _ = add_tenant_hooks(settings, {rec.url: ["job.failed"]})
+        bad = {"kind": "train", "dataset": "digits", "arch": "no-such-architecture"}  # fails when resolved
+        with session_scope(settings.db_url) as session:
+            job = Job(id=new_id("job"), tenant_id=tenant, kind="train", spec=bad, status="queued",
+                      queue=settings.queue_name("cpu"), progress=0.0, attempt=0, cancel_requested=False,
+                      created_at=utcnow(), dispatched_at=utcnow())
+            session.add(job)
+        Dispatcher(settings).send(job.id, settings.queue_name("cpu"))
+        worker.wait_ready()
+        (got,) = wait_for(rec.requests, 120, 0.2, "job.failed from the worker")
+        event = json.loads(got["body"])
+        assert event["type"] == "job.failed" and event["data"] == {"id": job.id, "kind": "train", "status": "failed"}
+        assert wait_for(lambda: rows(settings, job.id)[0].state == "delivered", 10)
+    finally:
+        worker.stop()
+        rec.stop()
         dispose_all()
