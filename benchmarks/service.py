@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _http import HttpClient  # benchmarks/_http.py (the script's folder is on sys.path)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -67,7 +68,7 @@ def free_port() -> int:
 class Service:
     """``midre serve`` in a subprocess, waited on until the API and the worker are both ready."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, worker: bool = True) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "serve.log"
@@ -75,7 +76,8 @@ class Service:
         self.env = env
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port),
+                 *([] if worker else ["--no-worker"])],
                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + 180
@@ -87,7 +89,7 @@ class Service:
                 api_up = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 api_up = False
-            if api_up and " ready." in log_text:
+            if api_up and (" ready." in log_text or not worker):
                 return
             time.sleep(0.3)
         raise TimeoutError("service not ready:\n" + self.log_path.read_text())
@@ -138,23 +140,51 @@ def run_through_service(client: httpx.Client, args: argparse.Namespace) -> tuple
     return elapsed, job["id"]
 
 
-async def latency(url: str, key: str, job_id: str, clients: int, requests: int) -> tuple[list[float], float]:
-    """``clients`` concurrent clients, each sending ``requests`` GETs back to back."""
-    headers = {"Authorization": f"Bearer {key}"}
+async def latency(url: str, key: str, path: str, clients: int, requests: int,
+                  conditional: bool = False) -> tuple[list[float], float]:
+    """``clients`` concurrent keep-alive connections, each sending ``requests`` GETs of ``path`` back
+    to back (with ``conditional``, the ``ETag`` of the first answer as ``If-None-Match``, as a poller
+    does). The lean client keeps the load generator's own CPU small next to the server's."""
+    host, port = url.removeprefix("http://").split(":")
+    etag = httpx.get(url + path, headers={"Authorization": f"Bearer {key}"}).headers.get("etag")
+    extra = f"If-None-Match: {etag}\r\n" if conditional and etag else ""
+    raw = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n{extra}\r\n").encode()
     times: list[float] = []
 
     async def one_client() -> None:
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
-            await client.get(f"/v1/jobs/{job_id}")  # connect + warm up
+        http = HttpClient(host, int(port))
+        try:
+            await http.request(raw)  # connect + warm up
             for _ in range(requests):
                 t = time.perf_counter()
-                r = await client.get(f"/v1/jobs/{job_id}")
+                status, _ = await http.request(raw)
                 times.append(time.perf_counter() - t)
-                r.raise_for_status()
+                if status not in (200, 304):
+                    raise RuntimeError(f"GET {path} answered {status}")
+        finally:
+            http.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(one_client() for _ in range(clients)))
     return times, time.perf_counter() - start
+
+
+def latency_table(url: str, key: str, job_id: str, clients: int, requests: int, rounds: int) -> None:
+    """GET /v1/jobs/{id} (plain and conditional) against GET /healthz, the floor of this stack,
+    interleaved over ``rounds`` so load on the machine hits all three alike; medians over rounds."""
+    cases = {"GET /healthz (floor)": ("/healthz", False), "GET /v1/jobs/{id}": (f"/v1/jobs/{job_id}", False),
+             "GET /v1/jobs/{id} + If-None-Match": (f"/v1/jobs/{job_id}", True)}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, (path, conditional) in cases.items():
+            times, wall = asyncio.run(latency(url, key, path, clients, requests, conditional))
+            ms = [t * 1000 for t in times]
+            results[name].append((statistics.median(ms), percentile(ms, 99), len(ms) / wall))
+    floor = statistics.median(r[1] for r in results["GET /healthz (floor)"])
+    print(f"{clients} concurrent loopback clients x {requests} requests, median of {rounds} rounds:")
+    for name, rows in results.items():
+        p50, p99, rps = (statistics.median(r[i] for r in rows) for i in range(3))
+        print(f"  {name:36s} p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  {rps:6.0f} req/s  p99 / floor {p99 / floor:5.2f}x")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -169,6 +199,9 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--requests", type=int, default=20, help="GETs per client")
+    parser.add_argument("--rounds", type=int, default=3, help="latency rounds (interleaved, medians reported)")
+    parser.add_argument("--latency-only", action="store_true", help="skip the training comparison: submit a job "
+                        "(it stays queued: no worker) and measure the read latency only")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="midre-bench-") as tmp:
@@ -177,9 +210,15 @@ def main() -> int:
               f"MIDRE a_h=0.4, device {args.device}")
         home = tmp_path / "home"
         home.mkdir()
-        service = Service(home)
+        service = Service(home, worker=not args.latency_only)
         try:
             key = service.create_key()
+            if args.latency_only:
+                with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"},
+                                  timeout=60) as client:
+                    job_id = client.post("/v1/jobs", json=spec(args)).raise_for_status().json()["id"]
+                latency_table(service.url, key, job_id, args.clients, args.requests, args.rounds)
+                return 0
             with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"},
                               timeout=60) as client:
                 base_1 = run_in_process(args, tmp_path / "inproc-1")
@@ -199,11 +238,7 @@ def main() -> int:
             print(f"service time inside training      : {parts['callbacks']:7.2f} s in the progress / cancel "
                   f"callbacks (DB writes); estimated ratio {(baseline + outside + parts['callbacks']) / baseline:.3f}x")
 
-            times, wall = asyncio.run(latency(service.url, key, job_id, args.clients, args.requests))
-            ms = [t * 1000 for t in times]
-            print(f"GET /v1/jobs/{{id}}, {args.clients} concurrent clients x {args.requests} requests "
-                  f"(loopback): p50 {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms, "
-                  f"max {max(ms):.1f} ms, {len(ms) / wall:.0f} req/s")
+            latency_table(service.url, key, job_id, args.clients, args.requests, args.rounds)
         finally:
             service.stop()
     return 0

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         description="Bearer token of GET /metrics; without it /metrics shows only aggregate series "
         "(no job or API-key ids).",
     )
+    job_cache_s: float = Field(
+        1.0, ge=0, description="Seconds GET /v1/jobs/{id} answers from this process's cache (0 disables); a "
+        "job's status and progress are at most this old."
+    )
     auth_cache_s: float = Field(
         5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
     )

@@ -24,6 +24,7 @@ from services.gateway.errors import install_error_handlers
 from services.gateway.limits import BodyLimitMiddleware, route_limits
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, oip, predict, webhooks
+from services.gateway.ttl_cache import TTLCache
 from services.integrations.webhooks import WebhookDeliverer
 from services.queue.dispatch import Dispatcher
 from services.serving.config import ServingSettings
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store=LocalStore(settings.storage_dir),
         dispatcher=Dispatcher(settings),
         auth_cache=AuthCache(settings.auth_cache_s),
+        job_cache=TTLCache(settings.job_cache_s),
     )
     serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir), ctx.sessions)
 

@@ -27,6 +27,8 @@ class ServiceContext:
     store: LocalStore
     dispatcher: Dispatcher
     auth_cache: AuthCache = field(default_factory=lambda: AuthCache(0))
+    #: ``(tenant, job id) -> (etag, JSON body)`` of ``GET /v1/jobs/{id}`` for ``MIDRE_JOB_CACHE_S``.
+    job_cache: TTLCache[tuple[str, str], tuple[str, bytes]] = field(default_factory=lambda: TTLCache(0))
 
 
 # The two cheap dependencies are ``async`` on purpose: a sync dependency costs a hop to the thread

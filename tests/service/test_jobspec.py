@@ -189,3 +189,18 @@ def test_bodies_past_the_route_limit_are_413_before_they_are_read(tmp_path: Any)
         assert r.status_code == 413, r.text
         assert job_count(small) == 0
         assert client.post("/v1/jobs", json={**TRAIN_SPEC, "device": "cpu"}, headers=small.auth(key)).status_code == 201
+
+
+def test_job_reads_carry_an_etag_and_answer_304_when_unchanged(api: Api, key_a: str, key_b: str) -> None:
+    job = submit(api, key_a, {**TRAIN_SPEC, "device": "cpu"}).json()["id"]
+    first = api.client.get(f"/v1/jobs/{job}", headers=api.auth(key_a))
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and first.json()["status"] == "queued" and etag.startswith('"')
+    again = api.client.get(f"/v1/jobs/{job}", headers={**api.auth(key_a), "If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    # Another tenant gets no ETag and no hint: 404, cached or not.
+    assert api.client.get(f"/v1/jobs/{job}", headers={**api.auth(key_b), "If-None-Match": etag}).status_code == 404
+    # A change made through this process is seen at once (the cancel forgets the cached answer).
+    assert api.client.post(f"/v1/jobs/{job}/cancel", headers=api.auth(key_a)).status_code == 202
+    after = api.client.get(f"/v1/jobs/{job}", headers={**api.auth(key_a), "If-None-Match": etag})
+    assert after.status_code == 200 and after.json()["status"] == "cancelled" and after.headers["etag"] != etag

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Annotated, Any
 
@@ -207,10 +208,34 @@ def list_jobs(
     return JobPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
 
 
-@router.get("/{job_id}", response_model=JobPublic, summary="Get a job")
-def read_job(session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
-    """Status, progress (0..1 + stage), timestamps, error and metrics of one job."""
-    return job_view(session, get_job(session, tenant, job_id))
+@router.get(
+    "/{job_id}",
+    response_model=JobPublic,
+    summary="Get a job",
+    responses={304: {"description": "Not modified since the `ETag` given in `If-None-Match`"}},
+)
+async def read_job(
+    ctx: Ctx,
+    tenant: CurrentTenant,
+    job_id: str,
+    if_none_match: Annotated[str | None, Header(max_length=200, description="An `ETag` of this job.")] = None,
+) -> Response:
+    """Status, progress (0..1 + stage), timestamps, error and metrics of one job. Answers carry an
+    `ETag`; a poll with `If-None-Match` gets 304 while nothing changed. Each API process answers
+    from a cache for `MIDRE_JOB_CACHE_S` seconds (default 1), so a poll sees a change at most that late."""
+
+    def load() -> tuple[str, bytes]:
+        with ctx.sessions() as session:
+            body = job_view(session, get_job(session, tenant, job_id)).model_dump_json().encode()
+        return f'"{hashlib.sha256(body).hexdigest()[:32]}"', body
+
+    found = await ctx.job_cache.get_or_load((tenant.id, job_id), load)
+    assert found is not None  # load() answers or raises 404
+    etag, body = found
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if if_none_match is not None and etag in (t.strip() for t in if_none_match.split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 @router.get("/{job_id}/events", response_model=EventPage, summary="A job's events")
@@ -238,7 +263,7 @@ def list_events(
     summary="Cancel a job",
     responses={409: PROBLEM_RESPONSES[404] | {"description": "The job already finished"}},
 )
-def cancel_job(session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
+def cancel_job(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
     """A queued job is cancelled at once; a running one goes to ``cancelling`` and its worker stops
     at the next step, saving its resume state."""
     job = get_job(session, tenant, job_id)
@@ -249,4 +274,5 @@ def cancel_job(session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
     elif job.status in jobstate.TERMINAL:
         raise ApiError(409, "job_finished", f"job {job_id} already {job.status}")
     session.commit()
+    ctx.job_cache.forget((tenant.id, job_id))
     return job_view(session, job)
