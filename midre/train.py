@@ -47,6 +47,19 @@ SCHEDULES = ("none", "multistep", "cosine")
 AUGMENTATIONS = ("hflip", "shift")
 RESUME_FILE = "checkpoint/last.pt"
 
+# The random streams of one epoch are seeded ``seed * STREAM + epoch`` (:func:`epoch_seed`), so a
+# resumed run re-creates an epoch's draws from (seed, epoch) alone. Each STREAM is a prime above any
+# epoch count: for a given stream no two (seed, epoch) pairs share a seed, and the three streams of
+# one epoch (global RNG for dropout & co, shuffling, augmentation + erasing) start from unrelated seeds.
+GLOBAL_STREAM = 1_000_037
+SHUFFLE_STREAM = 1_000_003
+AUGMENT_STREAM = 1_000_033
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """The seed of ``stream`` in ``epoch`` of a run seeded ``seed`` (see the stream constants)."""
+    return seed * stream + epoch
+
 
 @dataclass
 class TrainConfig:
@@ -258,6 +271,30 @@ def _save_resume(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _Run:
+    """A training run in progress: what the steps of :func:`train` share."""
+
+    cfg: TrainConfig
+    out: Path
+    fingerprint: str
+    device: torch.device
+    splits: Any
+    model: nn.Module
+    defense: Defense
+    opt: torch.optim.Optimizer
+    sched: Any
+    images: Tensor  # the training split, uint8 on the device
+    labels: Tensor
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+    elapsed: float = 0.0  # seconds trained before a resume
+
+    @property
+    def use_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
 def train(
     cfg: TrainConfig,
     out_dir: str | Path,
@@ -289,19 +326,49 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = cfg.fingerprint()
-
-    if resume and (out / CARD_FILE).is_file() and (out / WEIGHTS_FILE).is_file():
-        card = read_card(out)
-        if card.get("fingerprint") == fingerprint:
+    if resume:
+        done = _finished_run(out, fingerprint)
+        if done is not None:
             log.info("%s already holds this finished run; not training again", out)
-            progress(ProgressEvent("done", 1.0, "already trained", metrics=_numeric(card["metrics"])))
-            return TrainResult(out, card, card.get("history", []))
+            progress(ProgressEvent("done", 1.0, "already trained", metrics=_numeric(done.metrics)))
+            return done
+    run = _prepare(cfg, out, fingerprint, progress)
+    if resume:
+        _resume(run, progress)
+    test_acc = float("nan")
+    t0 = time.perf_counter()
+    for epoch in range(run.start_epoch, cfg.epochs):
+        train_loss, train_accuracy, logs = _train_epoch(run, epoch, progress, should_stop)
+        run.sched.step()
+        if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
+            test_acc = evaluate_accuracy(run.model, run.splits.test, run.splits.normalization, run.device)
+        record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                  "test_accuracy": test_acc, "lr": run.opt.param_groups[0]["lr"], **logs}
+        run.history.append(record)
+        _save_resume(out / RESUME_FILE, _resume_state(run, epoch + 1, run.elapsed + time.perf_counter() - t0))
+        progress(ProgressEvent(
+            "epoch", (epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", epoch=epoch + 1,
+            epochs=cfg.epochs, metrics={k: v for k, v in record.items() if k not in ("epoch",)},
+        ))
+    return _finish(run, run.elapsed + time.perf_counter() - t0, progress)
 
+
+def _finished_run(out: Path, fingerprint: str) -> TrainResult | None:
+    """The result already in ``out`` when it holds this run's finished checkpoint."""
+    if not ((out / CARD_FILE).is_file() and (out / WEIGHTS_FILE).is_file()):
+        return None
+    card = read_card(out)
+    if card.get("fingerprint") != fingerprint:
+        return None
+    return TrainResult(out, card, card.get("history", []))
+
+
+def _prepare(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCallback) -> _Run:
+    """Load the data, build the seeded model and its defense, the optimizer and the schedule."""
     device = resolve_device(cfg.device)
     progress(ProgressEvent("load", 0.0, f"loading {cfg.data.source}"))
     t_load = time.perf_counter()
     splits = load_dataset(cfg.data)
-    norm = splits.normalization
     num_classes = len(splits.class_names)
     log.info("loaded %s: %d train / %d test images, %d identities in %.1fs", cfg.data.source,
              len(splits.train), len(splits.test), num_classes, time.perf_counter() - t_load)
@@ -312,105 +379,107 @@ def train(
     defense: Defense = build_defense(cfg.defense)
     defense.setup(TrainContext(
         train_labels=splits.train.labels, num_classes=num_classes, image_size=cfg.data.image_size,
-        channels=cfg.data.channels, normalization=norm, seed=cfg.seed, epochs=cfg.epochs, device=device,
+        channels=cfg.data.channels, normalization=splits.normalization, seed=cfg.seed, epochs=cfg.epochs,
+        device=device,
     ))
     model = defense.prepare_model(model).to(device)
-    use_cuda = device.type == "cuda"
-    if use_cuda:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(cfg, model.parameters())
-    sched = _make_schedule(cfg, opt)
+    return _Run(cfg=cfg, out=out, fingerprint=fingerprint, device=device, splits=splits, model=model,
+                defense=defense, opt=opt, sched=_make_schedule(cfg, opt),
+                images=splits.train.images.to(device), labels=splits.train.labels.to(device))
 
-    history: list[dict[str, float]] = []
-    start_epoch, elapsed = 0, 0.0
-    resume_path = out / RESUME_FILE
-    if resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"out_dir: {out} holds the resume state of a different run; use another folder or resume=False"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        start_epoch, history, elapsed = state["epoch"], list(state["history"]), float(state["seconds"])
-        log.info("resuming %s after epoch %d", out, start_epoch)
-        progress(ProgressEvent("train", start_epoch / cfg.epochs, f"resumed after epoch {start_epoch}",
-                               epoch=start_epoch, epochs=cfg.epochs))
 
-    images = splits.train.images.to(device)
-    labels = splits.train.labels.to(device)
-    n = len(splits.train)
-    test_acc = float("nan")
-    t0 = time.perf_counter()
+def _resume(run: _Run, progress: ProgressCallback) -> None:
+    """Continue after the last finished epoch when ``out/checkpoint/last.pt`` holds this run's state."""
+    path = run.out / RESUME_FILE
+    if not path.is_file():
+        return
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != run.fingerprint:
+        raise ValueError(
+            f"out_dir: {run.out} holds the resume state of a different run; use another folder or resume=False"
+        )
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["schedule"])
+    run.start_epoch, run.history, run.elapsed = state["epoch"], list(state["history"]), float(state["seconds"])
+    log.info("resuming %s after epoch %d", run.out, run.start_epoch)
+    progress(ProgressEvent("train", run.start_epoch / run.cfg.epochs, f"resumed after epoch {run.start_epoch}",
+                           epoch=run.start_epoch, epochs=run.cfg.epochs))
 
-    def save_state(epoch: int) -> None:
-        _save_resume(resume_path, {
-            "fingerprint": fingerprint, "epoch": epoch, "history": history,
-            "seconds": elapsed + time.perf_counter() - t0, "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-        })
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        torch.manual_seed(cfg.seed * 1_000_037 + epoch)  # dropout & co: same per epoch after a resume
-        shuffle = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        aug = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_033 + epoch)
-        subset = defense.epoch_indices(epoch, n)
-        order = subset[torch.randperm(len(subset), generator=shuffle)] if subset is not None else \
-            torch.randperm(n, generator=shuffle)
-        steps = max(1, math.ceil(len(order) / cfg.batch_size))
-        loss_sum, correct, seen = 0.0, 0, 0
-        extras: dict[str, float] = {}
-        for step in range(steps):
-            if should_stop():
-                # The resume file already holds the state after the last finished epoch; the
-                # half-done epoch is dropped and re-run on resume, so the result stays the same.
-                raise Cancelled(f"stopped during epoch {epoch + 1}; will resume after epoch {epoch}")
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
-            x = to_float(images[idx], norm)
-            y = labels[idx]
-            if "hflip" in cfg.augment:
-                x = _hflip(x, aug)
-            if "shift" in cfg.augment:
-                x = _shift(x, aug)
-            x = defense.transform(x, y, idx, epoch, aug)
-            if use_cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_cuda and cfg.amp):
-                loss, logits, logs = defense.loss(model, x, y, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            batch_loss = float(loss.detach())
-            loss_sum += batch_loss * len(idx)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(idx)
-            for k, v in logs.items():
-                extras[k] = extras.get(k, 0.0) + float(v) / steps
-            progress(ProgressEvent(
-                "train", (epoch + (step + 1) / steps) / cfg.epochs, "", epoch=epoch + 1, epochs=cfg.epochs,
-                step=step + 1, steps=steps, metrics={"loss": batch_loss},
-            ))
-        sched.step()
-        last = epoch + 1 == cfg.epochs
-        if last or (epoch + 1) % cfg.eval_every == 0:
-            test_acc = evaluate_accuracy(model, splits.test, norm, device)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                  "test_accuracy": test_acc, "lr": opt.param_groups[0]["lr"], **extras}
-        history.append(record)
-        save_state(epoch + 1)
+def _resume_state(run: _Run, epoch: int, seconds: float) -> dict[str, Any]:
+    return {"fingerprint": run.fingerprint, "epoch": epoch, "history": run.history, "seconds": seconds,
+            "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.sched.state_dict()}
+
+
+def _train_epoch(run: _Run, epoch: int, progress: ProgressCallback,
+                 should_stop: StopCallback) -> tuple[float, float, dict[str, float]]:
+    """One pass over the epoch's images: mean loss, accuracy and the defense's logs (epoch means).
+
+    Every random draw comes from streams seeded by ``(cfg.seed, epoch)``, so a resumed run repeats it.
+    """
+    cfg, model, defense, device = run.cfg, run.model, run.defense, run.device
+    model.train()
+    torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM))  # dropout & co
+    shuffle = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, SHUFFLE_STREAM))
+    aug = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, AUGMENT_STREAM))
+    n = len(run.labels)
+    subset = defense.epoch_indices(epoch, n)
+    order = subset[torch.randperm(len(subset), generator=shuffle)] if subset is not None else \
+        torch.randperm(n, generator=shuffle)
+    steps = max(1, math.ceil(len(order) / cfg.batch_size))
+    loss_sum, correct, seen = 0.0, 0, 0
+    logs: dict[str, float] = {}
+    for step in range(steps):
+        if should_stop():
+            # The resume file already holds the state after the last finished epoch; the
+            # half-done epoch is dropped and re-run on resume, so the result stays the same.
+            raise Cancelled(f"stopped during epoch {epoch + 1}; will resume after epoch {epoch}")
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
+        x, y = _train_batch(run, idx, epoch, aug)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_cuda and cfg.amp):
+            loss, logits, batch_logs = defense.loss(model, x, y, epoch)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        batch_loss = float(loss.detach())
+        loss_sum += batch_loss * len(idx)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(idx)
+        for k, v in batch_logs.items():
+            logs[k] = logs.get(k, 0.0) + float(v) / steps
         progress(ProgressEvent(
-            "epoch", (epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", epoch=epoch + 1,
-            epochs=cfg.epochs, metrics={k: v for k, v in record.items() if k not in ("epoch",)},
+            "train", (epoch + (step + 1) / steps) / cfg.epochs, "", epoch=epoch + 1, epochs=cfg.epochs,
+            step=step + 1, steps=steps, metrics={"loss": batch_loss},
         ))
+    return loss_sum / max(seen, 1), correct / max(seen, 1), logs
 
-    seconds = elapsed + time.perf_counter() - t0
-    final = history[-1] if history else {}
+
+def _train_batch(run: _Run, idx: Tensor, epoch: int, aug: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Images ``idx`` as the model trains on them: normalised, augmented, then the defense's transform."""
+    x = to_float(run.images[idx], run.splits.normalization)
+    y = run.labels[idx]
+    if "hflip" in run.cfg.augment:
+        x = _hflip(x, aug)
+    if "shift" in run.cfg.augment:
+        x = _shift(x, aug)
+    x = run.defense.transform(x, y, idx, epoch, aug)
+    if run.use_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _finish(run: _Run, seconds: float, progress: ProgressCallback) -> TrainResult:
+    """Write ``model.safetensors`` + ``model.json`` and drop the resume state they supersede."""
+    cfg, norm = run.cfg, run.splits.normalization
+    final = run.history[-1] if run.history else {}
     card = {
         "arch": cfg.arch,
-        "num_classes": num_classes,
-        "class_names": list(splits.class_names),
+        "num_classes": len(run.splits.class_names),
+        "class_names": list(run.splits.class_names),
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,
         "normalization": {"mean": list(norm.mean), "std": list(norm.std)} if norm is not None else None,
@@ -423,20 +492,20 @@ def train(
             "epochs": cfg.epochs,
             "train_seconds": round(seconds, 3),
         },
-        "history": history,
+        "history": run.history,
         "seed": cfg.seed,
-        "fingerprint": fingerprint,
+        "fingerprint": run.fingerprint,
         "config": cfg.to_dict(),
-        "data": splits.summary,
-        "device": str(device),
+        "data": run.splits.summary,
+        "device": str(run.device),
         "versions": package_versions(),
     }
-    model.eval()
-    save_checkpoint(model, out, card)
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)  # the finished checkpoint supersedes it
+    run.model.eval()
+    save_checkpoint(run.model, run.out, card)
+    shutil.rmtree(run.out / "checkpoint", ignore_errors=True)  # the finished checkpoint supersedes it
     progress(ProgressEvent("done", 1.0, f"test accuracy {final.get('test_accuracy', float('nan')):.4f}",
                            metrics=_numeric(card["metrics"])))
-    return TrainResult(out, read_card(out), history)
+    return TrainResult(run.out, read_card(run.out), run.history)
 
 
 def _numeric(d: Mapping[str, Any]) -> dict[str, float]:
