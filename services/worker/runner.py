@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from midre.progress import Cancelled
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, Metric
 from services.db.session import session_factory
@@ -323,9 +324,7 @@ def _dataset_source(sessions: sessionmaker[Session], job: Job) -> str | None:
         return dataset.source
 
 
-def store_outputs(
-    sessions: sessionmaker[Session], store: LocalStore, job_id: str, out_dir: Path, attempt: int
-) -> int:
+def store_outputs(sessions: sessionmaker[Session], store: LocalStore, job_id: str, out_dir: Path) -> int:
     """Store every file under ``out_dir`` (minus resume state) as an artifact of ``job_id``."""
     files = [
         p
@@ -407,7 +406,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         outcome = handler(ctx)
         if tracker.lost.is_set():
             raise JobLost(job_id)
-        count = store_outputs(sessions, store, job_id, outcome.out_dir, job.attempt)
+        count = store_outputs(sessions, store, job_id, outcome.out_dir)
         with sessions() as session:
             row = session.get(Job, job_id)
             for name, value in outcome.metrics.items():
@@ -427,7 +426,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         if tracker.lost.is_set():
             log.info("job %s: stopped because another attempt owns it", job_id)
             return "lost"
-        if type(exc).__name__ in ("Cancelled", "TrainingCancelled") or tracker.cancel.is_set():
+        if isinstance(exc, Cancelled) or tracker.cancel.is_set():  # AttackCancelled is a Cancelled too
             with sessions() as session:
                 row = session.get(Job, job_id)
                 if jobstate.transition(session, row, [jobstate.RUNNING, jobstate.CANCELLING],
