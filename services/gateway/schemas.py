@@ -130,6 +130,11 @@ class ModelCard(BaseModel):
     metrics: dict[str, float]
     checkpoint: ArtifactPublic | None
     card: dict[str, Any] = Field(description="The checkpoint's JSON sidecar, as written by midre.")
+    evaluations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Every attack evaluation (attack_eval) that ran against this model, newest first: attack, "
+        "acc, attacc_top1, attacc_top5 (%), knn_dist, judge (evaluation model), seeds, date, job_id.",
+    )
 
 
 class Health(BaseModel):

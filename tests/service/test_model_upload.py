@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from midre.data import DatasetSpec
 from midre.train import TrainConfig, train
@@ -63,6 +64,18 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
     target = report["models"]["target"]
     assert target["origin"]["kind"] == "upload" and target["origin"]["name"] == "their-model"
     assert 0 < target["metrics"]["test_accuracy"] <= 1  # measured on the held-out split, the card had none
+    # The model's card now carries the audit, and so does its Markdown form.
+    view = api.client.get(f"/v1/models/{model_id}", headers=api.auth(key_a)).json()
+    (evaluation,) = view["evaluations"]
+    assert evaluation["attack"] == "mi-face" and evaluation["job_id"] == audit.json()["id"]
+    assert 0 <= evaluation["attacc_top1"] <= 100 and evaluation["judge"] == "cnn-small" and evaluation["seeds"] == 1
+    card_md = api.client.get(f"/v1/models/{model_id}/README.md", headers=api.auth(key_a))
+    assert card_md.status_code == 200 and card_md.headers["content-type"].startswith("text/markdown")
+    front = yaml.safe_load(card_md.text.split("---")[1])
+    (model_index,) = front["model-index"]
+    assert model_index["name"] == "their-model"
+    assert any(r["task"].get("name") == "mi-face" for r in model_index["results"]), model_index
+    assert "| mi-face |" in card_md.text
     # Without the data set the worker could not know the private data: refused before queueing.
     r = submit(api, key_a, {"kind": "attack_eval", "model": model_id, **STUDY})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "dataset", r.text

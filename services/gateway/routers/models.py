@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
 from services.db import jobs as jobstate
@@ -15,6 +16,7 @@ from services.db.models import Artifact, Job
 from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
+from services.gateway.model_cards import evaluations_of, readme
 from services.gateway.quotas import check_storage
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
@@ -81,7 +83,23 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
         metrics=metrics,
         checkpoint=artifact_view(weights) if weights else None,
         card=card,
+        evaluations=evaluations_of(session, tenant.id, job.id),
     )
+
+
+@router.get(
+    "/{job_id}/README.md",
+    summary="The model card as Markdown (Hugging Face model-card form)",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/markdown": {}}, "description": "README.md with model-index front matter"},
+               **NO_MODEL_YET},
+)
+def model_readme(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> PlainTextResponse:
+    """Architecture, defense, Acc and every model inversion audit of the model, with YAML front
+    matter (`model-index`) that model hubs and registries read."""
+    view = model_card(ctx, session, tenant, job_id)
+    text = readme(job_id, view.card, view.metrics, view.evaluations)
+    return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
 #: The largest model card (JSON text) an upload may carry.
