@@ -37,6 +37,7 @@ from midre.attacks import (
     run_attack,
 )
 from midre.defenses import build_defense
+from midre.device import resolve_device
 from midre.errors import ConfigError
 from midre.evaluation import EvalModelConfig, evaluate_reconstructions, feature_space_analysis
 from midre.evaluation.eval_model import EvaluationModel, load_evaluation_model, train_evaluation_model
@@ -372,12 +373,6 @@ class _Stages:
         self.progress(ProgressEvent(stage=name.split(":")[0], fraction=self.bounds[name][1], message=message))
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _load_public(path: str, like: Any) -> Any:
     """Load a separate public data set at the private data's size/channels (all of its images)."""
     from midre.data import load_dataset
@@ -543,7 +538,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
     should_stop = should_stop or never_stop
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config.device)
+    device = str(resolve_device(config.device))
     cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
     timings: dict[str, float] = {}
     t_start = time.monotonic()
@@ -678,7 +673,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     should_stop = should_stop or never_stop
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(config.device)
+    device = str(resolve_device(config.device))
     cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
     t_start = time.monotonic()
     timings: dict[str, float] = {}

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, package_versions, read_card, save_checkpoint
 from midre.data import DatasetError, DatasetSpec, ImageSet, load_dataset, to_float
 from midre.defenses import Defense, TrainContext, build_defense
+from midre.device import resolve_device
 from midre.errors import ConfigError
 from midre.models import check_input_size, create_model, list_models
 from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
@@ -201,15 +202,6 @@ class TrainResult:
     @property
     def metrics(self) -> dict[str, Any]:
         return self.card["metrics"]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: CUDA was requested but no CUDA device is available")
-    return device
 
 
 def _hflip(x: Tensor, generator: torch.Generator) -> Tensor:

@@ -56,11 +56,9 @@ class ServingSettings(BaseSettings):
 
     def torch_device(self) -> str:
         """The device forwards run on."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        from midre.device import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return str(resolve_device(self.device))
 
 
 PolicyName = Literal["full", "top-k", "rounded", "label-only"]
