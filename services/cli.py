@@ -654,11 +654,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     rows = []
     for m in models:
         defense = (m.get("defense") or {}).get("name", "") if isinstance(m.get("defense"), dict) else ""
-        acc = m.get("metrics", {}).get("test_accuracy")
+        acc = m.get("metrics", {}).get("acc")
         rows.append([m["job_id"], m["kind"], m.get("arch") or "", str(m.get("num_classes") or ""), defense,
                      m["policy"]["name"], "unlimited" if m.get("budget") is None else str(m["budget"]),
-                     "" if acc is None else f"{acc:.2f}", _when(m["created_at"])])
-    print(_table(rows, ["MODEL", "KIND", "ARCH", "CLASSES", "DEFENSE", "POLICY", "BUDGET", "ACC", "CREATED"]))
+                     "" if acc is None else f"{acc:.1f}", _when(m["created_at"])])
+    print(_table(rows, ["MODEL", "KIND", "ARCH", "CLASSES", "DEFENSE", "POLICY", "BUDGET", "ACC %", "CREATED"]))
     return 0
 
 

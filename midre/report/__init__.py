@@ -22,18 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
+from midre.vocabulary import VOCABULARY
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval", "queries")
+#: Label, direction and unit of each report metric, from the one vocabulary (:mod:`midre.vocabulary`).
 METRIC_INFO = {
-    "acc": {"label": "Acc", "higher_is_better": True, "unit": "%"},
-    "attacc_top1": {"label": "AttAcc top-1", "higher_is_better": False, "unit": "%"},
-    "attacc_top5": {"label": "AttAcc top-5", "higher_is_better": False, "unit": "%"},
-    "knn_dist": {"label": "KNN dist", "higher_is_better": True, "unit": "eval-feature sq. L2"},
-    "delta_eval": {"label": "δ_eval", "higher_is_better": True, "unit": "eval-feature sq. L2"},
-    "queries": {"label": "Queries", "higher_is_better": None, "unit": "target forward passes (images)"},
+    name: {"label": VOCABULARY[name].label, "higher_is_better": VOCABULARY[name].higher_is_better,
+           "unit": VOCABULARY[name].unit}
+    for name in METRICS
 }
 
 

@@ -57,10 +57,10 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
     defense = card.get("defense") or {}
     name = str((card.get("origin") or {}).get("name") or model_id)
     results = []
-    acc = metrics.get("test_accuracy")
+    acc = metrics.get("acc")
     if acc is not None:
         results.append({"task": {"type": "image-classification"}, "dataset": {"name": "private test split",
-                        "type": "private"}, "metrics": [{"type": "accuracy", "value": round(100 * acc, 2),
+                        "type": "private"}, "metrics": [{"type": "accuracy", "value": round(acc, 2),
                                                          "name": "Acc (%)"}]})
     for ev in evaluations:
         values = [{"type": "attack-accuracy-top1", "value": round(ev["attacc_top1"], 2),
@@ -82,7 +82,7 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
     if card.get("init_from"):
         lines.append(f"- started from: `{card['init_from']}`")
     if acc is not None:
-        lines.append(f"- accuracy on the held-out split (Acc): {100 * acc:.2f} %")
+        lines.append(f"- accuracy on the held-out split (Acc): {acc:.2f} %")
     lines += ["", "## Model inversion audits", ""]
     if not evaluations:
         lines.append("No attack evaluation has run against this model yet (`attack_eval` with `model`).")

@@ -137,7 +137,9 @@ class ServableModel(BaseModel):
     image_size: int | None
     channels: int | None
     defense: dict[str, Any] | None
-    metrics: dict[str, float] = Field(description="Acc (`test_accuracy`) and, after attack evaluation, AttAcc.")
+    metrics: dict[str, float] = Field(
+        description="Acc (`acc`, %) and, after attack evaluation, AttAcc (%): the metric vocabulary."
+    )
     policy: PolicyApplied
     budget: int | None
     created_at: dt.datetime

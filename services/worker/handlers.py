@@ -13,14 +13,6 @@ from services import jobspec
 from services.worker.runner import Handler, JobContext, Outcome
 
 
-def _numbers(d: dict[str, Any] | None) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in (d or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and v == v
-    }
-
-
 def library_config(ctx: JobContext) -> Any:
     """The library config the job runs: its stored resolved config (or, for a job stored before
     resolved configs existed, its spec resolved now), references bound to this worker's folders."""
@@ -43,7 +35,7 @@ def run_train(ctx: JobContext) -> Outcome:
 
     out_dir = ctx.work_dir / "train"
     result = train(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
-    return Outcome(out_dir=out_dir, metrics=_numbers(result.metrics))
+    return Outcome(out_dir=out_dir, metrics=result.metrics)  # the runner maps them to the vocabulary
 
 
 def run_attack_eval(ctx: JobContext) -> Outcome:

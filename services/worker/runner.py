@@ -31,6 +31,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from midre.progress import Cancelled
+from midre.vocabulary import normalise
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, Metric
 from services.db.session import session_factory
@@ -181,11 +182,7 @@ class _Tracker:
         message = self.redact(str(getattr(event, "message", "") or ""))
         fraction = float(getattr(event, "fraction", 0.0) or 0.0)
         epoch = getattr(event, "epoch", None)
-        metrics = {
-            k: float(v)
-            for k, v in (getattr(event, "metrics", None) or {}).items()
-            if isinstance(v, int | float) and v == v  # drops NaN
-        }
+        metrics = normalise(getattr(event, "metrics", None) or {})  # the one vocabulary; drops NaN
         step, steps = getattr(event, "step", None), getattr(event, "steps", None)
         is_step = step is not None and steps is not None and message == ""
         # An end-of-epoch report is its own event type, not a change of stage.
@@ -409,8 +406,8 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         count = store_outputs(sessions, store, job_id, outcome.out_dir)
         with sessions() as session:
             row = session.get(Job, job_id)
-            for name, value in outcome.metrics.items():
-                session.add(Metric(job_id=job_id, name=name, value=float(value), epoch=None))
+            for name, value in normalise(outcome.metrics).items():
+                session.add(Metric(job_id=job_id, name=name, value=value, epoch=None))
             if jobstate.transition(session, row, [jobstate.RUNNING, jobstate.CANCELLING], jobstate.SUCCEEDED,
                                    attempt=job.attempt, stage="done", message=f"{count} artifacts stored"):
                 jobstate.add_event(session, row, "status",

@@ -93,7 +93,9 @@ def test_execute_job_records_everything(settings: Settings) -> None:
     for artifact in artifacts.values():
         assert sha256_file(store.path(artifact.sha256)) == artifact.sha256
     assert artifacts["plots/loss.png"].content_type == "image/png"
-    assert {(m.name, m.epoch) for m in metrics} == {("test_accuracy", 1), ("test_accuracy", 2), ("test_accuracy", None)}
+    # Recorded in the metric vocabulary: the library's test_accuracy fraction is `acc` in percent.
+    assert {(m.name, m.epoch, round(m.value, 6)) for m in metrics} == {("acc", 1, 40.0), ("acc", 2, 80.0),
+                                                                       ("acc", None, 80.0)}
     types = [(e.type, e.stage) for e in job_events(settings, job_id)]
     assert types == [("status", None), ("stage", "load"), ("stage", "train"), ("epoch", "epoch"),
                      ("epoch", "epoch"), ("status", "done")]

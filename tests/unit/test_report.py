@@ -72,3 +72,20 @@ def test_write_report_files_and_html(tmp_path):
 
     with Image.open(tmp_path / "summary.png") as card:  # a real, readable picture of a sensible size
         assert card.format == "PNG" and card.width > 800 and card.height > 250
+
+
+def test_the_metric_vocabulary_is_defined_once_and_documented() -> None:
+    """Report metrics take their label/unit/direction from midre.vocabulary, and docs/results.md holds
+    the vocabulary's table as generated."""
+    from pathlib import Path
+
+    from midre.report import METRIC_INFO
+    from midre.vocabulary import VOCABULARY, markdown_table, normalise
+
+    for name, info in METRIC_INFO.items():
+        assert info["unit"] == VOCABULARY[name].unit and info["label"] == VOCABULARY[name].label
+    assert normalise({"test_accuracy": 0.9387, "train_loss": 0.5, "midre.gmi.attacc_top1": 12.5, "x": float("nan"),
+                      "flag": True}) == {"acc": 93.87, "train_loss": 0.5, "midre.gmi.attacc_top1": 12.5}
+    results = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
+    assert markdown_table() in results, "regenerate the table: python -c 'from midre.vocabulary import *; " \
+                                        "print(markdown_table())'"

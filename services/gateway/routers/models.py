@@ -11,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from midre.vocabulary import normalise
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Job
 from services.db.types import new_id, utcnow
@@ -62,11 +63,7 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
     with ctx.store.open(artifacts[chosen].sha256) as fh:
         card: dict[str, Any] = json.load(fh)
     weights = artifacts.get(chosen.removesuffix("model.json") + "model.safetensors")
-    metrics = {
-        k: float(v)
-        for k, v in (card.get("metrics") or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    metrics = normalise(card.get("metrics") or {})
     label = chosen.split("/")[1] if chosen.startswith("targets/") else None
     for name, value in final_metrics(session, job.id).items():
         # A pipeline's job metrics are ``<defense>.<attack>.<metric>``: keep those of this model.

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
+from midre.vocabulary import normalise
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Job, ModelPolicy, ModelUsage
 from services.db.types import utcnow
@@ -347,11 +348,7 @@ async def predict(
 
 def _servable(job: Job, card: dict[str, Any], metrics: dict[str, float], row: ModelPolicy | None) -> ServableModel:
     policy, budget = _policy_of(row)
-    card_metrics = {
-        k: float(v)
-        for k, v in (card.get("metrics") or {}).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    card_metrics = normalise(card.get("metrics") or {})
     return ServableModel(
         job_id=job.id,
         kind=job.kind,
