@@ -35,6 +35,8 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from midre.seeding import ENTIRE_ERASING_STREAM, epoch_seed
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The authors' code: ImageNet mean given as a value in mean-0.5/std-0.5 normalised space.
@@ -361,7 +363,7 @@ class EntireErasing(nn.Module):
 
     def erased(self, epoch: int) -> Tensor:
         """Boolean mask ``[N]`` of the images erased in ``epoch`` (deterministic)."""
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, ENTIRE_ERASING_STREAM))
         order = torch.randperm(len(self.labels), generator=gen)
         mask = torch.zeros(len(self.labels), dtype=torch.bool)
         for k in torch.unique(self.labels):

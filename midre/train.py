@@ -40,6 +40,7 @@ from midre.device import resolve_device
 from midre.errors import ConfigError
 from midre.models import check_input_size, create_model, list_models
 from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
+from midre.seeding import AUGMENT_STREAM, GLOBAL_STREAM, SHUFFLE_STREAM, epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,6 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "multistep", "cosine")
 AUGMENTATIONS = ("hflip", "shift")
 RESUME_FILE = "checkpoint/last.pt"
-
-# The random streams of one epoch are seeded ``seed * STREAM + epoch`` (:func:`epoch_seed`), so a
-# resumed run re-creates an epoch's draws from (seed, epoch) alone. Each STREAM is a prime above any
-# epoch count: for a given stream no two (seed, epoch) pairs share a seed, and the three streams of
-# one epoch (global RNG for dropout & co, shuffling, augmentation + erasing) start from unrelated seeds.
-GLOBAL_STREAM = 1_000_037
-SHUFFLE_STREAM = 1_000_003
-AUGMENT_STREAM = 1_000_033
-
-
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """The seed of ``stream`` in ``epoch`` of a run seeded ``seed`` (see the stream constants)."""
-    return seed * stream + epoch
 
 
 @dataclass
