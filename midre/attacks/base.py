@@ -44,6 +44,7 @@ __all__ = [
     "differentiable_augment",
     "expand_labels",
     "freeze",
+    "identity_tensor",
     "load_checkpoint",
     "max_margin_loss",
     "random_jitter_flip",
@@ -252,12 +253,18 @@ def random_jitter_flip(x: Tensor, max_shift: int, flip: bool, generator: torch.G
 # --------------------------------------------------------------------------- running helpers
 
 
-def expand_labels(identities: Sequence[int] | Tensor, per_identity: int) -> Tensor:
-    """``[k0, k1]`` with ``per_identity=2`` -> ``[k0, k0, k1, k1]`` (int64)."""
+def identity_tensor(identities: Sequence[int] | Tensor) -> Tensor:
+    """The attacked class indices as a flat int64 tensor; ``ValueError`` when there are none."""
     ids = torch.as_tensor(list(identities) if not isinstance(identities, Tensor) else identities,
                           dtype=torch.long).flatten()
     if ids.numel() == 0:
         raise ValueError("identities must name at least one class")
+    return ids
+
+
+def expand_labels(identities: Sequence[int] | Tensor, per_identity: int) -> Tensor:
+    """``[k0, k1]`` with ``per_identity=2`` -> ``[k0, k0, k1, k1]`` (int64)."""
+    ids = identity_tensor(identities)
     if per_identity < 1:
         raise ValueError(f"per_identity must be >= 1, got {per_identity}")
     return ids.repeat_interleave(per_identity)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,37 +97,31 @@ class IdentityLoss:
         return total / len(self.models)
 
 
-@register_attack("gmi", options=GanAttackOptions, needs="gmi", paper="Zhang et al., CVPR 2020")
-def run_gmi(request: AttackRequest) -> AttackResult:
-    """GMI: latent search in a GAN prior trained on public images."""
-    return _run_gan_attack(request, "gmi", lomma=False)
+def _register(name: str, kind: str, *, lomma: bool, paper: str, summary: str,
+              aliases: tuple[str, ...] = ()) -> Callable[[AttackRequest], AttackResult]:
+    """Register the GAN attack ``name``: the latent search of prior ``kind``, with LOMMA on top or not."""
+
+    def run(request: AttackRequest) -> AttackResult:
+        return _run_gan_attack(request, kind, lomma=lomma)
+
+    run.__name__ = run.__qualname__ = "run_" + name.replace("+", "_").replace("-", "_")
+    run.__doc__ = summary
+    return register_attack(name, options=GanAttackOptions, needs=kind, paper=paper, aliases=aliases)(run)
 
 
-@register_attack("kedmi", options=GanAttackOptions, needs="kedmi", paper="Chen et al., ICCV 2021")
-def run_kedmi(request: AttackRequest) -> AttackResult:
-    """KEDMI: a latent distribution per identity in a target-aware (inversion-specific) GAN prior."""
-    return _run_gan_attack(request, "kedmi", lomma=False)
-
-
-@register_attack("lomma+gmi", options=GanAttackOptions, needs="gmi", paper="Nguyen et al., CVPR 2023",
-                 aliases=("lomma", "gmi+lomma"))
-def run_lomma_gmi(request: AttackRequest) -> AttackResult:
-    """LOMMA's logit loss and model augmentation (distilled surrogates) on top of GMI."""
-    return _run_gan_attack(request, "gmi", lomma=True)
-
-
-@register_attack("lomma+kedmi", options=GanAttackOptions, needs="kedmi", paper="Nguyen et al., CVPR 2023",
-                 aliases=("kedmi+lomma",))
-def run_lomma_kedmi(request: AttackRequest) -> AttackResult:
-    """LOMMA's logit loss and model augmentation (distilled surrogates) on top of KEDMI."""
-    return _run_gan_attack(request, "kedmi", lomma=True)
-
-
-@register_attack("plg-mi", options=GanAttackOptions, needs="plg", paper="Yuan et al., AAAI 2023",
-                 aliases=("plgmi", "plg"))
-def run_plg_mi(request: AttackRequest) -> AttackResult:
-    """PLG-MI: class-conditional latent search in a prior trained on target-pseudo-labelled public images."""
-    return _run_gan_attack(request, "plg", lomma=False)
+run_gmi = _register("gmi", "gmi", lomma=False, paper="Zhang et al., CVPR 2020",
+                    summary="GMI: latent search in a GAN prior trained on public images.")
+run_kedmi = _register("kedmi", "kedmi", lomma=False, paper="Chen et al., ICCV 2021",
+                      summary="KEDMI: a latent distribution per identity in a target-aware GAN prior.")
+run_lomma_gmi = _register("lomma+gmi", "gmi", lomma=True, paper="Nguyen et al., CVPR 2023",
+                          aliases=("lomma", "gmi+lomma"),
+                          summary="LOMMA's logit loss and model augmentation on top of GMI.")
+run_lomma_kedmi = _register("lomma+kedmi", "kedmi", lomma=True, paper="Nguyen et al., CVPR 2023",
+                            aliases=("kedmi+lomma",),
+                            summary="LOMMA's logit loss and model augmentation on top of KEDMI.")
+run_plg_mi = _register("plg-mi", "plg", lomma=False, paper="Yuan et al., AAAI 2023", aliases=("plgmi", "plg"),
+                       summary="PLG-MI: class-conditional latent search in a prior trained on pseudo-labelled "
+                               "public images.")
 
 
 def _run_gan_attack(request: AttackRequest, kind: str, *, lomma: bool) -> AttackResult:

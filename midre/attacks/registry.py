@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from midre.attacks.base import AttackBudget, AttackRequest, AttackResult, AttackTarget
+from midre.attacks.base import AttackBudget, AttackRequest, AttackResult, AttackTarget, identity_tensor
 from midre.errors import ConfigError
 from midre.priors.prior import PRIOR_KINDS, check_prior_options
 from midre.progress import ProgressCallback, StopCallback
@@ -246,10 +246,7 @@ def run_attack(
         if image_shape is None:
             raise ValueError("image_shape=(C, H, W) is required when target is a bare model")
         target = AttackTarget(target, image_shape, normalization)
-    ids = torch.as_tensor(list(identities) if not isinstance(identities, Tensor) else identities,
-                          dtype=torch.long).flatten()
-    if ids.numel() == 0:
-        raise ValueError("identities must name at least one class")
+    ids = identity_tensor(identities)
     if int(ids.min()) < 0 or int(ids.max()) >= int(target.num_classes or 0):
         raise ValueError(f"identities must lie in [0, {target.num_classes}), got {ids.tolist()[:10]}...")
     if per_identity < 1:
