@@ -140,7 +140,7 @@ class EvaluationModel:
 
 def load_evaluation_model(directory: str | Path, device: str | torch.device = "cpu") -> EvaluationModel:
     """Load an evaluation model saved by :func:`midre.train.train` (``model.safetensors`` + ``model.json``)."""
-    from midre.attacks.base import AttackTarget, load_checkpoint
+    from midre.target import AttackTarget, load_checkpoint
 
     directory = Path(directory)
     model, card = load_checkpoint(directory, device=device)
