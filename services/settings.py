@@ -122,6 +122,14 @@ class Settings(BaseSettings):
     webhooks_in_api: bool = Field(
         True, description="Run a webhook deliverer in each API process too (every worker runs one)."
     )
+    mlflow_allow_private: bool = Field(
+        False,
+        description="Let a tenant's MLflow tracking_uri be a loopback, private or other non-public address "
+        "(refused by default, when it is set and before every hand-off).",
+    )
+    mlflow_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Seconds one request of an MLflow hand-off may take (an upload included)."
+    )
 
     @field_validator("dataset_paths", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from services.db import webhooks
+from services.db import mlflow, webhooks
 from services.db.models import Job, JobEvent
 from services.db.types import utcnow
 
@@ -84,8 +84,9 @@ def transition(
     A conditional UPDATE, so it is race-free on SQLite and PostgreSQL alike (the API cancelling
     while a worker claims). With ``attempt``, only that attempt of the job may make the move.
     Refreshes ``job``; returns whether the move happened (the caller then logs the event).
-    A move to a final status also queues the job's webhook messages in the same transaction
-    (:func:`services.db.webhooks.enqueue_job_end`), so they commit, or not, with the status.
+    A move to a final status also queues the job's webhook messages and its MLflow hand-off in the
+    same transaction (:func:`services.db.webhooks.enqueue_job_end`,
+    :func:`services.db.mlflow.enqueue_job_end`), so they commit, or not, with the status.
     """
     now = utcnow()
     if status in TERMINAL:
@@ -105,4 +106,5 @@ def transition(
     moved = result.rowcount == 1
     if moved and status in TERMINAL:
         webhooks.enqueue_job_end(session, job)
+        mlflow.enqueue_job_end(session, job)
     return moved

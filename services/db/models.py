@@ -1,5 +1,6 @@
 """ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts, model_policies,
-model_usage, webhooks, webhook_deliveries (the outbox), webhook_attempts.
+model_usage, webhooks, webhook_deliveries (the outbox of webhooks and MLflow hand-offs), webhook_attempts,
+mlflow_integrations.
 
 Every schema change is an Alembic migration in ``migrations/versions`` (a test checks the two agree).
 """
@@ -222,18 +223,25 @@ class Webhook(Base):
 
 
 class WebhookDelivery(Base):
-    """The outbox: one message to one webhook, inserted in the transaction that finished the job.
+    """The outbox: one message to one webhook, or one MLflow hand-off, inserted in the transaction
+    that finished the job.
 
-    ``id`` is the message id (the ``webhook-id`` header, the same on every retry); ``payload`` is the
-    exact JSON body. ``state``: ``pending`` -> ``delivered`` | ``failed`` (gave up). A deliverer
-    claims a due row by moving ``next_attempt_at`` past its lease and stamping ``lease``.
+    ``channel`` says which: ``webhook`` (``webhook_id`` set) or ``mlflow`` (``mlflow_tenant_id`` set:
+    log the job to that tenant's MLflow). ``id`` is the message id (the ``webhook-id`` header, the
+    same on every retry); ``payload`` is the exact JSON body. ``state``: ``pending`` -> ``delivered``
+    | ``failed`` (gave up). A deliverer claims a due row by moving ``next_attempt_at`` past its lease
+    and stamping ``lease``.
     """
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_state_next_attempt_at", "state", "next_attempt_at"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(16), default="webhook", server_default="webhook")
+    webhook_id: Mapped[str | None] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
+    mlflow_tenant_id: Mapped[str | None] = mapped_column(
+        ForeignKey("mlflow_integrations.tenant_id", ondelete="CASCADE"), index=True
+    )
     job_id: Mapped[str | None] = mapped_column(String(40))
     event_type: Mapped[str] = mapped_column(String(40))
     payload: Mapped[str] = mapped_column(Text)
@@ -258,3 +266,23 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class MlflowIntegration(Base):
+    """A tenant's MLflow tracking server: where its succeeded jobs are logged as runs (one per tenant).
+
+    ``token`` or ``username``/``password`` are stored as is (the hand-off sends them on every
+    request) and never shown again, like a webhook's secret.
+    """
+
+    __tablename__ = "mlflow_integrations"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    tracking_uri: Mapped[str] = mapped_column(Text)
+    experiment: Mapped[str] = mapped_column(String(500))
+    registered_model: Mapped[str | None] = mapped_column(String(500))
+    token: Mapped[str | None] = mapped_column(Text)
+    username: Mapped[str | None] = mapped_column(String(500))
+    password: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

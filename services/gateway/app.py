@@ -23,7 +23,18 @@ from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.limits import BodyLimitMiddleware, route_limits
 from services.gateway.metrics import install_metrics
-from services.gateway.routers import artifacts, datasets, health, jobs, keys, models, oip, predict, webhooks
+from services.gateway.routers import (
+    artifacts,
+    datasets,
+    health,
+    integrations,
+    jobs,
+    keys,
+    models,
+    oip,
+    predict,
+    webhooks,
+)
 from services.gateway.ttl_cache import TTLCache
 from services.integrations.webhooks import WebhookDeliverer
 from services.queue.dispatch import Dispatcher
@@ -108,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
             {"name": "keys", "description": "Mint, list and revoke scoped API keys (admin scope)."},
             {"name": "webhooks", "description": "Signed webhooks (Standard Webhooks) for job events (admin scope)."},
+            {"name": "integrations", "description": "Hand results to the tenant's MLflow (admin scope)."},
             {"name": "inference (v2)", "description": "Served models over the Open Inference Protocol (KServe v2)."},
             {"name": "health", "description": "Liveness and readiness."},
         ],
@@ -122,7 +134,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)
     registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
-    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks)]
+    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks,
+                                            integrations)]
     for router in routers:
         app.include_router(router)
     document_scopes(app, routers)

@@ -16,6 +16,9 @@ and the deliverer that empties the outbox.
   time), is recorded as a ``webhook_attempts`` row, and a failure is retried after
   ``MIDRE_WEBHOOKS_BASE_DELAY_S * 2**(n-1)`` (capped at 6 h) until ``MIDRE_WEBHOOKS_MAX_ATTEMPTS``.
   Any 2xx answer is a success; redirects are not followed (a 3xx is a failed try).
+* The same outbox carries MLflow hand-offs (``channel = 'mlflow'``): the deliverer claims them alike
+  (with a longer lease, :func:`lease_s`) and one try is :func:`services.integrations.mlflow.log_job`,
+  which also leaves a ``log`` event on the job.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from standardwebhooks import Webhook as Signer
 
-from services.db.models import Webhook, WebhookAttempt, WebhookDelivery
+from services.db import jobs as jobstate
+from services.db.models import Job, Webhook, WebhookAttempt, WebhookDelivery
 from services.db.session import session_factory
 from services.db.types import utcnow
 from services.db.webhooks import DELIVERED, FAILED, PENDING
@@ -139,11 +143,13 @@ def backoff_s(settings: Settings, attempt: int) -> float:
 
 @dataclass(frozen=True)
 class Result:
-    """One try: the HTTP status (``None`` when no answer came) or the error, and its duration."""
+    """One try: the HTTP status (``None`` when no answer came) or the error, and its duration
+    (``detail``: what a successful MLflow hand-off logged)."""
 
     status_code: int | None
     error: str | None
     duration_ms: float
+    detail: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -185,6 +191,14 @@ def post(settings: Settings, url: str, body: str, headers: dict[str, str]) -> Re
     return done(status, None if 200 <= status < 300 else f"HTTP {status}")
 
 
+def lease_s(settings: Settings, channel: str) -> float:
+    """How long a claimed row is left to its deliverer: one request's timeout for a webhook; for an
+    MLflow hand-off (a dozen requests and uploads) 20 times ``MIDRE_MLFLOW_TIMEOUT_S``; plus a margin."""
+    if channel == "mlflow":
+        return 20 * settings.mlflow_timeout_s + LEASE_MARGIN_S
+    return settings.webhooks_timeout_s + LEASE_MARGIN_S
+
+
 def claim_one(sessions: sessionmaker[Session], settings: Settings) -> tuple[str, str] | None:
     """Take one due outbox row for this deliverer: ``(message id, lease token)``, or ``None``.
 
@@ -193,16 +207,16 @@ def claim_one(sessions: sessionmaker[Session], settings: Settings) -> tuple[str,
     (PostgreSQL re-checks the condition after the first commits; SQLite runs writers one at a time).
     """
     now = utcnow()
-    lease_until = now + dt.timedelta(seconds=settings.webhooks_timeout_s + LEASE_MARGIN_S)
     with sessions() as session:
-        due = session.scalars(
-            select(WebhookDelivery.id)
+        due = session.execute(
+            select(WebhookDelivery.id, WebhookDelivery.channel)
             .where(WebhookDelivery.state == PENDING, WebhookDelivery.next_attempt_at <= now)
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
             .limit(20)
         ).all()
-        for message_id in due:
+        for message_id, channel in due:
             token = secrets.token_hex(16)
+            lease_until = now + dt.timedelta(seconds=lease_s(settings, channel))
             won = session.execute(
                 update(WebhookDelivery)
                 .where(WebhookDelivery.id == message_id, WebhookDelivery.state == PENDING,
@@ -220,20 +234,23 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, message_id: str
     """Send a claimed message once, record the try and schedule the next (or finish the row)."""
     with sessions() as session:
         row = session.get(WebhookDelivery, message_id)
-        hook = session.get(Webhook, row.webhook_id) if row is not None else None
-        if row is None or hook is None or row.lease != lease:
-            return None  # the webhook was deleted, or another deliverer took over
-        url, secret, body, attempt = hook.url, hook.secret, row.payload, row.attempts
+        if row is None or row.lease != lease:
+            return None  # deleted with its webhook or integration, or another deliverer took over
+        channel, job_id, attempt = row.channel, row.job_id, row.attempts
+        hook = session.get(Webhook, row.webhook_id) if channel == "webhook" and row.webhook_id else None
+        if channel == "webhook" and hook is None:
+            return None
+        url, secret, body = (hook.url, hook.secret, row.payload) if hook is not None else ("", "", "")
     at = utcnow()
     try:
-        headers = {
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(at.timestamp())),
-            "webhook-signature": Signer(secret).sign(message_id, at, body),
-        }
-        result = post(settings, url, body, headers)
+        if channel == "mlflow":
+            from services.integrations.mlflow import log_job
+
+            result = log_job(settings, sessions, message_id)
+        else:
+            result = _sign_and_post(settings, url, secret, message_id, at, body)
     except Exception as exc:  # noqa: BLE001 - a bad row must still use up its tries, not loop forever
-        log.exception("webhook %s: try %d could not be made", message_id, attempt)
+        log.exception("outbox %s: try %d could not be made", message_id, attempt)
         result = Result(None, f"internal error: {type(exc).__name__}", 0.0)
     finished = utcnow()
     if result.ok:
@@ -254,9 +271,26 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, message_id: str
             session.add(WebhookAttempt(delivery_id=message_id, attempt=attempt, at=at,
                                        duration_ms=result.duration_ms, status_code=result.status_code,
                                        error=result.error, next_attempt_at=next_at))
+            job = session.get(Job, job_id) if channel == "mlflow" and job_id else None
+            if job is not None:
+                from services.integrations.mlflow import event_message
+
+                jobstate.add_event(session, job, "log", event_message(result, state, attempt, next_at),
+                                   stage=job.stage, data={"mlflow": state, "try": attempt})
         session.commit()
-    log.info("webhook %s try %d: %s -> %s", message_id, attempt, result.status_code or result.error, state)
+    log.info("%s %s try %d: %s -> %s", channel, message_id, attempt, result.status_code or result.error, state)
     return result
+
+
+def _sign_and_post(settings: Settings, url: str, secret: str, message_id: str, at: dt.datetime,
+                   body: str) -> Result:
+    """Sign a webhook message afresh for this try and POST it."""
+    headers = {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Signer(secret).sign(message_id, at, body),
+    }
+    return post(settings, url, body, headers)
 
 
 def deliver_due(

@@ -1,0 +1,40 @@
+"""The MLflow hand-off's outbox write: one ``mlflow`` row in the webhook outbox per succeeded job of a
+tenant that configured MLflow (``PUT /v1/integrations/mlflow``).
+
+:func:`enqueue_job_end` runs inside :func:`services.db.jobs.transition`, in the caller's transaction,
+next to the webhook messages: the job's ``succeeded`` status and its hand-off commit together or not
+at all. The deliverer (``services.integrations.webhooks``) claims the row like a webhook message and
+hands it to ``services.integrations.mlflow``, which logs the run.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy.orm import Session
+
+from services.db.models import Job, MlflowIntegration, WebhookDelivery
+from services.db.types import new_id, utcnow
+from services.db.webhooks import PENDING
+
+#: The outbox channel of MLflow hand-offs (webhook messages are ``webhook``).
+CHANNEL = "mlflow"
+#: The ``event_type`` of a hand-off row.
+EVENT = "mlflow.run"
+#: Kinds whose succeeded jobs are logged (an uploaded model, ``upload``, is not: nothing ran).
+KINDS = ("train", "attack_eval", "pipeline")
+
+
+def enqueue_job_end(session: Session, job: Job) -> int:
+    """Queue the hand-off of ``job`` if it succeeded and its tenant has MLflow (not committed); 0 or 1."""
+    if job.status != "succeeded" or job.kind not in KINDS:
+        return 0
+    if session.get(MlflowIntegration, job.tenant_id) is None:
+        return 0
+    now = utcnow()
+    session.add(WebhookDelivery(
+        id=new_id("msg"), channel=CHANNEL, webhook_id=None, mlflow_tenant_id=job.tenant_id, job_id=job.id,
+        event_type=EVENT, payload=json.dumps({"type": EVENT, "job_id": job.id, "kind": job.kind}),
+        state=PENDING, attempts=0, next_attempt_at=now, created_at=now,
+    ))
+    return 1

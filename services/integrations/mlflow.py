@@ -1,0 +1,368 @@
+"""The MLflow hand-off: log a succeeded job to its tenant's MLflow server as a run, and register the
+model it produced.
+
+The hand-off is a row of the webhook outbox (``channel = 'mlflow'``, written by
+:func:`services.db.mlflow.enqueue_job_end` with the job's final status); the webhook deliverer claims
+it like a webhook message and calls :func:`log_job` once per try, so leases, back-off
+(``MIDRE_WEBHOOKS_BASE_DELAY_S``), the number of tries (``MIDRE_WEBHOOKS_MAX_ATTEMPTS``) and the try
+log are the webhooks' own. Each try also leaves a ``log`` event on the job (:func:`event_message`).
+
+One try, with the ``mlflow`` package's REST stores (``mlflow-skinny``, the ``mlflow`` extra):
+
+1. the tracking URI is checked like a webhook URL (:func:`services.integrations.webhooks.check_target`,
+   ``MIDRE_MLFLOW_ALLOW_PRIVATE`` lets it be internal); redirects are not followed and the client's
+   own retries are off (the outbox retries);
+2. the experiment is found or created; the run of this hand-off is found by its tag
+   ``midre.handoff`` (a retry after a half-done try reuses it) or created, named after the job;
+3. params = the job's resolved config flattened (``training.epochs``-style keys), metrics = its
+   final metrics, tags = job id, kind, defense, ``a_h``;
+4. artifacts = ``report.html``, ``report.json``, ``model.json`` when the job has them, and the model
+   files (``model/model.safetensors`` + ``model/model.json``) of a job that produced a model, read
+   from the artifact store and uploaded through the server's artifact proxy
+   (``/api/2.0/mlflow-artifacts``; a server whose runs store artifacts elsewhere is refused rather
+   than letting the server name where the worker writes);
+5. the run is marked ``FINISHED``; with a ``registered_model``, a new version of it points at the
+   run's ``model`` folder, tagged with the defense, ``a_h`` and AttAcc per attack, and the alias
+   ``hardened`` moves to it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.db.models import Artifact, Job, Metric, MlflowIntegration, WebhookDelivery
+from services.integrations.webhooks import Result, UnsafeTarget, check_target
+from services.redact import server_redactor
+from services.settings import Settings
+from services.storage import LocalStore
+
+#: The alias that moves to each new version of the tenant's registered model.
+ALIAS = "hardened"
+#: Artifacts of a job copied to the root of its run, when it has them.
+RUN_ARTIFACTS = ("report.html", "report.json", "model.json")
+#: Where the model files go inside the run (and what the model version points at).
+MODEL_DIR = "model"
+#: Tag of the run that holds this hand-off's message id (a retry finds its run again).
+HANDOFF_TAG = "midre.handoff"
+#: Entities per ``log-batch`` request (MLflow accepts at most 100 params and 1000 entities).
+BATCH = 100
+_ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
+_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def check_uri(uri: str, allow_private: bool) -> str:
+    """The tracking URI a tenant may configure (no trailing ``/``), or :class:`UnsafeTarget`.
+
+    The webhooks' target check (``http``/``https``, every address public unless ``allow_private``),
+    and no user name, password, query or fragment in the URL: credentials go in their own fields,
+    which are never shown again.
+    """
+    check_target(uri, allow_private)
+    parts = urlsplit(uri)
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeTarget("put credentials in `username`/`password` or `token`, not in the URL")
+    if parts.query or parts.fragment:
+        raise UnsafeTarget("the URL may not have a query or a fragment")
+    return uri.rstrip("/")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """``{"training": {"epochs": 2}, "defenses": [{"name": "midre"}]}`` -> ``{"training.epochs": "2",
+    "defenses.0.name": "midre"}``: strings as they are, other leaves as JSON (``null``, ``true``, ``0.4``);
+    a list of plain values stays one param (``[0.75, 0.9]``)."""
+    if isinstance(value, dict):
+        if not value and prefix:
+            return {prefix: "{}"}
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list | tuple) and any(isinstance(v, dict | list | tuple) for v in value):
+        out = {}
+        for i, item in enumerate(value):
+            out.update(flatten(item, f"{prefix}.{i}"))
+        return out
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return {prefix: text}
+
+
+def mlflow_key(name: str) -> str:
+    """A param, metric or tag name MLflow accepts (letters, digits, ``_-. /``; others become ``_``)."""
+    return _KEY_CHARS.sub("_", name)[:250]
+
+
+def _ms(when: dt.datetime | None) -> int:
+    return int((when or dt.datetime.now(dt.UTC)).timestamp() * 1000)
+
+
+def _chunks(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass
+class Handoff:
+    """Everything one try sends, read from the database before any request is made."""
+
+    message_id: str
+    job_id: str
+    kind: str
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    tracking_uri: str
+    experiment: str
+    registered_model: str | None
+    token: str | None
+    username: str | None
+    password: str | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    #: What to upload: (sha256 in the artifact store, path in the run).
+    files: list[tuple[str, str]]
+    #: The card (``model.json``) of the model the job produced, if any.
+    model_card: dict[str, Any] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    version_tags: dict[str, str] = field(default_factory=dict)
+
+
+def _defense(card: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The defense of the model (its card) or of the job's config (``defense``, or the first defense
+    of a study that is not ``nodef``)."""
+    if card and isinstance(card.get("defense"), dict):
+        return card["defense"]
+    if isinstance(config.get("defense"), dict):
+        return config["defense"]
+    defended = [d for d in config.get("defenses") or [] if isinstance(d, dict) and d.get("name") != "nodef"]
+    return defended[0] if defended else {}
+
+
+def _a_h(defense: dict[str, Any]) -> Any:
+    """MIDRE's ``a_h`` of a defense, also inside a composed one (``{"name": "midre+nls", "midre": {...}}``)."""
+    if "a_h" in defense:
+        return defense["a_h"]
+    params = defense.get("params")
+    if isinstance(params, dict) and "a_h" in params:
+        return params["a_h"]
+    for part in defense.values():
+        if isinstance(part, dict) and "a_h" in part:
+            return part["a_h"]
+    return None
+
+
+def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings, message_id: str) -> Handoff | None:
+    """Read what a hand-off sends: the tenant's MLflow settings, the job, its metrics and artifacts.
+
+    ``None`` when the row, its integration or its job is gone (the integration was deleted).
+    """
+    from services.gateway.routers.models import card_name
+
+    with sessions() as session:
+        row = session.get(WebhookDelivery, message_id)
+        config = session.get(MlflowIntegration, row.mlflow_tenant_id) if row and row.mlflow_tenant_id else None
+        job = session.get(Job, row.job_id) if row and row.job_id else None
+        if row is None or config is None or job is None:
+            return None
+        metrics = {m.name: m.value for m in session.scalars(
+            select(Metric).where(Metric.job_id == job.id, Metric.epoch.is_(None)).order_by(Metric.id))}
+        artifacts = {a.name: a.sha256 for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
+        resolved_config = (job.resolved or {}).get("config") or {}
+        handoff = Handoff(
+            message_id=message_id, job_id=job.id, kind=job.kind, started_at=job.started_at,
+            finished_at=job.finished_at, tracking_uri=config.tracking_uri, experiment=config.experiment,
+            registered_model=config.registered_model, token=config.token, username=config.username,
+            password=config.password, params={}, metrics=metrics, files=[],
+        )
+    redact = server_redactor(settings)
+    handoff.params = {mlflow_key(k): redact(v)[:6000] for k, v in flatten(resolved_config).items()}
+    handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
+    card_file = card_name(list(artifacts)) if job.kind in ("train", "pipeline") else None
+    weights = card_file.removesuffix("model.json") + "model.safetensors" if card_file else None
+    label = card_file.split("/")[1] if card_file and card_file.startswith("targets/") else None
+    if card_file and weights in artifacts:
+        with store.open(artifacts[card_file]) as fh:
+            handoff.model_card = json.load(fh)
+        handoff.files += [(artifacts[card_file], f"{MODEL_DIR}/model.json"),
+                          (artifacts[weights], f"{MODEL_DIR}/model.safetensors")]
+    defense = _defense(handoff.model_card, resolved_config)
+    a_h = _a_h(defense)
+    handoff.tags = {"midre.job_id": job.id, "midre.kind": job.kind, HANDOFF_TAG: message_id,
+                    "mlflow.source.name": "midre", "mlflow.source.type": "JOB"}
+    if defense.get("name"):
+        handoff.tags["midre.defense"] = str(label or defense["name"])
+    if a_h is not None:
+        handoff.tags["midre.a_h"] = json.dumps(a_h)
+    handoff.version_tags = {k.removeprefix("midre."): v for k, v in handoff.tags.items()
+                            if k in ("midre.job_id", "midre.defense", "midre.a_h")}
+    # AttAcc per attack, when the job measured it: ``<defense>.<attack>.attacc_top1`` (a study).
+    for name, value in metrics.items():
+        parts = name.split(".")
+        if len(parts) == 3 and parts[2] == "attacc_top1" and (label is None or parts[0] == label):
+            handoff.version_tags[mlflow_key(f"attacc.{parts[1]}")] = f"{value:g}"
+    return handoff
+
+
+def _configure_client(settings: Settings) -> None:
+    """The ``mlflow`` client's process-wide knobs: no redirects (a server cannot send us elsewhere),
+    no retries of its own (the outbox retries with back-off), ``MIDRE_MLFLOW_TIMEOUT_S`` per request."""
+    os.environ["MLFLOW_ALLOW_HTTP_REDIRECTS"] = "false"
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(settings.mlflow_timeout_s)))
+
+
+def _artifact_root(artifact_uri: str) -> str:
+    """The run's folder under the server's artifact proxy, from ``mlflow-artifacts:/1/<run>/artifacts``."""
+    parts = urlsplit(artifact_uri)
+    if parts.scheme != "mlflow-artifacts":
+        raise RuntimeError(f"the server stores this run's artifacts at {parts.scheme or 'a local path'}:, "
+                           "not behind its artifact proxy; start it with artifact serving (the default of "
+                           "`mlflow server`) so MIDRE can upload through it")
+    return parts.path.strip("/")
+
+
+def send(settings: Settings, store: LocalStore, handoff: Handoff) -> str:
+    """Log ``handoff`` to its MLflow server; returns what was done (``logged run ...``). Raises on failure."""
+    from mlflow.entities import Metric as MlMetric
+    from mlflow.entities import Param, RunStatus, RunTag, ViewType
+    from mlflow.entities.model_registry import ModelVersionTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.store.model_registry.rest_store import RestStore as RegistryStore
+    from mlflow.store.tracking.rest_store import RestStore as TrackingStore
+    from mlflow.utils.rest_utils import MlflowHostCreds, augmented_raise_for_status, http_request
+
+    uri = check_uri(handoff.tracking_uri, settings.mlflow_allow_private)
+    _configure_client(settings)
+    creds = MlflowHostCreds(host=uri, token=handoff.token or None,
+                            username=None if handoff.token else handoff.username,
+                            password=None if handoff.token else handoff.password)
+    tracking = TrackingStore(lambda: creds)
+
+    experiment = tracking.get_experiment_by_name(handoff.experiment)
+    if experiment is None:
+        try:
+            experiment_id = tracking.create_experiment(handoff.experiment)
+        except MlflowException as exc:  # another deliverer created it in between
+            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment_id = tracking.get_experiment_by_name(handoff.experiment).experiment_id
+    else:
+        experiment_id = experiment.experiment_id
+    found = tracking.search_runs([experiment_id], f"tags.`{HANDOFF_TAG}` = '{handoff.message_id}'",
+                                 ViewType.ACTIVE_ONLY, max_results=1)
+    if found:
+        run = found[0]
+    else:
+        run = tracking.create_run(experiment_id, "midre", _ms(handoff.started_at),
+                                  [RunTag(k, v) for k, v in handoff.tags.items()], handoff.job_id)
+    run_id = run.info.run_id
+    stamp = _ms(handoff.finished_at)
+    params = [Param(k, v) for k, v in handoff.params.items()]
+    metrics = [MlMetric(mlflow_key(k), v, stamp, 0) for k, v in handoff.metrics.items()]
+    for chunk in _chunks(params):
+        tracking.log_batch(run_id, [], chunk, [])
+    for chunk in _chunks(metrics):
+        tracking.log_batch(run_id, chunk, [], [])
+    root = _artifact_root(run.info.artifact_uri)
+    for sha256, path in handoff.files:
+        with store.open(sha256) as fh:
+            response = http_request(creds, f"{_ARTIFACTS_API}/{quote(f'{root}/{path}')}", "PUT", data=fh,
+                                    extra_headers={"Content-Type": "application/octet-stream"})
+        augmented_raise_for_status(response)
+    tracking.update_run_info(run_id, RunStatus.FINISHED, stamp, None)
+    done = f"logged run {run_id} in experiment {handoff.experiment!r}"
+    if handoff.registered_model and handoff.model_card is not None:
+        version = _register(RegistryStore(lambda: creds), handoff, run_id, f"{run.info.artifact_uri}/{MODEL_DIR}",
+                            ModelVersionTag, MlflowException, RESOURCE_ALREADY_EXISTS)
+        done += f"; {handoff.registered_model!r} version {version} is {ALIAS!r}"
+    return done
+
+
+def _register(registry: Any, handoff: Handoff, run_id: str, source: str, tag: Any, error: Any,
+              already_exists: int) -> str:
+    """A version of the registered model for ``run_id`` (found again on a retry, else created), with
+    the alias moved to it; returns the version number."""
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    name = handoff.registered_model
+    try:
+        registry.create_registered_model(name)
+    except error as exc:
+        if exc.error_code != ErrorCode.Name(already_exists):
+            raise
+    existing = registry.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        version = existing[0].version
+    else:
+        tags = [tag(k, v) for k, v in handoff.version_tags.items()]
+        version = registry.create_model_version(name, source, run_id=run_id, tags=tags).version
+    registry.set_registered_model_alias(name, ALIAS, str(version))
+    return str(version)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a connection error or a timeout, not an answer."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+            return True
+        text = str(seen)
+        if "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str) -> Result:
+    """One try of the hand-off ``message_id``: a :class:`Result` (``status_code`` 200 when every request
+    succeeded, ``detail`` says what was logged; ``error`` says why not). Never raises."""
+    started = time.perf_counter()
+    store = LocalStore(settings.storage_dir)
+
+    def done(status: int | None, error: str | None, detail: str | None = None) -> Result:
+        return Result(status, error, round((time.perf_counter() - started) * 1000, 1), detail)
+
+    try:
+        handoff = load(sessions, store, settings, message_id)
+    except Exception as exc:  # noqa: BLE001 - a broken row must use up its tries, not kill the deliverer
+        return done(None, f"internal error: {type(exc).__name__}")
+    if handoff is None:
+        return done(None, "the MLflow integration or the job was deleted")
+    redact = server_redactor(settings)
+    try:
+        return done(200, None, send(settings, store, handoff))
+    except UnsafeTarget as exc:
+        return done(None, f"refused: {exc}")
+    except Exception as exc:  # noqa: BLE001 - every failure is a failed try, retried by the outbox
+        if _unreachable(exc):
+            return done(None, f"unreachable: {redact(str(exc))}"[:500])
+        status = getattr(exc, "get_http_status_code", lambda: None)()
+        return done(status if isinstance(status, int) and status >= 300 else None,
+                    redact(f"{type(exc).__name__}: {exc}")[:500])
+
+
+def event_message(result: Result, state: str, attempt: int, next_at: dt.datetime | None) -> str:
+    """The job's ``log`` event for one try: ``mlflow: logged run ...``, ``mlflow: unreachable,
+    retrying in 30 s (try 1)``, or ``mlflow: gave up after 8 tries: ...``."""
+    if result.ok:
+        return f"mlflow: {result.detail or 'logged'}"
+    error = result.error or "failed"
+    if next_at is not None and state == "pending":
+        wait = max(0.0, (next_at - dt.datetime.now(dt.UTC)).total_seconds())
+        head, _, rest = error.partition(": ")
+        reason = head if head in ("unreachable", "refused") else error
+        note = f" ({rest})" if head in ("unreachable", "refused") and rest else ""
+        return f"mlflow: {reason}, retrying in {wait:.0f} s (try {attempt}){note}"[:1000]
+    return f"mlflow: gave up after {attempt} tries: {error}"[:1000]
