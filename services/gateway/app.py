@@ -128,8 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.serving = serving
     install_error_handlers(app)
     install_docs(app)
-    serve = serving.settings
-    image_bytes = serve.max_images * (serve.max_image_bytes * 4 // 3 + 1024) + 64 * 1024  # base64 JSON or multipart
+    image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
     app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)

@@ -28,7 +28,8 @@ class ServingSettings(BaseSettings):
     max_images: int = Field(64, ge=1, description="Most images in one predict request.")
     max_image_bytes: int = Field(8 * 1024**2, ge=1, description="Largest encoded image accepted.")
     max_request_bytes: int = Field(
-        64 * 1024**2, ge=1, description="Largest Open Inference Protocol (/v2) infer body read (413 above)."
+        64 * 1024**2, ge=1, description="Largest predict (/v1) or infer (/v2) request body read (413 above, "
+        "before reading when declared, while streaming otherwise)."
     )
     default_top_k: int = Field(5, ge=1, description="Identities returned when the request names no top_k.")
     threads: int = Field(

@@ -204,3 +204,19 @@ def test_job_reads_carry_an_etag_and_answer_304_when_unchanged(api: Api, key_a: 
     assert api.client.post(f"/v1/jobs/{job}/cancel", headers=api.auth(key_a)).status_code == 202
     after = api.client.get(f"/v1/jobs/{job}", headers={**api.auth(key_a), "If-None-Match": etag})
     assert after.status_code == 200 and after.json()["status"] == "cancelled" and after.headers["etag"] != etag
+
+
+def test_a_predict_body_past_the_serving_cap_is_413_before_it_is_spooled(tmp_path: Any, monkeypatch: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+    from tests.service.conftest import make_settings
+
+    monkeypatch.setenv("MIDRE_SERVE_MAX_REQUEST_BYTES", str(64 * 1024))
+    settings = make_settings(tmp_path / "home")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        key = Api(settings, client).key("t")
+        part = {"files": ("big.png", b"\x89PNG" + bytes(200 * 1024), "image/png")}
+        r = client.post("/v1/models/job_x/predict", files=part, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body", r.text
+        assert not list((settings.storage_dir).rglob("*.png"))
