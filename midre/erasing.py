@@ -197,10 +197,15 @@ def erase_boxes(x: Tensor, boxes: Tensor, value: Tensor, *, inplace: bool = Fals
     if value.numel() != x.shape[1]:
         raise ValueError(f"value must have one entry per channel ({x.shape[1]}), got {value.numel()}")
     mask = box_masks(boxes.to(x.device), x.shape[2], x.shape[3])
-    if not inplace:
-        return torch.where(mask, value.to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1), x)
+    # The fill is written as Python numbers, never copied to the device as a tensor: a blocking
+    # host-to-device copy per batch would make the host wait for the GPU (a sync every step).
     values = value.tolist()
-    if all(v == values[0] for v in values):
+    uniform = all(v == values[0] for v in values)
+    if not inplace:
+        if uniform:
+            return torch.where(mask, values[0], x)
+        x = x.clone()
+    if uniform:
         return x.masked_fill_(mask, values[0])
     for c, v in enumerate(values):  # a loop over channels (3), not over images
         x[:, c].masked_fill_(mask[:, 0], v)
