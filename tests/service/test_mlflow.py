@@ -1,0 +1,354 @@
+"""The MLflow hand-off against a real ``mlflow server`` (SQLite backend, artifact proxy, loopback):
+configuration (write-only credentials, SSRF refusals, tenant isolation, admin scope), two train jobs
+logged as runs with params, metrics, tags and artifacts and registered as versions 1 and 2 with the
+alias ``hardened`` moving, and an MLflow that is down: the job still succeeds and its events say the
+hand-off will be retried."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from services.db.keys import create_api_key
+from services.db.models import WebhookAttempt, WebhookDelivery
+from services.db.session import dispose_all, session_factory, session_scope
+from services.gateway.app import create_app
+from services.integrations.mlflow import flatten
+from services.integrations.webhooks import WebhookDeliverer, deliver_due
+from services.worker.handlers import HANDLERS
+from services.worker.runner import execute_job
+from tests.service._support import TRAIN_SPEC, free_port, stop_group, wait_for
+from tests.service.conftest import Api, make_settings
+
+#: A public address written as a literal: configuring it needs no DNS (nothing is sent to it).
+PUBLIC_URI = "https://93.184.215.14/mlflow"
+#: Fast outbox timings: a deliverer pass every 0.2 s, retries 0.5 s, 1 s, ... apart.
+QUICK = {"webhooks_base_delay_s": 0.5, "webhooks_poll_s": 0.2, "mlflow_timeout_s": 20.0}
+#: A train job small enough for 2 busy cores (one epoch, 16 px, 20 digits per class).
+SMALL_TRAIN = {**TRAIN_SPEC, "device": "cpu", "training": {**TRAIN_SPEC["training"], "epochs": 1},
+               "data": {"max_images_per_identity": 20}}
+
+
+class MlflowServer:
+    """``python -m mlflow server`` on a free loopback port: SQLite backend store, artifacts served by
+    the server itself (``--artifacts-destination``) from a temporary folder."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "mlflow.log"
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1"],
+            cwd=folder, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        started = time.monotonic()
+        wait_for(self._up, 300, interval=0.5, what="the mlflow server to answer /health")
+        self.start_s = time.monotonic() - started
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def api(self, path: str, **params: Any) -> dict[str, Any]:
+        """GET ``/api/2.0/mlflow/<path>`` (MLflow's REST API) and return its JSON."""
+        response = httpx.get(f"{self.url}/api/2.0/mlflow/{path}", params=params, timeout=30)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def artifact(self, path: str) -> bytes:
+        response = httpx.get(f"{self.url}/api/2.0/mlflow-artifacts/artifacts/{path}", timeout=30)
+        assert response.status_code == 200, response.text
+        return response.content
+
+    def stop(self) -> None:
+        stop_group(self.proc, 10)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    print(f"mlflow server up in {server.start_s:.1f} s")
+    yield server
+    server.stop()
+
+
+def configure(api: Api, key: str, **body: Any) -> httpx.Response:
+    return api.client.put("/v1/integrations/mlflow", json=body, headers=api.auth(key))
+
+
+def events(api: Api, key: str, job_id: str) -> list[dict[str, Any]]:
+    response = api.client.get(f"/v1/jobs/{job_id}/events", params={"limit": 200}, headers=api.auth(key))
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def mlflow_events(api: Api, key: str, job_id: str) -> list[str]:
+    return [e["message"] for e in events(api, key, job_id) if e["type"] == "log" and e["message"].startswith("mlflow:")]
+
+
+def run_job(api: Api, key: str, spec: dict[str, Any]) -> str:
+    created = api.client.post("/v1/jobs", json=spec, headers=api.auth(key))
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+    assert execute_job(api.settings, job_id, HANDLERS) == "succeeded"
+    return job_id
+
+
+# -- configuration -------------------------------------------------------------------------------
+def test_configure_show_delete_and_tenant_isolation(api: Api, key_a: str, key_b: str) -> None:
+    assert api.client.get("/v1/integrations/mlflow", headers=api.auth(key_a)).status_code == 404
+    put = configure(api, key_a, tracking_uri=PUBLIC_URI + "/", experiment="faces", registered_model="faces-net",
+                    token="mlflow-token-s3cret")
+    assert put.status_code == 200, put.text
+    shown = api.client.get("/v1/integrations/mlflow", headers=api.auth(key_a))
+    assert shown.status_code == 200
+    view = shown.json()
+    assert (view["tracking_uri"], view["experiment"], view["registered_model"]) == (PUBLIC_URI, "faces", "faces-net")
+    assert (view["auth"], view["alias"]) == ("token", "hardened")
+    assert "s3cret" not in put.text + shown.text and "token" not in view
+
+    basic = configure(api, key_a, tracking_uri=PUBLIC_URI, experiment="faces", username="ml", password="pw-s3cret")
+    assert basic.status_code == 200 and basic.json()["auth"] == "basic" and basic.json()["registered_model"] is None
+    assert "pw-s3cret" not in basic.text and "username" not in basic.json()
+
+    # another tenant: its own (absent) configuration, never tenant-a's
+    for method in ("GET", "DELETE"):
+        other = api.client.request(method, "/v1/integrations/mlflow", headers=api.auth(key_b))
+        assert other.status_code == 404 and other.json()["code"] == "not_found", other.text
+    with session_scope(api.settings.db_url) as session:  # a `jobs` key of the same tenant: 403
+        jobs_key = create_api_key(session, "tenant-a", scopes=("jobs",))
+    assert api.client.get("/v1/integrations/mlflow", headers=api.auth(jobs_key)).status_code == 403
+    assert configure(api, jobs_key, tracking_uri=PUBLIC_URI, experiment="x").status_code == 403
+
+    assert api.client.delete("/v1/integrations/mlflow", headers=api.auth(key_a)).status_code == 204
+    assert api.client.get("/v1/integrations/mlflow", headers=api.auth(key_a)).status_code == 404
+
+
+def test_configure_refuses_unsafe_uris_and_half_credentials(api: Api, key_a: str) -> None:
+    def field(**body: Any) -> str:
+        response = configure(api, key_a, **{"experiment": "faces", **body})
+        assert response.status_code == 422, response.text
+        return response.json()["errors"][0]["field"]
+
+    # SSRF: the webhooks' check (loopback, private, link-local, IPv6, names that resolve there)
+    for uri in ("http://127.0.0.1:5000", "http://localhost:5000", "http://[::1]/", "http://10.0.0.1/",
+                "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]/", "ftp://93.184.215.14/",
+                "file:///etc/passwd", "http:///nohost"):
+        assert field(tracking_uri=uri) == "tracking_uri", uri
+    assert field(tracking_uri="https://user:pw@93.184.215.14/") == "tracking_uri"  # credentials not in the URL
+    assert field(tracking_uri=PUBLIC_URI, username="ml") == "password"
+    assert field(tracking_uri=PUBLIC_URI, token="t", username="ml", password="pw") == "token"
+    assert field(tracking_uri=PUBLIC_URI, experiment="") == "experiment"
+    assert api.client.get("/v1/integrations/mlflow", headers=api.auth(key_a)).status_code == 404
+
+
+def test_flatten_makes_dotted_params() -> None:
+    config = {"data": {"image_size": 16, "num_private": None}, "defense": {"name": "midre", "a_h": 0.4},
+              "milestones": [0.75, 0.9], "defenses": [{"name": "nodef"}, {"name": "midre", "a_h": 0.8}],
+              "augment": [], "attack_options": {}, "amp": True}
+    assert flatten(config) == {
+        "data.image_size": "16", "data.num_private": "null", "defense.name": "midre", "defense.a_h": "0.4",
+        "milestones": "[0.75,0.9]", "defenses.0.name": "nodef", "defenses.1.name": "midre", "defenses.1.a_h": "0.8",
+        "augment": "[]", "attack_options": "{}", "amp": "true"}
+
+
+# -- the hand-off against a real MLflow server ---------------------------------------------------
+@pytest.fixture
+def mlflow_api(tmp_path: Path) -> Iterator[Api]:
+    """An API whose operator allows loopback MLflow servers; no deliverer of its own (the test runs one)."""
+    settings = make_settings(tmp_path / "home", mlflow_allow_private=True, webhooks_in_api=False, **QUICK)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield Api(settings, client)
+    dispose_all()
+
+
+def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_server: MlflowServer) -> None:
+    api = mlflow_api
+    key = api.key("tenant-a")
+    put = configure(api, key, tracking_uri=mlflow_server.url, experiment="midre-tests",
+                    registered_model="digits-hardened", token="not-checked-by-this-server")
+    assert put.status_code == 200, put.text
+
+    deliverer = WebhookDeliverer(api.settings)  # what every worker runs
+    deliverer.start()
+    try:
+        latencies = []
+        jobs = []
+        for spec in (SMALL_TRAIN, {**SMALL_TRAIN, "defense": {"name": "midre", "a_h": 0.8}}):
+            job_id = run_job(api, key, spec)
+            ended = time.monotonic()
+            logged = wait_for(lambda j=job_id: [m for m in mlflow_events(api, key, j) if "logged run" in m], 120,
+                              interval=0.1, what="the MLflow hand-off")
+            latencies.append(time.monotonic() - ended)
+            jobs.append(job_id)
+            assert len(logged) == 1 and logged[0].startswith("mlflow: logged run "), logged
+    finally:
+        deliverer.stop()
+    with session_factory(api.settings.db_url)() as session:
+        tries = session.scalars(select(WebhookAttempt).join(WebhookDelivery).where(WebhookDelivery.channel == "mlflow")
+                                .order_by(WebhookAttempt.id)).all()
+        assert [t.status_code for t in tries] == [200, 200], "each hand-off made in one try"
+    print(f"job end -> MLflow run logged and registered: {', '.join(f'{s:.2f} s' for s in latencies)} "
+          f"(the tries themselves: {', '.join(f'{t.duration_ms / 1000:.2f} s' for t in tries)})")
+    assert "'digits-hardened' version 2 is 'hardened'" in mlflow_events(api, key, jobs[1])[0]
+
+    experiment = mlflow_server.api("experiments/get-by-name", experiment_name="midre-tests")["experiment"]
+    runs = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search",
+                      json={"experiment_ids": [experiment["experiment_id"]]}, timeout=30).json()["runs"]
+    by_job = {r["info"]["run_name"]: r for r in runs}
+    assert set(by_job) == set(jobs), "one run per job, named after it"
+
+    job = api.client.get(f"/v1/jobs/{jobs[0]}", headers=api.auth(key)).json()
+    run = by_job[jobs[0]]
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params == flatten(job["resolved"]["config"])  # the resolved config, every default included
+    assert (params["epochs"], params["defense.name"], params["defense.a_h"], params["lr"]) == ("1", "midre", "0.4",
+                                                                                               "0.001")
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics == pytest.approx(job["metrics"]) and "acc" in metrics
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["midre.job_id"] == jobs[0] and tags["midre.kind"] == "train"
+    assert (tags["midre.defense"], tags["midre.a_h"]) == ("midre", "0.4")
+
+    # artifacts: the job's model.json at the root, the model files under model/, byte for byte
+    run_id = run["info"]["run_id"]
+    root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:/")
+    listed = httpx.get(f"{mlflow_server.url}/api/2.0/mlflow-artifacts/artifacts", params={"path": f"{root}/model"},
+                       timeout=30).json()
+    assert sorted(f["path"] for f in listed["files"]) == ["model.json", "model.safetensors"]
+    stored = {a["name"]: a["sha256"] for a in
+              api.client.get(f"/v1/jobs/{jobs[0]}/artifacts", headers=api.auth(key)).json()["items"]}
+    for name in ("model.json", "model.safetensors"):
+        assert hashlib.sha256(mlflow_server.artifact(f"{root}/model/{name}")).hexdigest() == stored[name]
+    assert hashlib.sha256(mlflow_server.artifact(f"{root}/model.json")).hexdigest() == stored["model.json"]
+
+    # the registry: version 1 for the first job, version 2 for the second, which holds the alias
+    versions = mlflow_server.api("model-versions/search", filter="name='digits-hardened'")["model_versions"]
+    by_version = {v["version"]: v for v in versions}
+    assert set(by_version) == {"1", "2"}
+    first = by_version["1"]
+    assert first["run_id"] == run_id and first["source"] == f"{run['info']['artifact_uri']}/model"
+    assert {t["key"]: t["value"] for t in first["tags"]} == {"job_id": jobs[0], "defense": "midre", "a_h": "0.4"}
+    hardened = mlflow_server.api("registered-models/alias", name="digits-hardened", alias="hardened")
+    assert hardened["model_version"]["version"] == "2" and hardened["model_version"]["run_id"] == by_job[jobs[1]][
+        "info"]["run_id"]
+    assert {t["key"]: t["value"] for t in hardened["model_version"]["tags"]}["a_h"] == "0.8"
+
+
+def test_mlflow_down_the_job_succeeds_and_the_handoff_is_retried(mlflow_api: Api) -> None:
+    api = mlflow_api
+    key = api.key("tenant-a")
+    assert configure(api, key, tracking_uri=f"http://127.0.0.1:{free_port()}", experiment="x",
+                     registered_model="m").status_code == 200
+    job_id = run_job(api, key, SMALL_TRAIN)
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(key)).json()["status"] == "succeeded"
+
+    sessions = session_factory(api.settings.db_url)
+    assert deliver_due(api.settings, sessions) == 1
+    time.sleep(0.6)  # past the 0.5 s back-off
+    assert deliver_due(api.settings, sessions) == 1
+    said = mlflow_events(api, key, job_id)
+    assert len(said) == 2 and all(m.startswith("mlflow: unreachable, retrying in ") for m in said), said
+    assert "(try 1)" in said[0] and "(try 2)" in said[1]
+    with sessions() as session:
+        row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).one()
+        assert (row.channel, row.state, row.attempts) == ("mlflow", "pending", 2)
+        tries = session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == row.id)).all()
+        assert [t.error.split(":")[0] for t in tries] == ["unreachable", "unreachable"]
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(key)).json()["status"] == "succeeded"
+
+    # deleting the integration drops the hand-offs not yet made
+    assert api.client.delete("/v1/integrations/mlflow", headers=api.auth(key)).status_code == 204
+    with sessions() as session:
+        assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all() == []
+
+
+def test_tenants_without_mlflow_queue_nothing(mlflow_api: Api) -> None:
+    api = mlflow_api
+    key = api.key("tenant-b")
+    job_id = run_job(api, key, SMALL_TRAIN)
+    with session_factory(api.settings.db_url)() as session:
+        assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all() == []
+
+
+def test_a_pipeline_hands_off_its_defended_target(mlflow_api: Api, tmp_path: Path) -> None:
+    """What a pipeline's hand-off sends (read from the DB and the store, no request made): its reports,
+    the defended target's model files (not NoDef's), the defense of that target and AttAcc per attack."""
+    from services import jobspec
+    from services.db import jobs as jobstate
+    from services.db.models import Artifact, Job, Metric
+    from services.db.types import new_id, utcnow
+    from services.integrations.mlflow import load
+    from services.storage import LocalStore
+    from tests.service.test_jobspec import PIPELINE
+
+    api = mlflow_api
+    key = api.key("tenant-a")
+    assert configure(api, key, tracking_uri=PUBLIC_URI, experiment="studies", registered_model="m").status_code == 200
+    store = LocalStore(api.settings.storage_dir)
+    files = {"report.html": b"<html>", "report.json": b"{}", "plots/tradeoff.png": b"png",
+             "targets/nodef/seed0/model.json": b'{"defense": {"name": "nodef"}}',
+             "targets/nodef/seed0/model.safetensors": b"nodef weights",
+             "targets/midre/seed0/model.json": b'{"defense": {"name": "midre", "a_h": 0.4, "a_l": 0.1}}',
+             "targets/midre/seed0/model.safetensors": b"midre weights"}
+    sessions = session_factory(api.settings.db_url)
+    with sessions() as session:
+        job = Job(id=new_id("job"), tenant_id=_tenant_of(api, key), kind="pipeline", spec=PIPELINE,
+                  resolved=jobspec.resolve(PIPELINE), status="running", queue="cpu", progress=0.5, attempt=1,
+                  cancel_requested=False, created_at=utcnow(), started_at=utcnow())
+        session.add(job)
+        session.flush()
+        for name, data in files.items():
+            path = tmp_path / "blob"
+            path.write_bytes(data)
+            blob = store.put_file(path)
+            session.add(Artifact(job_id=job.id, name=name, size=blob.size, sha256=blob.sha256,
+                                 content_type="application/octet-stream", created_at=utcnow()))
+        for name, value in {"midre.mi-face.attacc_top1": 12.5, "nodef.mi-face.attacc_top1": 40.0,
+                            "midre.mi-face.acc": 90.0}.items():
+            session.add(Metric(job_id=job.id, name=name, value=value, epoch=None))
+        session.flush()
+        assert jobstate.transition(session, job, [jobstate.RUNNING], jobstate.SUCCEEDED)
+        session.commit()
+        row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)).one()
+        assert (row.channel, row.event_type, row.webhook_id) == ("mlflow", "mlflow.run", None)
+        job_id, message_id = job.id, row.id
+
+    handoff = load(sessions, store, api.settings, message_id)
+    assert handoff is not None and handoff.job_id == job_id
+    sent = {path: store.path(sha).read_bytes() for sha, path in handoff.files}
+    assert sent == {"report.html": b"<html>", "report.json": b"{}", "model/model.json": files[
+        "targets/midre/seed0/model.json"], "model/model.safetensors": b"midre weights"}
+    assert handoff.params["defenses.1.name"] == "midre" and handoff.params["attacks"] == '["mi-face"]'
+    assert handoff.metrics["midre.mi-face.attacc_top1"] == 12.5
+    assert (handoff.tags["midre.kind"], handoff.tags["midre.defense"], handoff.tags["midre.a_h"]) == (
+        "pipeline", "midre", "0.4")
+    assert handoff.version_tags == {"job_id": job_id, "defense": "midre", "a_h": "0.4", "attacc.mi-face": "12.5"}
+
+
+def _tenant_of(api: Api, key: str) -> str:
+    from services.db.keys import hash_key
+    from services.db.models import ApiKey
+
+    with session_factory(api.settings.db_url)() as session:
+        return session.scalars(select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(key))).one()
