@@ -23,8 +23,6 @@ parameter can only narrow the policy's k.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import struct
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 
 from services.serving.policy import OutputPolicy, apply_policy, classification_strings, effective_k
-from services.serving.preprocess import RawImage
+from services.serving.preprocess import InputError, RawImage, decode_base64
 
 INPUT = "input"
 PROBABILITIES = "probabilities"
@@ -49,14 +47,8 @@ JSON_FLOAT_BYTES = 32
 ENVELOPE_BYTES = 64 * 1024
 
 
-class ProtocolError(ValueError):
+class ProtocolError(InputError):
     """An infer request the protocol or the model cannot take; ``field`` names the part."""
-
-    def __init__(self, field: str, message: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -191,14 +183,10 @@ def _flat(data: list[Any]) -> list[Any]:
 
 
 def _b64(field: str, text: str, limit: int) -> bytes:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    if len(text) > limit * 4 // 3 + 8:
-        raise ProtocolError(field, f"the image is larger than {limit} bytes", status=413)
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ProtocolError(field, f"not valid base64 ({exc})") from exc
+        return decode_base64(field, text, limit)
+    except InputError as exc:
+        raise ProtocolError(exc.field, exc.message, exc.status) from exc
 
 
 def _binary_elements(field: str, raw: bytes) -> list[bytes]:

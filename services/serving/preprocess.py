@@ -7,6 +7,8 @@ Exactly the training pipeline, from the checkpoint's card: :func:`midre.data.ima
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,22 @@ class InputError(ValueError):
         self.field = field
         self.message = message
         self.status = status
+
+
+def decode_base64(field: str, text: str, limit: int, name: str = "") -> bytes:
+    """The bytes of a base64 image (a ``data:`` URL prefix allowed), at most ``limit`` of them.
+
+    Raises:
+        InputError: 413 past ``limit`` (checked on the text's length, before decoding), 422 for bad base64.
+    """
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    if len(text) > limit * 4 // 3 + 8:
+        raise InputError(field, f"{name or 'the image'} is larger than {limit} bytes", status=413)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(field, f"{name or 'the image'} is not valid base64 ({exc})") from exc
 
 
 @dataclass(frozen=True)

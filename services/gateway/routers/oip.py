@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from services.gateway.deps import Caller, Ctx, forbidden, require_scope
 from services.gateway.errors import PROBLEM_JSON, PROBLEM_RESPONSES, ApiError, FieldError, problem_response
-from services.gateway.routers.predict import ModelRef, Runtime, cached_ref, charge_queries
+from services.gateway.routers.predict import ModelRef, Runtime, cached_ref, charge_queries, forward_within_budget
 from services.serving.accounting import Charge
 from services.serving.cache import LoadedModel
 from services.serving.oip import (
@@ -265,19 +265,7 @@ async def infer(request: Request, ctx: Ctx, rt: Runtime, caller: PredictCaller, 
         parsed, x, spent, entry = await run_in_threadpool(prepare)
     except (ProtocolError, InputError) as exc:
         raise _protocol_error(exc) from exc
-    n = parsed.input.count
-    if not spent.allowed:
-        if rt.rejected is not None:
-            rt.rejected.labels(ref.job_id).inc()
-        raise ApiError(
-            429,
-            "query_budget_exceeded",
-            f"API key {key_id} has used {spent.queries} of the {spent.budget} queries model {ref.job_id} allows; "
-            f"this request needs {n} more",
-        )
-    probs = await rt.predict(entry, x)
-    if rt.images is not None:
-        rt.images.labels(ref.job_id).inc(n)
+    probs = await forward_within_budget(rt, ref, key_id, spent, entry, x)
     outputs = encode_outputs(probs, list(ref.card.get("class_names") or []), ref.policy, parsed.outputs,
                              default_k=settings.default_top_k)
     answer: dict[str, Any] = {"model_name": ref.job_id, "model_version": "1"}

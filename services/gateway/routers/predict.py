@@ -8,8 +8,6 @@ so the output policy and budget bind the very clients they are meant to limit.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -44,7 +42,7 @@ from services.serving.accounting import Charge, charge, reset
 from services.serving.cache import LoadedModel
 from services.serving.export import FORMATS
 from services.serving.policy import OutputPolicy, apply_policy
-from services.serving.preprocess import InputError, RawImage, preprocess
+from services.serving.preprocess import InputError, RawImage, decode_base64, preprocess
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import (
     KeyUsage,
@@ -153,6 +151,26 @@ def charge_queries(ctx: ServiceContext, rt: ServingRuntime, key_id: str, ref: Mo
         return charge(session, key_id, ref.job_id, n, ref.budget)
 
 
+async def forward_within_budget(
+    rt: ServingRuntime, ref: ModelRef, key_id: str, spent: Charge, entry: LoadedModel, x: torch.Tensor
+) -> torch.Tensor:
+    """The model's probabilities for the batch ``x`` (through the shared batcher), or 429 when the
+    key's query charge was refused; counts images and refusals for ``/metrics``."""
+    if not spent.allowed:
+        if rt.rejected is not None:
+            rt.rejected.labels(ref.job_id).inc()
+        raise ApiError(
+            429,
+            "query_budget_exceeded",
+            f"API key {key_id} has used {spent.queries} of the {spent.budget} queries model {ref.job_id} allows; "
+            f"this request needs {x.shape[0]} more",
+        )
+    probs = await rt.predict(entry, x)
+    if rt.images is not None:
+        rt.images.labels(ref.job_id).inc(int(x.shape[0]))
+    return probs
+
+
 def _input_error(exc: InputError) -> ApiError:
     return ApiError(
         exc.status,
@@ -160,17 +178,6 @@ def _input_error(exc: InputError) -> ApiError:
         exc.message if exc.field in exc.message else f"{exc.field}: {exc.message}",
         errors=[FieldError(field=exc.field, message=exc.message)],
     )
-
-
-def _b64(field: str, name: str, text: str, limit: int) -> bytes:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    if len(text) > limit * 4 // 3 + 8:
-        raise InputError(field, f"{name or 'image'} is larger than {limit} bytes", status=413)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(field, f"{name or 'image'} is not valid base64 ({exc})") from exc
 
 
 def _json_images(raw: bytes, max_image_bytes: int) -> tuple[list[RawImage], int | None]:
@@ -189,7 +196,7 @@ def _json_images(raw: bytes, max_image_bytes: int) -> tuple[list[RawImage], int 
         field = f"images[{i}]"
         name, text = ("", item) if isinstance(item, str) else (item.name or "", item.data)
         try:
-            data = _b64(field, name, text, max_image_bytes)
+            data = decode_base64(field, text, max_image_bytes, name)
         except InputError as exc:
             raise _input_error(exc) from exc
         images.append(RawImage(field, name, data))
@@ -317,18 +324,7 @@ async def predict(
         x, spent, entry = await run_in_threadpool(prepare)
     except InputError as exc:
         raise _input_error(exc) from exc
-    if not spent.allowed:
-        if rt.rejected is not None:
-            rt.rejected.labels(ref.job_id).inc()
-        raise ApiError(
-            429,
-            "query_budget_exceeded",
-            f"API key {key_id} has used {spent.queries} of the {spent.budget} queries model {ref.job_id} allows; "
-            f"this request needs {len(images)} more",
-        )
-    probs = await rt.predict(entry, x)
-    if rt.images is not None:
-        rt.images.labels(ref.job_id).inc(len(images))
+    probs = await forward_within_budget(rt, ref, key_id, spent, entry, x)
     answers = apply_policy(
         probs,
         list(ref.card.get("class_names") or []),
