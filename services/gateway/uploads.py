@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -187,3 +188,14 @@ def sniff_archive(path: Path) -> str | None:
     if len(head) >= 262 and head[257:262] == b"ustar":
         return ".tar"
     return None
+
+
+def multipart_body(properties: dict[str, dict[str, Any]], required: list[str],
+                   **other: dict[str, Any]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a streamed ``multipart/form-data`` body (FastAPI cannot see it,
+    since the route reads the stream itself); ``other`` adds more media types (``application_json=``)."""
+    content: dict[str, Any] = {
+        "multipart/form-data": {"schema": {"type": "object", "required": required, "properties": properties}}
+    }
+    content.update({media.replace("_", "/", 1): schema for media, schema in other.items()})
+    return {"requestBody": {"required": True, "content": content}}

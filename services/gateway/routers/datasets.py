@@ -24,7 +24,7 @@ from services.gateway.errors import (
 )
 from services.gateway.quotas import check_storage
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
-from services.gateway.uploads import receive_file, sniff_archive
+from services.gateway.uploads import multipart_body, receive_file, sniff_archive
 from services.gateway.views import dataset_view
 from services.jobspec import DIGITS
 from services.redact import Redactor, server_redactor
@@ -37,29 +37,15 @@ MAX_REJECTED_LISTED = 100
 #: Image side used to check that every image decodes (small: validation, not training).
 CHECK_IMAGE_SIZE = 8
 
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "A .zip / .tar.gz / .tgz / .tar ImageFolder archive "
-                            "(one folder per identity).",
-                        },
-                        "name": {"type": "string", "maxLength": 200},
-                    },
-                }
-            },
-            "application/json": {"schema": DatasetRef.model_json_schema()},
-        },
-    }
-}
+UPLOAD_BODY: dict[str, Any] = multipart_body(
+    {
+        "file": {"type": "string", "format": "binary",
+                 "description": "A .zip / .tar.gz / .tgz / .tar ImageFolder archive (one folder per identity)."},
+        "name": {"type": "string", "maxLength": 200},
+    },
+    ["file"],
+    application_json={"schema": DatasetRef.model_json_schema()},
+)
 
 
 def _summarize(load: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:

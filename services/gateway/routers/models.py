@@ -21,7 +21,7 @@ from services.gateway.model_cards import evaluations_of, readme
 from services.gateway.quotas import check_storage
 from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ModelCard
-from services.gateway.uploads import receive_file
+from services.gateway.uploads import multipart_body, receive_file
 from services.gateway.views import artifact_view, final_metrics
 from services.redact import server_redactor
 
@@ -102,27 +102,16 @@ def model_readme(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> P
 #: The largest model card (JSON text) an upload may carry.
 MAX_CARD_BYTES = 1024 * 1024
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "card"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary",
-                                 "description": "The weights: a safetensors state dict of the card's architecture."},
-                        "card": {"type": "string", "description": "JSON: arch, num_classes or class_names, "
-                                 "image_size, channels, optional normalization {mean, std} (a midre model.json "
-                                 "is accepted as it is)."},
-                        "name": {"type": "string", "description": "A name for the model."},
-                    },
-                }
-            }
-        },
-    }
-}
+_UPLOAD_BODY = multipart_body(
+    {
+        "file": {"type": "string", "format": "binary",
+                 "description": "The weights: a safetensors state dict of the card's architecture."},
+        "card": {"type": "string", "description": "JSON: arch, num_classes or class_names, image_size, channels, "
+                 "optional normalization {mean, std} (a midre model.json is accepted as it is)."},
+        "name": {"type": "string", "description": "A name for the model."},
+    },
+    ["file", "card"],
+)
 
 
 def _check_upload(weights: Path, card: dict[str, Any]) -> dict[str, Any]:
