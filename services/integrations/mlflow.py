@@ -355,14 +355,15 @@ def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str
 
 def event_message(result: Result, state: str, attempt: int, next_at: dt.datetime | None) -> str:
     """The job's ``log`` event for one try: ``mlflow: logged run ...``, ``mlflow: unreachable,
-    retrying in 30 s (try 1)``, or ``mlflow: gave up after 8 tries: ...``."""
+    retrying in 30 s (try 1): ...``, ``mlflow: <error>; retrying in 60 s (try 2)``, or ``mlflow: gave up
+    after 8 tries: ...``."""
     if result.ok:
         return f"mlflow: {result.detail or 'logged'}"
     error = result.error or "failed"
     if next_at is not None and state == "pending":
         wait = max(0.0, (next_at - dt.datetime.now(dt.UTC)).total_seconds())
         head, _, rest = error.partition(": ")
-        reason = head if head in ("unreachable", "refused") else error
-        note = f" ({rest})" if head in ("unreachable", "refused") and rest else ""
-        return f"mlflow: {reason}, retrying in {wait:.0f} s (try {attempt}){note}"[:1000]
+        if head in ("unreachable", "refused"):
+            return f"mlflow: {head}, retrying in {wait:.0f} s (try {attempt}): {rest}"[:1000]
+        return f"mlflow: {error}; retrying in {wait:.0f} s (try {attempt})"[:1000]
     return f"mlflow: gave up after {attempt} tries: {error}"[:1000]

@@ -254,6 +254,18 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
         "info"]["run_id"]
     assert {t["key"]: t["value"] for t in hardened["model_version"]["tags"]}["a_h"] == "0.8"
 
+    # the consumer's side, as docs/integrations.md shows it: the `hardened` model loads with midre
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    from midre.checkpoint import load_checkpoint
+
+    version = MlflowClient(mlflow_server.url).get_model_version_by_alias("digits-hardened", "hardened")
+    folder = download_artifacts(run_id=version.run_id, artifact_path="model", tracking_uri=mlflow_server.url,
+                                dst_path=str(api.settings.home / "downloaded"))
+    model, card = load_checkpoint(folder)
+    assert card["defense"]["a_h"] == 0.8 and not model.training
+
 
 def test_mlflow_down_the_job_succeeds_and_the_handoff_is_retried(mlflow_api: Api) -> None:
     api = mlflow_api
