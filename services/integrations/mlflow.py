@@ -134,6 +134,9 @@ class Handoff:
     model_card: dict[str, Any] | None = None
     tags: dict[str, str] = field(default_factory=dict)
     version_tags: dict[str, str] = field(default_factory=dict)
+    #: An ``attack_eval`` job: the model it attacked, and the AttAcc tags its registered version gets.
+    attacked_job: str | None = None
+    attacked_tags: dict[str, str] = field(default_factory=dict)
 
 
 def _defense(card: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
@@ -205,10 +208,19 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     handoff.version_tags = {k.removeprefix("midre."): v for k, v in handoff.tags.items()
                             if k in ("midre.job_id", "midre.defense", "midre.a_h")}
     # AttAcc per attack, when the job measured it: ``<defense>.<attack>.attacc_top1`` (a study).
+    attacc = {}
     for name, value in metrics.items():
         parts = name.split(".")
         if len(parts) == 3 and parts[2] == "attacc_top1" and (label is None or parts[0] == label):
-            handoff.version_tags[mlflow_key(f"attacc.{parts[1]}")] = f"{value:g}"
+            attacc[mlflow_key(f"attacc.{parts[1]}")] = f"{value:g}"
+    if job.kind == "attack_eval":
+        spec = job.spec or {}
+        handoff.attacked_job = spec.get("model") or spec.get("model_job")
+        handoff.attacked_tags = attacc
+        if handoff.attacked_job:
+            handoff.tags["midre.model_job"] = str(handoff.attacked_job)
+    else:
+        handoff.version_tags.update(attacc)
     return handoff
 
 
@@ -282,16 +294,40 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff) -> str:
     tracking.update_run_info(run_id, RunStatus.FINISHED, stamp, None)
     done = f"logged run {run_id} in experiment {handoff.experiment!r}"
     if handoff.registered_model and handoff.model_card is not None:
-        version = _register(RegistryStore(lambda: creds), handoff, run_id, f"{run.info.artifact_uri}/{MODEL_DIR}",
-                            ModelVersionTag, MlflowException, RESOURCE_ALREADY_EXISTS)
-        done += f"; {handoff.registered_model!r} version {version} is {ALIAS!r}"
+        version, moved = _register(RegistryStore(lambda: creds), handoff, run_id,
+                                   f"{run.info.artifact_uri}/{MODEL_DIR}", ModelVersionTag, MlflowException,
+                                   RESOURCE_ALREADY_EXISTS)
+        done += f"; {handoff.registered_model!r} version {version}" + (f" is {ALIAS!r}" if moved else
+                                                                          f" (a newer version is {ALIAS!r})")
+    if handoff.registered_model and handoff.attacked_job and handoff.attacked_tags:
+        tagged = _tag_attacked(RegistryStore(lambda: creds), handoff, ModelVersionTag)
+        if tagged:
+            done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
     return done
 
 
+def _tag_attacked(registry: Any, handoff: Handoff, tag: Any) -> str | None:
+    """Put an ``attack_eval`` job's AttAcc on the version registered for the model it attacked (found by
+    its ``job_id`` tag); the version number, or ``None`` when that model was never registered."""
+    name = handoff.registered_model
+    page_token = None
+    while True:
+        page = registry.search_model_versions(f"name = '{name}'", max_results=1000, page_token=page_token)
+        for version in page:
+            if (version.tags or {}).get("job_id") == handoff.attacked_job:
+                for key, value in handoff.attacked_tags.items():
+                    registry.set_model_version_tag(name, version.version, tag(key, value))
+                return str(version.version)
+        page_token = page.token
+        if not page_token:
+            return None
+
+
 def _register(registry: Any, handoff: Handoff, run_id: str, source: str, tag: Any, error: Any,
-              already_exists: int) -> str:
+              already_exists: int) -> tuple[str, bool]:
     """A version of the registered model for ``run_id`` (found again on a retry, else created), with
-    the alias moved to it; returns the version number."""
+    the alias moved to it unless a newer version holds it; returns the version number and whether the
+    alias moved."""
     from mlflow.protos.databricks_pb2 import ErrorCode
 
     name = handoff.registered_model
@@ -306,8 +342,14 @@ def _register(registry: Any, handoff: Handoff, run_id: str, source: str, tag: An
     else:
         tags = [tag(k, v) for k, v in handoff.version_tags.items()]
         version = registry.create_model_version(name, source, run_id=run_id, tags=tags).version
-    registry.set_registered_model_alias(name, ALIAS, str(version))
-    return str(version)
+    try:
+        current = int(registry.get_model_version_by_alias(name, ALIAS).version)
+    except error:
+        current = 0  # no version holds the alias yet
+    moved = current <= int(version)  # a late retry of an older hand-off does not move the alias back
+    if moved:
+        registry.set_registered_model_alias(name, ALIAS, str(version))
+    return str(version), moved
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -19,16 +19,21 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from services.db.keys import create_api_key
-from services.db.models import WebhookAttempt, WebhookDelivery
+from services import jobspec
+from services.db import jobs as jobstate
+from services.db.keys import create_api_key, hash_key
+from services.db.models import ApiKey, Artifact, Job, Metric, WebhookAttempt, WebhookDelivery
 from services.db.session import dispose_all, session_factory, session_scope
+from services.db.types import new_id, utcnow
 from services.gateway.app import create_app
-from services.integrations.mlflow import flatten
+from services.integrations.mlflow import flatten, load, send
 from services.integrations.webhooks import WebhookDeliverer, deliver_due
+from services.storage import LocalStore
 from services.worker.handlers import HANDLERS
 from services.worker.runner import execute_job
 from tests.service._support import TRAIN_SPEC, free_port, stop_group, wait_for
 from tests.service.conftest import Api, make_settings
+from tests.service.test_jobspec import PIPELINE, STUDY
 
 #: A public address written as a literal: configuring it needs no DNS (nothing is sent to it).
 PUBLIC_URI = "https://93.184.215.14/mlflow"
@@ -103,6 +108,36 @@ def events(api: Api, key: str, job_id: str) -> list[dict[str, Any]]:
 
 def mlflow_events(api: Api, key: str, job_id: str) -> list[str]:
     return [e["message"] for e in events(api, key, job_id) if e["type"] == "log" and e["message"].startswith("mlflow:")]
+
+
+def add_succeeded_job(api: Api, key: str, kind: str, spec: dict[str, Any], metrics: dict[str, float],
+                      files: dict[str, bytes] | None = None) -> str:
+    """A ``kind`` job of the key's tenant that ran (no worker: its artifacts and final metrics are
+    written here) and succeeds through :func:`services.db.jobs.transition`, which queues its hand-off."""
+    store = LocalStore(api.settings.storage_dir)
+    with session_factory(api.settings.db_url)() as session:
+        job = Job(id=new_id("job"), tenant_id=_tenant_of(api, key), kind=kind, spec=spec,
+                  resolved=jobspec.resolve(spec), status="running", queue="cpu", progress=0.5, attempt=1,
+                  cancel_requested=False, created_at=utcnow(), started_at=utcnow())
+        session.add(job)
+        session.flush()
+        for name, data in (files or {}).items():
+            path = api.settings.home / "blob"
+            path.write_bytes(data)
+            blob = store.put_file(path)
+            session.add(Artifact(job_id=job.id, name=name, size=blob.size, sha256=blob.sha256,
+                                 content_type="application/octet-stream", created_at=utcnow()))
+        for name, value in metrics.items():
+            session.add(Metric(job_id=job.id, name=name, value=value, epoch=None))
+        session.flush()
+        assert jobstate.transition(session, job, [jobstate.RUNNING], jobstate.SUCCEEDED)
+        session.commit()
+        return job.id
+
+
+def _tenant_of(api: Api, key: str) -> str:
+    with session_factory(api.settings.db_url)() as session:
+        return session.scalars(select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(key))).one()
 
 
 def run_job(api: Api, key: str, spec: dict[str, Any]) -> str:
@@ -254,6 +289,33 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
         "info"]["run_id"]
     assert {t["key"]: t["value"] for t in hardened["model_version"]["tags"]}["a_h"] == "0.8"
 
+    # a retry of the first hand-off (as after a try that failed at its last request) finds its run and
+    # its version again, and leaves the alias on the newer version
+    sessions = session_factory(api.settings.db_url)
+    store = LocalStore(api.settings.storage_dir)
+    with sessions() as session:
+        first_message = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.job_id == jobs[0])).one()
+    again = send(api.settings, store, load(sessions, store, api.settings, first_message))
+    assert f"logged run {run_id}" in again and "version 1 (a newer version is 'hardened')" in again, again
+    assert len(httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", timeout=30,
+                          json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]) == 2
+    assert len(mlflow_server.api("model-versions/search", filter="name='digits-hardened'")["model_versions"]) == 2
+
+    # an attack_eval job of the first model: its own run, and its AttAcc on that model's version
+    attack_job = add_succeeded_job(api, key, "attack_eval", {"kind": "attack_eval", "model_job": jobs[0], **STUDY},
+                                   {"midre.mi-face.attacc_top1": 12.5, "midre.mi-face.knn_dist": 80.0})
+    assert deliver_due(api.settings, sessions) == 1
+    said = mlflow_events(api, key, attack_job)
+    assert len(said) == 1 and "AttAcc tagged on 'digits-hardened' version 1" in said[0], said
+    first = mlflow_server.api("model-versions/get", name="digits-hardened", version="1")["model_version"]
+    assert {t["key"]: t["value"] for t in first["tags"]}["attacc.mi-face"] == "12.5"
+    runs = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", timeout=30,
+                      json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]
+    attack_run = next(r for r in runs if r["info"]["run_name"] == attack_job)
+    attack_tags = {t["key"]: t["value"] for t in attack_run["data"]["tags"]}
+    assert (attack_tags["midre.kind"], attack_tags["midre.model_job"]) == ("attack_eval", jobs[0])
+    assert {m["key"]: m["value"] for m in attack_run["data"]["metrics"]}["midre.mi-face.attacc_top1"] == 12.5
+
     # the consumer's side, as docs/integrations.md shows it: the `hardened` model loads with midre
     from mlflow import MlflowClient
     from mlflow.artifacts import download_artifacts
@@ -303,64 +365,32 @@ def test_tenants_without_mlflow_queue_nothing(mlflow_api: Api) -> None:
         assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all() == []
 
 
-def test_a_pipeline_hands_off_its_defended_target(mlflow_api: Api, tmp_path: Path) -> None:
+def test_a_pipeline_hands_off_its_defended_target(mlflow_api: Api) -> None:
     """What a pipeline's hand-off sends (read from the DB and the store, no request made): its reports,
     the defended target's model files (not NoDef's), the defense of that target and AttAcc per attack."""
-    from services import jobspec
-    from services.db import jobs as jobstate
-    from services.db.models import Artifact, Job, Metric
-    from services.db.types import new_id, utcnow
-    from services.integrations.mlflow import load
-    from services.storage import LocalStore
-    from tests.service.test_jobspec import PIPELINE
-
     api = mlflow_api
     key = api.key("tenant-a")
     assert configure(api, key, tracking_uri=PUBLIC_URI, experiment="studies", registered_model="m").status_code == 200
-    store = LocalStore(api.settings.storage_dir)
     files = {"report.html": b"<html>", "report.json": b"{}", "plots/tradeoff.png": b"png",
              "targets/nodef/seed0/model.json": b'{"defense": {"name": "nodef"}}',
              "targets/nodef/seed0/model.safetensors": b"nodef weights",
              "targets/midre/seed0/model.json": b'{"defense": {"name": "midre", "a_h": 0.4, "a_l": 0.1}}',
              "targets/midre/seed0/model.safetensors": b"midre weights"}
+    metrics = {"midre.mi-face.attacc_top1": 12.5, "nodef.mi-face.attacc_top1": 40.0, "midre.mi-face.acc": 90.0}
+    job_id = add_succeeded_job(api, key, "pipeline", PIPELINE, metrics, files)
     sessions = session_factory(api.settings.db_url)
     with sessions() as session:
-        job = Job(id=new_id("job"), tenant_id=_tenant_of(api, key), kind="pipeline", spec=PIPELINE,
-                  resolved=jobspec.resolve(PIPELINE), status="running", queue="cpu", progress=0.5, attempt=1,
-                  cancel_requested=False, created_at=utcnow(), started_at=utcnow())
-        session.add(job)
-        session.flush()
-        for name, data in files.items():
-            path = tmp_path / "blob"
-            path.write_bytes(data)
-            blob = store.put_file(path)
-            session.add(Artifact(job_id=job.id, name=name, size=blob.size, sha256=blob.sha256,
-                                 content_type="application/octet-stream", created_at=utcnow()))
-        for name, value in {"midre.mi-face.attacc_top1": 12.5, "nodef.mi-face.attacc_top1": 40.0,
-                            "midre.mi-face.acc": 90.0}.items():
-            session.add(Metric(job_id=job.id, name=name, value=value, epoch=None))
-        session.flush()
-        assert jobstate.transition(session, job, [jobstate.RUNNING], jobstate.SUCCEEDED)
-        session.commit()
-        row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job.id)).one()
-        assert (row.channel, row.event_type, row.webhook_id) == ("mlflow", "mlflow.run", None)
-        job_id, message_id = job.id, row.id
+        row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).one()
+        assert (row.channel, row.event_type, row.webhook_id, row.state) == ("mlflow", "mlflow.run", None, "pending")
 
-    handoff = load(sessions, store, api.settings, message_id)
+    store = LocalStore(api.settings.storage_dir)
+    handoff = load(sessions, store, api.settings, row.id)
     assert handoff is not None and handoff.job_id == job_id
     sent = {path: store.path(sha).read_bytes() for sha, path in handoff.files}
     assert sent == {"report.html": b"<html>", "report.json": b"{}", "model/model.json": files[
         "targets/midre/seed0/model.json"], "model/model.safetensors": b"midre weights"}
     assert handoff.params["defenses.1.name"] == "midre" and handoff.params["attacks"] == '["mi-face"]'
-    assert handoff.metrics["midre.mi-face.attacc_top1"] == 12.5
+    assert handoff.metrics == metrics
     assert (handoff.tags["midre.kind"], handoff.tags["midre.defense"], handoff.tags["midre.a_h"]) == (
         "pipeline", "midre", "0.4")
     assert handoff.version_tags == {"job_id": job_id, "defense": "midre", "a_h": "0.4", "attacc.mi-face": "12.5"}
-
-
-def _tenant_of(api: Api, key: str) -> str:
-    from services.db.keys import hash_key
-    from services.db.models import ApiKey
-
-    with session_factory(api.settings.db_url)() as session:
-        return session.scalars(select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(key))).one()
