@@ -12,14 +12,14 @@ ENV UV_COMPILE_BYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (cached layer), exactly as locked.
+# Dependencies first (cached layer), exactly as locked: the service and the MLflow hand-off's client.
 COPY pyproject.toml uv.lock README.md ./
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service --no-install-project
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service --extra mlflow --no-install-project
 
 # Then the project itself.
 COPY midre ./midre
 COPY services ./services
-RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service
+RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service --extra mlflow
 
 RUN useradd --create-home --uid 1000 midre && mkdir -p /data && chown midre /data
 USER midre

@@ -387,6 +387,8 @@ def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str
         return done(200, None, send(settings, store, handoff))
     except UnsafeTarget as exc:
         return done(None, f"refused: {exc}")
+    except ImportError as exc:
+        return done(None, f"the MLflow client is not installed here (pip install 'midre[mlflow]'): {exc}")
     except Exception as exc:  # noqa: BLE001 - every failure is a failed try, retried by the outbox
         if _unreachable(exc):
             return done(None, f"unreachable: {redact(str(exc))}"[:500])
