@@ -71,8 +71,9 @@ class Sizes:
     attack_arch: str = "resnet18"
     attack_size: int = 64
     identities: int = 100
-    per_identity: int = 1
-    attack_steps: int = 20
+    per_identity: int = 2
+    attack_steps: int = 30
+    prior_width: int = 64  # GMI's generator / discriminator base width (the papers' 64)
     serve_arch: str = "resnet18"
     serve_size: int = 224
     clients: int = 64
@@ -80,19 +81,21 @@ class Sizes:
 
 
 QUICK = Sizes(train_arch="cnn-small", train_size=32, batch=8, steps_per_epoch=4, classes=10, rounds=2,
-              erase_repeats=5, attack_arch="resnet18", attack_size=32, identities=6, per_identity=1,
-              attack_steps=2, serve_arch="cnn-small", serve_size=32, clients=8, serve_seconds=0.5)
+              erase_repeats=5, attack_arch="cnn-small", attack_size=32, identities=4, per_identity=1,
+              attack_steps=2, prior_width=16, serve_arch="cnn-small", serve_size=32, clients=8, serve_seconds=0.5)
 
 # Dense peak throughput in TFLOP/s (fp32 on CUDA cores, TF32 and bf16 on tensor cores, no sparsity),
 # from the vendors' data sheets. The first name contained in the device name wins, so more specific
-# names come first (A100 before A10, L40S before L4, H100 PCIe before H100).
+# names come first (A100 before A10, L40S and L40 before L4, H100 PCIe before H100).
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
     ("H100 PCIe", {"fp32": 51.2, "tf32": 378.0, "bf16": 756.0}),
+    ("H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.0}),
     ("H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
     ("GH200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4}),
     ("A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0}),
     ("L40S", {"fp32": 91.6, "tf32": 183.0, "bf16": 362.0}),
+    ("L40", {"fp32": 90.5, "tf32": 90.5, "bf16": 181.0}),
     ("L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0}),
     ("A10", {"fp32": 31.2, "tf32": 62.5, "bf16": 125.0}),
     ("V100", {"fp32": 15.7, "tf32": 15.7, "bf16": 15.7}),  # no TF32 / bf16 tensor cores: fp32 rate
@@ -143,14 +146,29 @@ def host_sync_check(device: torch.device, fn) -> str:
         sync(device)
 
 
-def peak_flops(device: torch.device) -> tuple[str, dict[str, float] | None]:
-    if device.type != "cuda":
-        return "unknown", None
-    name = torch.cuda.get_device_name(device)
+def peak_for_name(name: str) -> tuple[str, dict[str, float] | None]:
+    """The card of :data:`PEAK_TFLOPS` a device name belongs to and its peaks, or ``("unknown", None)``."""
     for key, peaks in PEAK_TFLOPS:
         if key.lower() in name.lower():
             return key, peaks
     return "unknown", None
+
+
+def peak_flops(device: torch.device) -> tuple[str, dict[str, float] | None]:
+    if device.type != "cuda":
+        return "unknown", None
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def conv_precision() -> str:
+    """"tf32" when cuDNN may run fp32 convolutions on TF32 tensor cores (PyTorch's default), else "fp32"."""
+    try:
+        setting = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None)
+        if setting in ("tf32", "ieee"):
+            return "tf32" if setting == "tf32" else "fp32"
+        return "tf32" if torch.backends.cudnn.allow_tf32 else "fp32"
+    except Exception:  # noqa: BLE001 - an API this torch does not have: assume the default
+        return "tf32"
 
 
 def fmt_ratio(value: Any, suffix: str = "x") -> str:
@@ -324,7 +342,7 @@ def section_attack(name: str, sizes: Sizes, device: torch.device, seed: int) -> 
         from midre.priors import GanPrior, PriorConfig, build_networks
 
         # An untrained prior: GMI searches its latent space, and a step costs the same whatever the weights.
-        config = PriorConfig(kind="gmi", seed=seed)
+        config = PriorConfig(kind="gmi", seed=seed, width=sizes.prior_width)
         torch.manual_seed(seed)
         generator, discriminator = build_networks(config, (3, s, s), None)
         prior = GanPrior(generator, discriminator, config, (3, s, s), info={"key": "untrained"})
@@ -335,11 +353,7 @@ def section_attack(name: str, sizes: Sizes, device: torch.device, seed: int) -> 
                           budget=AttackBudget(steps=steps), seed=seed, device=device)
 
     attack(ids[:2], 1)  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    attack(ids, sizes.attack_steps)
-    sync(device)
-    t_batched = time.perf_counter() - t0
+    t_batched = best_time(lambda: attack(ids, sizes.attack_steps), device, 2)  # after a warm-up run
     t0 = time.perf_counter()
     for i in ids:
         attack([i], sizes.attack_steps)
@@ -355,14 +369,15 @@ def section_attack(name: str, sizes: Sizes, device: torch.device, seed: int) -> 
     step_flops = max(counts[1] - counts[0], 0)
     achieved = step_flops * sizes.attack_steps / t_batched
     card, peaks = peak_flops(device)
-    precision = "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
+    precision = conv_precision() if device.type == "cuda" else "fp32"
     share: float | str = "unknown"
     if peaks is not None:
         share = achieved / (peaks[precision] * 1e12)
     id_steps = sizes.identities * sizes.attack_steps
+    prior_note = f", untrained GMI prior (width {sizes.prior_width})" if name == "gmi" else ""
     return {
         "what": f"{name}: {sizes.attack_arch} target {s}px, {sizes.identities} identities x {sizes.per_identity}, "
-                f"{sizes.attack_steps} steps" + (", untrained GMI prior" if name == "gmi" else ""),
+                f"{sizes.attack_steps} steps{prior_note}",
         "baseline": "per-identity loop", "batched_s": t_batched, "loop_s": t_loop,
         "batched_identity_steps_per_s": id_steps / t_batched, "loop_identity_steps_per_s": id_steps / t_loop,
         "ratio": t_loop / t_batched, "step_gflop": step_flops / 1e9, "achieved_tflops": achieved / 1e12,

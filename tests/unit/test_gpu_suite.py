@@ -46,3 +46,17 @@ def test_quick_cpu_run_writes_every_section_with_numeric_ratios(tmp_path):
     # The printed table names the device and every section.
     for label in ("device: CPU", "epoch midre/nodef", "trainer/bare loop", "attack_gmi", "serving batched"):
         assert label in proc.stdout, label
+
+
+def test_peak_table_matches_the_most_specific_card_name():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    expected = {"NVIDIA H200": "H200", "NVIDIA H100 80GB HBM3": "H100", "NVIDIA H100 PCIe": "H100 PCIe",
+                "NVIDIA A100-SXM4-80GB": "A100", "NVIDIA A10G": "A10", "NVIDIA L4": "L4", "NVIDIA L40S": "L40S",
+                "NVIDIA L40": "L40", "Tesla T4": "T4", "NVIDIA GeForce RTX 4090": "unknown"}
+    for name, card in expected.items():
+        assert gpu_suite.peak_for_name(name)[0] == card, name
+    assert gpu_suite.peak_for_name("NVIDIA H200")[1]["bf16"] > gpu_suite.peak_for_name("NVIDIA A100")[1]["bf16"]
