@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,10 +141,29 @@ def host_sync_check(device: torch.device, fn) -> str:
         fn()
         return "no host sync"
     except RuntimeError as exc:
-        return "host sync: " + (str(exc).strip().splitlines() or ["RuntimeError"])[0]
+        first = (str(exc).strip().splitlines() or ["RuntimeError"])[0]
     finally:
         torch.cuda.set_sync_debug_mode(0)
         sync(device)
+    return f"host sync: {first}{_sync_site(device, fn)}"
+
+
+def _sync_site(device: torch.device, fn) -> str:
+    """Where ``fn`` first synchronises: run again in "warn" mode, the warning names the Python line."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    except Exception:  # noqa: BLE001 - the site is a hint; the error above is the finding
+        return ""
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        sync(device)
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            return f" (at {Path(w.filename).name}:{w.lineno})"
+    return ""
 
 
 def peak_for_name(name: str) -> tuple[str, dict[str, float] | None]:
