@@ -538,7 +538,11 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"{key:<24} {base:>14} {meas:>14} {ratio:>9}  {note}")
 
     def failed(key: str) -> bool:
-        if "error" in sec.get(key, {}):
+        """True (after printing why) when the section did not run or failed."""
+        if key not in sec:
+            row(key, "-", "-", "-", "not run (--only)")
+            return True
+        if "error" in sec[key]:
             row(key, "-", "-", "-", "FAILED: " + sec[key]["error"].splitlines()[0][:100])
             return True
         return False
