@@ -369,7 +369,8 @@ def _unreachable(exc: BaseException) -> bool:
 
 def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str) -> Result:
     """One try of the hand-off ``message_id``: a :class:`Result` (``status_code`` 200 when every request
-    succeeded, ``detail`` says what was logged; ``error`` says why not). Never raises."""
+    succeeded, ``detail`` says what was logged; else ``status_code`` None and ``error`` says why not).
+    Never raises."""
     started = time.perf_counter()
     store = LocalStore(settings.storage_dir)
 
@@ -392,9 +393,8 @@ def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str
     except Exception as exc:  # noqa: BLE001 - every failure is a failed try, retried by the outbox
         if _unreachable(exc):
             return done(None, f"unreachable: {redact(str(exc))}"[:500])
-        status = getattr(exc, "get_http_status_code", lambda: None)()
-        return done(status if isinstance(status, int) and status >= 300 else None,
-                    redact(f"{type(exc).__name__}: {exc}")[:500])
+        # No status code: MLflow's exceptions carry an error code mapped to one, not the answer's own.
+        return done(None, redact(f"{type(exc).__name__}: {exc}")[:500])
 
 
 def event_message(result: Result, state: str, attempt: int, next_at: dt.datetime | None) -> str:

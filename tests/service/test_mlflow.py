@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +346,7 @@ def test_mlflow_down_the_job_succeeds_and_the_handoff_is_retried(mlflow_api: Api
     said = mlflow_events(api, key, job_id)
     assert len(said) == 2 and all(m.startswith("mlflow: unreachable, retrying in ") for m in said), said
     assert "(try 1)" in said[0] and "(try 2)" in said[1]
+    print(said[1])
     with sessions() as session:
         row = session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).one()
         assert (row.channel, row.state, row.attempts) == ("mlflow", "pending", 2)
@@ -394,3 +397,52 @@ def test_a_pipeline_hands_off_its_defended_target(mlflow_api: Api) -> None:
     assert (handoff.tags["midre.kind"], handoff.tags["midre.defense"], handoff.tags["midre.a_h"]) == (
         "pipeline", "midre", "0.4")
     assert handoff.version_tags == {"job_id": job_id, "defense": "midre", "a_h": "0.4", "attacc.mi-face": "12.5"}
+
+
+class _Answering(ThreadingHTTPServer):
+    """A loopback HTTP server that answers every request with ``status`` (and a ``Location``) and
+    records (method, path, Authorization header) of each."""
+
+    def __init__(self, status: int, location: str = "") -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                server.seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = do_PUT = answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_a_redirecting_server_fails_the_try_and_is_not_followed(mlflow_api: Api) -> None:
+    api = mlflow_api
+    key = api.key("tenant-a")
+    inside, redirecting = _Answering(200), None
+    try:
+        redirecting = _Answering(302, location=f"{inside.url}/latest/meta-data/")
+        assert configure(api, key, tracking_uri=redirecting.url, experiment="x", token="tok-s3cret").status_code == 200
+        job_id = add_succeeded_job(api, key, "train", SMALL_TRAIN, {"acc": 50.0})
+        assert deliver_due(api.settings, session_factory(api.settings.db_url)) == 1
+        assert [(m, a) for m, _, a in redirecting.seen] == [("GET", "Bearer tok-s3cret")]  # the token goes there
+        assert inside.seen == [], "the redirect was followed"
+        said = mlflow_events(api, key, job_id)
+        assert len(said) == 1 and "; retrying in" in said[0] and "(try 1)" in said[0], said
+        print(said[0])
+        assert "s3cret" not in str(events(api, key, job_id))
+    finally:
+        for server in (inside, redirecting):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
