@@ -311,7 +311,11 @@ def _dataset_token(spec: dict[str, Any]) -> str:
     return DIGITS if spec["dataset"] == DIGITS else f"dataset:{spec['dataset']}"
 
 
-def library_dict(spec: dict[str, Any]) -> dict[str, Any]:
+#: DatasetSpec fields an attack evaluation takes from the target's card, not from a data spec.
+_CARD_DATA_FIELDS = ("image_size", "channels", "normalize")
+
+
+def library_dict(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The input of the library config a spec runs (``TrainConfig`` / ``PipelineConfig`` /
     ``AttackEvalConfig`` fields), with ids as ``dataset:<id>`` / ``job:<id>`` tokens."""
     kind = spec["kind"]
@@ -332,6 +336,8 @@ def library_dict(spec: dict[str, Any]) -> dict[str, Any]:
         out["target"] = f"job:{spec.get('model') or spec['model_job']}"
         if spec.get("dataset"):
             out["data"] = {**_present(spec.get("data")), "source": _dataset_token(spec)}
+        elif inherited_data:  # the data the model was trained on, as its own train job resolved it
+            out["data"] = {k: v for k, v in inherited_data.items() if k not in _CARD_DATA_FIELDS}
         return out
     out["data"] = _dataset_token(spec)
     out["arch"] = spec["arch"]
@@ -437,11 +443,14 @@ def _ref_paths(config: dict[str, Any], tokens: set[str]) -> dict[str, str]:
     return out
 
 
-def resolve(spec: dict[str, Any]) -> dict[str, Any]:
+def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a spec against the library and return what the worker will run.
 
     Args:
         spec: a validated API spec (``JobSpec`` model dumped to JSON), ids already checked for ownership.
+        inherited_data: for an ``attack_eval`` without ``dataset``, the resolved data spec of the train
+            job that made the model (its source a ``dataset:<id>`` token or ``digits``), so the worker
+            binds the data by id instead of reading a server path back from the model's card.
 
     Returns:
         ``{"version", "kind", "config", "refs"}``: ``config`` is the library config's ``to_dict()``
@@ -453,7 +462,10 @@ def resolve(spec: dict[str, Any]) -> dict[str, Any]:
     """
     kind = spec["kind"]
     tokens = {ref.token for ref in references(spec)}  # file parameters of defenses are refused here
-    config = _build(kind, library_dict(spec), spec).to_dict()
+    inherited = inherited_data if kind == "attack_eval" and not spec.get("dataset") else None
+    if inherited and str(inherited.get("source", "")).startswith("dataset:"):
+        tokens.add(inherited["source"])
+    config = _build(kind, library_dict(spec, inherited), spec).to_dict()
     if kind != "train":
         config.pop("cache_dir", None)
     return {"version": SPEC_VERSION, "kind": kind, "config": config, "refs": _ref_paths(config, tokens)}

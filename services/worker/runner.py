@@ -20,6 +20,7 @@ import logging
 import mimetypes
 import os
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -321,8 +322,31 @@ def _dataset_source(sessions: sessionmaker[Session], job: Job) -> str | None:
         return dataset.source
 
 
-def store_outputs(sessions: sessionmaker[Session], store: LocalStore, job_id: str, out_dir: Path) -> int:
-    """Store every file under ``out_dir`` (minus resume state) as an artifact of ``job_id``."""
+#: Artifacts stored as text: server paths in them are rewritten (the work folder keeps the originals).
+TEXT_ARTIFACTS = (".json", ".html", ".md", ".txt", ".csv", ".yaml", ".yml")
+
+
+def _put(store: LocalStore, path: Path, redact: Callable[[str], str] | None) -> Any:
+    """Store ``path``; a text artifact goes through ``redact`` first (via a temporary copy)."""
+    if redact is None or path.suffix.lower() not in TEXT_ARTIFACTS:
+        return store.put_file(path)
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    clean = redact(text)
+    if clean == text:
+        return store.put_file(path)
+    fd, tmp = tempfile.mkstemp(prefix=".redacted-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as out:
+            out.write(clean)
+        return store.put_file(Path(tmp))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def store_outputs(sessions: sessionmaker[Session], store: LocalStore, job_id: str, out_dir: Path,
+                  redact: Callable[[str], str] | None = None) -> int:
+    """Store every file under ``out_dir`` (minus resume state) as an artifact of ``job_id``; with
+    ``redact``, server paths in text artifacts (cards, reports, configs) are rewritten first."""
     files = [
         p
         for p in sorted(out_dir.rglob("*"))
@@ -332,7 +356,7 @@ def store_outputs(sessions: sessionmaker[Session], store: LocalStore, job_id: st
     ]
     stored = []
     for path in files:
-        blob = store.put_file(path)
+        blob = _put(store, path, redact)
         name = path.relative_to(out_dir).as_posix()
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if name.endswith(".safetensors"):
@@ -403,7 +427,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
         outcome = handler(ctx)
         if tracker.lost.is_set():
             raise JobLost(job_id)
-        count = store_outputs(sessions, store, job_id, outcome.out_dir)
+        count = store_outputs(sessions, store, job_id, outcome.out_dir, tracker.redact)
         with sessions() as session:
             row = session.get(Job, job_id)
             for name, value in normalise(outcome.metrics).items():

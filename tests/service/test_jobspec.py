@@ -101,7 +101,7 @@ def test_the_resolved_config_is_shown_and_run(api: Api, key_a: str, model_id: st
     assert str(api.settings.home) not in json.dumps(card)
 
 
-def test_no_server_path_reaches_a_client(api: Api, key_a: str) -> None:
+def test_no_server_path_reaches_a_client(api: Api, key_a: str, model_id: str) -> None:  # noqa: F811
     home = str(api.settings.home)
     upload = api.client.post(
         "/v1/datasets",
@@ -123,12 +123,23 @@ def test_no_server_path_reaches_a_client(api: Api, key_a: str) -> None:
 
     pipeline = submit(api, key_a, PIPELINE).json()["id"]
     assert execute_job(api.settings, pipeline, HANDLERS) == "succeeded"
+    # An audit of a trained model gets its data by id from the model's own train job, not from a path.
+    audit = submit(api, key_a, {"kind": "attack_eval", "model": model_id, **STUDY}).json()
+    assert audit["resolved"]["config"]["data"]["source"] == "digits"
+    assert execute_job(api.settings, audit["id"], HANDLERS) == "succeeded"
     # A job that fails in the worker: its dataset disappears before it runs.
     doomed = submit(api, key_a, {**TRAIN_SPEC, "device": "cpu", "dataset": dataset["id"],
                                  "training": {"epochs": 1, "image_size": 16}}).json()["id"]
     assert api.client.delete(f"/v1/datasets/{dataset['id']}", headers=api.auth(key_a)).status_code == 204
     assert execute_job(api.settings, doomed, HANDLERS) == "failed"
 
+    downloaded = []
+    for job_id in (pipeline, audit["id"], model_id):  # every text artifact, as a client downloads it
+        items = api.client.get(f"/v1/jobs/{job_id}/artifacts", headers=api.auth(key_a)).json()["items"]
+        texts = [i["name"] for i in items if i["name"].endswith((".json", ".html", ".md"))]
+        assert texts, job_id
+        for name in texts:
+            downloaded.append(api.client.get(f"/v1/jobs/{job_id}/artifacts/{name}", headers=api.auth(key_a)).text)
     seen = []
     for job_id in (pipeline, doomed):
         seen.append(api.client.get(f"/v1/jobs/{job_id}", headers=api.auth(key_a)).text)
@@ -139,8 +150,9 @@ def test_no_server_path_reaches_a_client(api: Api, key_a: str) -> None:
     events = json.loads(seen[1])["items"]
     assert any(e["stage"] == "done" for e in events) and len(events) > 5
     assert "failed" in seen[3]
-    for text in seen:
+    for text in seen + downloaded:
         assert home not in text, text[:2000]
+    assert any("<server>/" in text for text in downloaded)  # there were paths to rewrite (the study's cache)
     assert api.settings.home.is_absolute() and len(home) > 5
 
 

@@ -119,8 +119,13 @@ def submit_job(
             raise validation_error("dataset", f"model {model_job.id} was not trained here: name the private data "
                                               "it was trained on (`dataset`, and its split in `data`)")
         model_resolved = {"config": {"data": data or {}}}
+    inherited = None
+    if spec_dict["kind"] == "attack_eval" and not spec_dict.get("dataset") and model_job is not None:
+        if model_job.kind == "train" and model_job.resolved:  # its data, by id (a server path stays on the server)
+            inherited = (model_job.resolved.get("config") or {}).get("data")
+            dataset_id = model_job.dataset_id
     try:
-        resolved = resolve(spec_dict)
+        resolved = resolve(spec_dict, inherited)
         check_public_data(spec_dict, model_resolved)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
