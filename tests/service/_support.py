@@ -244,3 +244,44 @@ class ApiProcess:
         """SIGTERM the process group, SIGKILL after ``grace``."""
         stop_group(self.proc, grace)
         self._log.close()
+
+
+def add_job(settings: Settings, spec: dict[str, Any] | None = None, **values: Any) -> str:
+    """A ``train`` job row on the ``cpu`` queue (``queued`` unless ``values`` say otherwise), of the first
+    tenant in the database (one is created with a key when there is none)."""
+    from sqlalchemy import select
+
+    from services.db.keys import create_api_key
+    from services.db.models import ApiKey, Job
+    from services.db.session import session_scope
+    from services.db.types import new_id, utcnow
+
+    with session_scope(settings.db_url) as session:
+        tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
+        if tenant_id is None:
+            create_api_key(session, "t")
+            tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
+        fields = {"status": "queued", "progress": 0.0, "attempt": 0, "cancel_requested": False,
+                  "created_at": utcnow(), **values}
+        job = Job(id=new_id("job"), tenant_id=tenant_id, kind="train", spec=spec or TRAIN_SPEC,
+                  queue=settings.queue_name("cpu"), **fields)
+        session.add(job)
+        return job.id
+
+
+def job_row(settings: Settings, job_id: str) -> Any:
+    """The job's row as it is in the database now."""
+    from services.db.models import Job
+    from services.db.session import session_factory
+
+    with session_factory(settings.db_url)() as session:
+        return session.get(Job, job_id)
+
+
+def delete_queues(dispatcher: Any, settings: Settings) -> None:
+    """Remove this test's gpu/cpu queues and exchanges from an AMQP broker."""
+    with dispatcher.celery.connection_for_write() as conn:
+        for logical in ("gpu", "cpu"):
+            with conn.channel() as channel:
+                channel.queue_delete(settings.queue_name(logical))
+                channel.exchange_delete(settings.queue_name(logical))

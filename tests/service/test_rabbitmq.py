@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.gateway.app import create_app
 from services.queue.dispatch import Dispatcher
-from tests.service._support import TRAIN_SPEC
+from tests.service._support import TRAIN_SPEC, delete_queues
 from tests.service.conftest import Api, make_settings
 
 pytestmark = pytest.mark.service
@@ -33,8 +33,4 @@ def test_rabbitmq_broker(tmp_path: Path, amqp_url: str) -> None:
             text = client.get("/metrics").text
             assert 'midre_queue_depth{queue="cpu"} 2.0' in text
     finally:
-        with dispatcher.celery.connection_for_write() as conn:
-            for logical in ("gpu", "cpu"):
-                with conn.channel() as channel:
-                    channel.queue_delete(settings.queue_name(logical))
-                    channel.exchange_delete(settings.queue_name(logical))
+        delete_queues(dispatcher, settings)

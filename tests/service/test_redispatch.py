@@ -24,17 +24,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from services.db.keys import create_api_key
 from services.db.migrate import upgrade
-from services.db.models import ApiKey, Job, JobEvent
-from services.db.session import dispose_all, session_factory, session_scope
-from services.db.types import new_id, utcnow
+from services.db.models import JobEvent
+from services.db.session import dispose_all, session_factory
+from services.db.types import utcnow
 from services.gateway.app import create_app
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.worker.reaper import reap_once
 from services.worker.runner import JobContext, Outcome, execute_job
-from tests.service._support import TRAIN_SPEC, WorkerProcess, wait_for
+from tests.service._support import TRAIN_SPEC, WorkerProcess, delete_queues, job_row, wait_for
+from tests.service._support import add_job as support_add_job
 from tests.service.conftest import REDIS_URL, Api, PgDatabases, make_settings
 
 REDISPATCH_S = 3.0
@@ -59,22 +59,7 @@ def ago(seconds: float) -> dt.datetime:
 
 def add_job(settings: Settings, **values: Any) -> str:
     """A ``cpu`` job row, ``queued`` and handed to the broker 10 minutes ago unless ``values`` say otherwise."""
-    with session_scope(settings.db_url) as session:
-        tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
-        if tenant_id is None:
-            create_api_key(session, "t")
-            tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
-        fields = {"status": "queued", "progress": 0.0, "attempt": 0, "cancel_requested": False,
-                  "created_at": ago(600), "dispatched_at": ago(600), **values}
-        job = Job(id=new_id("job"), tenant_id=tenant_id, kind="train", spec=ONE_EPOCH,
-                  queue=settings.queue_name("cpu"), **fields)
-        session.add(job)
-        return job.id
-
-
-def job_row(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.db_url)() as session:
-        return session.get(Job, job_id)
+    return support_add_job(settings, ONE_EPOCH, **{"created_at": ago(600), "dispatched_at": ago(600), **values})
 
 
 def resent_events(settings: Settings, job_id: str) -> list[JobEvent]:
@@ -329,11 +314,7 @@ def test_rabbitmq_lost_message(amqp_url: str, tmp_path: Path) -> None:
             lost_at = time.monotonic()
             run_after_loss(Api(settings, http), job_id, tmp_path / "worker.log", lost_at).stop()
     finally:
-        with dispatcher.celery.connection_for_write() as conn:
-            for logical in ("gpu", "cpu"):
-                with conn.channel() as channel:
-                    channel.queue_delete(settings.queue_name(logical))
-                    channel.exchange_delete(settings.queue_name(logical))
+        delete_queues(dispatcher, settings)
 
 
 def test_file_broker_lost_message(tmp_path: Path) -> None:

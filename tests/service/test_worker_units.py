@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -17,13 +16,13 @@ from services.db.keys import authenticate, create_api_key
 from services.db.migrate import upgrade
 from services.db.models import ApiKey, Artifact, Job, JobEvent, Metric
 from services.db.session import dispose_all, session_factory, session_scope
-from services.db.types import new_id, utcnow
+from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore, sha256_file
 from services.worker.reaper import reap_once
 from services.worker.runner import JobContext, Outcome, execute_job
-from tests.service._support import TRAIN_SPEC
+from tests.service._support import add_job, job_row
 from tests.service.conftest import make_settings
 
 
@@ -34,23 +33,6 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     upgrade(s.db_url)
     yield s
     dispose_all()
-
-
-def add_job(settings: Settings, **values: Any) -> str:
-    with session_scope(settings.db_url) as session:
-        create_api_key(session, "t")
-        tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
-        fields = {"status": "queued", "progress": 0.0, "attempt": 0, "cancel_requested": False,
-                  "created_at": utcnow(), **values}
-        job = Job(id=new_id("job"), tenant_id=tenant_id, kind="train", spec=TRAIN_SPEC,
-                  queue=settings.queue_name("cpu"), **fields)
-        session.add(job)
-        return job.id
-
-
-def job_row(settings: Settings, job_id: str) -> Job:
-    with session_factory(settings.db_url)() as session:
-        return session.get(Job, job_id)
 
 
 def job_events(settings: Settings, job_id: str) -> list[JobEvent]:
