@@ -122,6 +122,7 @@ class DatasetPage(BaseModel):
 class ModelCard(BaseModel):
     """What a trained model is and how well it did: enough to rebuild and judge it."""
 
+    id: str = Field(description="The model's id (for a model trained here, its job's id).")
     job_id: str
     arch: str | None
     num_classes: int | None

@@ -46,7 +46,8 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
     r = upload(api, key_a, weights, card)
     assert r.status_code == 201, r.text
     model = r.json()
-    model_id = model["job_id"]
+    model_id = model["id"]
+    assert model["job_id"] == model_id  # one id space: the model's id is its (upload) job's id
     assert model["arch"] == "cnn-small" and model["num_classes"] == 10
     assert model["card"]["origin"]["kind"] == "upload" and model["card"]["origin"]["name"] == "their-model"
     listed = api.client.get("/v1/models", headers=api.auth(key_a)).json()["items"]

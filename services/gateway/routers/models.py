@@ -72,6 +72,7 @@ def model_card(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> Mod
     card.pop("history", None)
     card = server_redactor(ctx.settings).data(card)  # the training config names the data's server folder
     return ModelCard(
+        id=job.id,
         job_id=job.id,
         arch=card.get("arch"),
         num_classes=card.get("num_classes"),
