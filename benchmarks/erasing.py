@@ -14,7 +14,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -22,25 +21,9 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import best_time  # noqa: E402  (benchmarks/_timing.py: the script's folder is on sys.path)
+
 from midre.erasing import RandomErasing  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn, device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` wall time in seconds (after one warm-up call)."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def bench_erasing(device: torch.device, repeats: int) -> None:
@@ -61,9 +44,9 @@ def bench_erasing(device: torch.device, repeats: int) -> None:
     def batched_inplace():  # overwrites `work` again each call; the cost does not depend on its content
         return ours(work, generator=gen, inplace=True)
 
-    t_tv = timeit(per_sample, device, repeats)
-    t_copy = timeit(batched_copy, device, repeats)
-    t_inplace = timeit(batched_inplace, device, repeats)
+    t_tv = best_time(per_sample, device, repeats)
+    t_copy = best_time(batched_copy, device, repeats)
+    t_inplace = best_time(batched_inplace, device, repeats)
     print(f"## random erasing, batch 256x3x224x224 on {device_name(device)}")
     print(f"torchvision RandomErasing per sample + stack : {t_tv * 1e3:8.2f} ms  (baseline)")
     print(f"midre RandomErasing batched, new batch       : {t_copy * 1e3:8.2f} ms  {t_tv / t_copy:6.1f}x faster")

@@ -36,7 +36,6 @@ import functools
 import itertools
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from services.cli import stop_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,21 +72,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _stop_group(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM the process group of ``proc`` (started with a new session), SIGKILL after ``grace``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (subprocess.TimeoutExpired, ProcessLookupError):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
 
 
 class Service:
@@ -151,7 +137,7 @@ class Service:
             )
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        stop_group(self.proc, 20.0)
 
 
 def _wait_job(client: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
@@ -185,7 +171,7 @@ def seed_objects(base_url: str, key: str, *, start_worker: Callable[[], subproce
                 job = client.post("/v1/jobs", json=TRAIN_SPEC).raise_for_status().json()
                 job = _wait_job(client, job["id"], train_timeout)
             finally:
-                _stop_group(worker)
+                stop_group(worker, 20.0)
             if job["status"] != "succeeded":
                 raise RuntimeError(f"seed training {job['id']} is {job['status']}: {job.get('error')}")
             seeds["job_id"].append(job["id"])

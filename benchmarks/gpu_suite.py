@@ -50,6 +50,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import best_time, sync  # noqa: E402  (benchmarks/_timing.py: the script's folder is on sys.path)
+
 from midre.data import IMAGENET, DatasetSpec, load_dataset  # noqa: E402
 from midre.defenses import TrainContext, build_defense  # noqa: E402
 from midre.erasing import RandomErasing  # noqa: E402
@@ -107,28 +109,10 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({torch.get_num_threads()} threads)"
-
-
-def best_time(fn, device: torch.device, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``fn()`` (after one warm-up call), the device synchronised."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def host_sync_check(device: torch.device, fn) -> str:

@@ -221,8 +221,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM (Celery's warm shutdown), then SIGKILL of the process group after ``grace``."""
+def stop_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM the process group of ``proc`` (started with a new session; Celery's warm shutdown),
+    SIGKILL it after ``grace``. Also used by the tests and benchmarks that start ``midre`` processes."""
     if proc.poll() is not None:
         return
     try:
@@ -267,7 +268,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         pass
     finally:
         for proc in workers:
-            _stop(proc)
+            stop_group(proc)
     return 0
 
 
@@ -560,22 +561,28 @@ def _when(stamp: str | None) -> str:
     return (stamp or "").replace("T", " ")[:19]
 
 
+def _print_list(items: list[dict[str, Any]] | None, args: argparse.Namespace, what: str,
+                headers: list[str], row: Callable[[dict[str, Any]], list[str]]) -> int:
+    """The shared tail of the ``list`` commands: exit 1 after an error already printed, JSON with
+    ``--json``, a line when there is nothing, else a table of ``row(item)``."""
+    if items is None:
+        return 1
+    if args.json:
+        print(json.dumps(items, indent=2))
+    elif not items:
+        print(f"no {what}")
+    else:
+        print(_table([row(item) for item in items], headers))
+    return 0
+
+
 def cmd_jobs_list(args: argparse.Namespace) -> int:
     """A table of jobs (id, kind, status, progress, stage, created), newest first."""
     with _client(args) as client:
         jobs = _api_call(lambda: client.jobs(args.status, args.kind, args.limit or None))
-    if jobs is None:
-        return 1
-    if args.json:
-        print(json.dumps(jobs, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs")
-        return 0
-    rows = [[j["id"], j["kind"], j["status"], f"{100 * float(j['progress']):.0f}%", j.get("stage") or "",
-             _when(j["created_at"])] for j in jobs]
-    print(_table(rows, ["ID", "KIND", "STATUS", "PROGRESS", "STAGE", "CREATED"]))
-    return 0
+    return _print_list(jobs, args, "jobs", ["ID", "KIND", "STATUS", "PROGRESS", "STAGE", "CREATED"], lambda j: [
+        j["id"], j["kind"], j["status"], f"{100 * float(j['progress']):.0f}%", j.get("stage") or "",
+        _when(j["created_at"])])
 
 
 def _event_line(event: dict[str, Any]) -> str:
@@ -623,43 +630,27 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
     """A table of datasets (id, name, source, identities, images, size, created)."""
     with _client(args) as client:
         datasets = _api_call(lambda: client.datasets(args.limit or None))
-    if datasets is None:
-        return 1
-    if args.json:
-        print(json.dumps(datasets, indent=2))
-        return 0
-    if not datasets:
-        print("no datasets")
-        return 0
-    rows = [[d["id"], d["name"], d["source_type"], str((d.get("summary") or {}).get("identities", "")),
-             str((d.get("summary") or {}).get("images", "")),
-             "" if d.get("size_bytes") is None else f"{d['size_bytes'] / 1e6:.1f} MB", _when(d["created_at"])]
-            for d in datasets]
-    print(_table(rows, ["ID", "NAME", "SOURCE", "IDENTITIES", "IMAGES", "SIZE", "CREATED"]))
-    return 0
+    headers = ["ID", "NAME", "SOURCE", "IDENTITIES", "IMAGES", "SIZE", "CREATED"]
+    return _print_list(datasets, args, "datasets", headers, lambda d: [
+        d["id"], d["name"], d["source_type"], str((d.get("summary") or {}).get("identities", "")),
+        str((d.get("summary") or {}).get("images", "")),
+        "" if d.get("size_bytes") is None else f"{d['size_bytes'] / 1e6:.1f} MB", _when(d["created_at"])])
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     """A table of servable models (job id, arch, classes, defense, policy, budget, Acc)."""
     with _client(args) as client:
         models = _api_call(client.models)
-    if models is None:
-        return 1
-    if args.json:
-        print(json.dumps(models, indent=2))
-        return 0
-    if not models:
-        print("no models")
-        return 0
-    rows = []
-    for m in models:
+
+    def row(m: dict[str, Any]) -> list[str]:
         defense = (m.get("defense") or {}).get("name", "") if isinstance(m.get("defense"), dict) else ""
         acc = m.get("metrics", {}).get("acc")
-        rows.append([m["job_id"], m["kind"], m.get("arch") or "", str(m.get("num_classes") or ""), defense,
-                     m["policy"]["name"], "unlimited" if m.get("budget") is None else str(m["budget"]),
-                     "" if acc is None else f"{acc:.1f}", _when(m["created_at"])])
-    print(_table(rows, ["MODEL", "KIND", "ARCH", "CLASSES", "DEFENSE", "POLICY", "BUDGET", "ACC %", "CREATED"]))
-    return 0
+        return [m["job_id"], m["kind"], m.get("arch") or "", str(m.get("num_classes") or ""), defense,
+                m["policy"]["name"], "unlimited" if m.get("budget") is None else str(m["budget"]),
+                "" if acc is None else f"{acc:.1f}", _when(m["created_at"])]
+
+    headers = ["MODEL", "KIND", "ARCH", "CLASSES", "DEFENSE", "POLICY", "BUDGET", "ACC %", "CREATED"]
+    return _print_list(models, args, "models", headers, row)
 
 
 def _policy_text(view: dict[str, Any]) -> str:
@@ -835,6 +826,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"      report: {report}")
         print("[5/5] stopping the service")
     finally:
-        _stop(server, grace=15)
+        stop_group(server, grace=15)
     print(f"done: results in {dest}")
     return 0

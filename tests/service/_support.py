@@ -105,17 +105,10 @@ class WorkerProcess:
 
 
 def stop_group(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL after ``grace``."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
+    """:func:`services.cli.stop_group` with the tests' longer grace (a clean exit is asserted after it)."""
+    from services.cli import stop_group as stop
+
+    stop(proc, grace)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.25, what: str = "") -> Any:
@@ -211,31 +204,34 @@ def free_port() -> int:
 
 
 class ApiProcess:
-    """A real ``midre serve --no-worker`` process on a free loopback port (own process group)."""
+    """A real ``midre serve`` process on a free loopback port (own process group): the API alone, or
+    with ``worker=True`` the API and its worker process, as a user starts it."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, worker: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.env = settings_env(settings)
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115
+        serve = [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "midre.cli", "serve", "--no-worker", "--port", str(self.port)],
-            env=settings_env(settings), cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            serve if worker else [*serve, "--no-worker"],
+            env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until ``/healthz`` answers."""
+        """Block until ``/readyz`` answers 200 (database and broker reachable)."""
         import httpx
 
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the API exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+                return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, timeout, what="the API to answer /healthz")
+        wait_for(up, timeout, what="the API to answer /readyz")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -11,23 +11,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.service._support import (
-    REPO,
     TRAIN_SPEC,
+    ApiProcess,
     face_folder_members,
     free_port,
     make_zip,
-    settings_env,
-    stop_group,
-    wait_for,
 )
 from tests.service.conftest import make_settings
 from tests.service.test_embedded import midre
@@ -51,23 +46,10 @@ class Service:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """``midre serve`` with a key and one succeeded one-epoch training job."""
     tmp = tmp_path_factory.mktemp("cli")
-    env = settings_env(make_settings(tmp / "home"))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "midre.cli", "serve", "--port", str(port)],
-                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def ready() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    api = ApiProcess(make_settings(tmp / "home"), tmp / "serve.log", worker=True)
+    env, url, log_path = api.env, api.url, api.log_path
     try:
-        wait_for(ready, 120, what="midre serve")
+        api.wait_ready()
         created = midre(env, "admin", "create-key", "--tenant", "cli")
         assert created.returncode == 0, created.stderr
         key = created.stdout.strip().splitlines()[-1].split()[-1]
@@ -79,7 +61,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         assert waited.returncode == 0, (waited.stderr, log_path.read_text()[-3000:])
         yield Service(url, env, key, job_id, log_path, created.stdout + created.stderr)
     finally:
-        stop_group(proc)
+        api.stop(30.0)
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

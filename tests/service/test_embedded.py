@@ -16,12 +16,9 @@ import pytest
 from tests.service._support import (
     REPO,
     TRAIN_SPEC,
-    free_port,
+    ApiProcess,
     load_checkpoint,
     predict_digits_accuracy,
-    settings_env,
-    stop_group,
-    wait_for,
 )
 from tests.service.conftest import make_settings
 
@@ -35,31 +32,14 @@ def midre(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.C
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """``midre serve`` on a free port with MIDRE_HOME in a temporary folder."""
-    home = tmp_path / "home"
-    env = settings_env(make_settings(home))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "midre.cli", "serve", "--port", str(port)],
-            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    def ready() -> bool:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    """``midre serve`` (API + worker) on a free port with MIDRE_HOME in a temporary folder."""
+    api = ApiProcess(make_settings(tmp_path / "home"), tmp_path / "serve.log", worker=True)
     try:
-        wait_for(ready, 120, what="midre serve")
-        yield url, env, log_path
+        api.wait_ready()
+        yield api.url, api.env, api.log_path
     finally:
-        stop_group(proc)
-    assert proc.returncode == 0, log_path.read_text()[-3000:]
+        api.stop(30.0)
+    assert api.proc.returncode == 0, api.log()[-3000:]
 
 
 def test_embedded_serve_with_cli(server: tuple[str, dict[str, str], Path], tmp_path: Path) -> None:
