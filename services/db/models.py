@@ -1,6 +1,6 @@
 """ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts, model_policies,
 model_usage, webhooks, webhook_deliveries (the outbox of webhooks and MLflow hand-offs), webhook_attempts,
-mlflow_integrations.
+mlflow_integrations, ui_sessions (dashboard sign-ins), job_units (the task graph of a fanned-out study).
 
 Every schema change is an Alembic migration in ``migrations/versions`` (a test checks the two agree).
 """
@@ -286,3 +286,54 @@ class MlflowIntegration(Base):
     password: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UiSession(Base):
+    """A dashboard sign-in: an API key exchanged for a session cookie.
+
+    Only the sha256 of the cookie's token is stored (``id``); ``csrf`` is the token every
+    state-changing form must carry. Revoking the key or signing out ends the session.
+    """
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobUnit(Base):
+    """One unit of a fanned-out study job (an evaluation model, a prior, a target, an attack run,
+    the report): ``pending -> queued -> running -> succeeded | failed | skipped | cancelled``.
+
+    ``deps`` are the keys of units that must succeed first; ``attempt`` and ``heartbeat_at`` work as
+    on :class:`Job` (a unit whose worker died is sent again by the reaper).
+    """
+
+    __tablename__ = "job_units"
+    __table_args__ = (
+        UniqueConstraint("job_id", "key"),
+        Index("ix_job_units_job_id_status", "job_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(300))
+    kind: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    deps: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
