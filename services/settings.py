@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         48 * 3600, ge=60, description="Redis visibility timeout; must exceed the longest job."
     )
     worker_max_tasks_per_child: int = Field(20, ge=1, description="Recycle a worker child after N jobs.")
+    worker_threads: int | None = Field(
+        None, ge=1, le=1024,
+        description="torch threads of each job a worker runs; default the machine's cores divided by the worker "
+        "processes on it (`midre serve --workers N`; a lone `midre worker`: by its --concurrency), at least 1.",
+    )
     heartbeat_s: float = Field(10.0, gt=0, description="How often a running job writes its heartbeat.")
     stale_after_s: float = Field(
         120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."
@@ -101,6 +106,9 @@ class Settings(BaseSettings):
     )
     auth_cache_s: float = Field(
         5.0, ge=0, description="Seconds a checked API key is remembered (a revoked key works that long)."
+    )
+    ui_session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="Hours a dashboard sign-in (/ui/) lasts before the key must be given again."
     )
     auto_migrate: bool = Field(True, description="Apply Alembic migrations when the API starts.")
     db_pool_size: int = Field(10, ge=1, le=1000, description="Pooled connections per process (PostgreSQL).")

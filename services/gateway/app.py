@@ -36,6 +36,7 @@ from services.gateway.routers import (
     webhooks,
 )
 from services.gateway.ttl_cache import TTLCache
+from services.gateway.ui import install_ui
 from services.integrations.webhooks import WebhookDeliverer
 from services.queue.dispatch import Dispatcher
 from services.serving.config import ServingSettings
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ctx = ctx
     app.state.serving = serving
     install_error_handlers(app)
+    install_ui(app)  # the dashboard (/ui/) and `/` -> /ui/, registered before the docs' own `/`
     install_docs(app)
     image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
     app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))

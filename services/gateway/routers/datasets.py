@@ -24,7 +24,7 @@ from services.gateway.errors import (
 )
 from services.gateway.quotas import check_storage
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
-from services.gateway.uploads import multipart_body, receive_file, sniff_archive
+from services.gateway.uploads import UploadedFile, multipart_body, receive_file, sniff_archive
 from services.gateway.views import dataset_view
 from services.jobspec import DIGITS
 from services.redact import Redactor, server_redactor
@@ -143,8 +143,14 @@ def _save(ctx: ServiceContext, dataset: Dataset) -> DatasetPublic:
 
 
 async def _upload(request: Request, ctx: ServiceContext, tenant: TenantRef) -> DatasetPublic:
+    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_upload_bytes)
+    return await store_upload(ctx, tenant, upload)
+
+
+async def store_upload(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile) -> DatasetPublic:
+    """Check a received archive (quota, magic bytes, safe extraction, every image decodes) and store
+    it as the tenant's dataset; the archive file is deleted either way. Shared by the API and the dashboard."""
     store = ctx.store
-    upload = await receive_file(request, store.upload_dir(), ctx.settings.max_upload_bytes)
     try:
         await run_in_threadpool(check_storage, ctx.sessions, ctx.settings, tenant.id, upload.size)
     except ApiError:

@@ -306,6 +306,15 @@ async def predict(
     concurrent requests), and answer under the model's output policy. Each image is one query of
     the calling API key; past the model's budget the answer is 429."""
     images, body_k = await read_images(request, rt)
+    return await predict_images(ctx, rt, caller, job_id, images, top_k or body_k)
+
+
+async def predict_images(
+    ctx: ServiceContext, rt: ServingRuntime, caller: Caller, job_id: str, images: list[RawImage], top_k: int | None
+) -> dict[str, Any]:
+    """The answer of :func:`predict` for decoded request ``images``: the key's model allow-list,
+    preprocessing, the query charge, the batched forward pass and the output policy (the dashboard's
+    "try it" uses this too, so it answers exactly what the API answers)."""
     ref = await cached_ref(ctx, rt, caller.tenant, job_id)
     if not caller.may_use_model(ref.job_id):
         raise forbidden(f"this API key may not use model {job_id!r}")
@@ -329,7 +338,7 @@ async def predict(
         probs,
         list(ref.card.get("class_names") or []),
         ref.policy,
-        requested_k=top_k or body_k,
+        requested_k=top_k,
         default_k=rt.settings.default_top_k,
     )
     for image, answer in zip(images, answers, strict=True):

@@ -1,0 +1,592 @@
+"""The dashboard's routes under ``/ui/``: server-rendered pages over the API's own functions.
+
+Every page calls the same functions the ``/v1`` routes call (``routers.jobs.list_jobs``,
+``routers.predict.predict_images``, ``routers.datasets.store_upload``...), with the caller the
+session's API key makes, so tenancy, scopes, validation and quotas are the API's, not a copy.
+An :class:`~services.gateway.errors.ApiError` becomes an HTML page with the same status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.db import jobs as jobstate
+from services.db.models import Artifact, Job
+from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
+from services.gateway.errors import ApiError, FieldError
+from services.gateway.model_cards import evaluations_of
+from services.gateway.routers import artifacts as artifacts_api
+from services.gateway.routers import datasets as datasets_api
+from services.gateway.routers import jobs as jobs_api
+from services.gateway.routers import models as models_api
+from services.gateway.routers import predict as predict_api
+from services.gateway.schemas import DatasetRef, JobSpec
+from services.gateway.ui import reports
+from services.gateway.ui.sessions import COOKIE, UiUser, csrf_ok, current, sign_in, sign_out
+from services.gateway.ui.templating import templates
+from services.gateway.uploads import receive_file
+from services.gateway.views import job_view
+from services.serving.runtime import ServingRuntime
+from services.serving.schemas import PolicyUpdate
+
+#: Pages: scripts, styles and images only from this origin (no inline code), never framed.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+            "form-action 'self'; frame-src 'self'; frame-ancestors 'self'; base-uri 'none'")
+#: A study's own ``report.html`` (images inline as data: URLs, its own <style>): no script, sandboxed.
+REPORT_HTML_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox; frame-ancestors 'self'"
+#: Downloads: nothing in them may run if a browser renders one.
+DOWNLOAD_CSP = "default-src 'none'; img-src 'self'; sandbox"
+#: Seconds between two reads of a followed job (Server-Sent Events) and between keep-alive comments.
+STREAM_POLL_S = 1.0
+STREAM_KEEPALIVE_S = 15.0
+
+SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
+    "train": {
+        "kind": "train", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
+        "training": {"epochs": 2, "image_size": 16, "batch_size": 64, "seed": 0},
+        "data": {"max_images_per_identity": 100},
+    },
+    "pipeline": {
+        "kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
+        "training": {"epochs": 1, "image_size": 32, "batch_size": 128, "seed": 0},
+        "data": {"channels": 1, "max_images_per_identity": 20},
+        "attacks": ["mi-face"], "seeds": 1,
+        "evaluation": {"arch": "cnn-small", "epochs": 1, "per_identity": 1, "identities": 3, "feature_identities": 2},
+        "attack_budgets": {"mi-face": {"steps": 2}},
+    },
+}
+_SPEC = TypeAdapter(JobSpec)
+
+
+class SignInRequired(Exception):
+    """No valid session: the page answers 303 to the sign-in form."""
+
+
+def _security_headers(response: Response, csp: str = PAGE_CSP) -> Response:
+    response.headers.setdefault("Content-Security-Policy", csp)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    if response.media_type in (None, "text/html", "application/json", "text/event-stream"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _next_target(request: Request) -> str:
+    """Where to come back after signing in: this page, when it is a dashboard page."""
+    path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return path if request.method == "GET" and path.startswith("/ui/") else "/ui/"
+
+
+class UiRoute(APIRoute):
+    """Routes that answer HTML: errors become pages, a missing session a redirect, and every
+    answer carries the dashboard's security headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except SignInRequired:
+                response = RedirectResponse(f"/ui/login?next={_quote(_next_target(request))}", status_code=303)
+            except ApiError as exc:
+                response = error_page(request, exc.status, exc.detail or exc.code, exc.errors, exc.headers)
+            except RequestValidationError as exc:
+                errors = [FieldError(field=".".join(str(p) for p in e.get("loc", ())[1:]) or "form",
+                                     message=str(e.get("msg"))) for e in exc.errors()]
+                response = error_page(request, 422, "the form has invalid fields", errors)
+            csp = REPORT_HTML_CSP if request.url.path.endswith("/report.html") else (
+                DOWNLOAD_CSP if isinstance(response, FileResponse) else PAGE_CSP)
+            return _security_headers(response, csp)
+
+        return route
+
+
+def _quote(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="/")
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=UiRoute)
+
+
+def error_page(
+    request: Request,
+    status: int,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """An HTML error page with the status of the API error it stands for."""
+    user = getattr(request.state, "ui_user", None)
+    titles = {400: "Bad request", 401: "Not signed in", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+              413: "Too large", 415: "Unsupported file", 422: "Invalid input", 429: "Limit reached"}
+    extra = {k: v for k, v in (headers or {}).items() if k.lower() == "retry-after"}
+    return templates.TemplateResponse(
+        request, "error.html",
+        {"user": user, "status": status, "title": titles.get(status, "Error"), "detail": detail,
+         "errors": errors or []},
+        status_code=status, headers=extra,
+    )
+
+
+# --- session, scopes and CSRF ------------------------------------------------------------------
+
+
+def _same_origin(request: Request) -> bool:
+    """False when the browser says the form came from another site (``Sec-Fetch-Site`` / ``Origin``)."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        return urlsplit(origin).netloc == request.headers.get("host", request.url.netloc)
+    return origin != "null"
+
+
+async def current_user(request: Request, ctx: Ctx) -> UiUser:
+    """The signed-in user of the session cookie; :class:`SignInRequired` without a valid one."""
+    token = request.cookies.get(COOKIE, "")
+    if not token:
+        raise SignInRequired
+
+    def lookup() -> UiUser | None:
+        with ctx.sessions() as session:
+            return current(session, token)
+
+    user = await run_in_threadpool(lookup)
+    if user is None:
+        raise SignInRequired
+    request.state.ui_user = user
+    return user
+
+
+def scoped_user(scope: str) -> Callable[..., Coroutine[Any, Any, UiUser]]:
+    """A dependency: the signed-in user, checked by the API's own scope rule (403 page otherwise)."""
+    check = require_scope(scope)
+
+    async def dependency(user: Annotated[UiUser, Depends(current_user)]) -> UiUser:
+        await check(user.caller)
+        return user
+
+    return dependency
+
+
+User = Annotated[UiUser, Depends(current_user)]
+JobsUser = Annotated[UiUser, Depends(scoped_user("jobs"))]
+PredictUser = Annotated[UiUser, Depends(scoped_user("predict"))]
+
+
+def check_form(request: Request, user: UiUser, sent: object) -> None:
+    """403 unless the form carries this session's CSRF token and comes from this site."""
+    if not _same_origin(request):
+        raise ApiError(403, "cross_site", "this form was sent from another site")
+    if not csrf_ok(user, sent):
+        raise ApiError(403, "csrf", "the form's CSRF token is missing or wrong: reload the page and try again")
+
+
+async def get_runtime(request: Request) -> ServingRuntime:
+    return request.app.state.serving
+
+
+Runtime = Annotated[ServingRuntime, Depends(get_runtime)]
+
+
+def page(request: Request, name: str, user: UiUser | None, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render template ``name`` for ``user``."""
+    return templates.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
+
+
+# --- sign-in ---------------------------------------------------------------------------------------
+
+
+def _safe_next(target: str | None) -> str:
+    """Only dashboard paths of this site (no ``//host`` or scheme): no open redirect."""
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/"
+
+
+@router.get("/")
+async def home(request: Request, user: User) -> RedirectResponse:
+    """The jobs list, or the models list for a key that may only predict."""
+    return RedirectResponse("/ui/jobs" if user.can("jobs") else "/ui/models", status_code=303)
+
+
+@router.get("/login")
+async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
+    return page(request, "login.html", None, next=_safe_next(next))
+
+
+@router.post("/login")
+def login(
+    request: Request, ctx: Ctx, session: DB, key: Annotated[str, Form(max_length=500)] = "",
+    next: Annotated[str | None, Form(max_length=2000)] = None,
+) -> Response:
+    """Exchange an API key for a session cookie (HttpOnly, SameSite=Strict; Secure over https)."""
+    if not _same_origin(request):
+        raise ApiError(403, "cross_site", "this form was sent from another site")
+    token = sign_in(session, key, ctx.settings.ui_session_hours) if key.strip() else None
+    if token is None:
+        return page(request, "login.html", None, status_code=401, next=_safe_next(next),
+                    error="That API key is not valid (or was revoked).")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE, token, max_age=int(ctx.settings.ui_session_hours * 3600), path="/ui", httponly=True,
+        samesite="strict", secure=request.url.scheme == "https",
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: DB, user: User, csrf: Annotated[str, Form()] = "") -> Response:
+    check_form(request, user, csrf)
+    sign_out(session, user)
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+    return response
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request, ctx: Ctx, session: DB, user: JobsUser,
+    status: str | None = None, kind: str | None = None, cursor: str | None = None,
+) -> HTMLResponse:
+    """The tenant's jobs, newest first, filtered by status and kind."""
+    status, kind = status or None, kind or None
+    listing = jobs_api.list_jobs(ctx, session, user.caller.tenant, status, kind, cursor, 50)
+    return page(request, "jobs.html", user, jobs=listing.items, next_cursor=listing.next_cursor,
+                status=status, kind=kind, statuses=jobstate.STATUSES, kinds=_kinds(), study_kinds=reports.STUDY_KINDS)
+
+
+def _kinds() -> list[str]:
+    return list(dict.fromkeys([*jobstate.KINDS, *reports.STUDY_KINDS]))
+
+
+@router.get("/jobs/new")
+def new_job_form(request: Request, user: JobsUser, example: str = "train") -> HTMLResponse:
+    spec = SPEC_EXAMPLES.get(example, SPEC_EXAMPLES["train"])
+    return page(request, "job_new.html", user, spec=json.dumps(spec, indent=2), examples=SPEC_EXAMPLES,
+                examples_json=json.dumps({k: json.dumps(v, indent=2) for k, v in SPEC_EXAMPLES.items()}),
+                example=example, idem=secrets.token_urlsafe(16))
+
+
+@router.post("/jobs")
+def submit(
+    request: Request, ctx: Ctx, session: DB, user: JobsUser,
+    spec: Annotated[str, Form(max_length=200_000)] = "", csrf: Annotated[str, Form()] = "",
+    idempotency_key: Annotated[str | None, Form(max_length=200)] = None,
+) -> Response:
+    """Submit the JSON spec of the form, exactly as ``POST /v1/jobs`` would."""
+    check_form(request, user, csrf)
+    errors: list[FieldError] = []
+    try:
+        parsed = _SPEC.validate_python(json.loads(spec or "null"))
+        job = jobs_api.submit_job(ctx, session, user.caller.tenant, Response(), parsed, idempotency_key)
+    except json.JSONDecodeError as exc:
+        errors = [FieldError(field="spec", message=f"not JSON: {exc.msg} (line {exc.lineno})")]
+    except ValidationError as exc:
+        from services.gateway.errors import _error_field
+
+        errors = [FieldError(field=_error_field({**e, "loc": ("body", *e["loc"])}), message=e["msg"])
+                  for e in exc.errors()]
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        errors = exc.errors or [FieldError(field="spec", message=exc.detail or exc.code)]
+    else:
+        return RedirectResponse(f"/ui/jobs/{job.id}", status_code=303)
+    return page(request, "job_new.html", user, status_code=422, spec=spec, errors=errors, examples=SPEC_EXAMPLES,
+                examples_json=json.dumps({k: json.dumps(v, indent=2) for k, v in SPEC_EXAMPLES.items()}),
+                example="", idem=secrets.token_urlsafe(16))
+
+
+def _events(session: Session, user: UiUser, job_id: str, after: int | None, limit: int = 200) -> Any:
+    return jobs_api.list_events(session, user.caller.tenant, job_id, after, limit)
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> HTMLResponse:
+    """Status and live progress, events, resolved spec, metrics, artifacts, cancel."""
+    job = jobs_api.get_job(session, user.caller.tenant, job_id)
+    view = job_view(session, job)
+    events = _events(session, user, job_id, None, 1000)
+    arts = artifacts_api.list_artifacts(session, user.caller.tenant, job_id).items
+    return page(request, "job.html", user, job=view, events=events.items, artifacts=arts,
+                terminal=view.status in jobstate.TERMINAL, has_report=any(a.name == "report.json" for a in arts),
+                last_event=events.items[-1].id if events.items else 0)
+
+
+def _state(ctx: ServiceContext, user: UiUser, job_id: str, after: int | None) -> dict[str, Any]:
+    with ctx.sessions() as session:
+        job = jobs_api.get_job(session, user.caller.tenant, job_id)
+        view = job_view(session, job)
+        events = _events(session, user, job_id, after)
+    return {
+        "job": {"id": view.id, "status": view.status, "progress": view.progress, "stage": view.stage,
+                "message": view.message, "terminal": view.status in jobstate.TERMINAL,
+                "error": view.error.model_dump() if view.error else None},
+        "events": [e.model_dump(mode="json") for e in events.items],
+        "next": events.items[-1].id if events.items else after,
+    }
+
+
+@router.get("/jobs/{job_id}/state")
+async def job_state(ctx: Ctx, user: JobsUser, job_id: str, after: int | None = None) -> JSONResponse:
+    """The polling fallback of the live job page: status, progress and the events after ``after``."""
+    return JSONResponse(await run_in_threadpool(_state, ctx, user, job_id, after))
+
+
+@router.get("/jobs/{job_id}/stream")
+async def job_stream(request: Request, ctx: Ctx, user: JobsUser, job_id: str, after: int | None = None) -> Response:
+    """Server-Sent Events: ``job`` (status and progress) when it changes, ``log`` per new event,
+    ``end`` once the job has finished. ``Last-Event-ID`` resumes after a reconnect."""
+    last_id = request.headers.get("last-event-id", "")
+    start = int(last_id) if last_id.isdigit() else after
+    first = await run_in_threadpool(_state, ctx, user, job_id, start)  # 404 page before the stream starts
+
+    async def events() -> AsyncIterator[str]:
+        state, idle = first, 0.0
+        previous = None
+        while True:
+            for event in state["events"]:
+                yield f"id: {event['id']}\nevent: log\ndata: {json.dumps(event)}\n\n"
+            if state["job"] != previous:
+                previous = state["job"]
+                yield f"event: job\ndata: {json.dumps(previous)}\n\n"
+            if previous["terminal"] and not state["events"]:
+                yield "event: end\ndata: {}\n\n"
+                return
+            await asyncio.sleep(STREAM_POLL_S)
+            idle += STREAM_POLL_S
+            if idle >= STREAM_KEEPALIVE_S:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            if await request.is_disconnected():
+                return
+            state = await run_in_threadpool(_state, ctx, user, job_id, state["next"])
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str,
+           csrf: Annotated[str, Form()] = "") -> Response:
+    """``POST /v1/jobs/{id}/cancel`` from the job page's form."""
+    check_form(request, user, csrf)
+    jobs_api.cancel_job(ctx, session, user.caller.tenant, job_id)
+    return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
+
+
+@router.get("/jobs/{job_id}/artifacts/{name:path}")
+def download(ctx: Ctx, session: DB, user: JobsUser, job_id: str, name: str) -> FileResponse:
+    """An artifact's bytes (the API's download: sha256 in ``ETag`` and ``Repr-Digest``)."""
+    return artifacts_api.download_artifact(ctx, session, user.caller.tenant, job_id, name)
+
+
+# --- reports ---------------------------------------------------------------------------------------
+
+
+def _report(ctx: ServiceContext, session: Session, user: UiUser, job_id: str) -> reports.ReportView:
+    job = jobs_api.get_job(session, user.caller.tenant, job_id)
+    view = reports.load_report(session, ctx.store, job)
+    if view is None:
+        raise ApiError(404, "no_report", f"job {job_id} has no report (yet): it is a {job.kind} job, {job.status}")
+    return view
+
+
+@router.get("/jobs/{job_id}/report")
+def report_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> HTMLResponse:
+    """The study's privacy-utility report, rendered from ``report.json`` and its plot artifacts."""
+    view = _report(ctx, session, user, job_id)
+    return page(request, "report.html", user, r=view, columns=reports.COLUMNS, label=reports.column_label,
+                stat=reports.fmt_stat, delta=reports.fmt_delta, frontier=reports.frontier_svg_points)
+
+
+@router.get("/jobs/{job_id}/report.html")
+def report_html(ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> FileResponse:
+    """The study's own ``report.html``, inline, under a CSP that sandboxes it (no script runs)."""
+    response = artifacts_api.download_artifact(ctx, session, user.caller.tenant, job_id, "report.html")
+    response.headers["content-disposition"] = "inline"
+    return response
+
+
+def _studies(session: Session, user: UiUser) -> list[Job]:
+    return list(session.scalars(
+        select(Job).join(Artifact, Artifact.job_id == Job.id)
+        .where(Job.tenant_id == user.caller.tenant.id, Artifact.name == "report.json")
+        .order_by(Job.id.desc()).limit(200)
+    ))
+
+
+@router.get("/compare")
+def compare_page(
+    request: Request, ctx: Ctx, session: DB, user: JobsUser, a: str | None = None, b: str | None = None
+) -> HTMLResponse:
+    """Two studies side by side: verdicts, Acc / AttAcc per attack and defense with B - A, plots."""
+    views = (_report(ctx, session, user, a), _report(ctx, session, user, b)) if a and b else None
+    return page(request, "compare.html", user, studies=_studies(session, user), a=a, b=b, views=views,
+                rows=reports.compare_rows(*views) if views else [], stat=reports.fmt_stat,
+                columns=("acc", "attacc_top1", "attacc_top5"), label=reports.column_label, delta=reports.fmt_delta,
+                frontier=reports.frontier_svg_points)
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def _attacc(metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> dict[str, float]:
+    """AttAcc top-1 per attack: the model's audits (newest first), then a study's own numbers."""
+    out: dict[str, float] = {}
+    for ev in evaluations:
+        if isinstance(ev.get("attacc_top1"), int | float):
+            out.setdefault(ev["attack"], ev["attacc_top1"])
+    for name, value in metrics.items():
+        parts = name.split(".")
+        if parts[-1] == "attacc_top1" and len(parts) in (2, 3) and (len(parts) == 2 or parts[0] != "nodef"):
+            out.setdefault(parts[-2], value)
+    return out
+
+
+def _acc(metrics: dict[str, float]) -> float | None:
+    if "acc" in metrics:
+        return metrics["acc"]
+    return next((v for k, v in sorted(metrics.items()) if k.endswith(".acc") and not k.startswith("nodef.")), None)
+
+
+@router.get("/models")
+def models_page(request: Request, rt: Runtime, session: DB, user: PredictUser) -> HTMLResponse:
+    """Servable models: origin, defense, Acc and AttAcc per attack, output policy."""
+    listing = predict_api.list_models(rt, session, user.caller, None, 200)
+    rows = []
+    for m in listing.items:
+        evaluations = evaluations_of(session, user.caller.tenant.id, m.job_id) if user.can("jobs") else []
+        rows.append({"model": m, "acc": _acc(m.metrics), "attacc": _attacc(m.metrics, evaluations)})
+    attacks = sorted({a for row in rows for a in row["attacc"]})
+    return page(request, "models.html", user, rows=rows, attacks=attacks)
+
+
+def _model_context(ctx: ServiceContext, rt: ServingRuntime, user: UiUser, job_id: str) -> dict[str, Any]:
+    with ctx.sessions() as session:
+        listing = predict_api.list_models(rt, session, user.caller, None, 200)
+        served = next((m for m in listing.items if m.job_id == job_id), None)
+        if served is None:
+            jobs_api.get_job(session, user.caller.tenant, job_id)  # 404 for someone else's or a missing id
+            raise ApiError(404, "not_found", f"model {job_id!r} was not found")
+        card = policy = None
+        evaluations: list[dict[str, Any]] = []
+        if user.can("jobs"):
+            card = models_api.model_card(ctx, session, user.caller.tenant, job_id)
+            policy = predict_api.get_policy(rt, session, user.caller, job_id)
+            evaluations = card.evaluations
+        return {"m": served, "card": card, "policy": policy, "evaluations": evaluations,
+                "card_json": json.dumps(card.card, indent=2, default=str) if card else None,
+                "acc": _acc(served.metrics), "attacc": _attacc(served.metrics, evaluations)}
+
+
+@router.get("/models/{job_id}")
+async def model_page(request: Request, ctx: Ctx, rt: Runtime, user: PredictUser, job_id: str) -> HTMLResponse:
+    """A model's card, output policy and budget, per-key usage and a "try it" upload."""
+    context = await run_in_threadpool(_model_context, ctx, rt, user, job_id)
+    return page(request, "model.html", user, **context)
+
+
+@router.post("/models/{job_id}/policy")
+def set_policy(
+    request: Request, rt: Runtime, session: DB, user: JobsUser, job_id: str,
+    csrf: Annotated[str, Form()] = "", policy: Annotated[str, Form()] = "full",
+    top_k: Annotated[str, Form(max_length=20)] = "", decimals: Annotated[str, Form(max_length=20)] = "",
+    budget: Annotated[str, Form(max_length=20)] = "", reset_usage: Annotated[str | None, Form()] = None,
+) -> Response:
+    """Replace the output policy and budget (``PUT /v1/models/{id}/policy``); empty fields: none."""
+    check_form(request, user, csrf)
+    values = {"policy": policy, "top_k": top_k.strip() or None, "decimals": decimals.strip() or None,
+              "budget": budget.strip() or None, "reset_usage": reset_usage is not None}
+    try:
+        body = PolicyUpdate.model_validate(values)
+    except ValidationError as exc:
+        errors = [FieldError(field=".".join(str(p) for p in e["loc"]) or "policy", message=e["msg"])
+                  for e in exc.errors()]
+        raise ApiError(422, "validation_error", "; ".join(f"{e.field}: {e.message}" for e in errors),
+                       errors=errors) from exc
+    predict_api.put_policy(rt, session, user.caller, job_id, body)
+    return RedirectResponse(f"/ui/models/{job_id}#policy", status_code=303)
+
+
+@router.post("/models/{job_id}/try")
+async def try_model(request: Request, ctx: Ctx, rt: Runtime, user: PredictUser, job_id: str) -> HTMLResponse:
+    """Run uploaded images through the model exactly as ``POST /v1/models/{id}/predict`` does (the
+    output policy applies and each image counts against this key's budget)."""
+    form = await request.form(max_files=rt.settings.max_images + 1)
+    check_form(request, user, form.get("csrf"))
+    images, top_k = await predict_api.read_images(request, rt)
+    answer = await predict_api.predict_images(ctx, rt, user.caller, job_id, images, top_k)
+    context = await run_in_threadpool(_model_context, ctx, rt, user, job_id)
+    return page(request, "model.html", user, answer=answer, **context)
+
+
+# --- datasets --------------------------------------------------------------------------------------
+
+
+@router.get("/datasets")
+def datasets_page(request: Request, session: DB, user: JobsUser) -> HTMLResponse:
+    listing = datasets_api.list_datasets(session, user.caller.tenant, None, 200)
+    return page(request, "datasets.html", user, datasets=listing.items)
+
+
+@router.post("/datasets")
+async def upload_dataset(request: Request, ctx: Ctx, user: JobsUser) -> Response:
+    """Upload an archive: the API's streaming, size caps, safe extraction and validation report."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "unsupported_media_type", "send the upload form (multipart/form-data)")
+    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_upload_bytes)
+    try:
+        check_form(request, user, upload.fields.get("csrf"))
+    except ApiError:
+        upload.path.unlink(missing_ok=True)
+        raise
+    dataset = await datasets_api.store_upload(ctx, user.caller.tenant, upload)
+    return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
+
+
+@router.post("/datasets/register")
+async def register_dataset(
+    request: Request, ctx: Ctx, user: JobsUser, csrf: Annotated[str, Form()] = "",
+    name: Annotated[str, Form(max_length=200)] = "digits",
+) -> Response:
+    """Register the built-in ``digits`` data set under a name."""
+    check_form(request, user, csrf)
+    dataset = await datasets_api._register(DatasetRef(name=name or "digits", source="digits"), ctx, user.caller.tenant)
+    return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
+
+
+@router.get("/datasets/{dataset_id}")
+def dataset_page(request: Request, session: DB, user: JobsUser, dataset_id: str) -> HTMLResponse:
+    """One dataset and its validation report (identities, images, rejected files)."""
+    dataset = datasets_api.read_dataset(session, user.caller.tenant, dataset_id)
+    return page(request, "dataset.html", user, d=dataset)
+
+
+@router.post("/datasets/{dataset_id}/delete")
+def delete_dataset(request: Request, ctx: Ctx, session: DB, user: JobsUser, dataset_id: str,
+                   csrf: Annotated[str, Form()] = "") -> Response:
+    check_form(request, user, csrf)
+    datasets_api.delete_dataset(ctx, session, user.caller.tenant, dataset_id)
+    return RedirectResponse("/ui/datasets", status_code=303)
