@@ -10,6 +10,13 @@ from midre.evaluation.eval_model import (
     train_evaluation_model,
 )
 from midre.evaluation.features import FeatureSpaceResult, convex_hull_2d, feature_space_analysis, pca_2d
+from midre.evaluation.judges import (
+    DEFAULT_JUDGE_ARCHS,
+    JudgePanel,
+    default_judge_configs,
+    pixel_std,
+    record_fields,
+)
 from midre.evaluation.metrics import (
     Accuracy,
     AttackAccuracy,
@@ -21,6 +28,7 @@ from midre.evaluation.metrics import (
     delta_feature,
     knn_distance,
     mean_std,
+    nearest_identity_match,
     nearest_private_sq_dist,
     summarize,
     topk_hits,
@@ -28,17 +36,20 @@ from midre.evaluation.metrics import (
 )
 
 __all__ = [
+    "DEFAULT_JUDGE_ARCHS",
     "Accuracy",
     "AttackAccuracy",
     "EvalModelConfig",
     "EvaluationModel",
     "FeatureSpaceResult",
+    "JudgePanel",
     "KnnDistance",
     "Metric",
     "RunStats",
     "accuracy",
     "attack_accuracy",
     "convex_hull_2d",
+    "default_judge_configs",
     "delta_feature",
     "eval_model_key",
     "evaluate_reconstructions",
@@ -46,8 +57,11 @@ __all__ = [
     "knn_distance",
     "load_evaluation_model",
     "mean_std",
+    "nearest_identity_match",
     "nearest_private_sq_dist",
     "pca_2d",
+    "pixel_std",
+    "record_fields",
     "summarize",
     "topk_hits",
     "train_evaluation_model",

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class EvalModelConfig:
             each, 20 epochs) held-out accuracy 98.3 % against 95.0 % with flips alone. A judge that
             keys on exact pixel positions of ten photos per person under-counts recognisable
             reconstructions (docs/attacks.md, "The evaluation model").
+        keep_best: keep the weights of the epoch with the best held-out accuracy (the latest of
+            equally good epochs) instead of the last epoch. The held-out split both selects the
+            epoch and reports the accuracy, so the reported figure is slightly optimistic; with
+            ``all_images`` (no held-out split) the last epoch is kept.
     """
 
     arch: str = "resnet18"
@@ -52,6 +57,7 @@ class EvalModelConfig:
     lr: float = 1e-3
     batch_size: int = 64
     augment: tuple[str, ...] = ("hflip", "shift")
+    keep_best: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -175,13 +181,90 @@ def train_evaluation_model(spec: Any, cache_dir: str | Path, config: EvalModelCo
     train_cfg = TrainConfig(data=data, arch=config.arch, defense={"name": "nodef"}, epochs=config.epochs,
                             batch_size=config.batch_size, lr=config.lr, seed=config.seed,
                             augment=tuple(config.augment), device=device)
-    result = train(train_cfg, directory, progress=progress, should_stop=should_stop)
+    select = config.keep_best and not config.all_images
+    tracker = _BestEpoch(directory, progress) if select else None
+    result = train(train_cfg, directory, progress=tracker or progress, should_stop=should_stop)
+    if tracker is not None:
+        tracker.apply()
     (directory / "evaluation.json").write_text(json.dumps(
         {"key": key, "config": config.to_dict(), "accuracy_split": "train" if config.all_images else "test"},
         indent=2))
     logger.info("evaluation model %s: %s accuracy %s", key, "train" if config.all_images else "test",
                 result.card.get("metrics", {}))
     return load_evaluation_model(directory, device=device)
+
+
+BEST_FILE = "best_epoch.safetensors"
+
+
+class _BestEpoch:
+    """Progress callback that keeps the weights of the epoch with the best held-out accuracy.
+
+    :func:`midre.train.train` saves its per-epoch resume state (``checkpoint/last.pt``) before it
+    reports the epoch; when that epoch's ``test_accuracy`` is at least the best so far, its weights
+    are copied to ``best_epoch.safetensors`` (with the epoch and accuracy in the metadata, so a
+    resumed training continues the comparison). :meth:`apply` then puts those weights into
+    ``model.safetensors`` and records ``selected_epoch`` in the card.
+    """
+
+    def __init__(self, directory: Path, inner: ProgressCallback | None) -> None:
+        self.directory = directory
+        self.inner = inner
+        self.best_acc, self.best_epoch = self._stored()
+
+    def _stored(self) -> tuple[float, int | None]:
+        path = self.directory / BEST_FILE
+        if not path.is_file():
+            return float("-inf"), None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return float(meta.get("test_accuracy", "-inf")), int(meta["epoch"]) if "epoch" in meta else None
+
+    def __call__(self, event: Any) -> None:
+        acc = (event.metrics or {}).get("test_accuracy") if event.stage == "epoch" else None
+        if isinstance(acc, int | float) and math.isfinite(acc) and acc >= self.best_acc:
+            self._snapshot(int(event.epoch), float(acc))
+        if self.inner is not None:
+            self.inner(event)
+
+    def _snapshot(self, epoch: int, acc: float) -> None:
+        from safetensors.torch import save_file
+
+        from midre.train import RESUME_FILE
+
+        path = self.directory / RESUME_FILE
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if int(state.get("epoch", -1)) != epoch:
+            return
+        weights = {k: v.contiguous() for k, v in state["model"].items()}
+        tmp = self.directory / (BEST_FILE + ".tmp")
+        save_file(weights, str(tmp), metadata={"epoch": str(epoch), "test_accuracy": repr(acc)})
+        tmp.replace(self.directory / BEST_FILE)
+        self.best_acc, self.best_epoch = acc, epoch
+
+    def apply(self) -> None:
+        """Put the best epoch's weights into ``model.safetensors`` (once: a finished judge is left as it is)."""
+        from safetensors.torch import load_file
+
+        from midre.checkpoint import load_checkpoint, save_checkpoint
+
+        best = self.directory / BEST_FILE
+        model, card = load_checkpoint(self.directory, device="cpu")
+        metrics = dict(card.get("metrics") or {})
+        if "selected_epoch" in metrics or not best.is_file() or self.best_epoch is None:
+            return
+        metrics["last_epoch_test_accuracy"] = metrics.get("test_accuracy")
+        metrics["selected_epoch"] = self.best_epoch
+        if self.best_epoch != metrics.get("epochs"):
+            model.load_state_dict(load_file(str(best), device="cpu"), strict=True)
+            metrics["test_accuracy"] = self.best_acc
+        card = {k: v for k, v in card.items() if k != "schema_version"}
+        save_checkpoint(model, self.directory, {**card, "metrics": metrics})
+        best.unlink(missing_ok=True)
 
 
 def evaluate_reconstructions(evaluator: EvaluationModel, pixels: Tensor, labels: Tensor,

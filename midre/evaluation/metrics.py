@@ -74,6 +74,24 @@ def nearest_private_sq_dist(recon_feats: Tensor, recon_labels: Tensor, private_f
     return d2.masked_fill(~same, float("inf")).min(1).values
 
 
+def nearest_identity_match(recon_feats: Tensor, recon_labels: Tensor, private_feats: Tensor,
+                           private_labels: Tensor) -> Tensor:
+    """Boolean ``[N]``: is reconstruction ``i`` nearer (squared L2) to some private image of its own
+    identity than to every private image of every other identity?
+
+    The feature-space check against adversarial-example-like reconstructions (Ho et al. 2025,
+    arXiv:2505.03519): a judge can be fooled by an image that carries the identity's logit pattern
+    but not its face; in an independent model's features such an image is not nearest to the
+    identity's real images. Ties count as a miss. An identity with no private images raises.
+    """
+    own = nearest_private_sq_dist(recon_feats, recon_labels, private_feats, private_labels)
+    recon_feats, private_feats = recon_feats.double().cpu(), private_feats.double().cpu()
+    d2 = torch.cdist(recon_feats, private_feats).pow(2)
+    same = recon_labels.cpu()[:, None] == private_labels.cpu()[None, :]
+    other = d2.masked_fill(same, float("inf")).min(1).values
+    return own < other
+
+
 def knn_distance(recon_feats: Tensor, recon_labels: Tensor, private_feats: Tensor,
                  private_labels: Tensor) -> float:
     """KNN distance (GMI): mean over reconstructions of the min squared L2 to the identity's
