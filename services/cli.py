@@ -211,6 +211,17 @@ def worker_command(concurrency: int = 1) -> list[str]:
     return [sys.executable, "-m", "midre.cli", "worker", "--concurrency", str(concurrency)]
 
 
+def worker_env(workers: int) -> dict[str, str]:
+    """The environment of ``midre serve``'s worker processes: unless ``MIDRE_WORKER_THREADS`` is set,
+    each gets the machine's cores divided by ``workers`` (at least 1), so N workers on one machine
+    do not oversubscribe it."""
+    env = dict(os.environ)
+    if not env.get("MIDRE_WORKER_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env["MIDRE_WORKER_THREADS"] = str(max(1, cores // max(workers, 1)))
+    return env
+
+
 def _die_with_parent() -> None:
     """In a child before exec: get SIGTERM when the parent dies (Linux), so no worker is orphaned."""
     try:
@@ -257,9 +268,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # lets the `finally` below stop the workers and the command exit 0.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not args.no_worker and args.role != "api":
+        env = worker_env(max(args.workers, 1))
         for _ in range(max(args.workers, 0)):
             workers.append(
-                subprocess.Popen(worker_command(), start_new_session=True, preexec_fn=_die_with_parent)
+                subprocess.Popen(worker_command(), start_new_session=True, preexec_fn=_die_with_parent, env=env)
             )
     try:
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
@@ -293,8 +305,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run a Celery worker (blocks), or with ``--ping`` check that one is alive."""
     if args.ping:
         return ping_worker(args.hostname, args.ping_timeout)
+    from services.worker import app as worker_app
     from services.worker.app import celery_app, settings
 
+    worker_app.threads_per_process = worker_app.worker_threads(settings, args.concurrency)
     if args.queues:
         logical = [q.strip() for q in args.queues.split(",") if q.strip()]
     elif settings.embedded or _gpu_present():

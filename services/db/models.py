@@ -327,6 +327,8 @@ class JobUnit(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     deps: Mapped[list[str]] = mapped_column(JSONType, default=list)
     weight: Mapped[float] = mapped_column(Float, default=1.0)
+    #: Share of the unit done (0..1), written while it runs; the job's progress weighs these.
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(20), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))

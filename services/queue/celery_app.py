@@ -3,6 +3,8 @@
 * JSON serialisation only (no pickle anywhere); no result backend: job state lives in the DB.
 * ``acks_late`` + ``reject_on_worker_lost`` + prefetch 1: a job is acknowledged only when it is
   done, a worker holds at most one job it is not running, and a crashed child's job is re-queued.
+* Two tasks: ``midre.run_job(job_id)`` (a whole job, or the planning of a study's unit graph) and
+  ``midre.run_unit(job_id, key)`` (one unit of a fanned-out study), both routed to the job's queue.
 * Queues ``gpu`` and ``cpu`` (optionally prefixed so several stacks share one broker).
 * Embedded mode uses kombu's file-system transport: no server, works across processes (messages
   are files claimed by an atomic rename). Unacked messages of a SIGKILLed embedded worker are not
@@ -20,6 +22,8 @@ from kombu import Exchange, Queue
 from services.settings import Settings
 
 TASK_NAME = "midre.run_job"
+#: One unit of a fanned-out study (``args=[job_id, unit_key]``), sent to the job's queue.
+UNIT_TASK_NAME = "midre.run_unit"
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Sending jobs to the broker (used by the API and by the reaper)."""
+"""Sending jobs and study units to the broker (used by the API, the workers and the reaper)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import cached_property
 from celery import Celery
 from kombu import Connection
 
-from services.queue.celery_app import TASK_NAME, make_celery
+from services.queue.celery_app import TASK_NAME, UNIT_TASK_NAME, make_celery
 from services.settings import QueueName, Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,16 @@ class Dispatcher:
 
     def send(self, job_id: str, queue: str) -> None:
         """Publish the job (``queue`` is the full broker queue name); raises on broker errors."""
+        self._publish(TASK_NAME, [job_id], queue)
+
+    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+        """Publish one unit of a fanned-out study to its job's queue; raises on broker errors."""
+        self._publish(UNIT_TASK_NAME, [job_id, key], queue)
+
+    def _publish(self, task: str, args: list[str], queue: str) -> None:
         self.celery.send_task(
-            TASK_NAME,
-            args=[job_id],
+            task,
+            args=args,
             queue=queue,
             routing_key=queue,
             retry=True,

@@ -1,20 +1,25 @@
-"""The worker's Celery app and its one task: ``celery -A services.worker.app worker`` (or ``midre worker``).
+"""The worker's Celery app and its tasks: ``celery -A services.worker.app worker`` (or ``midre worker``).
 
-Settings come from the environment. The task takes a job id, not an object, and is idempotent:
-``services.worker.runner.execute_job`` skips finished jobs and duplicate deliveries.
+Settings come from the environment. Tasks take ids, not objects, and are idempotent:
+
+* ``midre.run_job(job_id)``: a train / attack_eval job to its end; for a study (pipeline, sweep,
+  harden) the planning of its unit graph (``services.worker.fanout``);
+* ``midre.run_unit(job_id, key)``: one unit of a fanned-out study.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from services.db.session import dispose_all
+from services.db.session import dispose_all, session_factory
 from services.integrations.webhooks import WebhookDeliverer
-from services.queue.celery_app import TASK_NAME, make_celery
-from services.settings import get_settings
+from services.queue.celery_app import TASK_NAME, UNIT_TASK_NAME, make_celery
+from services.settings import Settings, get_settings
+from services.worker.fanout import FANOUT_KINDS, Planner, execute_unit, library_planner, plan_job
 from services.worker.handlers import HANDLERS
 from services.worker.reaper import Reaper
 from services.worker.runner import execute_job
@@ -25,20 +30,68 @@ settings = get_settings()
 celery_app = make_celery(settings)
 _reaper: Reaper | None = None
 _deliverer: WebhookDeliverer | None = None
+_planner: Planner | None = None
+#: torch threads of each pool process; set by ``midre worker`` from its --concurrency (see :func:`worker_threads`).
+threads_per_process: int | None = None
+
+
+def _study_planner() -> Planner | None:
+    global _planner
+    if _planner is None:
+        _planner = library_planner()
+    return _planner
+
+
+def _kind(job_id: str) -> str | None:
+    from services.db.models import Job
+
+    with session_factory(settings.db_url, settings.pool)() as session:
+        job = session.get(Job, job_id)
+        return None if job is None else job.kind
 
 
 @celery_app.task(name=TASK_NAME, ignore_result=True)
 def run_job(job_id: str) -> str:
-    """Run one job (train / attack_eval / pipeline) to its end; the DB records everything."""
-    outcome = execute_job(settings, job_id, HANDLERS)
+    """Run one job to its end, or plan a study into units; the DB records everything."""
+    planner = _study_planner() if _kind(job_id) in FANOUT_KINDS else None
+    outcome = plan_job(settings, job_id, planner) if planner is not None else execute_job(settings, job_id, HANDLERS)
     log.info("job %s: %s", job_id, outcome)
     return outcome
 
 
+@celery_app.task(name=UNIT_TASK_NAME, ignore_result=True)
+def run_unit(job_id: str, key: str) -> str:
+    """Run one unit of a fanned-out study."""
+    planner = _study_planner()
+    if planner is None:
+        log.error("job %s unit %s: this worker's midre has no study planner (midre.plan)", job_id, key)
+        return "skipped"
+    outcome = execute_unit(settings, job_id, key, planner)
+    log.info("job %s unit %s: %s", job_id, key, outcome)
+    return outcome
+
+
+def worker_threads(current: Settings, concurrency: int = 1) -> int:
+    """Threads of each job: ``MIDRE_WORKER_THREADS``, else this machine's cores (those this process may
+    use) over the pool processes of this worker, at least 1. ``midre serve --workers N`` sets
+    ``MIDRE_WORKER_THREADS`` for its N workers from the cores over N."""
+    if current.worker_threads:
+        return current.worker_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(concurrency, 1))
+
+
 @worker_process_init.connect
-def _fresh_connections(**_: Any) -> None:
-    """A forked pool child must not reuse the parent's DB connections."""
+def _fresh_process(**_: Any) -> None:
+    """A forked pool child must not reuse the parent's DB connections; it pins torch's threads."""
     dispose_all()
+    try:
+        import torch
+    except ImportError:
+        return
+    threads = threads_per_process or worker_threads(settings)
+    torch.set_num_threads(threads)
+    log.info("midre worker process %d: %d torch threads", os.getpid(), threads)
 
 
 @worker_ready.connect

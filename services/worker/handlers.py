@@ -2,7 +2,8 @@
 the output folder and final metrics.
 
 Nothing scientific lives here. ``train`` resumes by itself when its work folder already holds
-resume state (a redelivered job); ``attack_eval`` and ``pipeline`` call ``midre.study``.
+resume state (a redelivered job); ``attack_eval`` and ``pipeline`` call ``midre.study``. Studies
+(pipeline, sweep, harden) normally run as unit graphs (``services.worker.fanout``) instead.
 """
 
 from __future__ import annotations
@@ -35,7 +36,20 @@ def run_train(ctx: JobContext) -> Outcome:
 
     out_dir = ctx.work_dir / "train"
     result = train(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
-    return Outcome(out_dir=out_dir, metrics=result.metrics)  # the runner maps them to the vocabulary
+    warnings = train_warnings(result.metrics, result.card.get("num_classes"))
+    return Outcome(out_dir=out_dir, metrics=result.metrics, warnings=warnings)  # the runner maps the names
+
+
+def train_warnings(metrics: dict[str, Any], num_classes: Any) -> list[dict[str, Any]]:
+    """``midre.report.verdicts.train_warnings`` (a final test accuracy near chance), when this
+    ``midre`` has it."""
+    try:
+        from midre.report.verdicts import train_warnings as warn
+    except ImportError:
+        return []
+    if not isinstance(num_classes, int):
+        return []
+    return [dict(w) for w in warn(metrics, num_classes) or []]
 
 
 def run_attack_eval(ctx: JobContext) -> Outcome:
@@ -44,7 +58,7 @@ def run_attack_eval(ctx: JobContext) -> Outcome:
 
     out_dir = ctx.work_dir / "out"
     report = attack_eval(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
-    return Outcome(out_dir=out_dir, metrics=report_metrics(report))
+    return Outcome(out_dir=out_dir, metrics=report_metrics(report), warnings=report_warnings(report))
 
 
 def run_pipeline(ctx: JobContext) -> Outcome:
@@ -53,7 +67,22 @@ def run_pipeline(ctx: JobContext) -> Outcome:
 
     out_dir = ctx.work_dir / "out"
     report = pipeline(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
-    return Outcome(out_dir=out_dir, metrics=report_metrics(report))
+    return Outcome(out_dir=out_dir, metrics=report_metrics(report), warnings=report_warnings(report))
+
+
+def run_study(ctx: JobContext) -> Outcome:
+    """A sweep or harden study in one task (``midre.plan.run_study``); workers fan studies out
+    instead (``services.worker.fanout``) whenever ``midre.plan`` is there, so this is the fallback."""
+    from midre.plan import run_study as study
+
+    out_dir = ctx.work_dir / "out"
+    report = study(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
+    return Outcome(out_dir=out_dir, metrics=report_metrics(report), warnings=report_warnings(report))
+
+
+def report_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's ``warnings`` (``{"code", "message", "attack"?, "defense"?}``), each a job event."""
+    return [dict(w) for w in report.get("warnings") or [] if isinstance(w, dict)]
 
 
 #: Report metrics copied onto the job (means over seeds), named ``<defense>.<attack>.<metric>``.
@@ -83,4 +112,6 @@ HANDLERS: dict[str, Handler] = {
     "train": run_train,
     "attack_eval": run_attack_eval,
     "pipeline": run_pipeline,
+    "sweep": run_study,
+    "harden": run_study,
 }

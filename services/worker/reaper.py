@@ -13,7 +13,11 @@ Runs in every worker's main process (a daemon thread, every ``reaper_interval_s`
   restart without persistence, a FLUSHALL, a failover, a purge, a deleted message file). A job
   merely waiting behind a backlog still has its message, so it is not sent twice. Should the lost
   message turn up after all, the claim's compare-and-set runs the job once and drops the other copy;
-* processed message files of the embedded broker older than a day are deleted.
+* processed message files of the embedded broker older than a day are deleted;
+* the units of fanned-out studies get the same care (``services.worker.fanout.reap_units``): a
+  running unit whose heartbeat went stale is sent again, unsent and lost unit messages are sent
+  (lost ones counted with the jobs of their queue), a cancelling study whose units all stopped is
+  cancelled. A planned study's own heartbeat is not checked: its units carry them.
 
 Each move is a compare-and-set, so any number of workers can run the reaper at once.
 """
@@ -24,16 +28,19 @@ import datetime as dt
 import logging
 import threading
 import time
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db import jobs as jobstate
-from services.db.models import Job
+from services.db.models import Job, JobUnit
 from services.db.session import session_factory
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
+from services.worker.fanout import QUEUED as UNIT_QUEUED
+from services.worker.fanout import reap_units, send_unit, unit_event
 from services.worker.runner import owner_is_dead
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,10 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
     stale_before = now - dt.timedelta(seconds=settings.stale_after_s)
     to_send: list[tuple[str, str]] = []
     with sessions() as session:
-        active = session.scalars(select(Job).where(Job.status.in_([jobstate.RUNNING, jobstate.CANCELLING]))).all()
+        planned = select(JobUnit.id).where(JobUnit.job_id == Job.id).exists()
+        active = session.scalars(
+            select(Job).where(Job.status.in_([jobstate.RUNNING, jobstate.CANCELLING]), ~planned)
+        ).all()
         stale = [
             job
             for job in active
@@ -102,6 +112,9 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
             with sessions() as session:
                 session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=None))
                 session.commit()
+    units = reap_units(settings, dispatcher, sessions, UNSENT_GRACE_S)
+    for name in ("requeued", "sent", "failed", "cancelled"):
+        counts[name] += getattr(units, name)
     counts["resent"] = resend_lost(settings, dispatcher, sessions, now)
     if settings.embedded:
         _clean_processed(settings)
@@ -111,74 +124,125 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
 
 
 def resend_lost(settings: Settings, dispatcher: Dispatcher, sessions: sessionmaker[Session], now: dt.datetime) -> int:
-    """Send again the queued jobs whose message the broker lost; returns how many were re-sent.
+    """Send again the queued jobs and study units whose message the broker lost; returns how many were re-sent.
 
-    A job is a candidate once it was sent more than ``redispatch_after_s`` before ``now`` and is
-    still ``queued``. Per queue, ``queued jobs - messages waiting`` of them (oldest send first) are
-    re-sent; every candidate when the broker cannot count. Each re-send is won by a compare-and-set
-    on ``dispatched_at``, so of several reapers only one sends a job, and a job sent again is not a
-    candidate for another ``redispatch_after_s``.
+    A job (or a unit of a running study) is a candidate once it was sent more than
+    ``redispatch_after_s`` before ``now`` and is still ``queued``. Per queue, ``queued jobs and units -
+    messages waiting`` of them (oldest send first) are re-sent; every candidate when the broker cannot
+    count. Each re-send is won by a compare-and-set on ``dispatched_at``, so of several reapers only one
+    sends it, and one sent again is not a candidate for another ``redispatch_after_s``.
     """
     cutoff = now - dt.timedelta(seconds=settings.redispatch_after_s)
     handed_over = (Job.status == jobstate.QUEUED) & Job.dispatched_at.is_not(None)
+    unit_handed_over = ((JobUnit.status == UNIT_QUEUED) & JobUnit.dispatched_at.is_not(None)
+                        & (Job.status == jobstate.RUNNING))
     with sessions() as session:
-        overdue = session.execute(
-            select(Job.id, Job.queue).where(handed_over, Job.dispatched_at < cutoff).order_by(Job.dispatched_at, Job.id)
-        ).all()
+        overdue: list[tuple[Any, ...]] = [
+            (row.dispatched_at, "job", row.id, row.queue, None)
+            for row in session.execute(select(Job.id, Job.queue, Job.dispatched_at)
+                                       .where(handed_over, Job.dispatched_at < cutoff))
+        ]
+        overdue += [
+            (row.dispatched_at, "unit", row.id, row.queue, (row.job_id, row.key))
+            for row in session.execute(
+                select(JobUnit.id, JobUnit.job_id, JobUnit.key, JobUnit.dispatched_at, Job.queue)
+                .join(Job, Job.id == JobUnit.job_id).where(unit_handed_over, JobUnit.dispatched_at < cutoff))
+        ]
     if not overdue:
         return 0
-    queues = sorted({row.queue for row in overdue})
+    overdue.sort(key=lambda row: (row[0], row[1], str(row[2])))
+    queues = sorted({row[3] for row in overdue})
     # The broker first, then the DB: a message taken by a worker between the two reads then looks
     # like an extra message (no re-send), never like a lost one.
     waiting_messages = dispatcher.message_counts(queues)
     with sessions() as session:
         counted = select(Job.queue, func.count()).where(handed_over, Job.queue.in_(queues)).group_by(Job.queue)
-        queued_jobs = dict(session.execute(counted).all())
-    chosen: list[tuple[str, str]] = []
+        in_flight = dict(session.execute(counted).all())
+        counted_units = (select(Job.queue, func.count()).select_from(JobUnit).join(Job, Job.id == JobUnit.job_id)
+                         .where(unit_handed_over, Job.queue.in_(queues)).group_by(Job.queue))
+        for queue, n in session.execute(counted_units).all():
+            in_flight[queue] = in_flight.get(queue, 0) + n
+    chosen: list[tuple[Any, ...]] = []
     for queue in queues:
-        candidates = [row.id for row in overdue if row.queue == queue]
+        candidates = [row for row in overdue if row[3] == queue]
         messages = waiting_messages.get(queue, -1)
-        lost = len(candidates) if messages < 0 else queued_jobs.get(queue, 0) - messages
-        chosen += [(job_id, queue) for job_id in candidates[: max(lost, 0)]]
+        lost = len(candidates) if messages < 0 else in_flight.get(queue, 0) - messages
+        chosen += candidates[: max(lost, 0)]
 
     resent = 0
-    for job_id, queue in chosen:
-        with sessions() as session:
-            job = session.get(Job, job_id)
-            if job is None or job.dispatched_at is None:
-                continue
-            waited = (now - job.dispatched_at).total_seconds()
-            won = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == jobstate.QUEUED, Job.dispatched_at < cutoff)
-                .values(dispatched_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            if won.rowcount != 1:  # claimed, cancelled, or another reaper re-sent it meanwhile
-                session.rollback()
-                continue
-            jobstate.add_event(
-                session, job, "log", f"re-sent: not picked up within {settings.redispatch_after_s:g} s",
-                data={"resent": True, "queue": queue, "waited_s": round(waited, 1)},
-            )
-            session.commit()
-        try:
-            dispatcher.send(job_id, queue)
-        except Exception as exc:  # noqa: BLE001 - unsent again: the next pass sends it
-            log.warning("reaper: could not re-send %s: %s", job_id, exc)
-            with sessions() as session:
-                session.execute(
-                    update(Job).where(Job.id == job_id, Job.status == jobstate.QUEUED).values(dispatched_at=None)
-                )
-                job = session.get(Job, job_id)
-                if job is not None:
-                    jobstate.add_event(session, job, "log", "re-send failed: the broker refused the message; "
-                                       "the reaper tries again", data={"resent": False, "queue": queue})
-                session.commit()
-            continue
-        log.info("reaper: re-sent %s to %s (queued, not picked up for %.0f s)", job_id, queue, waited)
-        resent += 1
+    for _, what, ident, queue, unit in chosen:
+        if what == "unit":
+            resent += _resend_unit(settings, dispatcher, sessions, now, cutoff, ident, unit, queue)
+        else:
+            resent += _resend_job(settings, dispatcher, sessions, now, cutoff, ident, queue)
     return resent
+
+
+def _resend_job(settings: Settings, dispatcher: Dispatcher, sessions: sessionmaker[Session], now: dt.datetime,
+                cutoff: dt.datetime, job_id: str, queue: str) -> int:
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.dispatched_at is None:
+            return 0
+        waited = (now - job.dispatched_at).total_seconds()
+        won = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == jobstate.QUEUED, Job.dispatched_at < cutoff)
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:  # claimed, cancelled, or another reaper re-sent it meanwhile
+            session.rollback()
+            return 0
+        jobstate.add_event(
+            session, job, "log", f"re-sent: not picked up within {settings.redispatch_after_s:g} s",
+            data={"resent": True, "queue": queue, "waited_s": round(waited, 1)},
+        )
+        session.commit()
+    try:
+        dispatcher.send(job_id, queue)
+    except Exception as exc:  # noqa: BLE001 - unsent again: the next pass sends it
+        log.warning("reaper: could not re-send %s: %s", job_id, exc)
+        with sessions() as session:
+            session.execute(
+                update(Job).where(Job.id == job_id, Job.status == jobstate.QUEUED).values(dispatched_at=None)
+            )
+            job = session.get(Job, job_id)
+            if job is not None:
+                jobstate.add_event(session, job, "log", "re-send failed: the broker refused the message; "
+                                   "the reaper tries again", data={"resent": False, "queue": queue})
+            session.commit()
+        return 0
+    log.info("reaper: re-sent %s to %s (queued, not picked up for %.0f s)", job_id, queue, waited)
+    return 1
+
+
+def _resend_unit(settings: Settings, dispatcher: Dispatcher, sessions: sessionmaker[Session], now: dt.datetime,
+                 cutoff: dt.datetime, unit_id: int, unit: tuple[str, str], queue: str) -> int:
+    job_id, key = unit
+    with sessions() as session:
+        row = session.get(JobUnit, unit_id)
+        job = session.get(Job, job_id)
+        if row is None or job is None or row.dispatched_at is None:
+            return 0
+        waited = (now - row.dispatched_at).total_seconds()
+        won = session.execute(
+            update(JobUnit)
+            .where(JobUnit.id == unit_id, JobUnit.status == UNIT_QUEUED, JobUnit.dispatched_at < cutoff)
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if won.rowcount != 1:
+            session.rollback()
+            return 0
+        unit_event(session, job, row, UNIT_QUEUED,
+                   f"unit {key} re-sent: not picked up within {settings.redispatch_after_s:g} s",
+                   resent=True, queue=queue, waited_s=round(waited, 1))
+        session.commit()
+    if send_unit(sessions, dispatcher, job_id, unit_id, key, queue):
+        log.info("reaper: re-sent unit %s of %s to %s", key, job_id, queue)
+        return 1
+    return 0
 
 
 def _clean_processed(settings: Settings) -> None:

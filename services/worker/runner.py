@@ -49,6 +49,9 @@ PROGRESS_EVERY_S = 0.5
 EPOCH_STAGE = "epoch"
 #: Folders of a work dir that are resume state or caches, not artifacts (at any depth).
 NOT_ARTIFACTS = frozenset({"checkpoint", "cache"})
+#: Kinds of jobs whose model is their root ``model.json`` / ``model.safetensors`` among other outputs
+#: (a harden job's recommendation): another job using it as a model copies only those two.
+STUDY_MODEL_KINDS = frozenset({"harden"})
 
 
 class JobLost(Exception):
@@ -83,16 +86,25 @@ class JobContext:
         """Copy another job of the same tenant's artifacts (e.g. a trained checkpoint) into ``dest``."""
         dest.mkdir(parents=True, exist_ok=True)
         with self.sessions() as session:
-            owner = session.scalar(select(Job.tenant_id).where(Job.id == job_id))
+            found = session.execute(select(Job.tenant_id, Job.kind).where(Job.id == job_id)).first()
+            owner, kind = found if found is not None else (None, None)
             if owner != self.tenant_id:
                 raise FileNotFoundError(f"job {job_id} is not a job of this tenant")
             rows = session.scalars(select(Artifact).where(Artifact.job_id == job_id)).all()
         for row in rows:
             if not row.name.startswith(prefix):
                 continue
+            if kind in STUDY_MODEL_KINDS and row.name not in ("model.json", "model.safetensors"):
+                continue  # a harden job as a model: its recommended checkpoint only
             target = dest / row.name[len(prefix):]
+            if target.is_file() and target.stat().st_size == row.size:
+                continue  # another unit of the same study copied it already
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.store.path(row.sha256), target)
+            # Units of one study run at once in several processes: copy, then rename into place.
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            os.close(fd)
+            shutil.copyfile(self.store.path(row.sha256), tmp)
+            os.replace(tmp, target)
         return dest
 
 
@@ -102,6 +114,8 @@ class Outcome:
 
     out_dir: Path
     metrics: dict[str, float]
+    #: ``{"code", "message", ...}`` entries that become ``warning`` events of the job.
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
 
 Handler = Callable[[JobContext], Outcome]
@@ -434,6 +448,10 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
                 session.add(Metric(job_id=job_id, name=name, value=value, epoch=None))
             if jobstate.transition(session, row, [jobstate.RUNNING, jobstate.CANCELLING], jobstate.SUCCEEDED,
                                    attempt=job.attempt, stage="done", message=f"{count} artifacts stored"):
+                for warning in outcome.warnings:
+                    data = {k: tracker.redact(v) if isinstance(v, str) else v for k, v in warning.items()}
+                    jobstate.add_event(session, row, "warning", str(data.get("message") or data.get("code"))[:1000],
+                                       stage="done", data=data)
                 jobstate.add_event(session, row, "status",
                                    f"succeeded in {time.perf_counter() - started:.1f}s",
                                    stage="done", data={"status": "succeeded", "artifacts": count,

@@ -1,11 +1,14 @@
 """The worker's machinery without Celery: claim, progress, cancel, ownership, artifacts, the reaper;
-plus the storage and API-key primitives (SQLite, file-system broker)."""
+plus the storage and API-key primitives, and the unit graph of fanned-out studies (SQLite, file-system broker)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import json
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -14,12 +17,13 @@ from midre.progress import Cancelled, ProgressEvent
 from services.db import jobs as jobstate
 from services.db.keys import authenticate, create_api_key
 from services.db.migrate import upgrade
-from services.db.models import ApiKey, Artifact, Job, JobEvent, Metric
+from services.db.models import ApiKey, Artifact, Job, JobEvent, JobUnit, Metric
 from services.db.session import dispose_all, session_factory, session_scope
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore, sha256_file
+from services.worker.fanout import dispatch_ready, execute_unit, plan_job
 from services.worker.reaper import reap_once
 from services.worker.runner import JobContext, Outcome, execute_job
 from tests.service._support import add_job, job_row
@@ -211,3 +215,187 @@ def test_a_dead_local_owner_is_taken_over_at_once(settings: Settings) -> None:
     job_id = add_job(settings, status="running", attempt=1, heartbeat_at=utcnow(), worker=dead)
     assert execute_job(settings, job_id, {"train": fake_train}) == "succeeded"
     assert job_row(settings, job_id).attempt == 2
+
+
+# -- fanned-out studies (services.worker.fanout), with a small unit graph instead of the library ------------
+
+PIPELINE_SPEC = {"kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"],
+                 "training": {"epochs": 1, "image_size": 32}}
+
+
+class RecordingDispatcher(Dispatcher):
+    """The real file-broker dispatcher that also remembers which units it sent, in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.units: list[str] = []
+
+    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+        super().send_unit(job_id, key, queue)
+        self.units.append(key)
+
+
+class GraphPlanner:
+    """``a`` and ``b``, then ``grow`` (an expansion that adds ``c``), then ``report`` (needs ``grow`` and ``c``)."""
+
+    def __init__(self, fail: str | None = None, during: dict[str, Callable[[Callable[[], bool]], None]] | None = None):
+        self.fail = fail
+        self.during = during or {}
+        self.ran: list[str] = []
+
+    def plan(self, config: Any) -> list[dict[str, Any]]:
+        assert type(config).__name__ == "PipelineConfig"
+        return [{"key": "a", "kind": "target", "weight": 3.0}, {"key": "b", "kind": "target"},
+                {"key": "grow", "kind": "expand", "deps": ["a", "b"]},
+                {"key": "report", "kind": "report", "deps": ["grow", "c"]}]
+
+    def run(self, config: Any, out_dir: Path, unit: dict[str, Any], progress: Any, should_stop: Any
+            ) -> list[dict[str, Any]]:
+        key = unit["key"]
+        self.ran.append(key)
+        progress(ProgressEvent("train", 0.5, f"{key} half way"))
+        if key in self.during:
+            self.during[key](should_stop)
+        if key == self.fail:
+            raise ValueError(f"{key}: broken at {out_dir}")
+        (out_dir / f"{key}.txt").write_text(key)
+        if key == "report":
+            (out_dir / "report.json").write_text(json.dumps({
+                "results": [{"defense": "midre", "attack": "mi-face", "metrics": {"acc": {"mean": 91.0}}}],
+                "warnings": [{"code": "single_seed", "message": f"one seed only ({out_dir})"}],
+            }))
+        return [{"key": "c", "kind": "target", "weight": 2.0}] if key == "grow" else []
+
+    def report(self, out_dir: Path) -> dict[str, Any]:
+        return json.loads((out_dir / "report.json").read_text())
+
+
+def add_study(settings: Settings, kind: str = "pipeline") -> str:
+    """A queued pipeline job with its resolved config, as the API stores it."""
+    from services.db.types import new_id
+    from services.jobspec import resolve
+
+    add_job(settings)  # the tenant
+    with session_scope(settings.db_url) as session:
+        tenant = session.scalar(select(Job.tenant_id).limit(1))
+        job = Job(id=new_id("job"), tenant_id=tenant, kind=kind, status="queued", spec=PIPELINE_SPEC,
+                  resolved=resolve(PIPELINE_SPEC), queue=settings.queue_name("cpu"), progress=0.0, attempt=0,
+                  cancel_requested=False, created_at=utcnow())
+        session.add(job)
+        return job.id
+
+
+def units_of(settings: Settings, job_id: str) -> dict[str, JobUnit]:
+    with session_factory(settings.db_url)() as session:
+        return {u.key: u for u in session.scalars(select(JobUnit).where(JobUnit.job_id == job_id))}
+
+
+def drain(settings: Settings, job_id: str, planner: GraphPlanner, dispatcher: RecordingDispatcher) -> list[str]:
+    """Deliver every sent unit message once, in order, until none is left; the outcomes."""
+    outcomes, done = [], 0
+    while done < len(dispatcher.units):
+        key = dispatcher.units[done]
+        done += 1
+        outcomes.append(f"{key}:{execute_unit(settings, job_id, key, planner, dispatcher=dispatcher)}")
+    return outcomes
+
+
+def test_a_study_runs_as_a_unit_graph_each_unit_once(settings: Settings) -> None:
+    job_id = add_study(settings)
+    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    assert plan_job(settings, job_id, planner, dispatcher=dispatcher) == "planned"
+    assert dispatcher.units == ["a", "b"]  # the units without dependencies
+    assert plan_job(settings, job_id, planner, dispatcher=dispatcher) == "skipped"  # a second delivery
+    assert dispatch_ready(settings, session_factory(settings.db_url), dispatcher, job_id) == 0
+    assert dispatcher.units == ["a", "b"]
+    progress = []
+    outcomes = []
+    for key in ("a", "b", "grow", "c"):
+        outcomes.append(execute_unit(settings, job_id, key, planner, dispatcher=dispatcher))
+        progress.append(job_row(settings, job_id).progress)
+    assert dispatcher.units == ["a", "b", "grow", "c", "report"]  # each sent once, when its deps were done
+    assert progress == sorted(progress) and 0 < progress[0] < 1
+    assert execute_unit(settings, job_id, "report", planner, dispatcher=dispatcher) == "succeeded"
+    assert outcomes == ["succeeded"] * 4 and planner.ran == ["a", "b", "grow", "c", "report"]
+    job = job_row(settings, job_id)
+    assert (job.status, job.progress, job.stage) == ("succeeded", 1.0, "done")
+    units = units_of(settings, job_id)
+    assert {k: (u.status, u.attempt) for k, u in units.items()} == {k: ("succeeded", 1) for k in
+                                                                    ("a", "b", "grow", "c", "report")}
+    assert units["grow"].result["added"] == ["c"]
+    with session_factory(settings.db_url)() as session:
+        names = set(session.scalars(select(Artifact.name).where(Artifact.job_id == job_id)))
+        metrics = {m.name: m.value for m in session.scalars(select(Metric).where(Metric.job_id == job_id))}
+    assert names == {"a.txt", "b.txt", "c.txt", "grow.txt", "report.txt", "report.json"}
+    assert metrics == {"midre.mi-face.acc": 91.0}
+    events = job_events(settings, job_id)
+    [warning] = [e for e in events if e.type == "warning"]
+    assert warning.data["code"] == "single_seed" and str(settings.storage_dir) not in warning.message
+    assert sum(1 for e in events if e.type == "unit" and e.data["status"] == "succeeded") == 5
+    assert not LocalStore(settings.storage_dir).work_dir(job_id).exists()
+    assert execute_unit(settings, job_id, "a", planner, dispatcher=dispatcher) == "skipped"  # idempotent
+
+
+def test_a_failed_unit_fails_the_study(settings: Settings) -> None:
+    job_id = add_study(settings)
+    planner, dispatcher = GraphPlanner(fail="b"), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    assert drain(settings, job_id, planner, dispatcher) == ["a:succeeded", "b:failed"]
+    job = job_row(settings, job_id)
+    assert (job.status, job.error_code) == ("failed", "invalid_input")
+    assert job.error_message.startswith("unit b: b: broken at ") and str(settings.storage_dir) not in job.error_message
+    units = units_of(settings, job_id)
+    assert {k: u.status for k, u in units.items()} == {"a": "succeeded", "b": "failed", "grow": "cancelled",
+                                                       "report": "cancelled"}
+
+
+def test_cancel_stops_the_whole_graph(settings: Settings) -> None:
+    job_id = add_study(settings)
+
+    def cancelled_meanwhile(should_stop: Callable[[], bool]) -> None:
+        with session_scope(settings.db_url) as session:  # the API's cancel while `a` runs
+            session.execute(update(Job).where(Job.id == job_id).values(status="cancelling", cancel_requested=True))
+        deadline = time.monotonic() + 30
+        while not should_stop():
+            assert time.monotonic() < deadline, "should_stop never said stop"
+            time.sleep(0.01)
+        raise Cancelled("stopped at a step boundary")
+
+    planner, dispatcher = GraphPlanner(during={"a": cancelled_meanwhile}), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    assert drain(settings, job_id, planner, dispatcher) == ["a:cancelled", "b:skipped"]
+    assert planner.ran == ["a"]  # b's message came after the cancel: it never ran
+    assert job_row(settings, job_id).status == "cancelled"
+    assert {u.status for u in units_of(settings, job_id).values()} == {"cancelled"}
+    assert dispatcher.units == ["a", "b"]
+
+
+def test_the_reaper_sends_again_a_unit_whose_worker_died(settings: Settings) -> None:
+    job_id = add_study(settings)
+    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    with session_scope(settings.db_url) as session:  # `a` ran on a worker that died; the job's own heartbeat is old
+        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.key == "a")
+                        .values(status="running", attempt=1, heartbeat_at=stale(), worker="dead:1"))
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=stale()))
+    counts = reap_once(settings, dispatcher)
+    assert counts["requeued"] == 1 and counts["sent"] == 1
+    assert dispatcher.units == ["a", "b", "a"]
+    assert job_row(settings, job_id).status == "running"  # a planned study is not re-queued as a whole
+    assert drain(settings, job_id, planner, dispatcher)[-1] == "report:succeeded"
+    units = units_of(settings, job_id)
+    assert units["a"].attempt == 2 and all(u.attempt == 1 for k, u in units.items() if k != "a")
+    assert planner.ran.count("a") == 1 and job_row(settings, job_id).status == "succeeded"
+    assert reap_once(settings, dispatcher) == {"requeued": 0, "cancelled": 0, "failed": 0, "sent": 0, "resent": 0}
+
+
+def test_a_ready_unit_nobody_sent_is_sent_by_the_reaper(settings: Settings) -> None:
+    job_id = add_study(settings)
+    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    with session_scope(settings.db_url) as session:  # a and b finished, their worker died before sending `grow`
+        session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.key.in_(["a", "b"]))
+                        .values(status="succeeded", attempt=1))
+        session.execute(update(JobUnit).where(JobUnit.job_id == job_id).values(created_at=stale()))
+    assert reap_once(settings, dispatcher)["sent"] == 1 and dispatcher.units[-1] == "grow"
+    assert reap_once(settings, dispatcher)["sent"] == 0

@@ -29,6 +29,7 @@ def upgrade() -> None:
     sa.Column('params', services.db.types.JSONType, nullable=False),
     sa.Column('deps', services.db.types.JSONType, nullable=False),
     sa.Column('weight', sa.Float(), nullable=False),
+    sa.Column('progress', sa.Float(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('worker', sa.String(length=200), nullable=True),
