@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from midre.defenses import build_defense
 from midre.device import resolve_device
 from midre.errors import ConfigError
 from midre.evaluation import EvalModelConfig, evaluate_reconstructions, feature_space_analysis
-from midre.evaluation.eval_model import EvaluationModel, load_evaluation_model, train_evaluation_model
+from midre.evaluation.eval_model import load_evaluation_model, train_evaluation_model
 from midre.models import check_input_size, list_models
 from midre.priors.prior import check_prior_options
 from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
@@ -101,7 +100,9 @@ def parse_defense(item: Any) -> dict[str, Any]:
 
 
 def defense_label(defense: dict[str, Any]) -> str:
-    """Folder-safe label: ``midre``, or ``midre-a_h0.8`` when parameters are given."""
+    """Folder-safe label: ``midre``, ``midre-a_h0.8`` when parameters are given, ``midre-a_h0.8+nls`` composed."""
+    if "+" in defense["name"]:  # a composed defense: each part's parameters under its own name
+        return "+".join(defense_label({"name": n, **dict(defense.get(n) or {})}) for n in defense["name"].split("+"))
     extra = "-".join(f"{k}{v}" for k, v in sorted(defense.items()) if k != "name")
     return defense["name"] + (f"-{extra}" if extra else "")
 
@@ -411,50 +412,69 @@ def _write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def gmi_prior_config(settings: _AttackSettings, attack: str) -> Any:
+    """The :class:`midre.priors.PriorConfig` of the target-independent GMI prior an attack uses, or ``None``.
+
+    Every attack registered with ``needs="gmi"`` (:func:`midre.attacks.register_attack`) gets it.
+    """
+    from midre.attacks.registry import get_attack
+    from midre.priors import PriorConfig
+
+    if get_attack(attack).needs != "gmi":
+        return None
+    budget = settings.budget_for(attack)
+    options = settings.options_for(attack)
+    return PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": 0, **options.get("prior", {})})
+
+
+def gmi_prior(attack: str, settings: _AttackSettings, public: Any, image_shape: tuple[int, int, int],
+              cache_dir: str, device: str, progress: ProgressCallback | None = None,
+              should_stop: StopCallback | None = None) -> Any:
+    """The target-independent GMI prior of an attack registered with ``needs="gmi"`` (trained once, cached),
+    or ``None`` for the other attacks (they train or need nothing themselves)."""
+    from midre.priors import load_or_train_prior
+
+    cfg = gmi_prior_config(settings, attack)
+    if cfg is None or public is None:
+        return None
+    return load_or_train_prior(cfg, public, image_shape, cache_dir=cache_dir, device=device, progress=progress,
+                               should_stop=should_stop)
+
+
 def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[int], settings: _AttackSettings,
-                seed: int, run_dir: Path, evaluator: EvaluationModel, private: Any, public: Any, prior_cache: dict,
+                seed: int, run_dir: Path, score: Any, private: Any, public: Any, prior: Any,
                 cache_dir: str, device: str, progress: ProgressCallback,
                 should_stop: StopCallback) -> dict[str, Any]:
-    """Run (or load) one attack on one target and return its metrics record."""
+    """Run (or load) one attack on one target and return its metrics record.
+
+    ``score(pixels, labels, private)`` judges the reconstructions; ``prior`` is the attack's GMI prior
+    (``None``: the attack trains what it needs itself, cached in ``cache_dir``).
+    """
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and (run_dir / "recon.safetensors").is_file():
         logger.info("skipping finished attack run %s", run_dir)
         return json.loads(metrics_path.read_text())
     budget = settings.budget_for(attack)
     options = settings.options_for(attack)
-    prior = None
-    start_fraction = 0.0
-    if needs_public_data(attack) and attack in ("gmi", "lomma+gmi", "rlb-mi", "brep-mi") and public is not None:
-        from midre.priors import PriorConfig, load_or_train_prior
-
-        cfg = PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": 0, **options.get("prior", {})})
-        key = json.dumps(cfg.to_dict(), sort_keys=True)
-        if key not in prior_cache:  # the GMI prior is target-independent: train once per study
-            t0 = time.monotonic()
-            prior_cache[key] = load_or_train_prior(cfg, public, target.image_shape, cache_dir=cache_dir,
-                                                   device=device, progress=scaled(progress, 0.0, 0.5),
-                                                   should_stop=should_stop)
-            prior_cache[key + ":seconds"] = time.monotonic() - t0
-            start_fraction = 0.5
-        prior = prior_cache[key]
+    if prior is not None:
         options = {k: v for k, v in options.items() if k != "prior"}
     result = run_attack(attack, target, ids, per_identity=settings.per_identity, prior=prior, public=public,
                         budget=budget, options=options, seed=seed, device=device, cache_dir=cache_dir,
-                        progress=scaled(progress, start_fraction, 1.0),
-                        should_stop=should_stop)
+                        progress=progress, should_stop=should_stop)
     pixels = result.pixels()
-    scores = evaluate_reconstructions(evaluator, pixels, result.labels, private.images, private.labels)
+    scores = score(pixels, result.labels, private)
     record = {"attack": attack, "seed": seed, "acc": 100.0 * target_acc,
               "attacc_top1": 100.0 * scores["attacc_top1"], "attacc_top5": 100.0 * scores["attacc_top5"],
               "knn_dist": scores["knn_dist"], "delta_eval": scores["delta_eval"],
               "target_confidence": float(result.confidence.mean()), "queries": result.queries,
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-              "images": int(result.labels.numel()), "extra": result.extra}
+              "images": int(result.labels.numel()), "extra": result.extra,
+              **{k: scores[k] for k in ("judges", "agreement", "double_check", "pixel_std") if k in scores}}
     if result.checkpoints:  # query-budgeted attacks: AttAcc of the images held at each checkpoint
         curve = []
         for used, snap in result.checkpoints:
-            s = evaluate_reconstructions(evaluator, snap, result.labels, private.images, private.labels)
+            s = score(snap, result.labels, private)
             curve.append({"queries": used, "attacc_top1": 100.0 * s["attacc_top1"],
                           "attacc_top5": 100.0 * s["attacc_top5"]})
         record["attacc_vs_queries"] = curve
@@ -523,140 +543,17 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
                  should_stop: StopCallback | None = None) -> dict[str, Any]:
     """Run the whole NoDef-vs-defense study and write ``report.json`` + ``report.html`` to ``out_dir``.
 
-    Steps: (1) load the private (and public) data; (2) train or reuse the evaluation model;
-    (3) train one target per defense and seed (resumed/skipped by :func:`midre.train.train`);
-    (4) train or reuse the GAN priors and run every attack on every target; (5) evaluate AttAcc,
-    KNN distance, delta_eval; (6) feature-space analysis, plots and the report.
+    The study is a graph of units (:mod:`midre.plan`): the evaluation model(s), the target-independent
+    GAN priors, one target per defense and seed, one attack run per target and attack (judged on
+    AttAcc, KNN distance, delta_eval), then the report with its feature-space analysis and plots.
+    This runs them one after the other in this process (:func:`midre.plan.run_study`).
 
     Returns:
         The report dict (also written as ``out_dir/report.json``).
     """
-    from midre.data import load_dataset
-    from midre.train import TrainConfig, train
+    from midre.plan import run_study
 
-    progress = progress or no_progress
-    should_stop = should_stop or never_stop
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(config.device))
-    cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
-    timings: dict[str, float] = {}
-    t_start = time.monotonic()
-    seeds = config.seed_list
-    need_public = any(needs_public_data(a) for a in config.attacks)
-
-    # (1) data
-    num_private = config.num_private
-    public_note = None
-    if need_public and config.public_data is None and num_private is None:
-        total = _count_identities(config.dataset_spec())
-        num_private = max(2, total - max(1, math.ceil(config.public_fraction * total)))
-        public_note = (f"no public data given: identities {num_private + 1}..{total} (sorted by name) are public, "
-                       f"the first {num_private} private")
-        logger.info(public_note)
-    spec = config.dataset_spec(num_private)
-    splits = load_dataset(spec)
-    public = None
-    if need_public:
-        if config.public_data:
-            public = _load_public(config.public_data, spec)
-        elif splits.public is not None:
-            from midre.priors import PublicData
-
-            public = PublicData.from_images(splits.public.images, f"{config.data}: {len(splits.public_class_names)} "
-                                            "non-private identities")
-        else:
-            raise ValueError("public_data: the attacks need public images; give a path or set num_private")
-    _write_json(out / "config.json", {**config.to_dict(), "resolved_num_private": num_private})
-
-    n_runs = len(config.defenses) * len(seeds)
-    stages = _Stages(progress, [("eval", 1.0), ("train", 2.0 * n_runs), ("attack", 1.5 * n_runs * len(config.attacks)),
-                                ("report", 0.3)])
-    # (2) evaluation model
-    t0 = time.monotonic()
-    evaluator = (train_evaluation_model(spec, cache_dir, config.eval_config(), device=device,
-                                        progress=stages.sub("eval"), should_stop=should_stop))
-    timings["evaluation_model"] = time.monotonic() - t0
-    stages.mark("eval", f"evaluation model {evaluator.arch}: accuracy {evaluator.accuracy}")
-
-    # (3) targets
-    labels_of: dict[str, str] = {}
-    target_dirs: dict[tuple[str, int], Path] = {}
-    train_sub = stages.sub("train")
-    t0 = time.monotonic()
-    for i, (defense, seed) in enumerate([(d, s) for d in config.defenses for s in seeds]):
-        label = defense_label(defense)
-        labels_of[label] = {"nodef": "NoDef", "midre": "MIDRE"}.get(label, label)
-        tdir = out / "targets" / label / f"seed{seed}"
-        cfg = TrainConfig(data=spec, arch=config.arch, defense=defense, epochs=config.epochs,
-                          batch_size=config.batch_size, lr=config.lr, augment=tuple(config.augment), seed=seed,
-                          device=device, weights_path=config.weights_path, init_from=config.init_from)
-        train(cfg, tdir, progress=scaled(train_sub, i / n_runs, (i + 1) / n_runs), should_stop=should_stop)
-        target_dirs[(label, seed)] = tdir
-    timings["targets"] = time.monotonic() - t0
-
-    # (4-5) attacks
-    num_ids = len(splits.class_names)
-    ids = list(range(min(num_ids, config.identities or num_ids)))
-    prior_cache: dict[str, Any] = {}
-    records: list[dict[str, Any]] = []
-    targets: dict[tuple[str, int], AttackTarget] = {}
-    attack_sub = stages.sub("attack")
-    jobs = [(lbl, s, a) for (lbl, s) in target_dirs for a in config.attacks]
-    t0 = time.monotonic()
-    for j, (label, seed, attack) in enumerate(jobs):
-        tdir = target_dirs[(label, seed)]
-        if (label, seed) not in targets:
-            targets[(label, seed)] = AttackTarget.from_checkpoint(str(tdir), device=device)
-        target = targets[(label, seed)]
-        acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
-        sub = scaled(attack_sub, j / len(jobs), (j + 1) / len(jobs))
-        sub(ProgressEvent(stage="attack", fraction=0.0, message=f"{attack} on {label} seed {seed}"))
-        rec = _attack_one(attack, target, acc, ids, config, seed, out / "attacks" / label / f"seed{seed}" / attack,
-                          evaluator, splits.train, public, prior_cache, cache_dir, device, sub, should_stop)
-        records.append({**rec, "defense": label, "seed": seed})
-    timings["attacks"] = time.monotonic() - t0
-    for key, seconds in prior_cache.items():
-        if key.endswith(":seconds"):
-            prior_cfg = json.loads(key.removesuffix(":seconds"))
-            timings[f"prior_{prior_cfg['kind']}_{prior_cfg['steps']}_steps"] = seconds
-
-    # (6) report
-    t0 = time.monotonic()
-    from midre.report import aggregate_runs, write_report
-
-    defense_labels = [defense_label(d) for d in config.defenses]
-    results, verdicts = aggregate_runs(records, defense_labels, config.attacks, baseline=defense_labels[0])
-    grids, features, feature_json = _grids_and_features(records, out, labels_of, targets, splits.train,
-                                                        list(splits.class_names), config, config.attacks,
-                                                        defense_labels)
-    timings["report"] = time.monotonic() - t0
-    timings["total"] = time.monotonic() - t_start
-    cards = {f"{lbl}/seed{s}": (targets[(lbl, s)].card.get("metrics") or {}) for (lbl, s) in targets}
-    report = {
-        "kind": "pipeline",
-        "dataset": {**spec.to_dict(), "identities": len(splits.class_names), "class_names": list(splits.class_names),
-                    "summary": splits.summary, "public": (public.description if public is not None else None),
-                    "public_note": public_note},
-        "models": {"target": {"arch": config.arch, "epochs": config.epochs, "batch_size": config.batch_size,
-                              "lr": config.lr, "per_run": cards},
-                   "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
-                                                                       if evaluator.accuracy is not None else None),
-                                  "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},
-        "defenses": config.defenses,
-        "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
-                     "per_identity": config.per_identity, "identities": len(ids)} for a in config.attacks],
-        "seeds": seeds,
-        "results": results,
-        "verdicts": verdicts,
-        "runs": records,
-        "feature_space": feature_json,
-        "timings": timings,
-        "device": device,
-    }
-    report = write_report(report, out, grids=grids, feature_results=features)
-    progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
-    return report
+    return run_study(config, out_dir, progress=progress, should_stop=should_stop)
 
 
 def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: ProgressCallback | None = None,
@@ -720,14 +617,25 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     num_ids = len(splits.class_names)
     ids = list(range(min(num_ids, config.identities or num_ids)))
     jobs = [(s, a) for s in seeds for a in config.attacks]
+
+    def score(pixels: torch.Tensor, labels: torch.Tensor, private: Any) -> dict[str, Any]:
+        return evaluate_reconstructions(evaluator, pixels, labels, private.images, private.labels)
+
     records = []
     prior_cache: dict[str, Any] = {}
     attack_sub = stages.sub("attack")
     t0 = time.monotonic()
     for j, (seed, attack) in enumerate(jobs):
         sub = scaled(attack_sub, j / len(jobs), (j + 1) / len(jobs))
+        if attack not in prior_cache:
+            t1 = time.monotonic()
+            prior_cache[attack] = gmi_prior(attack, config, public, target.image_shape, cache_dir, device,
+                                            scaled(sub, 0.0, 0.5), should_stop)
+            if prior_cache[attack] is not None:
+                timings[f"prior_gmi_{config.budget_for(attack).prior_steps}_steps"] = time.monotonic() - t1
         rec = _attack_one(attack, target, acc, ids, config, seed, out / "attacks" / label / f"seed{seed}" / attack,
-                          evaluator, splits.train, public, prior_cache, cache_dir, device, sub, should_stop)
+                          score, splits.train, public, prior_cache[attack], cache_dir, device,
+                          scaled(sub, 0.5 if prior_cache[attack] is not None else 0.0, 1.0), should_stop)
         records.append({**rec, "defense": label, "seed": seed})
     timings["attacks"] = time.monotonic() - t0
     from midre.report import aggregate_runs, write_report
@@ -764,5 +672,5 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     return report
 
 
-__all__ = ["DEFAULT_ATTACK_BUDGETS", "AttackEvalConfig", "PipelineConfig", "defense_label", "parse_defense",
-           "run_attack_eval", "run_pipeline"]
+__all__ = ["DEFAULT_ATTACK_BUDGETS", "AttackEvalConfig", "PipelineConfig", "defense_label", "gmi_prior",
+           "parse_defense", "run_attack_eval", "run_pipeline"]

@@ -1,0 +1,595 @@
+"""A study as a graph of small, idempotent units that any process can run.
+
+A study (``pipeline``, ``sweep``, ``harden``) is split into units:
+
+- ``judge/<arch>-s<seed>``: one evaluation model (trained once, cached in ``cache_dir``);
+- ``prior/gmi-<hash>``: one target-independent GAN prior (cached in ``cache_dir``);
+- ``target/<defense>/seed<k>``: one target model per (defense, seed);
+- ``attack/<defense>/seed<k>/<attack>``: one attack run, judged by every judge;
+- ``expand/...``: a decision that returns new units (the harden search);
+- ``report``: the report of everything that ran.
+
+:func:`run_study` runs them one after the other in one process; a service can run every unit as
+its own task on any worker, all of them sharing ``out_dir``. A unit writes only its own files
+(each finished unit leaves ``out_dir/units/<key>.json``, written last by an atomic rename), reads
+only what its dependencies wrote, and returns at once when it has finished before.
+
+Example:
+    >>> config = study_config("pipeline", {"data": "digits", "seeds": 2})
+    >>> units = plan_study(config)
+    >>> for unit in units:  # in dependency order (plan_study's order is one)
+    ...     units += run_unit(config, "runs/s", unit)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from midre.errors import ConfigError
+from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
+
+logger = logging.getLogger(__name__)
+
+#: Relative cost of each unit kind (progress = finished weight / total weight).
+WEIGHTS = {"judge": 1.0, "prior": 0.5, "target": 2.0, "attack": 1.5, "expand": 0.05, "report": 0.3}
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One task of a study.
+
+    Attributes:
+        key: unique in the study and folder-safe (``target/midre-a_h0.4/seed1``).
+        kind: ``judge``, ``prior``, ``target``, ``attack``, ``expand`` or ``report``.
+        deps: keys of the units that must have finished before this one runs.
+        weight: relative cost estimate.
+        params: JSON-able inputs beyond the study config.
+    """
+
+    key: str
+    kind: str
+    deps: tuple[str, ...] = ()
+    weight: float = 1.0
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "deps": list(self.deps), "weight": self.weight,
+                "params": self.params}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Unit:
+        return cls(key=data["key"], kind=data["kind"], deps=tuple(data.get("deps") or ()),
+                   weight=float(data.get("weight", 1.0)), params=dict(data.get("params") or {}))
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def _unit(key: str, kind: str, deps: tuple[str, ...] | list[str] = (), **params: Any) -> Unit:
+    return Unit(key=key, kind=kind, deps=tuple(deps), weight=WEIGHTS.get(kind, 1.0), params=params)
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def study_config(kind: str, data: dict[str, Any]) -> Any:
+    """The config object of a study ``kind`` (``pipeline``, ``sweep``, ``harden``) from a JSON-like dict.
+
+    Raises:
+        ConfigError: an unknown kind, or naming the invalid field.
+    """
+    from midre.study import PipelineConfig
+    from midre.sweep import HardenConfig, SweepConfig
+
+    classes = {"pipeline": PipelineConfig, "sweep": SweepConfig, "harden": HardenConfig}
+    if kind not in classes:
+        raise ConfigError("kind", f"unknown study kind {kind!r}; known: {', '.join(classes)}")
+    data = dict(data)
+    if "dataset" in data and "data" not in data:  # the REST spelling
+        data["data"] = data.pop("dataset")
+    return classes[kind].from_dict(data)
+
+
+def study_kind(config: Any) -> str:
+    """``pipeline``, ``sweep`` or ``harden`` for a config object."""
+    from midre.sweep import HardenConfig, SweepConfig
+
+    if isinstance(config, HardenConfig):
+        return "harden"
+    if isinstance(config, SweepConfig):
+        return "sweep"
+    return "pipeline"
+
+
+# --------------------------------------------------------------------------- shared study state
+
+
+@dataclass
+class StudyContext:
+    """What every unit of one study needs: the data, where to cache, which identities to attack."""
+
+    spec: Any
+    splits: Any
+    public: Any
+    num_private: int | None
+    public_note: str | None
+    device: str
+    cache_dir: str
+    ids: list[int]
+
+
+_CONTEXTS: dict[tuple[str, str], StudyContext] = {}
+
+
+def study_context(config: Any, out_dir: str | Path) -> StudyContext:
+    """Load the private (and public) data of a study; cached per (config, out_dir) in this process."""
+    from midre.attacks import needs_public_data
+    from midre.data import load_dataset
+    from midre.device import resolve_device
+    from midre.study import _count_identities, _load_public
+
+    out = Path(out_dir)
+    cache_key = (json.dumps(config.to_dict(), sort_keys=True, default=str), str(out.resolve()))
+    if cache_key in _CONTEXTS:
+        return _CONTEXTS[cache_key]
+    need_public = any(needs_public_data(a) for a in config.attacks)
+    num_private = config.num_private
+    public_note = None
+    if need_public and config.public_data is None and num_private is None:
+        total = _count_identities(config.dataset_spec())
+        num_private = max(2, total - max(1, math.ceil(config.public_fraction * total)))
+        public_note = (f"no public data given: identities {num_private + 1}..{total} (sorted by name) are public, "
+                       f"the first {num_private} private")
+    spec = config.dataset_spec(num_private)
+    splits = load_dataset(spec)
+    public = None
+    if need_public:
+        if config.public_data:
+            public = _load_public(config.public_data, spec)
+        elif splits.public is not None:
+            from midre.priors import PublicData
+
+            public = PublicData.from_images(splits.public.images, f"{config.data}: {len(splits.public_class_names)} "
+                                            "non-private identities")
+        else:
+            raise ConfigError("public_data", "the attacks need public images; give a path or set num_private")
+    num_ids = len(splits.class_names)
+    ctx = StudyContext(spec=spec, splits=splits, public=public, num_private=num_private, public_note=public_note,
+                       device=str(resolve_device(config.device)),
+                       cache_dir=str(Path(config.cache_dir) if config.cache_dir else out / "cache"),
+                       ids=list(range(min(num_ids, config.identities or num_ids))))
+    _CONTEXTS.clear()  # one study at a time per process is the common case; keep memory bounded
+    _CONTEXTS[cache_key] = ctx
+    return ctx
+
+
+def judge_configs(config: Any) -> list[Any]:
+    """The evaluation models (judges) of a study: ``eval_archs`` or the documented default panel."""
+    base = config.eval_config()
+    try:
+        from midre.evaluation.judges import default_judge_configs
+    except ImportError:  # a single evaluation model
+        return [base]
+    archs = getattr(config, "eval_archs", None)
+    return list(default_judge_configs(base, archs))
+
+
+def judge_key(cfg: Any) -> str:
+    return f"judge/{cfg.arch}-s{cfg.seed}"
+
+
+def gmi_prior_config(config: Any, attack: str) -> Any:
+    """The target-independent GMI prior an attack uses (registered with ``needs="gmi"``), or None."""
+    from midre.study import gmi_prior_config as prior_config
+
+    return prior_config(config, attack)
+
+
+def prior_key(prior_cfg: Any) -> str:
+    blob = json.dumps(prior_cfg.to_dict(), sort_keys=True)
+    return f"prior/gmi-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def target_key(label: str, seed: int) -> str:
+    return f"target/{label}/seed{seed}"
+
+
+def attack_key(label: str, seed: int, attack: str) -> str:
+    return f"attack/{label}/seed{seed}/{attack}"
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def base_units(config: Any) -> list[Unit]:
+    """Judge and prior units of a study (independent of the targets)."""
+    units = [_unit(judge_key(c), "judge", config=c.to_dict()) for c in judge_configs(config)]
+    seen: set[str] = set()
+    for attack in config.attacks:
+        cfg = gmi_prior_config(config, attack)
+        if cfg is not None and prior_key(cfg) not in seen:
+            seen.add(prior_key(cfg))
+            units.append(_unit(prior_key(cfg), "prior", config=cfg.to_dict()))
+    return units
+
+
+def candidate_units(config: Any, defense: dict[str, Any], seeds: list[int],
+                    attacks: list[str] | None = None) -> list[Unit]:
+    """Target units of one defense (one per seed) and its attack units (one per seed and attack)."""
+    from midre.study import defense_label
+
+    label = defense_label(defense)
+    judges = [judge_key(c) for c in judge_configs(config)]
+    units: list[Unit] = []
+    for seed in seeds:
+        tkey = target_key(label, seed)
+        units.append(_unit(tkey, "target", label=label, defense=defense, seed=seed))
+        for attack in attacks if attacks is not None else config.attacks:
+            prior = gmi_prior_config(config, attack)
+            deps = [tkey, *judges, *([prior_key(prior)] if prior is not None else [])]
+            units.append(_unit(attack_key(label, seed, attack), "attack", deps, label=label, defense=defense,
+                               seed=seed, attack=attack))
+    return units
+
+
+def report_unit(units: list[Unit], candidates: list[dict[str, Any]]) -> Unit:
+    """The final unit: depends on every attack unit; ``candidates`` = ``[{"label", "defense", "skipped"}]``."""
+    deps = [u.key for u in units if u.kind in ("attack", "target", "judge")]
+    return _unit("report", "report", deps, candidates=candidates)
+
+
+def plan_study(config: Any) -> list[Unit]:
+    """The initial units of a study, deterministic for a config, in a valid sequential order."""
+    if study_kind(config) == "harden":
+        from midre.harden import plan_harden
+
+        return plan_harden(config)
+    from midre.study import defense_label
+
+    units = base_units(config)
+    for defense in config.defenses:
+        units += candidate_units(config, defense, config.seed_list)
+    cands = [{"label": defense_label(d), "defense": d, "skipped": None} for d in config.defenses]
+    return [*units, report_unit(units, cands)]
+
+
+# --------------------------------------------------------------------------- running one unit
+
+
+def _marker(out: Path, key: str) -> Path:
+    return out / "units" / f"{key}.json"
+
+
+def unit_result(out_dir: str | Path, key: str) -> dict[str, Any] | None:
+    """The stored result of a finished unit (``None`` when it has not finished)."""
+    path = _marker(Path(out_dir), key)
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _finish(out: Path, unit: Unit, seconds: float, result: dict[str, Any], new_units: list[Unit]) -> None:
+    from midre.study import _write_json
+
+    _write_json(_marker(out, unit.key), {"key": unit.key, "kind": unit.kind, "seconds": seconds, "result": result,
+                                         "new_units": [u.to_dict() for u in new_units]})
+
+
+def run_unit(config: Any, out_dir: str | Path, unit: Unit, *, progress: ProgressCallback | None = None,
+             should_stop: StopCallback | None = None) -> list[Unit]:
+    """Run one unit of a study (idempotent); return the new units it adds to the graph.
+
+    Raises:
+        midre.progress.Cancelled: ``should_stop()`` became true.
+        ValueError: a dependency has not finished, or the unit's own failure.
+    """
+    progress = progress or no_progress
+    should_stop = should_stop or never_stop
+    out = Path(out_dir)
+    done = unit_result(out, unit.key)
+    if done is not None:
+        return [Unit.from_dict(u) for u in done.get("new_units", [])]
+    if should_stop():
+        raise Cancelled(f"{unit.key}: stopped before it started")
+    missing = [d for d in unit.deps if unit_result(out, d) is None]
+    if missing:
+        raise ValueError(f"{unit.key}: dependencies not finished: {', '.join(missing[:5])}")
+    runner = _RUNNERS.get(unit.kind)
+    if runner is None:
+        raise ValueError(f"{unit.key}: unknown unit kind {unit.kind!r}")
+    t0 = time.monotonic()
+    result, new_units = runner(config, out, unit, progress, should_stop)
+    _finish(out, unit, time.monotonic() - t0, result, new_units)
+    return new_units
+
+
+def _run_judge(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+               should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    from midre.evaluation import EvalModelConfig
+    from midre.evaluation.eval_model import train_evaluation_model
+
+    ctx = study_context(config, out)
+    params = dict(unit.params["config"])
+    params["augment"] = tuple(params.get("augment") or ())
+    ev = train_evaluation_model(ctx.spec, ctx.cache_dir, EvalModelConfig(**params), device=ctx.device,
+                                progress=progress, should_stop=should_stop)
+    progress(ProgressEvent(stage="eval", fraction=1.0, message=f"evaluation model {ev.arch}: accuracy {ev.accuracy}"))
+    return {"dir": str(ev.directory), "arch": ev.arch, "accuracy": ev.accuracy,
+            "accuracy_split": ev.accuracy_split}, []
+
+
+def _run_prior(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+               should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    from midre.priors import PriorConfig, load_or_train_prior
+
+    ctx = study_context(config, out)
+    cfg = PriorConfig(**unit.params["config"])
+    image_shape = tuple(ctx.splits.train.images.shape[1:])
+    prior = load_or_train_prior(cfg, ctx.public, image_shape, cache_dir=ctx.cache_dir, device=ctx.device,
+                                progress=progress, should_stop=should_stop)
+    return {"dir": str(Path(ctx.cache_dir) / "priors" / prior.info["key"]), "kind": cfg.kind,
+            "steps": cfg.steps}, []
+
+
+def _run_target(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+                should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    from midre.train import TrainConfig, train
+
+    ctx = study_context(config, out)
+    p = unit.params
+    tdir = out / "targets" / p["label"] / f"seed{p['seed']}"
+    cfg = TrainConfig(data=ctx.spec, arch=config.arch, defense=p["defense"], epochs=config.epochs,
+                      batch_size=config.batch_size, lr=config.lr, augment=tuple(config.augment), seed=p["seed"],
+                      device=ctx.device, weights_path=config.weights_path, init_from=config.init_from)
+    result = train(cfg, tdir, progress=progress, should_stop=should_stop)
+    return {"dir": str(tdir), "metrics": result.card.get("metrics") or {}}, []
+
+
+class _Judges:
+    """Scores reconstructions with every judge of the study (a panel when :mod:`midre.evaluation.judges` exists)."""
+
+    def __init__(self, config: Any, ctx: StudyContext) -> None:
+        from midre.evaluation.eval_model import eval_model_key, load_evaluation_model
+
+        self.configs = judge_configs(config)
+        self.panel = None
+        try:
+            from midre.evaluation.judges import JudgePanel
+        except ImportError:
+            JudgePanel = None  # noqa: N806
+        if JudgePanel is not None:
+            self.panel = JudgePanel.load(ctx.spec, ctx.cache_dir, self.configs, device=ctx.device)
+            self.first = self.panel.judges[0]
+        else:  # trained by its judge unit: this only loads it
+            directory = Path(ctx.cache_dir) / "evaluation" / eval_model_key(ctx.spec, self.configs[0])
+            self.first = load_evaluation_model(directory, device=ctx.device)
+
+    def score(self, pixels: Any, labels: Any, private: Any) -> dict[str, Any]:
+        from midre.evaluation import evaluate_reconstructions
+
+        if self.panel is not None:
+            return self.panel.score(pixels, labels, private.images, private.labels)
+        return evaluate_reconstructions(self.first, pixels, labels, private.images, private.labels)
+
+    def describe(self) -> list[dict[str, Any]]:
+        if self.panel is not None:
+            return self.panel.describe()
+        ev = self.first
+        return [{"arch": ev.arch, "seed": self.configs[0].seed,
+                 "accuracy": 100.0 * ev.accuracy if ev.accuracy is not None else None,
+                 "accuracy_split": ev.accuracy_split, "dir": str(ev.directory)}]
+
+
+def _run_attack(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+                should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    from midre.attacks import AttackTarget
+    from midre.priors import load_or_train_prior
+    from midre.study import _attack_one
+
+    ctx = study_context(config, out)
+    p = unit.params
+    tdir = out / "targets" / p["label"] / f"seed{p['seed']}"
+    target = AttackTarget.from_checkpoint(str(tdir), device=ctx.device)
+    acc = float((target.card.get("metrics") or {}).get("test_accuracy") or 0.0)
+    prior = None
+    prior_cfg = gmi_prior_config(config, p["attack"])
+    if prior_cfg is not None:  # finished by its own unit: this loads it from the cache
+        prior = load_or_train_prior(prior_cfg, ctx.public, target.image_shape, cache_dir=ctx.cache_dir,
+                                    device=ctx.device)
+    judges = _Judges(config, ctx)
+    progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{p['attack']} on {p['label']} seed {p['seed']}"))
+    run_dir = out / "attacks" / p["label"] / f"seed{p['seed']}" / p["attack"]
+    rec = _attack_one(p["attack"], target, acc, ctx.ids, config, p["seed"], run_dir, judges.score,
+                      ctx.splits.train, ctx.public, prior, ctx.cache_dir, ctx.device, progress, should_stop)
+    return {"attacc_top1": rec["attacc_top1"], "acc": rec["acc"]}, []
+
+
+def _run_expand(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+                should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    from midre.harden import run_expand
+
+    return run_expand(config, out, unit)
+
+
+def _run_report(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
+                should_stop: StopCallback) -> tuple[dict, list[Unit]]:
+    report = build_report(config, out, unit.params["candidates"])
+    progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
+    return {"report": "report.json", "recommendation": report.get("recommendation")}, []
+
+
+_RUNNERS: dict[str, Callable[..., tuple[dict, list[Unit]]]] = {
+    "judge": _run_judge, "prior": _run_prior, "target": _run_target, "attack": _run_attack, "expand": _run_expand,
+    "report": _run_report}
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _unit_seconds(out: Path) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    root = out / "units"
+    if root.is_dir():
+        for path in root.rglob("*.json"):
+            data = json.loads(path.read_text())
+            found[data["key"]] = data
+    return found
+
+
+def collect_records(out: Path, candidates: list[dict[str, Any]], seeds: list[int],
+                    attacks: list[str]) -> list[dict[str, Any]]:
+    """Every finished attack run's record of the given candidates (skipped seeds/attacks are absent)."""
+    records = []
+    for cand in candidates:
+        for seed in seeds:
+            for attack in attacks:
+                path = out / "attacks" / cand["label"] / f"seed{seed}" / attack / "metrics.json"
+                if path.is_file():
+                    records.append({**json.loads(path.read_text()), "defense": cand["label"], "seed": seed})
+    return records
+
+
+def build_report(config: Any, out: Path, candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate every finished run of ``candidates`` into ``report.json`` / ``report.html``."""
+    from midre.attacks import AttackTarget
+    from midre.report import aggregate_runs, write_report
+    from midre.study import _grids_and_features, _write_json
+
+    t0 = time.monotonic()
+    ctx = study_context(config, out)
+    seeds = config.seed_list
+    _write_json(out / "config.json", {**config.to_dict(), "resolved_num_private": ctx.num_private})
+    labels = [c["label"] for c in candidates]
+    labels_of = {lbl: {"nodef": "NoDef", "midre": "MIDRE"}.get(lbl, lbl) for lbl in labels}
+    records = collect_records(out, candidates, seeds, config.attacks)
+    targets: dict[tuple[str, int], Any] = {}
+    for lbl in labels:
+        for seed in seeds:
+            tdir = out / "targets" / lbl / f"seed{seed}"
+            if (tdir / "model.json").is_file() and (tdir / "model.safetensors").is_file():
+                targets[(lbl, seed)] = AttackTarget.from_checkpoint(str(tdir), device="cpu")
+    results, verdicts = aggregate_runs(records, labels, config.attacks, baseline=labels[0])
+    grids, features, feature_json = _grids_and_features(records, out, labels_of, targets, ctx.splits.train,
+                                                        list(ctx.splits.class_names), config, config.attacks,
+                                                        labels) if records else ({}, {}, {})
+    markers = _unit_seconds(out)
+    timings: dict[str, float] = {"evaluation_model": 0.0, "targets": 0.0, "attacks": 0.0}
+    for data in markers.values():
+        kind, seconds = data["kind"], float(data.get("seconds") or 0.0)
+        if kind == "judge":
+            timings["evaluation_model"] += seconds
+        elif kind == "target":
+            timings["targets"] += seconds
+        elif kind == "attack":
+            timings["attacks"] += seconds
+        elif kind == "prior":
+            res = data.get("result") or {}
+            timings[f"prior_{res.get('kind', 'gmi')}_{res.get('steps')}_steps"] = seconds
+    timings["report"] = time.monotonic() - t0
+    timings["total"] = sum(float(d.get("seconds") or 0.0) for d in markers.values()) + timings["report"]
+    judges = _Judges(config, ctx)
+    described = judges.describe()
+    first = described[0]
+    cards = {f"{lbl}/seed{s}": (targets[(lbl, s)].card.get("metrics") or {}) for (lbl, s) in targets}
+    report: dict[str, Any] = {
+        "kind": study_kind(config),
+        "dataset": {**ctx.spec.to_dict(), "identities": len(ctx.splits.class_names),
+                    "class_names": list(ctx.splits.class_names), "summary": ctx.splits.summary,
+                    "public": (ctx.public.description if ctx.public is not None else None),
+                    "public_note": ctx.public_note},
+        "models": {"target": {"arch": config.arch, "epochs": config.epochs, "batch_size": config.batch_size,
+                              "lr": config.lr, "per_run": cards},
+                   "evaluation": {"arch": first["arch"], "accuracy": first["accuracy"],
+                                  "accuracy_split": first["accuracy_split"], "dir": first["dir"]}},
+        "judges": described,
+        "defenses": [c["defense"] for c in candidates],
+        "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
+                     "per_identity": config.per_identity, "identities": len(ctx.ids)} for a in config.attacks],
+        "seeds": seeds,
+        "results": results,
+        "verdicts": verdicts,
+        "runs": records,
+        "feature_space": feature_json,
+        "timings": timings,
+        "device": ctx.device,
+    }
+    if study_kind(config) in ("sweep", "harden"):
+        from midre.sweep import frontier_section
+
+        report.update(frontier_section(config, candidates, records, out))
+    return write_report(report, out, grids=grids, feature_results=features)
+
+
+def read_report(out_dir: str | Path) -> dict[str, Any]:
+    """``report.json`` of a study whose ``report`` unit has finished."""
+    path = Path(out_dir) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report.json in {out_dir}: the study's report unit has not finished")
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- the sequential driver
+
+
+def order_units(units: list[Unit], done: set[str]) -> Unit | None:
+    """The first unit (in list order) not done whose dependencies are all done."""
+    for unit in units:
+        if unit.key not in done and all(d in done for d in unit.deps):
+            return unit
+    return None
+
+
+def run_study(config: Any, out_dir: str | Path, *, progress: ProgressCallback | None = None,
+              should_stop: StopCallback | None = None) -> dict[str, Any]:
+    """Run every unit of a study in this process, in dependency order (expansions included).
+
+    Returns:
+        The report dict (also ``out_dir/report.json``).
+    """
+    progress = progress or no_progress
+    should_stop = should_stop or never_stop
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from midre.study import _write_json
+
+    _write_json(out / "config.json", {**config.to_dict(), "study": study_kind(config)})
+    units = plan_study(config)
+    done: set[str] = set()
+    finished_weight = 0.0
+    last = 0.0
+
+    def report_progress(event: ProgressEvent) -> None:
+        nonlocal last
+        last = max(last, min(event.fraction, 1.0))
+        progress(ProgressEvent(**{**event.to_dict(), "fraction": last}))
+
+    while True:
+        unit = order_units(units, done)
+        if unit is None:
+            break
+        total = sum(u.weight for u in units) or 1.0
+        sub = scaled(report_progress, finished_weight / total, min(1.0, (finished_weight + unit.weight) / total))
+        new = run_unit(config, out, unit, progress=sub, should_stop=should_stop)
+        done.add(unit.key)
+        finished_weight += unit.weight
+        known = {u.key for u in units}
+        units += [u for u in new if u.key not in known]
+    left = [u.key for u in units if u.key not in done]
+    if left:
+        raise ValueError(f"study graph has units whose dependencies never finish: {', '.join(left[:5])}")
+    report = read_report(out)
+    if last < 1.0:
+        progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
+    return report
+
+
+__all__ = ["StudyContext", "Unit", "build_report", "candidate_units", "plan_study", "read_report", "run_study",
+           "run_unit", "study_config", "study_context", "unit_result"]
