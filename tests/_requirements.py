@@ -7,7 +7,11 @@ to the local PostgreSQL / Redis / RabbitMQ servers (``$MIDRE_TEST_PG_ADMIN``, ``
 to enable them, so ``uv run pytest`` passes on a fresh clone. Where they must be present (CI sets
 ``MIDRE_REQUIRE_FACES=1`` and ``MIDRE_REQUIRE_SERVERS=1``), a missing one fails the test instead.
 
-Every fixture that needs faces or a server decides through :func:`need_faces` / :func:`need_server`.
+The dashboard's browser tests drive Debian's Chromium (``/usr/bin/chromium``) through Playwright; without
+it they are skipped, and with ``MIDRE_REQUIRE_BROWSER=1`` (CI installs the package and sets it) they fail.
+
+Every fixture that needs faces, a server or the browser decides through :func:`need_faces` /
+:func:`need_server` / :func:`need_browser`.
 """
 
 from __future__ import annotations
@@ -72,3 +76,20 @@ def need_server(name: str, url: str, variable: str) -> None:
     """Skip (or fail) unless server ``name`` listens at ``url``; ``variable`` is the env var that sets the URL."""
     if not server_up(url):
         missing(f"needs {name} at {url} (set {variable} to point elsewhere)", REQUIRE_SERVERS)
+
+
+REQUIRE_BROWSER = "MIDRE_REQUIRE_BROWSER"
+#: Debian's ``chromium`` package (``apt-get install -y chromium``); the browser tests never download one.
+CHROMIUM = Path(os.environ.get("MIDRE_CHROMIUM", "/usr/bin/chromium"))
+
+
+def need_browser() -> Path:
+    """The Chromium executable the browser tests drive; skips (or fails under ``MIDRE_REQUIRE_BROWSER=1``)
+    when it or the Playwright client is missing."""
+    if not CHROMIUM.is_file() or not os.access(CHROMIUM, os.X_OK):
+        missing(f"needs Chromium at {CHROMIUM} (`apt-get install -y chromium`, or set MIDRE_CHROMIUM)", REQUIRE_BROWSER)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing("needs the Playwright client (`uv sync` installs it with the dev group)", REQUIRE_BROWSER)
+    return CHROMIUM
