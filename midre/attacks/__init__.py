@@ -12,6 +12,9 @@ lomma+kedmi    (LOMMA's logit loss + model augmentation on top of GMI / KEDMI)  
 plg-mi         Yuan et al., "Pseudo Label-Guided MI", AAAI 2023                 cGAN prior
 rlb-mi         Han et al., "RL-Based Black-Box MI", CVPR 2023 (probabilities)   GAN prior
 brep-mi        Kahla et al., "Label-Only MI via Boundary Repulsion", CVPR 2022  GAN prior
+ppa            Struppek et al., "Plug & Play Attacks", ICML 2022                GAN / StyleGAN2
+if-gmi         Qiu et al., "A Closer Look at GAN Priors", ECCV 2024             GAN / StyleGAN2
+mirror         An et al., "MIRROR", NDSS 2022 (white-box)                       GAN / StyleGAN2
 ============== ================================================================ =============
 
 ``rlb-mi`` and ``brep-mi`` never see the model: they get a query-counting
@@ -56,6 +59,7 @@ from midre.attacks import image_space  # noqa: F401  prior-free white-box
 from midre.attacks import gan_attacks  # noqa: F401  GAN-prior white-box
 from midre.attacks import rlb_mi  # noqa: F401  black-box (probabilities)
 from midre.attacks import brep_mi  # noqa: F401  label-only
+from midre.attacks import highres  # noqa: F401  high-resolution white-box (PPA, IF-GMI, MIRROR)
 # isort: on
 
 __all__ = [
