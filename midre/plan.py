@@ -172,14 +172,8 @@ def study_context(config: Any, out_dir: str | Path) -> StudyContext:
 
 
 def judge_configs(config: Any) -> list[Any]:
-    """The evaluation models (judges) of a study: ``eval_archs`` or the documented default panel."""
-    base = config.eval_config()
-    try:
-        from midre.evaluation.judges import default_judge_configs
-    except ImportError:  # a single evaluation model
-        return [base]
-    archs = getattr(config, "eval_archs", None)
-    return list(default_judge_configs(base, archs))
+    """The evaluation models (judges) of a study: one per ``eval_archs`` entry or the default panel."""
+    return config.judge_configs()
 
 
 def judge_key(cfg: Any) -> str:
@@ -353,39 +347,11 @@ def _run_target(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
     return {"dir": str(tdir), "metrics": result.card.get("metrics") or {}}, []
 
 
-class _Judges:
-    """Scores reconstructions with every judge of the study (a panel when :mod:`midre.evaluation.judges` exists)."""
+def load_judges(config: Any, ctx: StudyContext) -> Any:
+    """The study's :class:`midre.evaluation.judges.JudgePanel` (every judge trained by its own unit)."""
+    from midre.evaluation.judges import JudgePanel
 
-    def __init__(self, config: Any, ctx: StudyContext) -> None:
-        from midre.evaluation.eval_model import eval_model_key, load_evaluation_model
-
-        self.configs = judge_configs(config)
-        self.panel = None
-        try:
-            from midre.evaluation.judges import JudgePanel
-        except ImportError:
-            JudgePanel = None  # noqa: N806
-        if JudgePanel is not None:
-            self.panel = JudgePanel.load(ctx.spec, ctx.cache_dir, self.configs, device=ctx.device)
-            self.first = self.panel.judges[0]
-        else:  # trained by its judge unit: this only loads it
-            directory = Path(ctx.cache_dir) / "evaluation" / eval_model_key(ctx.spec, self.configs[0])
-            self.first = load_evaluation_model(directory, device=ctx.device)
-
-    def score(self, pixels: Any, labels: Any, private: Any) -> dict[str, Any]:
-        from midre.evaluation import evaluate_reconstructions
-
-        if self.panel is not None:
-            return self.panel.score(pixels, labels, private.images, private.labels)
-        return evaluate_reconstructions(self.first, pixels, labels, private.images, private.labels)
-
-    def describe(self) -> list[dict[str, Any]]:
-        if self.panel is not None:
-            return self.panel.describe()
-        ev = self.first
-        return [{"arch": ev.arch, "seed": self.configs[0].seed,
-                 "accuracy": 100.0 * ev.accuracy if ev.accuracy is not None else None,
-                 "accuracy_split": ev.accuracy_split, "dir": str(ev.directory)}]
+    return JudgePanel.load(ctx.spec, ctx.cache_dir, judge_configs(config), device=ctx.device)
 
 
 def _run_attack(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
@@ -404,10 +370,14 @@ def _run_attack(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
     if prior_cfg is not None:  # finished by its own unit: this loads it from the cache
         prior = load_or_train_prior(prior_cfg, ctx.public, target.image_shape, cache_dir=ctx.cache_dir,
                                     device=ctx.device)
-    judges = _Judges(config, ctx)
+    panel = load_judges(config, ctx)
+
+    def score(pixels: Any, labels: Any, private: Any) -> dict[str, Any]:
+        return panel.score(pixels, labels, private.images, private.labels)
+
     progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{p['attack']} on {p['label']} seed {p['seed']}"))
     run_dir = out / "attacks" / p["label"] / f"seed{p['seed']}" / p["attack"]
-    rec = _attack_one(p["attack"], target, acc, ctx.ids, config, p["seed"], run_dir, judges.score,
+    rec = _attack_one(p["attack"], target, acc, ctx.ids, config, p["seed"], run_dir, score,
                       ctx.splits.train, ctx.public, prior, ctx.cache_dir, ctx.device, progress, should_stop)
     return {"attacc_top1": rec["attacc_top1"], "acc": rec["acc"]}, []
 
@@ -495,8 +465,7 @@ def build_report(config: Any, out: Path, candidates: list[dict[str, Any]]) -> di
             timings[f"prior_{res.get('kind', 'gmi')}_{res.get('steps')}_steps"] = seconds
     timings["report"] = time.monotonic() - t0
     timings["total"] = sum(float(d.get("seconds") or 0.0) for d in markers.values()) + timings["report"]
-    judges = _Judges(config, ctx)
-    described = judges.describe()
+    described = load_judges(config, ctx).describe()
     first = described[0]
     cards = {f"{lbl}/seed{s}": (targets[(lbl, s)].card.get("metrics") or {}) for (lbl, s) in targets}
     report: dict[str, Any] = {

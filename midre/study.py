@@ -38,8 +38,9 @@ from midre.attacks import (
 from midre.defenses import build_defense
 from midre.device import resolve_device
 from midre.errors import ConfigError
-from midre.evaluation import EvalModelConfig, evaluate_reconstructions, feature_space_analysis
-from midre.evaluation.eval_model import load_evaluation_model, train_evaluation_model
+from midre.evaluation import EvalModelConfig, feature_space_analysis
+from midre.evaluation.eval_model import load_evaluation_model
+from midre.evaluation.judges import JudgePanel, record_fields
 from midre.models import check_input_size, list_models
 from midre.priors.prior import check_prior_options
 from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
@@ -119,6 +120,7 @@ class _AttackSettings:
     prior_options: dict[str, Any] = field(default_factory=dict)
     public_data: str | None = None
     eval_arch: str = "resnet18"
+    eval_archs: list[str] | None = None
     eval_epochs: int = 20
     eval_all_images: bool = False
     feature_identities: int = 3
@@ -161,6 +163,16 @@ class _AttackSettings:
             known = ", ".join(list_models())
             raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: {known}")
         _positive_int(self, "feature_identities", 0)
+        if self.eval_archs is not None:
+            if isinstance(self.eval_archs, str):
+                self.eval_archs = [a.strip() for a in self.eval_archs.split(",") if a.strip()]
+            if not isinstance(self.eval_archs, list) or not self.eval_archs:
+                raise ConfigError("eval_archs", "must be a non-empty list of architectures (or null: the default "
+                                                "panel of judges)")
+            for i, arch in enumerate(self.eval_archs):
+                if arch not in list_models():
+                    raise ConfigError(f"eval_archs[{i}]", f"unknown architecture {arch!r}; known: "
+                                                          f"{', '.join(list_models())}")
         if self.identities is not None:
             _positive_int(self, "identities")
         for name in ("attack_budgets", "attack_options", "prior_options"):
@@ -202,6 +214,12 @@ class _AttackSettings:
 
     def eval_config(self) -> EvalModelConfig:
         return EvalModelConfig(arch=self.eval_arch, epochs=self.eval_epochs, all_images=self.eval_all_images)
+
+    def judge_configs(self) -> list[EvalModelConfig]:
+        """The judges: one per ``eval_archs`` entry, or the default panel (:func:`default_judge_configs`)."""
+        from midre.evaluation.judges import default_judge_configs
+
+        return default_judge_configs(self.eval_config(), self.eval_archs)
 
 
 @dataclass
@@ -277,6 +295,12 @@ class PipelineConfig(_AttackSettings):
             except ConfigError as exc:
                 model = "the target" if name == "arch" else "the evaluation model"
                 raise ConfigError("image_size", f"{exc.message} ({model})") from None
+        for i, arch in enumerate(self.eval_archs or []):
+            if arch in list_models():
+                try:
+                    check_input_size(arch, self.image_size)
+                except ConfigError as exc:
+                    raise ConfigError("image_size", f"{exc.message} (judge eval_archs[{i}])") from None
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list):
             raise ConfigError("seeds", f"must be a count or a list of ints, got {self.seeds!r}")
         if isinstance(self.seeds, int) and self.seeds < 1:
@@ -462,15 +486,12 @@ def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[
                         budget=budget, options=options, seed=seed, device=device, cache_dir=cache_dir,
                         progress=progress, should_stop=should_stop)
     pixels = result.pixels()
-    scores = score(pixels, result.labels, private)
-    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_acc,
-              "attacc_top1": 100.0 * scores["attacc_top1"], "attacc_top5": 100.0 * scores["attacc_top5"],
-              "knn_dist": scores["knn_dist"], "delta_eval": scores["delta_eval"],
+    scores = record_fields(score(pixels, result.labels, private))
+    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_acc, **scores,
               "target_confidence": float(result.confidence.mean()), "queries": result.queries,
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-              "images": int(result.labels.numel()), "extra": result.extra,
-              **{k: scores[k] for k in ("judges", "agreement", "double_check", "pixel_std") if k in scores}}
+              "images": int(result.labels.numel()), "extra": result.extra}
     if result.checkpoints:  # query-budgeted attacks: AttAcc of the images held at each checkpoint
         curve = []
         for used, snap in result.checkpoints:
@@ -602,9 +623,11 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
         evaluator = load_evaluation_model(config.eval_model, device=device)
         if evaluator.class_names and list(evaluator.class_names) != list(splits.class_names):
             raise ValueError("eval_model: its identities differ from the target's")
+        panel = JudgePanel([evaluator])
     else:
-        evaluator = train_evaluation_model(spec, cache_dir, config.eval_config(), device=device,
-                                           progress=stages.sub("eval"), should_stop=should_stop)
+        panel = JudgePanel.train_or_load(spec, cache_dir, config.judge_configs(), device=device,
+                                         progress=stages.sub("eval"), should_stop=should_stop)
+        evaluator = panel.judges[0]
     timings["evaluation_model"] = time.monotonic() - t0
     defense = target.card.get("defense") or {"name": "unknown"}
     label = str(defense.get("name", "target")) if isinstance(defense, dict) else "target"
@@ -619,7 +642,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
     jobs = [(s, a) for s in seeds for a in config.attacks]
 
     def score(pixels: torch.Tensor, labels: torch.Tensor, private: Any) -> dict[str, Any]:
-        return evaluate_reconstructions(evaluator, pixels, labels, private.images, private.labels)
+        return panel.score(pixels, labels, private.images, private.labels)
 
     records = []
     prior_cache: dict[str, Any] = {}
@@ -656,6 +679,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
                    "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
                                                                        if evaluator.accuracy is not None else None),
                                   "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},
+        "judges": panel.describe(),
         "defenses": [defense],
         "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
                      "per_identity": config.per_identity, "identities": len(ids)} for a in config.attacks],

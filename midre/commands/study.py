@@ -1,4 +1,4 @@
-"""``midre attack | pipeline | prior | evaluate``: model inversion studies from the command line."""
+"""``midre attack | pipeline | sweep | harden | prior | evaluate``: model inversion studies from the command line."""
 
 from __future__ import annotations
 
@@ -58,6 +58,9 @@ def _add_attack_arguments(p: argparse.ArgumentParser, default_attacks: str) -> N
     e = p.add_argument_group("evaluation")
     e.add_argument("--eval-arch", default="resnet18",
                    help="architecture of the evaluation model (must differ from the target's; default resnet18)")
+    e.add_argument("--eval-archs", default=None, metavar="ARCHS",
+                   help="comma-separated judge architectures, each an independent evaluation model with its own "
+                        "seed (default: --eval-arch and densenet121, two judges)")
     e.add_argument("--eval-epochs", type=int, default=20, help="evaluation model epochs (default 20)")
     e.add_argument("--eval-all-images", action="store_true",
                    help="train the evaluation model on every private image (its accuracy is then a train accuracy)")
@@ -90,7 +93,9 @@ def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
         budgets = {a: {**common, **budgets.get(a, {})} for a in set(attacks) | set(budgets)}
     return {"attacks": attacks, "per_identity": args.per_identity, "identities": args.identities,
             "attack_budgets": budgets, "attack_options": _json_arg(args.attack_options, "--attack-options"),
-            "public_data": args.public_data, "eval_arch": args.eval_arch, "eval_epochs": args.eval_epochs,
+            "public_data": args.public_data, "eval_arch": args.eval_arch,
+            "eval_archs": [a.strip() for a in args.eval_archs.split(",") if a.strip()] if args.eval_archs else None,
+            "eval_epochs": args.eval_epochs,
             "eval_all_images": args.eval_all_images, "feature_identities": args.feature_identities,
             "cache_dir": args.cache, "device": args.device}
 
@@ -111,23 +116,65 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
     print(f"report: {out}/report.html")
 
 
-def run_pipeline_command(args: argparse.Namespace) -> int:
+def _study_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The PipelineConfig fields of the pipeline / sweep / harden flags (``--config`` overrides them)."""
     from midre.commands.train import augment_from_args
-    from midre.study import PipelineConfig, run_pipeline
 
     data: dict[str, Any] = {
         "data": args.data, "image_size": args.image_size or (32 if args.data == "digits" else 64),
         "channels": args.channels, "normalize": not args.no_normalize, "test_fraction": args.test_fraction,
         "split_seed": args.split_seed, "num_private": args.num_private, "arch": args.arch, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "augment": list(augment_from_args(args)),
-        "defenses": args.defenses, "seeds": args.seeds, **_attack_settings(args),
+        "seeds": args.seeds, **_attack_settings(args),
     }
+    for name in ("defenses", "candidates", "max_accuracy_drop", "init_from", "finalists"):
+        if getattr(args, name, None) is not None:
+            data[name] = getattr(args, name)
+    if getattr(args, "no_refine", False):
+        data["refine"] = False
     if args.config:
         with open(args.config) as handle:
             data.update(json.load(handle))
-    config = PipelineConfig.from_dict(data)
+    return data
+
+
+def run_pipeline_command(args: argparse.Namespace) -> int:
+    from midre.study import PipelineConfig, run_pipeline
+
+    config = PipelineConfig.from_dict(_study_data(args))
     report = run_pipeline(config, args.out, progress=None if args.quiet else ProgressBar())
     _print_summary(report, args.out)
+    return 0
+
+
+def _print_frontier(report: dict[str, Any], out: str) -> None:
+    attacks = [a["name"] for a in report.get("attacks", [])]
+    print(f"{'candidate':>22} {'Acc':>13} " + " ".join(f"{a[:14]:>14}" for a in attacks) + "  pareto  note")
+    for e in report.get("frontier", []):
+        acc = e.get("acc") or {}
+        cells = []
+        for a in attacks:
+            st = (e.get("attacc") or {}).get(a)
+            cells.append(f"{st['mean']:7.2f}±{st['std']:5.2f}" if st else f"{'–':>13}")
+        acc_txt = f"{acc['mean']:6.2f}±{acc['std']:5.2f}" if acc else f"{'–':>12}"
+        print(f"{e['defense'][:22]:>22} {acc_txt:>13} " + " ".join(f"{c:>14}" for c in cells)
+              + f"  {'yes' if e.get('pareto') else '':>6}  {e.get('skipped') or ''}")
+    rec = report.get("recommendation")
+    if rec:
+        print(f"recommendation: {rec['defense']}: {rec['reason']}")
+        if rec.get("checkpoint"):
+            print(f"hardened checkpoint: {out}/{rec['checkpoint']}/")
+    elif report.get("recommendation_note"):
+        print(f"recommendation: none. {report['recommendation_note']}")
+    print(f"report: {out}/report.html")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from midre.plan import run_study, study_config
+
+    config = study_config(args.kind, _study_data(args))
+    report = run_study(config, args.out, progress=None if args.quiet else ProgressBar())
+    _print_frontier(report, args.out)
     return 0
 
 
@@ -213,6 +260,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_attack_arguments(p, "deepinversion,gmi")
     p.set_defaults(func=run_pipeline_command)
 
+    _register_sweeps(subparsers, fmt)
+
     a = subparsers.add_parser(
         "attack", help="attack one trained model and report AttAcc, KNN distance and δ_eval",
         formatter_class=fmt,
@@ -259,6 +308,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", required=True, metavar="DIR", help="cache folder")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=run_evaluate_command)
+
+
+def _target_arguments(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    from midre.commands.train import add_augment_arguments
+
+    t = p.add_argument_group("targets")
+    t.add_argument("--arch", default="cnn-small", help="target architecture (default cnn-small)")
+    t.add_argument("--seeds", type=int, default=3, help="seeds: targets and attacks per candidate (default 3)")
+    t.add_argument("--epochs", type=int, default=30, help="target training epochs (default 30)")
+    t.add_argument("--batch-size", type=int, default=32, help="target batch size (default 32)")
+    t.add_argument("--lr", type=float, default=1e-3, help="target learning rate (default 1e-3)")
+    add_augment_arguments(t)
+    t.add_argument("--config", default=None, metavar="FILE", help="JSON file of config fields overriding the flags")
+    return t
+
+
+CANDIDATES_HELP = ("candidate defenses, ';'-separated: name[:key=value,...]; key=lo..hi is a range in steps of "
+                   "0.1 (lo..hi/step sets the step), key=a|b|c a list; a+b combines defenses. NoDef is always "
+                   "added as the baseline")
+
+
+def _register_sweeps(subparsers: argparse._SubParsersAction, fmt: type) -> None:
+    """``midre sweep`` and ``midre harden``."""
+    from midre.commands.train import add_data_arguments
+    from midre.sweep import DEFAULT_HARDEN_CANDIDATES, DEFAULT_SWEEP_CANDIDATES
+
+    s = subparsers.add_parser(
+        "sweep", help="privacy-utility frontier of a grid of candidate defenses", formatter_class=fmt,
+        description="Train every candidate defense on every seed, attack it, and write the privacy-utility "
+                    "frontier (Acc and AttAcc per attack with ± over seeds, the Pareto-optimal set, a frontier "
+                    "plot per attack) to OUT/report.json + OUT/report.html. Re-running with the same --out "
+                    "resumes.\n\nexample:\n  midre sweep --data digits --candidates 'midre:a_h=0.2..0.8/0.2; nls; "
+                    "midre+nls' --attacks deepinversion --seeds 2 --out runs/sweep")
+    add_data_arguments(s)
+    t = _target_arguments(s)
+    t.add_argument("--candidates", default=DEFAULT_SWEEP_CANDIDATES,
+                   help=CANDIDATES_HELP + f" (default '{DEFAULT_SWEEP_CANDIDATES}')")
+    t.add_argument("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+                   help="also recommend the strongest candidate within this accuracy drop (default: no "
+                        "recommendation)")
+    _add_attack_arguments(s, "deepinversion,gmi")
+    s.set_defaults(func=run_sweep_command, kind="sweep")
+
+    h = subparsers.add_parser(
+        "harden", help="which defense should I ship? the strongest candidate within an accuracy budget",
+        formatter_class=fmt,
+        description="Search the candidates (a coarse grid, refined around the best a_h; candidates clearly beyond "
+                    "the accuracy budget or clearly dominated are stopped early) and recommend the one that lowers "
+                    "leakage most within --max-accuracy-drop, with the reason, the frontier as evidence and its "
+                    "hardened checkpoint in OUT/recommended/; or say plainly that none qualifies.\n\nexample:\n"
+                    "  midre harden --data ../shared/datasets/att_faces --attacks deepinversion,gmi "
+                    "--max-accuracy-drop 1.0 --out runs/harden")
+    add_data_arguments(h)
+    t = _target_arguments(h)
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start every candidate (NoDef included) from this trained model folder")
+    t.add_argument("--candidates", default=DEFAULT_HARDEN_CANDIDATES,
+                   help=CANDIDATES_HELP + f" (default '{DEFAULT_HARDEN_CANDIDATES}')")
+    t.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
+                   help="accuracy budget: largest accepted drop from NoDef, in points (default 1.0)")
+    t.add_argument("--finalists", type=int, default=None, metavar="N",
+                   help="candidates that go on to every seed after the seed-0 screening (default 2)")
+    t.add_argument("--no-refine", action="store_true", help="do not refine a_h around the best coarse candidate")
+    _add_attack_arguments(h, "deepinversion,gmi")
+    h.set_defaults(func=run_sweep_command, kind="harden")
 
 
 __all__ = ["register"]

@@ -11,6 +11,7 @@ from midre.study import AttackEvalConfig, PipelineConfig, parse_defense, run_att
 TINY = {"data": "digits", "image_size": 32, "channels": 1, "epochs": 1, "seeds": 2, "batch_size": 128,
         "max_images_per_identity": 20,
         "attacks": ["deepinversion", "gmi"], "per_identity": 1, "identities": 3, "eval_arch": "resnet18",
+        "eval_archs": ["resnet18", "cnn-small"],
         "eval_epochs": 1, "feature_identities": 2,
         "attack_budgets": {"deepinversion": {"steps": 2}, "gmi": {"steps": 2, "restarts": 1, "prior_steps": 1}},
         "prior_options": {"width": 8, "batch_size": 8}}
@@ -99,6 +100,7 @@ def test_attack_eval_on_pipeline_target(pipeline_run, tmp_path):
     out, _, _ = pipeline_run
     cfg = AttackEvalConfig.from_dict({"target": str(out / "targets" / "midre" / "seed0"), "attacks": ["mi-face"],
                                       "seeds": 1, "per_identity": 1, "identities": 2, "eval_arch": "resnet18",
+                                      "eval_archs": ["resnet18", "cnn-small"],
                                       "eval_epochs": 1, "cache_dir": str(out / "cache"),
                                       "attack_budgets": {"mi-face": {"steps": 2}}})
     report = run_attack_eval(cfg, tmp_path)

@@ -1,0 +1,141 @@
+"""Sweeps and hardening: the candidates grammar, Pareto flags, the recommendation, a tiny harden via the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from midre.cli import main
+from midre.errors import ConfigError
+from midre.study import defense_label
+from midre.sweep import HardenConfig, SweepConfig, build_frontier, pareto_flags, parse_candidates, recommend
+
+
+def test_grammar_ranges_lists_and_combinations():
+    specs = parse_candidates("nodef; midre:a_h=0.1..0.8; nls; bido; midre+nls")
+    labels = [defense_label(s) for s in specs]
+    assert labels[0] == "nodef" and labels[-3:] == ["nls", "bido", "midre+nls"]
+    assert [s["a_h"] for s in specs[1:9]] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert [s["a_h"] for s in parse_candidates("midre:a_h=0.2..0.8/0.2")[1:]] == [0.2, 0.4, 0.6, 0.8]
+    combo = parse_candidates("midre:a_h=0.3|0.5+nls:smoothing=-0.1")
+    assert combo[1] == {"name": "midre+nls", "midre": {"a_h": 0.3}, "nls": {"smoothing": -0.1}}
+    assert [defense_label(s) for s in combo[1:]] == ["midre-a_h0.3+nls-smoothing-0.1",
+                                                     "midre-a_h0.5+nls-smoothing-0.1"]
+    # NoDef is always first and only once; duplicates collapse; a JSON list works like ';'
+    assert [defense_label(s) for s in parse_candidates(["midre", "nodef; midre", {"name": "nls"}])] == \
+        ["nodef", "midre", "nls"]
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("midre:a_h=0.8..0.1", "candidates[0].a_h"),
+    ("bogus", "candidates[0].name"),
+    ("nodef; midre:zz=1", "candidates[1].zz"),
+    ("midre:a_h", "candidates[0]"),
+    ("midre:a_h=0..100/0.001", "candidates[0].a_h"),
+])
+def test_grammar_errors_name_the_candidate(text, field):
+    with pytest.raises(ConfigError) as exc:
+        parse_candidates(text)
+    assert exc.value.field == field
+
+
+def test_configs_roundtrip_and_validate():
+    cfg = SweepConfig.from_dict({"data": "digits", "candidates": "midre:a_h=0.4|0.8"})
+    assert [defense_label(d) for d in cfg.defenses] == ["nodef", "midre-a_h0.4", "midre-a_h0.8"]
+    assert SweepConfig.from_dict(cfg.to_dict()) == cfg
+    hard = HardenConfig.from_dict({"data": "digits"})
+    assert hard.max_accuracy_drop == 1.0 and len(hard.defenses) == 5  # NoDef + the coarse a_h grid
+    with pytest.raises(ConfigError, match="max_accuracy_drop"):
+        HardenConfig.from_dict({"data": "digits", "max_accuracy_drop": -1})
+    with pytest.raises(ConfigError, match="candidates"):
+        SweepConfig.from_dict({"data": "digits", "candidates": ""})
+
+
+def test_pareto_on_constructed_numbers():
+    assert pareto_flags([(90, [50]), (89, [30]), (80, [5]), (85, [40])]) == [True, True, True, False]
+    assert pareto_flags([(90, [50, 10]), (89, [30, 20]), (88, [40, 25])]) == [True, True, False]
+    assert pareto_flags([(90, [50]), (90, [50])]) == [True, True]  # ties dominate neither
+
+
+def _cands(*labels):
+    return [{"label": lbl, "defense": {"name": lbl.split("-")[0], **({"a_h": float(lbl.split("a_h")[1])}
+                                                                     if "a_h" in lbl else {})}, "skipped": None}
+            for lbl in labels]
+
+
+def _records(label, accs, attaccs, attack="gmi"):
+    return [{"defense": label, "seed": s, "attack": attack, "acc": acc, "attacc_top1": att, "attacc_top5": att}
+            for s, (acc, att) in enumerate(zip(accs, attaccs, strict=True))]
+
+
+def test_recommendation_picks_the_largest_reduction_within_budget():
+    records = (_records("nodef", [90.0, 90.4], [50.0, 52.0]) + _records("midre-a_h0.4", [89.6, 89.8], [30.0, 32.0])
+               + _records("midre-a_h0.6", [89.4, 89.6], [40.0, 41.0])
+               + _records("midre-a_h0.8", [80.0, 81.0], [5.0, 6.0]))
+    frontier = build_frontier(_cands("nodef", "midre-a_h0.4", "midre-a_h0.6", "midre-a_h0.8"), records, ["gmi"])
+    assert [e["pareto"] for e in frontier] == [True, True, False, True]
+    assert frontier[3]["acc_drop"] == pytest.approx(9.7)
+    chosen, note = recommend(frontier, ["gmi"], 1.0)
+    assert chosen["defense"] == "midre-a_h0.4" and chosen["reason"] == note
+    assert "20.0 points" in note and "1-point budget" in note
+    chosen, _ = recommend(frontier, ["gmi"], 20.0)  # a larger budget admits the strongest erasing
+    assert chosen["defense"] == "midre-a_h0.8"
+
+
+def test_recommendation_none_when_within_seed_spread_or_one_seed():
+    records = _records("nodef", [90.0, 90.4], [50.0, 54.0]) + _records("midre-a_h0.4", [89.6, 89.8], [49.0, 53.0])
+    frontier = build_frontier(_cands("nodef", "midre-a_h0.4"), records, ["gmi"])
+    chosen, note = recommend(frontier, ["gmi"], 1.0)
+    assert chosen is None and note.startswith("No candidate lowers top-1 AttAcc beyond the seed spread")
+    one = build_frontier(_cands("nodef", "midre-a_h0.4"),
+                         _records("nodef", [90.0], [50.0]) + _records("midre-a_h0.4", [89.9], [10.0]), ["gmi"])
+    chosen, note = recommend(one, ["gmi"], 1.0)
+    assert chosen is None and "one seed" in note.lower()
+
+
+def test_recommendation_refuses_a_candidate_that_raises_another_attack():
+    records = (_records("nodef", [90.0, 90.0], [50.0, 52.0]) + _records("nodef", [90.0, 90.0], [20.0, 21.0], "di")
+               + _records("midre-a_h0.4", [89.8, 89.8], [30.0, 31.0])
+               + _records("midre-a_h0.4", [89.8, 89.8], [40.0, 41.0], "di"))
+    frontier = build_frontier(_cands("nodef", "midre-a_h0.4"), records, ["gmi", "di"])
+    assert recommend(frontier, ["gmi", "di"], 1.0)[0] is None
+
+
+def test_skipped_candidates_are_never_pareto_or_recommended():
+    cands = _cands("nodef", "midre-a_h0.4")
+    cands[1]["skipped"] = "seed 0: accuracy drop beyond the budget"
+    records = _records("nodef", [90.0, 90.4], [50.0, 52.0]) + _records("midre-a_h0.4", [89.6, 89.8], [10.0, 11.0])
+    frontier = build_frontier(cands, records, ["gmi"])
+    assert frontier[1]["pareto"] is False and frontier[1]["skipped"]
+    assert recommend(frontier, ["gmi"], 1.0)[0] is None
+
+
+def test_harden_end_to_end_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "harden"
+    rc = main(["harden", "--data", "digits", "--image-size", "32", "--channels", "1", "--epochs", "1",
+               "--seeds", "2", "--batch-size", "128", "--attacks", "deepinversion", "--steps", "2",
+               "--per-identity", "1", "--identities", "2", "--eval-archs", "resnet18,cnn-small", "--eval-epochs", "1",
+               "--feature-identities", "0", "--candidates", "midre:a_h=0.3|0.6", "--max-accuracy-drop", "1.0",
+               "--quiet", "--out", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "recommendation:" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "harden" and report["max_accuracy_drop"] == 1.0
+    frontier = report["frontier"]
+    assert frontier[0]["defense"] == "nodef" and len(frontier) >= 3
+    for entry in frontier:
+        assert {"defense", "params", "acc", "attacc", "pareto", "skipped"} <= set(entry)
+    assert [j["arch"] for j in report["judges"]] == ["resnet18", "cnn-small"]
+    assert (out / "frontier_deepinversion.png").is_file()
+    rec = report["recommendation"]
+    if rec is None:
+        assert report["recommendation_note"] and "recommendation: none" in printed
+    else:
+        assert rec["reason"] and (out / "recommended" / "model.safetensors").is_file()
+        assert (out / "recommended" / "model.json").is_file()
+    # the search ran fewer training/attack units than the full grid of the candidates it looked at
+    ran = [p for p in (out / "units").rglob("*.json")
+           if json.loads(p.read_text())["kind"] in ("target", "attack")]
+    assert len(ran) < len(frontier) * 2 * (1 + 1)
