@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, update
 
 from services.db.keys import get_or_create_tenant, mint_key
-from services.db.models import ApiKey, Artifact, Job, UiSession
+from services.db.models import ApiKey, Artifact, Job, JobUnit, UiSession
 from services.db.session import session_scope
 from services.db.types import new_id, utcnow
 from services.gateway.ui.sessions import COOKIE
@@ -292,6 +292,17 @@ def test_jobs_list_filters_and_job_page(api: Api, key_a: str) -> None:
     assert [e["message"] for e in state["events"]][-1] == "cancelled before it started"
     after = api.client.get(f"/ui/jobs/{queued}/state?after={state['next']}").json()
     assert after["events"] == []
+
+
+def test_a_fanned_out_study_shows_its_units(api: Api, key_a: str) -> None:
+    sign_in(api, key_a)
+    job = add_job(api, key_a, status="running")
+    assert "Units" not in api.client.get(f"/ui/jobs/{job}").text
+    with session_scope(api.settings.db_url) as session:
+        for key, status in (("eval", "succeeded"), ("target/midre/seed0", "running"), ("report", "pending")):
+            session.add(JobUnit(job_id=job, key=key, kind=key.split("/")[0], status=status, progress=0.5))
+    page = api.client.get(f"/ui/jobs/{job}").text
+    assert "3 units" in page and "1 running" in page and "1 succeeded" in page and "target/midre/seed0" in page
 
 
 def test_the_event_stream_sends_status_events_and_ends(api: Api, key_a: str) -> None:

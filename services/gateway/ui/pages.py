@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Artifact, Job
+from services.db.models import Artifact, Job, JobUnit
 from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
 from services.gateway.errors import ApiError, FieldError
 from services.gateway.model_cards import evaluations_of
@@ -330,7 +330,8 @@ def job_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: st
     view = job_view(session, job)
     events = _events(session, user, job_id, None, 1000)
     arts = artifacts_api.list_artifacts(session, user.caller.tenant, job_id).items
-    return page(request, "job.html", user, job=view, events=events.items, artifacts=arts,
+    units = session.scalars(select(JobUnit).where(JobUnit.job_id == job.id).order_by(JobUnit.id)).all()
+    return page(request, "job.html", user, job=view, events=events.items, artifacts=arts, units=units,
                 terminal=view.status in jobstate.TERMINAL, has_report=any(a.name == "report.json" for a in arts),
                 last_event=events.items[-1].id if events.items else 0)
 
