@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Version of the resolved document stored on each job (``resolved.version``).
 SPEC_VERSION = 1
@@ -116,6 +116,10 @@ class EvaluationParams(_Strict):
     per_identity: int | None = Field(None, ge=1, le=1000, description="Reconstructions per identity.")
     identities: int | None = Field(None, ge=1, le=1_000_000, description="Identities attacked (default all).")
     feature_identities: int | None = Field(None, ge=0, le=100, description="Identities in the feature plots.")
+    archs: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(
+        None, min_length=1, max_length=8,
+        description="Architectures of the judges (independent evaluation models; default the library's panel).",
+    )
 
 
 class BudgetSpec(_Strict):
@@ -208,7 +212,72 @@ class PipelineJobSpec(_StudyFields):
     )
 
 
-JobSpec = Annotated[TrainJobSpec | AttackEvalJobSpec | PipelineJobSpec, Field(discriminator="kind")]
+#: A candidate defense of a sweep or harden study: the grammar's text (``"midre:a_h=0.2..0.8/0.2"``,
+#: ``"nls"``, ``"midre+nls"``; several joined by ``;``) or a defense object.
+Candidate = Annotated[str, Field(min_length=1, max_length=1000)] | DefenseSpec
+
+
+class _GridFields(_StudyFields):
+    """Fields of the studies over a grid of candidate defenses (sweep, harden)."""
+
+    @field_validator("candidates", mode="before", check_fields=False)
+    @classmethod
+    def _one_string(cls, value: Any) -> Any:
+        return _candidate_list(value)
+
+    dataset: Id = Field(description="`digits` or the id of one of your datasets.")
+    arch: str = Field(min_length=1, max_length=100)
+    init_from: Id | None = Field(
+        None, description="Id of one of your models to start every target from (NoDef included)."
+    )
+    training: PipelineTrainingParams = Field(default_factory=PipelineTrainingParams)
+    data: DataOptions = Field(default_factory=DataOptions)
+    public_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of identities used as public data when the attacks need it."
+    )
+
+
+def _candidate_list(value: Any) -> Any:
+    """A grid given as one string (``"nodef; midre:a_h=0.2..0.8"``) is a list of one string."""
+    return [value] if isinstance(value, str) else value
+
+
+class SweepJobSpec(_GridFields):
+    """A pipeline over a grid of candidate defenses: the privacy-utility frontier (every candidate's Acc
+    and AttAcc per attack, ± over seeds, the Pareto-optimal ones, a frontier plot per attack)."""
+
+    kind: Literal["sweep"]
+    candidates: list[Candidate] | None = Field(
+        None, min_length=1, max_length=50,
+        description="The grid, e.g. `nodef; midre:a_h=0.1..0.8; nls; bido; midre+nls` (a string, or a list of such "
+        "strings and defense objects); NoDef is always the baseline. Default: the library's grid.",
+    )
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="Also recommend the strongest candidate within this accuracy drop (points)."
+    )
+
+
+class HardenJobSpec(_GridFields):
+    """Harden to a budget: search the candidates (a coarse grid, refined around the best a_h, clearly
+    dominated ones stopped early) for the one that lowers leakage most within `max_accuracy_drop`;
+    the recommendation's checkpoint becomes this job's model."""
+
+    kind: Literal["harden"]
+    max_accuracy_drop: float = Field(1.0, ge=0, le=100, description="Utility budget: most accuracy points lost.")
+    candidates: list[Candidate] | None = Field(
+        None, min_length=1, max_length=50,
+        description="The coarse grid, a string or a list as in a sweep (default `midre:a_h=0.2..0.8/0.2`).",
+    )
+    refine: bool | None = Field(None, description="Refine a_h around the best MIDRE candidate (default true).")
+    finalists: int | None = Field(None, ge=1, le=20, description="Candidates that run every seed after screening.")
+
+
+#: Kinds that are studies over a grid of candidates (their config comes from ``midre.plan.study_config``).
+GRID_KINDS = ("sweep", "harden")
+
+JobSpec = Annotated[
+    TrainJobSpec | AttackEvalJobSpec | PipelineJobSpec | SweepJobSpec | HardenJobSpec, Field(discriminator="kind")
+]
 
 
 # --------------------------------------------------------------------------- references
@@ -271,6 +340,10 @@ def references(spec: dict[str, Any]) -> list[Ref]:
             refs.append(Ref(field, "job", spec[field]))
     if spec.get("defense"):
         refs.extend(_defense_refs(spec["defense"], "defense"))
+    candidates = spec.get("candidates")
+    for i, candidate in enumerate(candidates if isinstance(candidates, list) else []):
+        if isinstance(candidate, dict):
+            refs.extend(_defense_refs(candidate, f"candidates[{i}]"))
     return refs
 
 
@@ -299,6 +372,7 @@ _EVALUATION_KEYS = {
     "per_identity": "per_identity",
     "identities": "identities",
     "feature_identities": "feature_identities",
+    "archs": "eval_archs",
 }
 _STUDY_PASS = ("attacks", "seeds", "attack_options", "prior_options", "device", "public_fraction")
 
@@ -341,8 +415,16 @@ def library_dict(spec: dict[str, Any], inherited_data: dict[str, Any] | None = N
         return out
     out["data"] = _dataset_token(spec)
     out["arch"] = spec["arch"]
-    defense = _library_defense(spec.get("defense") or {"name": "midre"})
-    out["defenses"] = [defense] if defense.get("name") == "nodef" else [{"name": "nodef"}, defense]
+    if kind in GRID_KINDS:
+        for key in ("max_accuracy_drop", "refine", "finalists"):
+            if spec.get(key) is not None:
+                out[key] = spec[key]
+        candidates = spec.get("candidates")
+        if candidates is not None:
+            out["candidates"] = [_library_defense(c) if isinstance(c, dict) else c for c in candidates]
+    else:
+        defense = _library_defense(spec.get("defense") or {"name": "midre"})
+        out["defenses"] = [defense] if defense.get("name") == "nodef" else [{"name": "nodef"}, defense]
     out.update(_present(spec.get("data")))
     training = _present(spec.get("training"))
     seed = training.pop("seed", None)
@@ -388,6 +470,8 @@ def api_field(kind: str, field: str, spec: dict[str, Any] | None = None) -> str:
         return f"training.{field}"
     if kind == "attack_eval" and head == "data":
         return "dataset" if rest == ".source" else field
+    if head == "defenses" and kind in GRID_KINDS:
+        return "candidates"  # a grid study's defenses are its parsed candidates
     if head == "defenses":
         # The study's defense list is [nodef, <the spec's defense>] (or just [nodef]).
         return "defense" + re.sub(r"^\[\d+\]", "", rest)
@@ -413,6 +497,12 @@ def _build(kind: str, data: dict[str, Any], spec: dict[str, Any] | None = None) 
     from midre.errors import ConfigError
 
     try:
+        if kind in GRID_KINDS:
+            try:
+                from midre.plan import study_config
+            except ImportError:
+                raise SpecError("kind", f"this service's midre has no {kind} studies") from None
+            return study_config(kind, data)
         return _config_class(kind).from_dict(data)
     except ConfigError as exc:
         raise SpecError(api_field(kind, exc.field, spec), exc.message) from None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from services.db import mlflow, webhooks
-from services.db.models import Job, JobEvent
+from services.db.models import Job, JobEvent, JobUnit
 from services.db.types import utcnow
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
@@ -18,9 +18,23 @@ STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 #: ``upload`` is a model a client uploaded (``POST /v1/models``): a job that succeeded when it was
 #: stored, so uploaded and trained models share one id space, serving, policies and audits.
-KINDS = ("train", "attack_eval", "pipeline", "upload")
+KINDS = ("train", "attack_eval", "pipeline", "sweep", "harden", "upload")
 #: Kinds whose job produced one model (what ``model``, ``init_from`` and ``pretrained_job`` may name).
 MODEL_KINDS = ("train", "upload")
+#: Unit statuses of a fanned-out study (``job_units.status``).
+UNIT_STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+def unit_counts(session: Session, job_id: str) -> dict[str, int]:
+    """``{"total", "pending", "queued", "running", "succeeded", "failed", "cancelled"}`` of a study's units."""
+    rows = session.execute(
+        select(JobUnit.status, func.count()).where(JobUnit.job_id == job_id).group_by(JobUnit.status)
+    ).all()
+    counts = dict.fromkeys(UNIT_STATUSES, 0)
+    for status, n in rows:
+        counts[status] = counts.get(status, 0) + int(n)
+    counts["total"] = sum(int(n) for _, n in rows)
+    return counts
 
 
 def add_event(

@@ -117,7 +117,7 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
     # Drop the discriminated-union tag pydantic inserts (e.g. body.train.arch -> arch).
-    if parts and parts[0] in {"train", "attack_eval", "pipeline"} and len(parts) > 1:
+    if parts and parts[0] in {"train", "attack_eval", "pipeline", "sweep", "harden"} and len(parts) > 1:
         parts = parts[1:]
     return ".".join(parts) or "body"
 

@@ -24,6 +24,18 @@ class JobError(BaseModel):
     message: str
 
 
+class UnitCounts(BaseModel):
+    """How far a fanned-out study's unit graph is (``GET /v1/jobs/{id}/units`` lists the units)."""
+
+    total: int
+    pending: int = Field(description="Waiting for the units they depend on.")
+    queued: int = Field(description="Sent to the job's queue, not yet taken by a worker.")
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it."""
 
@@ -46,6 +58,34 @@ class JobPublic(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    units: UnitCounts | None = Field(
+        None, description="A study (pipeline, sweep, harden) once planned: its units by status (null otherwise)."
+    )
+
+
+class UnitPublic(BaseModel):
+    """One unit of a fanned-out study: an evaluation model, a prior, a target, an attack run, a search
+    step (``expand``) or the report."""
+
+    key: str = Field(description="e.g. `target/midre-a_h0.4/seed0`, `attack/nodef/seed0/gmi`, `report`.")
+    kind: str
+    status: Literal["pending", "queued", "running", "succeeded", "failed", "cancelled", "skipped"]
+    deps: list[str] = Field(description="Keys of the units that must succeed first.")
+    weight: float = Field(description="Relative cost; the job's progress weighs units by it.")
+    progress: float = Field(ge=0, le=1)
+    attempt: int = Field(description="Deliveries to a worker (more than 1 after a lost worker).")
+    worker: str | None
+    error: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+class UnitList(BaseModel):
+    """Every unit of a study, in the order they were planned or added."""
+
+    items: list[UnitPublic]
+    counts: UnitCounts
 
 
 class JobPage(BaseModel):
@@ -60,7 +100,7 @@ class EventPublic(BaseModel):
 
     id: int
     created_at: dt.datetime
-    type: str = Field(description="status | stage | epoch | log")
+    type: str = Field(description="status | stage | epoch | log | unit | warning")
     attempt: int
     stage: str | None
     message: str

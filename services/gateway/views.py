@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.db.jobs import unit_counts
 from services.db.models import Artifact, Dataset, Job, JobEvent, Metric
 from services.gateway.schemas import (
     ArtifactPublic,
@@ -12,7 +13,11 @@ from services.gateway.schemas import (
     EventPublic,
     JobError,
     JobPublic,
+    UnitCounts,
 )
+
+#: Kinds that run as a graph of units (``services.worker.fanout.FANOUT_KINDS``).
+STUDY_KINDS = frozenset({"pipeline", "sweep", "harden"})
 
 
 def metrics_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, float]]:
@@ -37,7 +42,12 @@ def final_metrics(session: Session, job_id: str) -> dict[str, float]:
 def job_view(session: Session, job: Job, metrics: dict[str, float] | None = None) -> JobPublic:
     """The public view of a job (``metrics`` when already loaded, e.g. for a page of jobs)."""
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+    units = None
+    if job.kind in STUDY_KINDS and job.status != "queued":
+        counts = unit_counts(session, job.id)
+        units = UnitCounts(**counts) if counts["total"] else None
     return JobPublic(
+        units=units,
         id=job.id,
         kind=job.kind,
         status=job.status,  # type: ignore[arg-type]

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from midre.progress import Cancelled
 from midre.vocabulary import normalise
 from services.db import jobs as jobstate
+from services.db.jobs import unit_counts
 from services.db.models import Artifact, Job, JobUnit, Metric
 from services.db.session import session_factory
 from services.db.types import pid_host, utcnow
@@ -134,18 +135,6 @@ def unit_dict(row: JobUnit) -> dict[str, Any]:
 def has_units(session: Session, job_id: str) -> bool:
     """Whether the job was planned into units (then the units, not the job, carry the heartbeats)."""
     return session.scalar(select(JobUnit.id).where(JobUnit.job_id == job_id).limit(1)) is not None
-
-
-def unit_counts(session: Session, job_id: str) -> dict[str, int]:
-    """``{"total", "pending", "queued", "running", "succeeded", "failed", "cancelled"}`` of a job's units."""
-    rows = session.execute(
-        select(JobUnit.status, func.count()).where(JobUnit.job_id == job_id).group_by(JobUnit.status)
-    ).all()
-    counts = {status: 0 for status in (PENDING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)}
-    for status, n in rows:
-        counts[status] = counts.get(status, 0) + int(n)
-    counts["total"] = sum(int(n) for _, n in rows)
-    return counts
 
 
 def unit_event(session: Session, job: Job, row: JobUnit, status: str, message: str, **data: Any) -> None:

@@ -232,3 +232,43 @@ def test_a_predict_body_past_the_serving_cap_is_413_before_it_is_spooled(tmp_pat
         r = client.post("/v1/models/job_x/predict", files=part, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body", r.text
         assert not list((settings.storage_dir).rglob("*.png"))
+
+
+GRID = {"dataset": "digits", "arch": "cnn-small", "training": {"epochs": 1, "image_size": 32, "seed": 0},
+        "data": {"channels": 1, "max_images_per_identity": 12}, **STUDY}
+
+
+def test_sweep_and_harden_specs_resolve_to_the_library_configs(api: Api, key_a: str) -> None:
+    pytest.importorskip("midre.plan")
+    harden = submit(api, key_a, {"kind": "harden", **GRID, "candidates": ["midre:a_h=0.3|0.6", {"name": "nls"}]})
+    assert harden.status_code == 201, harden.text
+    config = harden.json()["resolved"]["config"]
+    assert config["max_accuracy_drop"] == 1.0  # the default budget
+    assert [d["name"] for d in config["defenses"]] == ["nodef", "midre", "midre", "nls"]
+    assert [d.get("a_h") for d in config["defenses"][1:3]] == [0.3, 0.6]
+    sweep = submit(api, key_a, {"kind": "sweep", **GRID, "candidates": "nodef; midre:a_h=0.2..0.4/0.2; nls"})
+    assert sweep.status_code == 201, sweep.text
+    assert sweep.json()["resolved"]["config"]["max_accuracy_drop"] is None
+    assert len(sweep.json()["resolved"]["config"]["defenses"]) == 4
+    listed = api.client.get("/v1/jobs?kind=harden", headers=api.auth(key_a)).json()["items"]
+    assert [j["id"] for j in listed] == [harden.json()["id"]]
+
+
+def test_bad_sweep_and_harden_specs_are_422_naming_the_field(api: Api, key_a: str) -> None:
+    pytest.importorskip("midre.plan")
+    harden = {"kind": "harden", **GRID}
+    cases = [
+        ({**harden, "max_accuracy_drop": -1}, "max_accuracy_drop"),
+        ({**harden, "max_accuracy_drop": 101}, "max_accuracy_drop"),
+        ({**harden, "candidates": ["midre:a_h=7"]}, "candidates[0].a_h"),
+        ({**harden, "candidates": ["nls", {"name": "midre", "a_hh": 0.3}]}, "candidates[1].a_hh"),
+        ({**harden, "candidates": ["no-such-defense"]}, "candidates[0].name"),
+        ({**harden, "candidates": []}, "candidates"),
+        ({**harden, "finalists": 0}, "finalists"),
+        ({**harden, "defense": {"name": "midre"}}, "defense"),  # a grid study's defenses are its candidates
+        ({**harden, "training": {"epochs": 1, "weights_path": "/etc"}}, "training.weights_path"),
+        ({"kind": "sweep", **GRID, "candidates": "midre:a_h=0.1..x"}, "candidates[0].a_h"),
+        ({"kind": "sweep", **GRID, "max_accuracy_drop": "much"}, "max_accuracy_drop"),
+    ]
+    for spec, field in cases:
+        assert_refused(api, key_a, spec, field)

@@ -12,12 +12,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Dataset, Job, JobEvent
+from services.db.models import Artifact, Dataset, Job, JobEvent, JobUnit
 from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, TenantRef, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found, validation_error
 from services.gateway.quotas import check_job_quotas
-from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec
+from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec, UnitCounts, UnitList, UnitPublic
 from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import DIGITS, MAX_INT64, SpecError, check_public_data, references, resolve
 
@@ -45,13 +45,34 @@ def resolve_dataset(session: Session, tenant: TenantRef, ref: str) -> tuple[str,
     return dataset.source, dataset.id
 
 
+#: Study kinds whose succeeded job is a model when it recommended one (its root ``model.json``).
+RECOMMENDING_KINDS = ("harden",)
+#: Data split fields of a study config (the rest of a model's data spec comes from its card).
+_STUDY_DATA_FIELDS = ("channels", "test_fraction", "split_seed", "num_private", "max_images_per_identity")
+
+
+def is_model(session: Session, job: Job) -> bool:
+    """Whether a job is a model: an uploaded one, a succeeded train job, or a succeeded harden job that
+    recommended a checkpoint (stored as its own ``model.json`` / ``model.safetensors``)."""
+    if job.status != jobstate.SUCCEEDED:
+        return False
+    if job.kind in jobstate.MODEL_KINDS:
+        return True
+    if job.kind in RECOMMENDING_KINDS:
+        names = select(Artifact.name).where(Artifact.job_id == job.id, Artifact.name == "model.json")
+        return session.scalar(names) is not None
+    return False
+
+
 def _model_job(session: Session, tenant: TenantRef, field: str, ref: str) -> Job:
-    """The tenant's model ``ref``: an uploaded model or a succeeded train job; 422 otherwise."""
+    """The tenant's model ``ref``: an uploaded model, a succeeded train job or a harden job's
+    recommendation; 422 otherwise."""
     job = session.get(Job, ref)
     if job is None or job.tenant_id != tenant.id:
         raise validation_error(field, f"unknown model {ref!r}")
-    if job.kind not in jobstate.MODEL_KINDS or job.status != jobstate.SUCCEEDED:
-        raise validation_error(field, f"{ref!r} is not a model: not an uploaded model or a succeeded train job")
+    if not is_model(session, job):
+        raise validation_error(field, f"{ref!r} is not a model: not an uploaded model, a succeeded train job or a "
+                                      "harden job that recommended a checkpoint")
     return job
 
 
@@ -59,9 +80,18 @@ def _model_data(job: Job) -> dict[str, Any] | None:
     """The data spec a model was trained on, as far as the service knows it (None: unknown)."""
     if job.kind == "upload":  # a midre model.json uploaded as it is still carries its data spec
         return ((job.spec.get("card") or {}).get("config") or {}).get("data")
+    if job.kind in RECOMMENDING_KINDS:
+        return _study_data(job)
     if job.resolved:
         return (job.resolved.get("config") or {}).get("data")
     return job.spec.get("data") or {}  # a train job stored before resolved configs existed
+
+
+def _study_data(job: Job) -> dict[str, Any]:
+    """A study's data spec (source token and split), as its targets were trained on it."""
+    config = (job.resolved or {}).get("config") or {}
+    data = {k: config[k] for k in _STUDY_DATA_FIELDS if config.get(k) is not None}
+    return {"source": config.get("data"), **data} if config.get("data") else data
 
 
 def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) -> tuple[str | None, Job | None]:
@@ -123,6 +153,9 @@ def submit_job(
     if spec_dict["kind"] == "attack_eval" and not spec_dict.get("dataset") and model_job is not None:
         if model_job.kind == "train" and model_job.resolved:  # its data, by id (a server path stays on the server)
             inherited = (model_job.resolved.get("config") or {}).get("data")
+            dataset_id = model_job.dataset_id
+        elif model_job.kind in RECOMMENDING_KINDS:
+            inherited = _study_data(model_job)
             dataset_id = model_job.dataset_id
     try:
         resolved = resolve(spec_dict, inherited)
@@ -261,6 +294,23 @@ def list_events(
     return EventPage(items=items, next_cursor=rows[limit - 1].id if len(rows) > limit else None)
 
 
+@router.get("/{job_id}/units", response_model=UnitList, summary="A study's units")
+def list_units(session: DB, tenant: CurrentTenant, job_id: str) -> UnitList:
+    """The unit graph of a study (pipeline, sweep, harden) that runs fanned out over the workers:
+    every evaluation model, prior, target, attack run, search step and the report, with its status,
+    dependencies, attempts and worker. Empty for other jobs and for a study not planned yet."""
+    job = get_job(session, tenant, job_id)
+    rows = session.scalars(select(JobUnit).where(JobUnit.job_id == job.id).order_by(JobUnit.id)).all()
+    items = [
+        UnitPublic(key=u.key, kind=u.kind, status=u.status, deps=list(u.deps or []),  # type: ignore[arg-type]
+                   weight=u.weight, progress=min(max(u.progress, 0.0), 1.0), attempt=u.attempt, worker=u.worker,
+                   error=u.error_message, created_at=u.created_at, started_at=u.started_at,
+                   finished_at=u.finished_at)
+        for u in rows
+    ]
+    return UnitList(items=items, counts=UnitCounts(**jobstate.unit_counts(session, job.id)))
+
+
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
@@ -270,7 +320,8 @@ def list_events(
 )
 def cancel_job(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> JobPublic:
     """A queued job is cancelled at once; a running one goes to ``cancelling`` and its worker stops
-    at the next step, saving its resume state."""
+    at the next step, saving its resume state. A fanned-out study sends no further unit, its running
+    units stop at their next step, and it is ``cancelled`` once none runs."""
     job = get_job(session, tenant, job_id)
     if jobstate.transition(session, job, [jobstate.QUEUED], jobstate.CANCELLED, cancel_requested=True):
         jobstate.add_event(session, job, "status", "cancelled before it started", data={"status": "cancelled"})
