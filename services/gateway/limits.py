@@ -17,9 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.gateway.errors import ApiError, FieldError, problem_response
 
 #: Routes that stream their body to disk under their own cap (``MIDRE_MAX_UPLOAD_BYTES``, ``..._MODEL_BYTES``).
-STREAMED = (("POST", re.compile(r"^/v1/datasets/?$")), ("POST", re.compile(r"^/v1/models/?$")))
-#: Routes that carry images.
-IMAGES = (("POST", re.compile(r"^/v1/models/[^/]+/predict$")), ("POST", re.compile(r"^/v2/models/[^/]+/infer$")))
+STREAMED = (("POST", re.compile(r"^/v1/datasets/?$")), ("POST", re.compile(r"^/v1/models/?$")),
+            ("POST", re.compile(r"^/ui/datasets/?$")))  # the dashboard's upload form
+#: Routes that carry images (the dashboard's "try it" form too).
+IMAGES = (("POST", re.compile(r"^/v1/models/[^/]+/predict$")), ("POST", re.compile(r"^/v2/models/[^/]+/infer$")),
+          ("POST", re.compile(r"^/ui/models/[^/]+/try$")))
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
 

@@ -407,6 +407,26 @@ def test_datasets_upload_report_and_delete(api: Api, key_a: str) -> None:
     assert api.client.get(f"/v1/datasets/{ds}", headers=api.auth(key_a)).status_code == 404
 
 
+def test_upload_forms_take_files_past_the_json_body_limit(api: Api, key_a: str) -> None:
+    """The dashboard's upload form streams under the dataset cap, not the 256 kB cap of JSON bodies."""
+    import numpy as np
+    from PIL import Image
+
+    def noise(seed: int) -> bytes:
+        pixels = np.random.default_rng(seed).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        return buf.getvalue()
+
+    archive = make_zip({f"p{i}/{j}.png": noise(i * 10 + j) for i in range(2) for j in range(2)})
+    assert len(archive) > api.settings.max_json_bytes
+    csrf = sign_in(api, key_a)
+    r = api.client.post("/ui/datasets", files={"file": ("big.zip", archive, "application/zip")},
+                        data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert api.client.get("/v1/datasets", headers=api.auth(key_a)).json()["items"][0]["summary"]["images"] == 4
+
+
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, Any]]:
     """Weights and card of a small model trained with the library (1 epoch, 16 px digits)."""
