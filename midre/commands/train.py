@@ -133,6 +133,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from midre.models import list_models
+    from midre.report.verdicts import train_warnings
     from midre.train import TrainConfig, train
 
     if args.list_archs:
@@ -149,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar()
     result = train(cfg, args.out, progress=bar, resume=not args.no_resume)
     m = result.metrics
+    warnings = train_warnings(m, int(result.card.get("num_classes") or 0))
     print(json.dumps({"out": str(result.out_dir), "arch": cfg.arch, "defense": cfg.defense,
                       "test_accuracy": m["test_accuracy"], "train_accuracy": m["train_accuracy"],
-                      "train_seconds": m["train_seconds"]}, indent=2), file=sys.stdout)
+                      "train_seconds": m["train_seconds"], "warnings": warnings}, indent=2), file=sys.stdout)
+    for warning in warnings:
+        print(f"WARNING ({warning['code']}): {warning['message']}", file=sys.stderr)
     return 0

@@ -5,9 +5,14 @@ every metric as ``{"mean", "std", "runs", "n"}`` over seeds, the per-run records
 Accuracies and attack accuracies are in percent (as in the paper's tables); distances are in the
 evaluation model's (KNN, delta_eval) or target's (feature space) feature units.
 
-The HTML embeds its plots as base64 PNGs (nothing external to load) and opens with one plain-
-language verdict per attack and defense, saying honestly whether the defense lowered the attack's
-success beyond the seed-to-seed spread.
+The HTML embeds its plots as base64 PNGs (nothing external to load) and opens with the warnings
+that limit what the report can say (:func:`midre.report.verdicts.report_warnings`), one leakage
+statement per attack against chance and the judges' accuracy on real images
+(:func:`midre.report.verdicts.leakage_statements`), and one plain-language verdict per attack and
+defense, saying honestly whether the defense lowered the attack's success beyond the seed-to-seed
+spread. When the runs were judged by a panel (:class:`midre.evaluation.JudgePanel`), AttAcc is the
+pooled figure (the mean of the judges') and the report adds the judges, each judge's AttAcc, their
+agreement and the double-check share.
 """
 
 from __future__ import annotations
@@ -22,12 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
+from midre.report.verdicts import (
+    judge_spread,
+    judges_disagree,
+    leakage_statements,
+    report_warnings,
+    summarize_judges,
+)
 from midre.vocabulary import VOCABULARY
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval", "queries")
+#: Figures of a judge panel, aggregated like :data:`METRICS` when the runs carry them: agreement and
+#: double-check share in percent, pixel std in ``[0, 1]`` pixel units.
+PANEL_METRICS = ("agreement", "double_check", "pixel_std")
 #: Label, direction and unit of each report metric, from the one vocabulary (:mod:`midre.vocabulary`).
 METRIC_INFO = {
     name: {"label": VOCABULARY[name].label, "higher_is_better": VOCABULARY[name].higher_is_better,
@@ -81,7 +96,9 @@ def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], atta
                    baseline: str = "nodef") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Group per-run records by (attack, defense) into mean/std rows, Δ vs the baseline and verdicts.
 
-    Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`.
+    Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`; records
+    judged by a panel also carry ``judges`` (per-judge AttAcc) and :data:`PANEL_METRICS`, which
+    become ``row["judges"]`` (per-judge mean/std) and more entries of ``row["metrics"]``.
     Returns ``(results, verdicts)``.
     """
     results, verdicts = [], []
@@ -92,13 +109,18 @@ def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], atta
                          key=lambda r: r["seed"])
             if not sel:
                 continue
-            per_def[defense] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS}
+            per_def[defense] = {m: [float(r[m]) for r in sel if r.get(m) is not None]
+                                for m in METRICS + PANEL_METRICS}
             per_def[defense]["seeds"] = [r["seed"] for r in sel]
+            per_def[defense]["judges"] = summarize_judges(sel)
         base = per_def.get(baseline)
+        rows: dict[str, dict[str, Any]] = {}
         for defense, vals in per_def.items():
-            metrics = {m: summarize(vals[m]) for m in METRICS if vals[m]}
+            metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS if vals[m]}
             row: dict[str, Any] = {"attack": attack, "defense": defense, "seeds": vals["seeds"],
                                    "metrics": metrics, "tradeoff_delta": None}
+            if vals["judges"]:
+                row["judges"] = vals["judges"]
             if base is not None and defense != baseline and base["acc"] and vals["acc"]:
                 row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
                                                        metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
@@ -106,6 +128,12 @@ def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], atta
                 row["verdict"] = v["text"]
                 verdicts.append(v)
             results.append(row)
+            rows[defense] = row
+        for v in verdicts:
+            if v["attack"] == attack and any(judges_disagree(rows[d]) for d in (baseline, v["defense"]) if d in rows):
+                v["judges_disagree"] = True
+                v["text"] += " The judges disagree by more than the seed spread here: see the warnings."
+                rows[v["defense"]]["verdict"] = v["text"]
     return results, verdicts
 
 
@@ -130,8 +158,90 @@ def format_delta(value: Any) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "–"
 
 
-def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
-    """The self-contained HTML page of ``report`` with the PNG ``images`` embedded (keyed by name)."""
+def _warnings_html(report: dict[str, Any]) -> list[str]:
+    esc = html.escape
+    warnings = report.get("warnings") or []
+    if not warnings:
+        return []
+    parts = ["<div class='warn'><h2>Warnings: read these before the numbers</h2><ul>"]
+    for w in warnings:
+        parts.append(f"<li><b>{esc(str(w.get('code', '')))}</b>: {esc(str(w.get('message', '')))}</li>")
+    parts.append("</ul></div>")
+    return parts
+
+
+def _leakage_html(report: dict[str, Any]) -> list[str]:
+    esc = html.escape
+    statements = report.get("leakage") or []
+    if not statements:
+        return []
+    parts = ["<h2>Leakage</h2>"]
+    for st in statements:
+        who = f"<b>{esc(_label(str(st['defense'])))}</b> · " if st.get("defense") else ""
+        parts.append(f"<div class='v lk-{esc(str(st.get('level')))}'>{who}{esc(str(st.get('text')))}</div>")
+    parts.append("<p class='small'>Pooled top-1 AttAcc of the baseline (or only) model against chance "
+                 "(1 / identities) and against the judges' accuracy on real held-out private images, what an "
+                 "attack that recovered the private images exactly would score.</p>")
+    return parts
+
+
+def _judges_html(report: dict[str, Any]) -> list[str]:
+    """The judges table and, per attack and defense, each judge's AttAcc, agreement and double-check."""
+    esc = html.escape
+    judges = report.get("judges") or []
+    parts: list[str] = []
+    if judges:
+        parts.append("<h2>Judges</h2><table><tr><th>Judge</th><th>Seed</th><th>Accuracy on private images</th>"
+                     "<th>Selected epoch</th></tr>")
+        for j in judges:
+            acc = j.get("accuracy")
+            split = "held-out" if j.get("accuracy_split", "test") == "test" else "training"
+            acc_txt = f"{acc:.1f} % ({split})" if isinstance(acc, int | float) else "–"
+            epoch = j.get("selected_epoch")
+            epoch_txt = f"{epoch} of {j.get('epochs')}" if epoch is not None else "–"
+            parts.append(f"<tr><td class='l'>{esc(str(j.get('arch')))}</td><td>{esc(str(j.get('seed', '–')))}</td>"
+                         f"<td>{esc(acc_txt)}</td><td>{esc(epoch_txt)}</td></tr>")
+        parts.append("</table>")
+    rows = [r for r in report.get("results", []) if r.get("judges") or
+            any(m in r.get("metrics", {}) for m in PANEL_METRICS)]
+    if not rows:
+        return parts
+    names = []
+    for r in rows:
+        for j in r.get("judges") or []:
+            name = f"{j.get('arch')} (seed {j.get('seed')})"
+            if name not in names:
+                names.append(name)
+    parts.append("<h2>AttAcc per judge</h2><table><tr><th>Attack</th><th>Defense</th><th>Pooled top-1 ↓</th>"
+                 + "".join(f"<th>{esc(n)} top-1</th>" for n in names)
+                 + "<th>Judge spread</th><th>Agreement</th><th>Double-check ↓</th><th>Pixel std</th></tr>")
+    runs = report.get("runs") or []
+    for r in rows:
+        m = r["metrics"]
+        per = {f"{j.get('arch')} (seed {j.get('seed')})": j.get("attacc_top1") for j in r.get("judges") or []}
+        spread = judge_spread(r, runs)
+        spread_txt = f"{spread['spread']:.1f} (seed std {spread['seed_std']:.1f})" if spread else "–"
+        parts.append(f"<tr><td class='l'>{esc(r['attack'])}</td><td class='l'>{esc(_label(r['defense']))}</td>"
+                     f"<td>{_fmt(m.get('attacc_top1'), 1)}</td>"
+                     + "".join(f"<td>{_fmt(per.get(n), 1)}</td>" for n in names)
+                     + f"<td>{esc(spread_txt)}</td><td>{_fmt(m.get('agreement'), 1)}</td>"
+                     f"<td>{_fmt(m.get('double_check'), 1)}</td><td>{_fmt(m.get('pixel_std'), 3)}</td></tr>")
+    parts.append("</table><p class='small'>In %. Pooled: the mean of the judges' top-1 AttAcc. Agreement: share "
+                 "of reconstructions on which all judges agree (all credit it, or none). Double-check: share of "
+                 "reconstructions a judge credits that are also nearest to the attacked identity's private "
+                 "images in another judge's features (averaged over judges; at most the pooled figure; a large "
+                 "gap means credited images that do not look like the person). Pixel std near 0: flat "
+                 "images.</p>")
+    return parts
+
+
+def render_html(report: dict[str, Any], images: dict[str, bytes],
+                extra_sections: Sequence[str] | None = None) -> str:
+    """The self-contained HTML page of ``report`` with the PNG ``images`` embedded (keyed by name).
+
+    ``extra_sections`` (HTML fragments, trusted: built by the library, e.g. a sweep's frontier)
+    are placed after the results table.
+    """
     esc = html.escape
     ds = report.get("dataset", {})
     ev = report.get("models", {}).get("evaluation", {})
@@ -141,19 +251,23 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
         "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right}th{background:#f3f3f3}td.l{text-align:left}.v{padding:6px 10px;margin:4px 0;"
         "border-left:4px solid #999;background:#fafafa}.helped{border-color:#2ca02c}.hurt{border-color:#d62728}"
-        ".no_effect,.inconclusive{border-color:#ff9f1c}img{max-width:100%}.small{color:#666;font-size:90%}</style></head><body>",
+        ".no_effect,.inconclusive{border-color:#ff9f1c}img{max-width:100%}.small{color:#666;font-size:90%}"
+        ".warn{border:2px solid #d62728;background:#fff4f4;padding:4px 12px;margin:1em 0}.warn h2{margin:.4em 0}"
+        ".lk-high{border-color:#d62728}.lk-moderate{border-color:#ff9f1c}.lk-low{border-color:#2ca02c}"
+        ".lk-none{border-color:#999}</style></head><body>",
         "<h1>Model inversion privacy-utility report</h1>",
         f"<p class='small'>Data set <b>{esc(str(ds.get('source', '?')))}</b> · "
         f"{esc(str(ds.get('identities', '?')))} private identities · {esc(str(ds.get('image_size', '?')))} px · "
         f"target <b>{esc(str(report.get('models', {}).get('target', {}).get('arch', '?')))}</b> · "
         f"seeds {esc(str(report.get('seeds', [])))} · schema v{report.get('schema_version')}</p>",
-        "<h2>Verdict</h2>",
     ]
-    if not report.get("verdicts"):
-        parts.append("<p>No defense to compare with NoDef in this report.</p>")
+    parts += _warnings_html(report)
+    parts += _leakage_html(report)
+    if report.get("verdicts"):
+        parts.append("<h2>Verdict</h2>")
     for v in report.get("verdicts", []):
         parts.append(f"<div class='v {esc(v['status'])}'>{esc(v['text'])}</div>")
-    if ev:
+    if ev and not report.get("judges"):
         acc = ev.get("accuracy")
         acc_txt = f"{acc:.1f}%" if isinstance(acc, int | float) else "?"
         parts.append(f"<p class='small'>AttAcc is judged by an independent <b>{esc(str(ev.get('arch')))}</b> "
@@ -163,6 +277,9 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
     if "summary" in images:
         parts.append("<p class='small'>The whole report in one picture (also <code>summary.png</code>):</p>"
                      f"<img alt='summary: results table, verdicts and trade-off plot' src='{_b64(images['summary'])}'>")
+    from midre.report.frontier import frontier_html
+
+    parts += frontier_html(report)  # sweeps and harden: recommendation, frontier table and plots
     parts.append("<h2>Results (paper Table 3 layout)</h2><table><tr><th>Attack</th><th>Defense</th>"
                  "<th>Acc ↑</th><th>AttAcc top-1 ↓</th><th>AttAcc top-5 ↓</th><th>KNN dist ↑</th>"
                  "<th>δ_eval ↑</th><th>Δ ↑</th><th>Queries</th></tr>")
@@ -176,6 +293,8 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
     parts.append("</table><p class='small'>Mean ± sample std over seeds (each seed trains its own target and "
                  "runs its own attack). Acc, AttAcc in %. Δ = (AttAcc<sub>NoDef</sub> − AttAcc<sub>def</sub>) / "
                  "(Acc<sub>NoDef</sub> − Acc<sub>def</sub>); OP: the defense loses no accuracy.</p>")
+    parts += _judges_html(report)
+    parts += [str(section) for section in extra_sections or ()]
     curves = [r for r in report.get("runs", []) if r.get("attacc_vs_queries")]
     if curves:
         parts.append("<h2>AttAcc vs queries (black-box / label-only attacks)</h2><table><tr><th>Attack</th>"
@@ -222,20 +341,29 @@ def render_html(report: dict[str, Any], images: dict[str, bytes]) -> str:
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str, dict[str, Any]] | None = None,
-                 feature_results: dict[str, Any] | None = None) -> dict[str, Any]:
+                 feature_results: dict[str, Any] | None = None,
+                 extra_sections: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``report.json``, ``report.html`` and the PNG plots to ``out_dir``; return the report.
+
+    Adds ``leakage`` (:func:`~midre.report.verdicts.leakage_statements`) and ``warnings``
+    (:func:`~midre.report.verdicts.report_warnings`, after any the caller put in ``report``).
 
     Args:
         report: the report dict (needs ``results``; see :func:`aggregate_runs`).
         out_dir: folder to write into.
         grids: ``{attack: {"names": [...], "real": array|None, "recon": {defense: array}}}`` in [0, 1].
         feature_results: ``{title: FeatureSpaceResult}``.
+        extra_sections: HTML fragments placed after the results table (e.g. a sweep's frontier).
     """
     from midre.report import plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {"schema_version": SCHEMA_VERSION, **report}
+    report["leakage"] = leakage_statements(report)
+    given = [w for w in report.get("warnings") or [] if isinstance(w, dict)]
+    seen = {(w.get("code"), w.get("message")) for w in given}
+    report["warnings"] = given + [w for w in report_warnings(report) if (w["code"], w["message"]) not in seen]
     images: dict[str, bytes] = {}
     rows = [{"attack": r["attack"], "defense": _label(r["defense"]), "acc": r["metrics"]["acc"],
              "attacc": r["metrics"]["attacc_top1"]} for r in report.get("results", [])
@@ -259,7 +387,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, grids: dict[str
     tmp = out / "report.json.tmp"
     tmp.write_text(json.dumps(report, indent=2, default=_json_default))
     tmp.replace(out / "report.json")
-    (out / "report.html").write_text(render_html(report, images), encoding="utf-8")
+    (out / "report.html").write_text(render_html(report, images, extra_sections), encoding="utf-8")
     logger.info("wrote %s and %s", out / "report.json", out / "report.html")
     return report
 
@@ -272,4 +400,5 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-__all__ = ["METRICS", "METRIC_INFO", "SCHEMA_VERSION", "aggregate_runs", "render_html", "verdict", "write_report"]
+__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "SCHEMA_VERSION", "aggregate_runs", "leakage_statements",
+           "render_html", "report_warnings", "verdict", "write_report"]

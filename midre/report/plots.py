@@ -74,7 +74,8 @@ def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
 
 
 def summary_card(report: dict[str, Any], cells: list[list[str]], rows: list[dict[str, Any]]) -> bytes:
-    """One picture of the whole report: the results table, the verdicts and the trade-off plot.
+    """One picture of the whole report: the results table, the warnings, leakage statements and verdicts,
+    and the trade-off plot.
 
     Made for places that show an image but not HTML (a README, a ticket, a chat): it holds the
     numbers a reader needs to see at a glance whether the defense helped. ``cells``: the table's
@@ -83,8 +84,13 @@ def summary_card(report: dict[str, Any], cells: list[list[str]], rows: list[dict
     """
     plt = _pyplot()
     ds = report.get("dataset", {})
-    fig = plt.figure(figsize=(12.0, 3.2 + 0.32 * len(cells) + 0.3 * len(report.get("verdicts", []))))
-    grid = fig.add_gridspec(2, 2, width_ratios=[1.35, 1.0], height_ratios=[1.0, 0.45])
+    texts = ([f"warning ({w.get('code')}): {w.get('message')}" for w in report.get("warnings") or []]
+             + [f"leakage {s['text']}" for s in report.get("leakage") or []]
+             + [v["text"] for v in report.get("verdicts", [])])
+    lines = [textwrap.fill("• " + text, 100, subsequent_indent="  ") for text in texts]
+    n_lines = sum(line.count("\n") + 1 for line in lines)
+    fig = plt.figure(figsize=(12.0, 3.2 + 0.32 * len(cells) + 0.16 * n_lines))
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.35, 1.0], height_ratios=[1.0, max(0.45, 0.06 * n_lines)])
     ax_t, ax_p, ax_v = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[:, 1]), fig.add_subplot(grid[1, 0])
     ax_t.axis("off")
     if cells:
@@ -99,7 +105,6 @@ def summary_card(report: dict[str, Any], cells: list[list[str]], rows: list[dict
                    f"seeds {report.get('seeds', [])}" + (f" (chance {100 / n_ids:.1f}% top-1)" if n_ids else ""),
                    fontsize=10)
     ax_v.axis("off")
-    lines = [textwrap.fill("• " + v["text"], 100, subsequent_indent="  ") for v in report.get("verdicts", [])]
     ax_v.text(0.0, 1.0, "\n".join(lines) or "no defense compared with NoDef", va="top", ha="left", fontsize=8.5,
               transform=ax_v.transAxes)
     _tradeoff_axes(plt, ax_p, rows)

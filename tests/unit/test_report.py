@@ -89,3 +89,77 @@ def test_the_metric_vocabulary_is_defined_once_and_documented() -> None:
     results = (Path(__file__).resolve().parents[2] / "docs" / "results.md").read_text()
     assert markdown_table() in results, "regenerate the table: python -c 'from midre.vocabulary import *; " \
                                         "print(markdown_table())'"
+
+
+def _panel_runs():
+    """Two defenses x 2 seeds judged by two judges; MIDRE's reconstructions are flat in seed 1."""
+    runs = []
+    for seed in range(2):
+        for defense, a, b in (("nodef", 60.0, 40.0), ("midre", 20.0, 18.0)):
+            runs.append({"attack": "deepinversion", "defense": defense, "seed": seed, "acc": 95.0 - seed,
+                         "attacc_top1": (a + b) / 2, "attacc_top5": 80.0, "knn_dist": 10.0, "delta_eval": 10.0,
+                         "judges": [{"arch": "resnet18", "seed": 1234, "attacc_top1": a, "attacc_top5": 80.0},
+                                    {"arch": "densenet121", "seed": 2234, "attacc_top1": b, "attacc_top5": 80.0}],
+                         "agreement": 70.0 + seed, "double_check": 30.0 - seed, "pixel_std": 0.2})
+    return runs
+
+
+def test_aggregate_adds_panel_figures_to_the_rows():
+    results, _ = aggregate_runs(_panel_runs(), ["nodef", "midre"], ["deepinversion"])
+    nodef = results[0]
+    assert nodef["metrics"]["agreement"]["mean"] == pytest.approx(70.5)
+    assert nodef["metrics"]["double_check"]["runs"] == [30.0, 29.0]
+    assert nodef["metrics"]["pixel_std"]["mean"] == pytest.approx(0.2)
+    assert [j["arch"] for j in nodef["judges"]] == ["resnet18", "densenet121"]
+    assert nodef["judges"][0]["attacc_top1"]["mean"] == pytest.approx(60.0)
+    # records without a panel keep the rows as they were
+    plain, _ = aggregate_runs(_runs((90.0, 92.0, 88.0), (60.0, 70.0, 65.0)), ["nodef", "midre"], ["deepinversion"])
+    assert "judges" not in plain[0] and "agreement" not in plain[0]["metrics"]
+
+
+def test_write_report_panel_leakage_and_warnings(tmp_path):
+    runs = _panel_runs()
+    results, verdicts = aggregate_runs(runs, ["nodef", "midre"], ["deepinversion"])
+    judges = [{"arch": "resnet18", "seed": 1234, "accuracy": 98.75, "accuracy_split": "test", "selected_epoch": 20,
+               "epochs": 20},
+              {"arch": "densenet121", "seed": 2234, "accuracy": 80.0, "accuracy_split": "test", "selected_epoch": 14,
+               "epochs": 20}]
+    frontier = "<h2>Frontier</h2><p id='frontier'>candidates</p>"
+    report = write_report({"dataset": {"source": "att_faces", "identities": 40, "image_size": 64},
+                           "models": {"target": {"arch": "cnn-small"}, "evaluation": {"arch": "resnet18"}},
+                           "judges": judges, "seeds": [0, 1], "results": results, "verdicts": verdicts, "runs": runs,
+                           "warnings": [{"code": "custom", "message": "kept"}]},
+                          tmp_path, extra_sections=[frontier])
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["leakage"] == report["leakage"] and data["leakage"][0]["level"] == "high"
+    codes = [w["code"] for w in data["warnings"]]
+    assert codes[0] == "custom" and "judge_below_floor" in codes and "judges_disagree" in codes
+    assert data["results"][0]["judges"][1]["attacc_top1"]["mean"] == pytest.approx(40.0)
+    html = (tmp_path / "report.html").read_text()
+    warn_at, results_at = html.index("Warnings: read these"), html.index("Results (paper Table 3 layout)")
+    assert warn_at < results_at and html.index("Leakage") < results_at
+    assert "high: DeepInversion recovers 50 ± 0 % (judges 40-60 %) of identities" in html
+    assert data["leakage"][0]["judges_disagree"] is True
+    (v,) = data["verdicts"]  # NoDef's judges disagree, so the verdict says so
+    assert v["judges_disagree"] and v["text"].endswith("The judges disagree by more than the seed spread here: "
+                                                       "see the warnings.")
+    assert "<h2>Judges</h2>" in html and "98.8 % (held-out)" in html and "20 of 20" in html
+    assert "AttAcc per judge" in html and "densenet121 (seed 2234) top-1" in html
+    assert html.index("Results (paper Table 3") < html.index("id='frontier'")
+
+
+def test_attack_only_report_gets_a_leakage_statement(tmp_path):
+    runs = [{"attack": "deepinversion", "defense": "nodef", "seed": 0, "acc": 97.0, "attacc_top1": 52.0,
+             "attacc_top5": 70.0, "knn_dist": 5.0, "delta_eval": 5.0}]
+    results, verdicts = aggregate_runs(runs, ["nodef"], ["deepinversion"], baseline="nodef")
+    assert verdicts == []
+    write_report({"kind": "attack_eval", "dataset": {"source": "digits", "identities": 10, "image_size": 32},
+                  "models": {"target": {"arch": "cnn-small"}, "evaluation": {"arch": "resnet18", "accuracy": 96.0}},
+                  "seeds": [0], "results": results, "verdicts": verdicts, "runs": runs}, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [s["level"] for s in data["leakage"]] == ["high"]  # (52 - 10) / (96 - 10) of the way to the judge
+    assert [w["code"] for w in data["warnings"]] == ["single_seed"]
+    html = (tmp_path / "report.html").read_text()
+    assert "No defense to compare" not in html
+    assert "high: DeepInversion recovers 52 % of identities, 5.2x chance (10.0 %)" in html
+    assert "<h2>Verdict</h2>" not in html and "AttAcc per judge" not in html  # nothing to compare, no panel
