@@ -151,7 +151,11 @@ class StyleGAN2Config:
 
 def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *, demodulate: bool = True, up: bool = False,
                      padding: int = 0) -> Tensor:
-    """Modulated (and demodulated) convolution, batched as one grouped convolution (Eq. 1-3).
+    """Modulated (and demodulated) convolution (Eq. 1-3) with one weight shared by the batch.
+
+    ``conv(x, w * s)`` equals ``conv(x * s, w)`` (the style scales input channels), and demodulation
+    scales each output channel by ``1 / sqrt(sum_{i,k} (w_oik s_i)^2 + 1e-8)``; computing it that way
+    avoids a per-sample weight (a grouped convolution), which is several times faster on CPUs.
 
     Args:
         x: input ``[N, C_in, H, W]``.
@@ -164,18 +168,16 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *, demodulate: b
     Returns:
         ``[N, C_out, H', W']``.
     """
-    n, c_in, h, w = x.shape
-    c_out, _, k, _ = weight.shape
-    wts = weight[None] * styles[:, None, :, None, None]  # [N, C_out, C_in, k, k]
-    if demodulate:
-        wts = wts * torch.rsqrt(wts.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-    x = x.reshape(1, n * c_in, h, w)
+    x = x * styles[:, :, None, None].to(x.dtype)
     if up:
-        wts = wts.transpose(1, 2).reshape(n * c_in, c_out, k, k)
-        out = F.conv_transpose2d(x, wts, stride=2, groups=n)
+        out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
     else:
-        out = F.conv2d(x, wts.reshape(n * c_out, c_in, k, k), padding=padding, groups=n)
-    return out.reshape(n, c_out, out.shape[-2], out.shape[-1])
+        out = F.conv2d(x, weight, padding=padding)
+    if demodulate:
+        sq = weight.pow(2).sum(dim=(2, 3))  # [C_out, C_in]
+        dcoef = torch.rsqrt(styles.pow(2) @ sq.T + 1e-8)  # [N, C_out]
+        out = out * dcoef[:, :, None, None].to(out.dtype)
+    return out
 
 
 def _blur_kernel() -> Tensor:
