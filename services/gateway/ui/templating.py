@@ -30,6 +30,15 @@ def age(moment: dt.datetime | None) -> str:
     return f"{seconds} s"
 
 
+def when(moment: dt.datetime | None) -> str:
+    """``2026-11-30 14:08:18 UTC``."""
+    if moment is None:
+        return "–"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def size(value: int | None) -> str:
     """Bytes for people: ``1.2 MB``."""
     if value is None:
@@ -62,7 +71,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(age=age, size=size, pretty=pretty, number=number)
+    env.filters.update(age=age, when=when, size=size, pretty=pretty, number=number)
     return env
 
 
