@@ -419,9 +419,11 @@ def _claim_unit(settings: Settings, sessions: sessionmaker[Session], job_id: str
                 fail_job(sessions, job_id, "worker_lost", message)
             return "failed"
         now = utcnow()
+        live = select(Job.id).where(Job.id == job_id, Job.status == jobstate.RUNNING, Job.cancel_requested.is_(False))
         won = session.execute(
             update(JobUnit)
-            .where(JobUnit.id == unit.id, JobUnit.status == unit.status, JobUnit.attempt == unit.attempt)
+            .where(JobUnit.id == unit.id, JobUnit.status == unit.status, JobUnit.attempt == unit.attempt,
+                   live.exists())
             .values(status=RUNNING, attempt=unit.attempt + 1, worker=worker, heartbeat_at=now, progress=0.0,
                     started_at=unit.started_at or now)
             .execution_options(synchronize_session=False)

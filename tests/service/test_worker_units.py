@@ -399,3 +399,23 @@ def test_a_ready_unit_nobody_sent_is_sent_by_the_reaper(settings: Settings) -> N
         session.execute(update(JobUnit).where(JobUnit.job_id == job_id).values(created_at=stale()))
     assert reap_once(settings, dispatcher)["sent"] == 1 and dispatcher.units[-1] == "grow"
     assert reap_once(settings, dispatcher)["sent"] == 0
+
+
+def test_a_train_job_near_chance_gets_a_warning_event(settings: Settings) -> None:
+    verdicts = pytest.importorskip("midre.report.verdicts")
+    if not hasattr(verdicts, "train_warnings"):
+        pytest.skip("this midre has no train warnings")
+    from services.worker.handlers import HANDLERS
+
+    untrained = {"kind": "train", "dataset": "digits", "arch": "cnn-small", "device": "cpu",
+                 "defense": {"name": "nodef"}, "data": {"max_images_per_identity": 20},
+                 "training": {"epochs": 1, "image_size": 16, "lr": 1e-9, "seed": 0}}
+    trained = {**untrained, "training": {"epochs": 3, "image_size": 16, "lr": 0.003, "seed": 0}}
+    warned = {}
+    for name, spec in (("untrained", untrained), ("trained", trained)):
+        job_id = add_job(settings, spec)
+        assert execute_job(settings, job_id, HANDLERS) == "succeeded"
+        warned[name] = [e for e in job_events(settings, job_id) if e.type == "warning"]
+    [warning] = warned["untrained"]
+    assert warning.data["code"] == "target_near_chance" and "near chance" in warning.message
+    assert warned["trained"] == []
