@@ -320,6 +320,19 @@ def test_the_event_stream_sends_status_events_and_ends(api: Api, key_a: str) -> 
     assert f"id: {first}\n" not in resumed and "event: end" in resumed
 
 
+def test_the_stream_of_an_unfinished_job_closes_for_a_reconnect(api: Api, key_a: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.gateway.ui import pages
+
+    monkeypatch.setattr(pages, "STREAM_POLL_S", 0.05)
+    monkeypatch.setattr(pages, "STREAM_MAX_S", 0.2)
+    sign_in(api, key_a)
+    job = add_job(api, key_a)
+    with api.client.stream("GET", f"/ui/jobs/{job}/stream") as r:
+        body = "".join(r.iter_text())
+    assert body.startswith("retry: ") and '"status": "queued"' in body and "event: end" not in body
+
+
 def test_submitting_a_job_from_the_form(api: Api, key_a: str) -> None:
     csrf = sign_in(api, key_a)
     form = api.client.get("/ui/jobs/new").text

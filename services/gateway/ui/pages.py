@@ -53,6 +53,10 @@ DOWNLOAD_CSP = "default-src 'none'; img-src 'self'; sandbox"
 #: Seconds between two reads of a followed job (Server-Sent Events) and between keep-alive comments.
 STREAM_POLL_S = 1.0
 STREAM_KEEPALIVE_S = 15.0
+#: A stream closes after this long and the browser reconnects (``retry``, resuming by ``Last-Event-ID``),
+#: so an open job page never holds a connection that would delay the server's graceful shutdown long.
+STREAM_MAX_S = 30.0
+STREAM_RETRY_MS = 1000
 
 SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
     "train": {
@@ -365,8 +369,9 @@ async def job_stream(request: Request, ctx: Ctx, user: JobsUser, job_id: str, af
     first = await run_in_threadpool(_state, ctx, user, job_id, start)  # 404 page before the stream starts
 
     async def events() -> AsyncIterator[str]:
-        state, idle = first, 0.0
+        state, idle, elapsed = first, 0.0, 0.0
         previous = None
+        yield f"retry: {STREAM_RETRY_MS}\n\n"
         while True:
             for event in state["events"]:
                 yield f"id: {event['id']}\nevent: log\ndata: {json.dumps(event)}\n\n"
@@ -376,8 +381,11 @@ async def job_stream(request: Request, ctx: Ctx, user: JobsUser, job_id: str, af
             if previous["terminal"] and not state["events"]:
                 yield "event: end\ndata: {}\n\n"
                 return
+            if elapsed >= STREAM_MAX_S:
+                return  # the browser reconnects after STREAM_RETRY_MS and resumes after the last event
             await asyncio.sleep(STREAM_POLL_S)
             idle += STREAM_POLL_S
+            elapsed += STREAM_POLL_S
             if idle >= STREAM_KEEPALIVE_S:
                 idle = 0.0
                 yield ": keep-alive\n\n"
