@@ -278,11 +278,8 @@ def jobs_page(
     status, kind = status or None, kind or None
     listing = jobs_api.list_jobs(ctx, session, user.caller.tenant, status, kind, cursor, 50)
     return page(request, "jobs.html", user, jobs=listing.items, next_cursor=listing.next_cursor,
-                status=status, kind=kind, statuses=jobstate.STATUSES, kinds=_kinds(), study_kinds=reports.STUDY_KINDS)
-
-
-def _kinds() -> list[str]:
-    return list(dict.fromkeys([*jobstate.KINDS, *reports.STUDY_KINDS]))
+                status=status, kind=kind, statuses=jobstate.STATUSES, kinds=jobstate.KINDS,
+                study_kinds=reports.STUDY_KINDS)
 
 
 @router.get("/jobs/new")
