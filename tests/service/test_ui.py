@@ -501,6 +501,16 @@ def test_models_policy_usage_and_try_it(api: Api, key_a: str, model_files: tuple
                            data={"csrf": csrf_of(page), "policy": "full"}).status_code == 403
 
 
+def test_attacc_per_attack_of_a_study_model() -> None:
+    from services.gateway.ui.pages import _acc, _attacc
+
+    metrics = {"nodef.mi-face.attacc_top1": 80.0, "midre-a_h0.4.mi-face.attacc_top1": 30.0,
+               "midre-a_h0.4.gmi.attacc_top1": 20.0, "midre-a_h0.4.mi-face.acc": 95.0, "nodef.mi-face.acc": 97.0}
+    assert _attacc(metrics, []) == {"mi-face": 30.0, "gmi": 20.0}
+    assert _attacc(metrics, [{"attack": "mi-face", "attacc_top1": 12.0}])["mi-face"] == 12.0  # the newest audit
+    assert _acc(metrics) == 95.0 and _acc({"acc": 91.0, **metrics}) == 91.0
+
+
 def test_ui_routes_stay_out_of_the_openapi_document(api: Api) -> None:
     paths = api.client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p == "/" or p.startswith("/ui")]

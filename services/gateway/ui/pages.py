@@ -464,9 +464,11 @@ def _attacc(metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> dic
     for ev in evaluations:
         if isinstance(ev.get("attacc_top1"), int | float):
             out.setdefault(ev["attack"], ev["attacc_top1"])
-    for name, value in metrics.items():
+    for name, value in sorted(metrics.items()):
+        # ``<attack>.attacc_top1``, or a study's ``<defense label>.<attack>.attacc_top1`` (labels such as
+        # ``midre-a_h0.4`` hold dots; the undefended baseline is not this model)
         parts = name.split(".")
-        if parts[-1] == "attacc_top1" and len(parts) in (2, 3) and (len(parts) == 2 or parts[0] != "nodef"):
+        if len(parts) >= 2 and parts[-1] == "attacc_top1" and not name.startswith("nodef."):
             out.setdefault(parts[-2], value)
     return out
 
