@@ -446,10 +446,13 @@ def build_report(config: Any, out: Path, candidates: list[dict[str, Any]]) -> di
             tdir = out / "targets" / lbl / f"seed{seed}"
             if (tdir / "model.json").is_file() and (tdir / "model.safetensors").is_file():
                 targets[(lbl, seed)] = AttackTarget.from_checkpoint(str(tdir), device="cpu")
-    results, verdicts = aggregate_runs(records, labels, config.attacks, baseline=labels[0])
-    grids, features, feature_json = _grids_and_features(records, out, labels_of, targets, ctx.splits.train,
+    # candidates the harden search stopped early are in the frontier (with their reason), not in the table
+    finished = [c["label"] for c in candidates if not c.get("skipped")]
+    kept = [r for r in records if r["defense"] in finished]
+    results, verdicts = aggregate_runs(kept, finished, config.attacks, baseline=labels[0])
+    grids, features, feature_json = _grids_and_features(kept, out, labels_of, targets, ctx.splits.train,
                                                         list(ctx.splits.class_names), config, config.attacks,
-                                                        labels) if records else ({}, {}, {})
+                                                        finished) if kept else ({}, {}, {})
     markers = _unit_seconds(out)
     timings: dict[str, float] = {"evaluation_model": 0.0, "targets": 0.0, "attacks": 0.0}
     for data in markers.values():

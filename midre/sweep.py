@@ -313,14 +313,12 @@ def recommend(frontier: list[dict[str, Any]], attacks: list[str],
     if len(base["seeds"]) < 2:
         return None, ("Only one seed: there is no seed spread to tell a lower leakage from noise, so nothing is "
                       "recommended; run at least 2 seeds.")
-    within, qualified = [], []
-    for e in frontier[1:]:
-        if e["skipped"] or not e["acc"] or len(e["seeds"]) < 2 or e["acc_drop"] is None:
+    within = [e for e in frontier[1:] if e["acc_drop"] is not None and e["acc_drop"] <= max_accuracy_drop]
+    qualified = []
+    for e in within:
+        if e["skipped"] or len(e["seeds"]) < 2 or any(a not in e["attacc"] or a not in base["attacc"]
+                                                      for a in attacks):
             continue
-        if e["acc_drop"] > max_accuracy_drop or any(a not in e["attacc"] or a not in base["attacc"]
-                                                    for a in attacks):
-            continue
-        within.append(e)
         reductions, lowers, raises = {}, [], []
         for a in attacks:
             red = base["attacc"][a]["mean"] - e["attacc"][a]["mean"]
@@ -342,9 +340,10 @@ def recommend(frontier: list[dict[str, Any]], attacks: list[str],
                            f"{best['attacc'][a]['mean']:.1f} %)" for a in lowers)
     cost = (f"costs {best['acc_drop']:.1f} accuracy points" if best["acc_drop"] > 0
             else f"gains {-best['acc_drop']:.1f} accuracy points")
+    among = ("the only candidate that qualifies" if len(qualified) == 1
+             else f"the largest reduction among the {len(qualified)} candidates that qualify")
     reason = (f"{_pretty(best)} lowers top-1 AttAcc by {lowered} beyond the seed spread and {cost}, within the "
-              f"{max_accuracy_drop:g}-point budget: the largest reduction among the {len(qualified)} candidate"
-              f"{'s' if len(qualified) != 1 else ''} that qualify.")
+              f"{max_accuracy_drop:g}-point budget: {among}.")
     chosen = {**{k: best[k] for k in ("defense", "spec", "params", "acc", "acc_drop", "attacc", "seeds")},
               "reason": reason}
     return chosen, reason

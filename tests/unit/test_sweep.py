@@ -88,6 +88,7 @@ def test_recommendation_none_when_within_seed_spread_or_one_seed():
     frontier = build_frontier(_cands("nodef", "midre-a_h0.4"), records, ["gmi"])
     chosen, note = recommend(frontier, ["gmi"], 1.0)
     assert chosen is None and note.startswith("No candidate lowers top-1 AttAcc beyond the seed spread")
+    assert "(1 of 1 candidates stayed within the budget)" in note
     one = build_frontier(_cands("nodef", "midre-a_h0.4"),
                          _records("nodef", [90.0], [50.0]) + _records("midre-a_h0.4", [89.9], [10.0]), ["gmi"])
     chosen, note = recommend(one, ["gmi"], 1.0)
@@ -113,7 +114,9 @@ def test_skipped_candidates_are_never_pareto_or_recommended():
 
 def test_harden_end_to_end_through_the_cli(tmp_path, capsys):
     out = tmp_path / "harden"
-    rc = main(["harden", "--data", "digits", "--image-size", "32", "--channels", "1", "--epochs", "1",
+    (tmp_path / "extra.json").write_text(json.dumps({"max_images_per_identity": 12}))
+    rc = main(["harden", "--data", "digits", "--config", str(tmp_path / "extra.json"), "--image-size", "32",
+               "--channels", "1", "--epochs", "1",
                "--seeds", "2", "--batch-size", "128", "--attacks", "deepinversion", "--steps", "2",
                "--per-identity", "1", "--identities", "2", "--eval-archs", "resnet18,cnn-small", "--eval-epochs", "1",
                "--feature-identities", "0", "--candidates", "midre:a_h=0.3|0.6", "--max-accuracy-drop", "1.0",
