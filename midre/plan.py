@@ -377,8 +377,10 @@ def _run_attack(config: Any, out: Path, unit: Unit, progress: ProgressCallback,
 
     progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{p['attack']} on {p['label']} seed {p['seed']}"))
     run_dir = out / "attacks" / p["label"] / f"seed{p['seed']}" / p["attack"]
+    # what the attack trains for this target alone (KEDMI/PLG priors, LOMMA surrogates) is cached in the
+    # unit's own folder: two attack units of one target never write the same files
     rec = _attack_one(p["attack"], target, acc, ctx.ids, config, p["seed"], run_dir, score,
-                      ctx.splits.train, ctx.public, prior, ctx.cache_dir, ctx.device, progress, should_stop)
+                      ctx.splits.train, ctx.public, prior, str(run_dir / "cache"), ctx.device, progress, should_stop)
     return {"attacc_top1": rec["attacc_top1"], "acc": rec["acc"]}, []
 
 

@@ -2,15 +2,18 @@
 judge the reconstructions, write the report) and the attack evaluation of one trained target.
 
 Both are resumable: every finished piece is a file in ``out_dir`` (targets via the trainer's own
-resume, one ``metrics.json`` + ``recon.safetensors`` per attack run, priors and the evaluation model
-in the cache), and running again with the same ``out_dir`` skips what is done.
+resume, one ``metrics.json`` + ``recon.safetensors`` per attack run, GMI priors and the judges in
+the cache), and running again with the same ``out_dir`` skips what is done. The pipeline is a graph
+of units (:mod:`midre.plan`) that a service can run on several workers at once.
 
 Layout of ``out_dir``::
 
     config.json                       the resolved configuration
+    units/<unit key>.json             one per finished unit of the study graph (midre.plan)
     targets/<defense>/seed<k>/        model.safetensors + model.json (midre.train)
-    attacks/<defense>/seed<k>/<attack>/metrics.json, recon.safetensors
-    cache/ (default cache_dir)        evaluation/<key>/, priors/<key>/, surrogates/<key>/
+    attacks/<defense>/seed<k>/<attack>/metrics.json, recon.safetensors, cache/ (target-specific priors,
+                                      surrogates)
+    cache/ (default cache_dir)        evaluation/<key>/ (the judges), priors/<key>/ (GMI priors)
     report.json, report.html, *.png
 """
 
