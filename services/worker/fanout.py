@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -519,8 +519,9 @@ def _take_finish(sessions: sessionmaker[Session], job_id: str) -> bool:
         counts = unit_counts(session, job_id)
         if not counts["total"] or counts["succeeded"] != counts["total"]:
             return False
-        won = session.execute(update(Job).where(Job.id == job_id, Job.status == jobstate.RUNNING,
-                                                Job.stage != "finishing").values(stage="finishing"))
+        unclaimed = or_(Job.stage.is_(None), Job.stage != "finishing")
+        won = session.execute(update(Job).where(Job.id == job_id, Job.status == jobstate.RUNNING, unclaimed)
+                              .values(stage="finishing"))
         session.commit()
     return won.rowcount == 1
 
