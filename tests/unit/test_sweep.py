@@ -142,3 +142,27 @@ def test_harden_end_to_end_through_the_cli(tmp_path, capsys):
     ran = [p for p in (out / "units").rglob("*.json")
            if json.loads(p.read_text())["kind"] in ("target", "attack")]
     assert len(ran) < len(frontier) * 2 * (1 + 1)
+
+
+def test_sweep_and_harden_flags_reach_the_config(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def fake(config, out, progress=None, should_stop=None):
+        seen["config"] = config
+        return {"attacks": [{"name": "gmi"}], "frontier": [], "recommendation": None,
+                "recommendation_note": "nothing qualifies"}
+
+    monkeypatch.setattr("midre.plan.run_study", fake)
+    assert main(["sweep", "--data", "digits", "--candidates", "midre:a_h=0.4|0.8; nls", "--attacks", "gmi",
+                 "--seeds", "2", "--quiet", "--out", str(tmp_path)]) == 0
+    cfg = seen["config"]
+    assert isinstance(cfg, SweepConfig) and cfg.max_accuracy_drop is None
+    assert [defense_label(d) for d in cfg.defenses] == ["nodef", "midre-a_h0.4", "midre-a_h0.8", "nls"]
+    assert main(["harden", "--data", "digits", "--attacks", "deepinversion", "--max-accuracy-drop", "2.5",
+                 "--finalists", "3", "--no-refine", "--init-from", "runs/base", "--eval-archs", "resnet18,vgg16",
+                 "--quiet", "--out", str(tmp_path)]) == 0
+    cfg = seen["config"]
+    assert isinstance(cfg, HardenConfig) and cfg.max_accuracy_drop == 2.5 and cfg.finalists == 3
+    assert cfg.refine is False and cfg.init_from == "runs/base" and cfg.eval_archs == ["resnet18", "vgg16"]
+    assert "recommendation: none. nothing qualifies" in capsys.readouterr().out
+    assert main(["harden", "--data", "digits", "--candidates", "midre:a_h=2..1", "--out", str(tmp_path)]) == 2
