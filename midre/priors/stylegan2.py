@@ -37,8 +37,11 @@ __all__ = [
     "StyleGAN2",
     "StyleGAN2Config",
     "load_stylegan2",
+    "config_from_rosinality",
+    "from_rosinality",
     "modulated_conv2d",
     "save_stylegan2",
+    "to_rosinality",
 ]
 
 #: safetensors metadata entry that holds the JSON of the :class:`StyleGAN2Config`.
@@ -489,3 +492,91 @@ def load_stylegan2(path: str | Path | None = None, config: StyleGAN2Config | dic
     net.load_midre_state_dict(load_file(str(path)))
     return net.to(device).eval()
 
+
+
+# --------------------------------------------------------------------------- rosinality's stylegan2-pytorch layout
+
+
+def _rosinality_pairs(config: StyleGAN2Config) -> list[tuple[str, str]]:
+    """``(our key, rosinality key)`` for every tensor; shapes differ only by leading singleton axes."""
+    pairs: list[tuple[str, str]] = []
+    for i in range(config.mapping_layers):
+        pairs += [(f"mapping.fc{i}.weight", f"style.{i + 1}.weight"), (f"mapping.fc{i}.bias", f"style.{i + 1}.bias")]
+    pairs.append(("synthesis.const", "input.input"))
+
+    def conv(ours: str, theirs: str, noise: int) -> None:
+        pairs.extend([(f"{ours}.weight", f"{theirs}.conv.weight"),
+                      (f"{ours}.affine.weight", f"{theirs}.conv.modulation.weight"),
+                      (f"{ours}.affine.bias", f"{theirs}.conv.modulation.bias"),
+                      (f"{ours}.bias", f"{theirs}.activate.bias"),
+                      (f"{ours}.noise_strength", f"{theirs}.noise.weight"),
+                      (f"{ours}.noise_const", f"noises.noise_{noise}")])
+
+    def torgb(ours: str, theirs: str) -> None:
+        pairs.extend([(f"{ours}.weight", f"{theirs}.conv.weight"),
+                      (f"{ours}.affine.weight", f"{theirs}.conv.modulation.weight"),
+                      (f"{ours}.affine.bias", f"{theirs}.conv.modulation.bias"),
+                      (f"{ours}.bias", f"{theirs}.bias")])
+
+    conv("synthesis.b4.conv1", "conv1", 0)
+    torgb("synthesis.b4.torgb", "to_rgb1")
+    for j, res in enumerate(config.block_resolutions[1:]):
+        conv(f"synthesis.b{res}.conv0", f"convs.{2 * j}", 2 * j + 1)
+        conv(f"synthesis.b{res}.conv1", f"convs.{2 * j + 1}", 2 * j + 2)
+        torgb(f"synthesis.b{res}.torgb", f"to_rgbs.{j}")
+    return pairs
+
+
+def config_from_rosinality(state: dict[str, Tensor], mapping_lr_mul: float = 0.01) -> StyleGAN2Config:
+    """The :class:`StyleGAN2Config` of a rosinality ``g_ema`` state dict (read from its tensor shapes)."""
+    try:
+        n_mlp = sum(1 for k in state if k.startswith("style.") and k.endswith(".weight"))
+        w_dim = int(state["style.1.weight"].shape[0])
+        n_rgbs = sum(1 for k in state if k.startswith("to_rgbs.") and k.endswith(".conv.weight"))
+        channels = [int(state["input.input"].shape[1])]
+        channels += [int(state[f"to_rgbs.{j}.conv.weight"].shape[2]) for j in range(n_rgbs)]
+        img_channels = int(state["to_rgb1.conv.weight"].shape[1])
+    except KeyError as exc:
+        raise ValueError(f"not a rosinality stylegan2-pytorch generator state dict: no {exc.args[0]!r}") from None
+    return StyleGAN2Config(resolution=2 ** (n_rgbs + 2), z_dim=w_dim, w_dim=w_dim, mapping_layers=n_mlp,
+                           mapping_lr_mul=mapping_lr_mul, channels=tuple(channels), img_channels=img_channels)
+
+
+def from_rosinality(state: dict[str, Tensor], latent_avg: Tensor | None = None,
+                    mapping_lr_mul: float = 0.01) -> StyleGAN2:
+    """A :class:`StyleGAN2` with the weights of a rosinality ``g_ema`` state dict.
+
+    ``latent_avg`` (the checkpoint's ``latent_avg`` entry) becomes ``w_avg``; without it ``w_avg`` is the
+    mean of 10,000 mapped latents (seed 0).
+    """
+    config = config_from_rosinality(state, mapping_lr_mul)
+    net = StyleGAN2(config, seed=0)
+    own = net.midre_state_dict()
+    ours: dict[str, Tensor] = {}
+    for our_key, their_key in _rosinality_pairs(config):
+        if their_key not in state:
+            raise ValueError(f"rosinality state dict lacks {their_key!r}")
+        ours[our_key] = state[their_key].detach().float().reshape(own[our_key].shape)
+    ours["mapping.w_avg"] = own["mapping.w_avg"] if latent_avg is None else latent_avg.float().reshape(-1)
+    net.load_midre_state_dict(ours)
+    if latent_avg is None:
+        net.update_w_avg()
+    return net.eval()
+
+
+def to_rosinality(net: StyleGAN2) -> dict[str, Tensor]:
+    """``net``'s weights in rosinality's ``g_ema`` layout (for exchanges and the converter's tests)."""
+    state = net.midre_state_dict()
+    out: dict[str, Tensor] = {}
+    for our_key, their_key in _rosinality_pairs(net.config):
+        t = state[our_key]
+        if their_key.endswith("conv.weight"):
+            t = t[None]
+        elif their_key == "input.input" or their_key.startswith("noises."):
+            t = t[None] if their_key == "input.input" else t[None, None]
+        elif their_key.endswith(".noise.weight"):
+            t = t.reshape(1)
+        elif their_key.startswith("to_rgb") and their_key.endswith(".bias") and ".conv." not in their_key:
+            t = t.reshape(1, -1, 1, 1)
+        out[their_key] = t.clone()
+    return out

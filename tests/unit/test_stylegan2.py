@@ -131,3 +131,35 @@ def test_block_by_block_synthesis_equals_the_whole(net):
         for k in (1, 2, 3):
             assert torch.allclose(gen.resume(gen.features(w, k), w, k), full, atol=1e-6)
     assert full.shape == (2, 1, 24, 24) and full.min() >= 0 and full.max() <= 1
+
+
+def test_converter_round_trip_through_the_rosinality_layout(net, tmp_path, capsys):
+    from midre.cli import main
+    from midre.priors.stylegan2 import to_rosinality
+
+    net = StyleGAN2(StyleGAN2Config(**SMALL), seed=5).eval()
+    with torch.no_grad():
+        net.update_w_avg(samples=64)
+        for block in net.blocks:  # non-zero noise strengths and biases, so every tensor matters
+            block.conv1.noise_strength.fill_(0.3)
+            block.torgb.bias.normal_()
+    state = to_rosinality(net)
+    assert state["convs.0.conv.weight"].shape[0] == 1 and state["noises.noise_0"].shape == (1, 1, 4, 4)
+    src = tmp_path / "g.pt"
+    torch.save({"g_ema": state, "latent_avg": net.w_avg.clone()}, src)
+    dst = tmp_path / "g.safetensors"
+    assert main(["convert-stylegan2", str(src), "--out", str(dst)]) == 0
+    captured = capsys.readouterr()
+    assert "third party" in captured.err and '"w_avg": "checkpoint"' in captured.out
+    loaded = load_stylegan2(dst)
+    assert loaded.config.channels == (16, 16, 8, 4) and loaded.config.resolution == 32
+    z = torch.randn(3, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(z, psi=0.7), net(z, psi=0.7))
+    # refused inputs: an NVlabs pickle, a file needing code, not a generator
+    (tmp_path / "ffhq.pkl").write_bytes(b"x")
+    assert main(["convert-stylegan2", str(tmp_path / "ffhq.pkl"), "--out", str(dst)]) == 2
+    assert "NVlabs" in capsys.readouterr().err
+    torch.save({"g_ema": {"foo": torch.zeros(1)}}, tmp_path / "bad.pt")
+    assert main(["convert-stylegan2", str(tmp_path / "bad.pt"), "--out", str(dst)]) == 2
+    assert "rosinality" in capsys.readouterr().err
