@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 COMMAND_MODULES = (
     "midre.commands.train",
     "midre.commands.study",
+    "midre.commands.stylegan",
 )
 
 #: Entry-point group through which installed packages add sub-commands (``register(subparsers)``).
