@@ -65,6 +65,11 @@ DEFAULT_ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     # brep-mi: 33 per walk per iteration + the initial-point search)
     "rlb-mi": {"steps": 500, "prior_steps": 400},
     "brep-mi": {"steps": 100, "prior_steps": 400},
+    # high-resolution attacks on the study's GMI prior: CPU-scale steps, 200 latents per batch (their
+    # candidates, search space and final selection keep the authors' values, see docs/attacks.md)
+    "ppa": {"steps": 20, "prior_steps": 400, "chunk_size": 200},
+    "if-gmi": {"steps": 10, "prior_steps": 400, "chunk_size": 200},
+    "mirror": {"steps": 50, "prior_steps": 400, "chunk_size": 200},
 }
 DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32, "resolution": 32}
 
