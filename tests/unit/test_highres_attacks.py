@@ -256,6 +256,7 @@ def test_options_are_validated(target):
 # --------------------------------------------------------------------------- the pipeline
 
 
+@pytest.mark.slow
 def test_pipeline_runs_the_three_attacks(tmp_path):
     from midre.cli import main
 
