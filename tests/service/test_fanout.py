@@ -115,6 +115,7 @@ def test_two_workers_share_a_study_and_a_killed_worker_loses_only_its_unit(servi
         return running if len({u["worker"] for u in running}) == 2 else None
 
     running = wait_for(two_running, 240, 0.2, "two units of the study running on two workers at once")
+    assert all("1 torch threads" in w.log() for w in service.workers)  # MIDRE_WORKER_THREADS=1 applied
     victim = service.worker_of(running[0]["worker"])
     victim_pools = {u["worker"] for u in running if service.worker_of(u["worker"]) is victim}
     victim.kill()

@@ -419,3 +419,19 @@ def test_a_train_job_near_chance_gets_a_warning_event(settings: Settings) -> Non
     [warning] = warned["untrained"]
     assert warning.data["code"] == "target_near_chance" and "near chance" in warning.message
     assert warned["trained"] == []
+
+
+def test_workers_pin_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from services.cli import worker_env
+    from services.worker.app import worker_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("MIDRE_WORKER_THREADS", raising=False)
+    assert worker_env(2)["MIDRE_WORKER_THREADS"] == str(max(1, cores // 2))  # midre serve --workers 2
+    assert worker_env(cores * 4)["MIDRE_WORKER_THREADS"] == "1"
+    assert worker_threads(Settings(), concurrency=1) == cores  # a lone worker with one pool process
+    assert worker_threads(Settings(worker_threads=3), concurrency=2) == 3
+    monkeypatch.setenv("MIDRE_WORKER_THREADS", "5")
+    assert worker_env(2)["MIDRE_WORKER_THREADS"] == "5"  # the operator's setting wins
