@@ -272,3 +272,18 @@ def test_pipeline_runs_the_three_attacks(tmp_path):
     assert rows == {"ppa", "if-gmi", "mirror"}
     for row in report["results"]:
         assert row["metrics"]["attacc_top1"]["n"] == 1
+
+
+def test_paper_224_configs_are_valid_pipeline_configs():
+    from pathlib import Path
+
+    from midre.study import PipelineConfig
+
+    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("paper-224-*.json"))
+    archs = set()
+    for path in files:
+        cfg = PipelineConfig.from_dict({"data": "digits", **json.loads(path.read_text())})
+        assert cfg.image_size == 224 and cfg.epochs == 100 and cfg.batch_size == 128 and cfg.lr == 1e-3
+        assert cfg.attacks == ["ppa", "if-gmi", "mirror"] and cfg.eval_arch != cfg.arch
+        archs.add(cfg.arch)
+    assert archs == {"resnet18", "resnet101", "resnet152", "densenet121", "densenet169", "maxvit_t"}
