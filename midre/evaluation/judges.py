@@ -167,17 +167,17 @@ class JudgePanel:
             hits5.append(topk_hits(logits, labels, 5))
             feats.append(f)
             priv.append(judge.private_features(private_images, private_labels))
-        per_judge = [{"arch": j.arch, "seed": s, "attacc_top1": float(h1.float().mean()),
-                      "attacc_top5": float(h5.float().mean())}
+        per_judge = [{"arch": j.arch, "seed": s, "attacc_top1": float(h1.double().mean()),
+                      "attacc_top5": float(h5.double().mean())}
                      for j, s, h1, h5 in zip(self.judges, self.seeds, hits1, hits5, strict=True)]
         credited = torch.stack(hits1)  # [J, N]
-        agree = (credited.all(0) | ~credited.any(0)).float().mean()
+        agree = (credited.all(0) | ~credited.any(0)).double().mean()
         n = len(self.judges)
         checks = []
         for j in range(n):
             k = (j + 1) % n  # another judge's feature space (the judge's own when it is alone)
             near = nearest_identity_match(feats[k], labels, priv[k][0], priv[k][1])
-            checks.append(float((credited[j] & near).float().mean()))
+            checks.append(float((credited[j] & near).double().mean()))
         pf, pl = priv[0]
         return {
             "attacc_top1": sum(p["attacc_top1"] for p in per_judge) / n,
