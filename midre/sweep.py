@@ -368,7 +368,10 @@ def frontier_section(config: Any, candidates: list[dict[str, Any]], records: lis
         if chosen is not None:
             section["recommendation"]["checkpoint"] = export_recommended(out, chosen["defense"], chosen["seeds"][0])
     for attack in config.attacks:
-        (out / f"frontier_{attack}.png").write_bytes(frontier_plot(frontier, attack))
+        chosen = section["recommendation"]
+        png = frontier_plot(frontier, attack, recommended=chosen["defense"] if chosen else None,
+                            max_accuracy_drop=config.max_accuracy_drop)
+        (out / f"frontier_{attack}.png").write_bytes(png)
     return section
 
 

@@ -2,7 +2,8 @@
 
 Each plot puts every candidate at (test accuracy, top-1 AttAcc) with ± std over seeds; the
 Pareto-optimal candidates (for that attack) are joined by a line, NoDef is a black square, the
-recommendation a star, and candidates the search stopped early are hollow grey markers.
+recommendation a red star, the accuracy budget a dashed line, and candidates the search stopped
+early are hollow grey markers.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ from typing import Any
 from midre.report.plots import _png, _pyplot
 
 
-def frontier_plot(frontier: list[dict[str, Any]], attack: str) -> bytes:
-    """PNG: accuracy (x) vs top-1 AttAcc of ``attack`` (y) for every candidate; down-right is better."""
+def frontier_plot(frontier: list[dict[str, Any]], attack: str, *, recommended: str | None = None,
+                  max_accuracy_drop: float | None = None) -> bytes:
+    """PNG: accuracy (x) vs top-1 AttAcc of ``attack`` (y) for every candidate; down-right is better.
+
+    ``recommended`` (a candidate label) is drawn as a star; ``max_accuracy_drop`` as a dashed line at
+    NoDef's accuracy minus the budget.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     pareto = []
+    base = frontier[0] if frontier and frontier[0].get("acc") else None
+    if base is not None and max_accuracy_drop is not None:
+        ax.axvline(base["acc"]["mean"] - max_accuracy_drop, color="#2ca02c", linestyle="--", alpha=0.6,
+                   label=f"accuracy budget ({max_accuracy_drop:g} point{'' if max_accuracy_drop == 1 else 's'})")
     for e in frontier:
         if not e.get("acc") or attack not in e.get("attacc", {}):
             continue
@@ -32,6 +42,8 @@ def frontier_plot(frontier: list[dict[str, Any]], attack: str) -> bytes:
             on = e.get("pareto_by_attack", {}).get(attack, False)
             ax.errorbar(x, y, xerr=xe, yerr=ye, fmt="o", color="#1f77b4" if on else "#ff7f0e", capsize=3,
                         markersize=7)
+        if e["defense"] == recommended:
+            ax.plot(x, y, "*", color="#d62728", markersize=16, label="recommended", zorder=5)
         if e.get("pareto_by_attack", {}).get(attack):
             pareto.append((x, y))
         ax.annotate(e["defense"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -87,7 +99,8 @@ def frontier_html(report: dict[str, Any]) -> list[str]:
                  "accuracy). Pareto: no other candidate has at least its accuracy and at most its AttAcc on every "
                  "attack. Candidates with a note were stopped early by the search.</p>")
     for attack in attacks:
-        png = frontier_plot(frontier, attack)
+        png = frontier_plot(frontier, attack, recommended=rec["defense"] if rec else None,
+                            max_accuracy_drop=report.get("max_accuracy_drop"))
         parts.append(f"<img alt='frontier {esc(attack)}' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode()}'>")
     return parts
