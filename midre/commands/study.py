@@ -73,6 +73,9 @@ def _add_attack_arguments(p: argparse.ArgumentParser, default_attacks: str) -> N
     o.add_argument("--out", required=True, metavar="DIR",
                    help="output folder: report.json, report.html, plots; re-running resumes")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--estimate-only", action="store_true",
+                   help="print the cost estimate (seconds, peak memory; a short calibration run) as JSON and stop")
+    o.add_argument("--no-estimate", action="store_true", help="start without printing the cost estimate")
 
 
 def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -138,10 +141,20 @@ def _study_data(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
+def _estimate(config: Any, args: argparse.Namespace) -> bool:
+    """Print the cost estimate (midre.cost); True when only the estimate was asked for."""
+    from midre.cost import print_estimate
+
+    return print_estimate(config, estimate_only=getattr(args, "estimate_only", False),
+                          enabled=not getattr(args, "no_estimate", False))
+
+
 def run_pipeline_command(args: argparse.Namespace) -> int:
     from midre.study import PipelineConfig, run_pipeline
 
     config = PipelineConfig.from_dict(_study_data(args))
+    if _estimate(config, args):
+        return 0
     report = run_pipeline(config, args.out, progress=None if args.quiet else ProgressBar())
     _print_summary(report, args.out)
     return 0
@@ -183,6 +196,8 @@ def run_attack_command(args: argparse.Namespace) -> int:
 
     config = AttackEvalConfig.from_dict({"target": args.target, "eval_model": args.eval_model, "seeds": args.seeds,
                                          **_attack_settings(args)})
+    if _estimate(config, args):
+        return 0
     report = run_attack_eval(config, args.out, progress=None if args.quiet else ProgressBar())
     _print_summary(report, args.out)
     return 0
