@@ -1,10 +1,10 @@
 """Screenshots of every dashboard page at 1280 px, for the docs (``docs/img/ui-*.png``).
 
 Starts the embedded service (``midre serve``: API + one worker) in a temporary ``MIDRE_HOME``, creates
-a key, runs a small digits train job, two small pipeline studies (4 and 8 epochs) and an audit of the
+a key, runs a small digits train job, two small pipeline studies (2 and 4 epochs) and an audit of the
 trained model, registers the built-in digits as a dataset, then signs in with Chromium (Debian's
-``/usr/bin/chromium``, driven by Playwright) and captures each page. Needs no network. About 10
-minutes on two busy CPU cores::
+``/usr/bin/chromium``, driven by Playwright) and captures each page. Needs no network. About 10-30
+minutes on two shared CPU cores::
 
     uv run python scripts/ui_screenshots.py [--out docs/img] [--chromium /usr/bin/chromium]
 """
@@ -30,19 +30,19 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TRAIN = {
     "kind": "train", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
-    "training": {"epochs": 6, "image_size": 32, "batch_size": 64, "seed": 0},
-    "data": {"channels": 1, "max_images_per_identity": 60},
+    "training": {"epochs": 4, "image_size": 32, "batch_size": 64, "seed": 0},
+    "data": {"channels": 1, "max_images_per_identity": 40},
 }
 STUDY = {
     "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4}, "seeds": 2,
-    "training": {"epochs": 4, "image_size": 32, "batch_size": 64, "seed": 0},
-    "data": {"channels": 1, "max_images_per_identity": 60}, "attacks": ["mi-face"],
-    "evaluation": {"arch": "cnn-small", "epochs": 4, "per_identity": 2, "identities": 5, "feature_identities": 2},
-    "attack_budgets": {"mi-face": {"steps": 30}},
+    "training": {"epochs": 2, "image_size": 32, "batch_size": 64, "seed": 0},
+    "data": {"channels": 1, "max_images_per_identity": 40}, "attacks": ["mi-face"],
+    "evaluation": {"arch": "cnn-small", "epochs": 3, "per_identity": 2, "identities": 4, "feature_identities": 2},
+    "attack_budgets": {"mi-face": {"steps": 20}},
 }
 #: Two studies that differ only in training length: the comparison page lines their rows up.
 PIPELINES = ({"kind": "pipeline", **STUDY},
-             {"kind": "pipeline", **STUDY, "training": {**STUDY["training"], "epochs": 8}})
+             {"kind": "pipeline", **STUDY, "training": {**STUDY["training"], "epochs": 4}})
 AUDIT = {"kind": "attack_eval", **{k: STUDY[k] for k in ("attacks", "evaluation", "attack_budgets")}, "seeds": 1}
 
 
