@@ -155,7 +155,8 @@ def leakage_statements(report: dict[str, Any]) -> list[dict[str, Any]]:
         judge_means = [float(j["attacc_top1"]["mean"]) for j in row.get("judges") or []
                        if isinstance(j.get("attacc_top1"), dict) and _finite(j["attacc_top1"].get("mean"))]
         if len(judge_means) > 1:
-            value += f" (judges {min(judge_means):.0f}-{max(judge_means):.0f} %)"
+            low, high = f"{min(judge_means):.0f}", f"{max(judge_means):.0f}"
+            value += f" (every judge {low} %)" if low == high else f" (judges {low}-{high} %)"
         if level == "none":
             text = (f"none measured: {name} recovers {value} of identities, about chance ({chance:.1f} %){ref_text}. "
                     f"The attack failed here; that is not evidence that the model does not leak.")

@@ -133,6 +133,9 @@ def test_judges_disagree_beyond_the_seed_spread():
     assert "differ by 22.0 points" in warnings[0]["message"]
     (st,) = leakage_statements(_report(runs))
     assert st["judges_disagree"] and "(judges 19-41 %)" in st["text"]
+    same = [_run("nodef", s, 0.0, judges=(30.0, 30.0)) for s in range(3)]
+    (st,) = leakage_statements(_report(same))
+    assert not st["judges_disagree"] and "recovers 30 ± 0 % (every judge 30 %) of identities" in st["text"]
 
 
 def test_judges_within_the_seed_spread_or_the_minimum_do_not_warn():
