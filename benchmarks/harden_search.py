@@ -9,6 +9,9 @@ wall times compare the targets and attacks only.
 
 Usage:
     uv run python benchmarks/harden_search.py --out /tmp/harden_bench
+    # or the two parts at once, one process each:
+    uv run python benchmarks/harden_search.py --out /tmp/harden_bench --part harden &
+    uv run python benchmarks/harden_search.py --out /tmp/harden_bench --part grid
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ def _case(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": 64, "max_images_per_identity": 60, "attacks": ["deepinversion", "gmi"],
             "per_identity": 1, "identities": 4, "eval_archs": ["resnet18", "cnn-small"], "eval_epochs": 2,
             "feature_identities": 0, "cache_dir": str(Path(args.out) / "shared-cache"),
-            "attack_budgets": {"deepinversion": {"steps": 20}, "gmi": {"steps": 20, "restarts": 1,
-                                                                      "prior_steps": 30}},
+            "attack_budgets": {"deepinversion": {"steps": args.steps},
+                               "gmi": {"steps": args.steps, "restarts": 1, "prior_steps": 30}},
             "prior_options": {"width": 8, "batch_size": 16}, "max_accuracy_drop": args.budget}
 
 
@@ -57,28 +60,35 @@ def _run(kind: str, data: dict[str, Any], out: Path) -> tuple[dict[str, Any], fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="/tmp/harden_bench", help="work folder (deleted and re-created)")
+    parser.add_argument("--out", default="/tmp/harden_bench", help="work folder")
     parser.add_argument("--seeds", type=int, default=2, help="seeds (default 2)")
-    parser.add_argument("--epochs", type=int, default=4, help="target epochs (default 4)")
+    parser.add_argument("--epochs", type=int, default=2, help="target epochs (default 2)")
+    parser.add_argument("--steps", type=int, default=10, help="steps of each attack (default 10)")
     parser.add_argument("--budget", type=float, default=1.0, help="max accuracy drop in points (default 1.0)")
+    parser.add_argument("--part", choices=("both", "harden", "grid"), default="both",
+                        help="run both (default) or one part; two processes may run the two parts at once on "
+                             "the same --out, the one that finishes last prints the comparison")
     args = parser.parse_args()
     root = Path(args.out)
-    if root.exists():
-        shutil.rmtree(root)
     case = _case(args)
     _warm({**case, "candidates": "midre"}, root / "warm")
-    search, search_s, search_n = _run("harden", {**case, "candidates": "midre:a_h=0.2..0.8/0.2"}, root / "harden")
-    grid, grid_s, grid_n = _run("sweep", {**case, "candidates": "midre:a_h=0.1..0.9/0.1"}, root / "grid")
-
-    def rec(report: dict[str, Any]) -> str:
-        return report["recommendation"]["defense"] if report["recommendation"] else "none"
-
-    print(f"harden search : {search_n:3d} tasks  {search_s:7.1f} s  recommendation {rec(search)}")
-    print(f"exhaustive grid: {grid_n:3d} tasks  {grid_s:7.1f} s  recommendation {rec(grid)}")
-    print(f"ratio (tasks)  : {search_n / grid_n:.2f}   ratio (wall): {search_s / grid_s:.2f}   "
-          f"same recommendation: {rec(search) == rec(grid)}")
-    print("search note:", search.get("recommendation_note"))
-    print("grid note  :", grid.get("recommendation_note"))
+    parts = {"harden": ("harden", "midre:a_h=0.2..0.8/0.2"), "grid": ("sweep", "midre:a_h=0.1..0.9/0.1")}
+    for name in parts if args.part == "both" else [args.part]:
+        kind, candidates = parts[name]
+        report, seconds, tasks = _run(kind, {**case, "candidates": candidates}, root / name)
+        rec = report["recommendation"]["defense"] if report["recommendation"] else "none"
+        summary = {"tasks": tasks, "seconds": seconds, "recommendation": rec,
+                   "note": report.get("recommendation_note")}
+        (root / f"{name}.summary.json").write_text(json.dumps(summary))
+        print(f"{name:>6}: {tasks:3d} tasks  {seconds:7.1f} s  recommendation {rec}")
+    if all((root / f"{n}.summary.json").is_file() for n in parts):
+        s, g = (json.loads((root / f"{n}.summary.json").read_text()) for n in parts)
+        print(f"harden search  : {s['tasks']:3d} tasks  {s['seconds']:7.1f} s  recommendation {s['recommendation']}")
+        print(f"exhaustive grid: {g['tasks']:3d} tasks  {g['seconds']:7.1f} s  recommendation {g['recommendation']}")
+        print(f"ratio (tasks)  : {s['tasks'] / g['tasks']:.2f}   ratio (wall): {s['seconds'] / g['seconds']:.2f}   "
+              f"same recommendation: {s['recommendation'] == g['recommendation']}")
+        print("search note:", s["note"])
+        print("grid note  :", g["note"])
 
 
 if __name__ == "__main__":
