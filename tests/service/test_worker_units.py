@@ -244,7 +244,7 @@ class GraphPlanner:
         self.ran: list[str] = []
 
     def plan(self, config: Any) -> list[dict[str, Any]]:
-        assert type(config).__name__ == "PipelineConfig"
+        assert type(config).__name__ in ("PipelineConfig", "HardenConfig")
         return [{"key": "a", "kind": "target", "weight": 3.0}, {"key": "b", "kind": "target"},
                 {"key": "grow", "kind": "expand", "deps": ["a", "b"]},
                 {"key": "report", "kind": "report", "deps": ["grow", "c"]}]
@@ -259,6 +259,10 @@ class GraphPlanner:
         if key == self.fail:
             raise ValueError(f"{key}: broken at {out_dir}")
         (out_dir / f"{key}.txt").write_text(key)
+        if key == "report" and type(config).__name__ == "HardenConfig":
+            (out_dir / "recommended").mkdir()
+            (out_dir / "recommended" / "model.safetensors").write_bytes(b"weights")
+            (out_dir / "recommended" / "model.json").write_text(json.dumps({"arch": "cnn-small", "data": str(out_dir)}))
         if key == "report":
             (out_dir / "report.json").write_text(json.dumps({
                 "results": [{"defense": "midre", "attack": "mi-face", "metrics": {"acc": {"mean": 91.0}}}],
@@ -270,16 +274,16 @@ class GraphPlanner:
         return json.loads((out_dir / "report.json").read_text())
 
 
-def add_study(settings: Settings, kind: str = "pipeline") -> str:
-    """A queued pipeline job with its resolved config, as the API stores it."""
+def add_study(settings: Settings, spec: dict[str, Any] = PIPELINE_SPEC) -> str:
+    """A queued study job with its resolved config, as the API stores it."""
     from services.db.types import new_id
     from services.jobspec import resolve
 
     add_job(settings)  # the tenant
     with session_scope(settings.db_url) as session:
         tenant = session.scalar(select(Job.tenant_id).limit(1))
-        job = Job(id=new_id("job"), tenant_id=tenant, kind=kind, status="queued", spec=PIPELINE_SPEC,
-                  resolved=resolve(PIPELINE_SPEC), queue=settings.queue_name("cpu"), progress=0.0, attempt=0,
+        job = Job(id=new_id("job"), tenant_id=tenant, kind=spec["kind"], status="queued", spec=spec,
+                  resolved=resolve(spec), queue=settings.queue_name("cpu"), progress=0.0, attempt=0,
                   cancel_requested=False, created_at=utcnow())
         session.add(job)
         return job.id
@@ -435,3 +439,28 @@ def test_workers_pin_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert worker_threads(Settings(worker_threads=3), concurrency=2) == 3
     monkeypatch.setenv("MIDRE_WORKER_THREADS", "5")
     assert worker_env(2)["MIDRE_WORKER_THREADS"] == "5"  # the operator's setting wins
+
+
+def test_a_harden_recommendation_is_a_model_under_the_job_id(settings: Settings) -> None:
+    pytest.importorskip("midre.plan")
+    from services.gateway.routers.jobs import is_model
+
+    harden = {**PIPELINE_SPEC, "kind": "harden", "candidates": ["midre:a_h=0.4"]}
+    harden.pop("defense", None)
+    job_id = add_study(settings, harden)
+    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    assert drain(settings, job_id, planner, dispatcher)[-1] == "report:succeeded"
+    with session_factory(settings.db_url)() as session:
+        artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+        for name in ("model.json", "model.safetensors"):
+            assert artifacts[name].sha256 == artifacts[f"recommended/{name}"].sha256
+        card = LocalStore(settings.storage_dir).path(artifacts["model.json"].sha256).read_text()
+        assert str(settings.storage_dir) not in card  # stored redacted, like every text artifact
+        assert is_model(session, session.get(Job, job_id))
+    pipeline, dispatcher = add_study(settings), RecordingDispatcher(settings)
+    plan_job(settings, pipeline, planner, dispatcher=dispatcher)
+    drain(settings, pipeline, planner, dispatcher)
+    with session_factory(settings.db_url)() as session:
+        row = session.get(Job, pipeline)
+        assert row.status == "succeeded" and not is_model(session, row)  # a pipeline is not one model
