@@ -14,9 +14,10 @@
   the P space (the mapping network's output before its last leaky ReLU, Sec. IV-C).
 
 All reconstructions (identities x candidates) are optimised in batches of ``budget.chunk_size`` (or
-``options.batch_size``) latents; a batch that runs out of device memory is halved and retried
-(:class:`BatchFallback`). Images are scored by the target in its input space after
-:class:`~midre.target.PixelCodec` normalisation, as in the other attacks.
+``options.batch_size``) latents, and scored without gradients in batches four times larger; a batch
+that runs out of device memory is halved and retried (:class:`BatchFallback`). Images are scored by
+the target in its input space after :class:`~midre.target.PixelCodec` normalisation, as in the other
+attacks.
 """
 
 from __future__ import annotations
@@ -422,11 +423,14 @@ def _run(request: AttackRequest, kind: str) -> AttackResult:
     scorer = _Scorer(model, codec)
     rng = torch.Generator().manual_seed(request.seed)
     batches = BatchFallback(budget.chunk_size or options.batch_size)
+    # forward-only phases (candidate scoring, final selection) keep no activations for a backward pass:
+    # they start at 4x the optimisation batch and fall back on their own
+    scoring = BatchFallback(4 * batches.batch_size)
     per_id = request.per_identity
     n_cand = per_id if kind == "mirror" else max(options.candidates, per_id)
     ids = request.identities
     t0 = time.monotonic()
-    w0 = select_candidates(gen, scorer, ids, n_cand, options, batches, rng, device)
+    w0 = select_candidates(gen, scorer, ids, n_cand, options, scoring, rng, device)
     labels = expand_labels(ids, n_cand)
     extra["candidate_seconds"] = time.monotonic() - t0
     lr = budget.lr if budget.lr is not None else DEFAULT_LR[kind]
@@ -450,13 +454,13 @@ def _run(request: AttackRequest, kind: str) -> AttackResult:
         keep_idx = torch.arange(labels.numel())
     else:
         keep_idx, robust = robust_selection(scorer.confidence, images01, labels, n_cand, per_id, options, rng,
-                                            batches, device)
+                                            scoring, device)
         extra["final_robust_confidence"] = float(robust.mean())
     images = codec.to_input(images01[keep_idx].to(device)).detach()
     final_labels = labels[keep_idx]
     conf = target_confidence(model, images, final_labels.to(device))
     extra.update({"candidates_per_identity": n_cand, "batch_size": batches.batch_size,
-                  "oom_fallbacks": batches.fallbacks, "stages": len(stage_steps)})
+                  "oom_fallbacks": batches.fallbacks + scoring.fallbacks, "stages": len(stage_steps)})
     progress(ProgressEvent(stage="attack", fraction=1.0, message=request.name, step=reporter.total,
                            steps=reporter.total))
     return AttackResult(images=images.cpu(), labels=final_labels, confidence=conf,
