@@ -1,4 +1,4 @@
-"""Interactive API docs that work offline: Swagger UI at ``/docs``, ReDoc at ``/redoc``, ``/`` -> ``/docs``.
+"""Interactive API docs that work offline: Swagger UI at ``/docs``, ReDoc at ``/redoc`` (``/`` opens the dashboard, ``/ui/``).
 
 FastAPI's default pages load their JavaScript and CSS from a CDN, so on an air-gapped GPU box (or
 behind a strict proxy) ``/docs`` is a blank page. The assets here come from the installed
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 #: Where the Swagger UI / ReDoc bundles are served from (not part of the OpenAPI document).
@@ -60,7 +60,3 @@ def install_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{static}/favicon.png",
             with_google_fonts=False,
         )
-
-    @app.get("/", include_in_schema=False)
-    async def root(request: Request) -> RedirectResponse:
-        return RedirectResponse(request.scope.get("root_path", "").rstrip("/") + "/docs")

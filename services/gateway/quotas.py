@@ -35,10 +35,13 @@ def check_job_quotas(session: Session, settings: Settings, tenant_id: str, resol
     if active >= settings.max_active_jobs:
         raise quota_error("active_jobs", active, settings.max_active_jobs, "MIDRE_MAX_ACTIVE_JOBS")
     config = resolved.get("config") or {}
-    if resolved.get("kind") in ("pipeline", "attack_eval"):
+    if resolved.get("kind") in ("pipeline", "attack_eval", "sweep", "harden"):
         seeds = config.get("seeds", 1)
         count = seeds if isinstance(seeds, int) else len(seeds)
-        runs = count * max(len(config.get("defenses") or [None]), 1) * max(len(config.get("attacks") or []), 1)
+        candidates = max(len(config.get("defenses") or [None]), 1)
+        if resolved.get("kind") == "harden" and config.get("refine", True):
+            candidates += 2  # the refinement adds at most two a_h values around the best coarse one
+        runs = count * candidates * max(len(config.get("attacks") or []), 1)
         if runs > settings.max_study_runs:
             raise quota_error("study_runs", runs, settings.max_study_runs, "MIDRE_MAX_STUDY_RUNS", None)
 

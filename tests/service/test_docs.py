@@ -35,10 +35,10 @@ def test_docs_page_uses_local_assets(api: Api, page: str) -> None:
     assert "/openapi.json" in html
 
 
-def test_root_redirects_to_docs(api: Api) -> None:
+def test_root_redirects_to_the_dashboard(api: Api) -> None:
     response = api.client.get("/", follow_redirects=False)
-    assert response.status_code in (302, 307)
-    assert response.headers["location"] == "/docs"
+    assert response.status_code == 303
+    assert response.headers["location"] == "/ui/"
 
 
 def test_docs_routes_stay_out_of_the_openapi_document(api: Api) -> None:

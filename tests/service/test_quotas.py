@@ -31,6 +31,11 @@ def test_quotas_answer_429_naming_the_quota(tmp_path: Path) -> None:
         # A study of 3 seeds x 2 defenses x 1 attack = 6 runs > 4 (tenant b still has room for jobs).
         r = client.post("/v1/jobs", json={**PIPELINE, "seeds": 3}, headers=api.auth(b))
         assert r.status_code == 429 and r.json()["errors"][0]["field"] == "study_runs", r.text
+        # A harden search counts its candidates (NoDef + 2 coarse + 2 refined) x seeds x attacks: 5 > 4.
+        harden = {"kind": "harden", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"], "seeds": 1,
+                  "candidates": ["midre:a_h=0.3|0.6"], "device": "cpu"}
+        r = client.post("/v1/jobs", json=harden, headers=api.auth(b))
+        assert r.status_code == 429 and r.json()["errors"][0]["field"] == "study_runs", r.text
 
         files = {"file": ("faces.zip", archive, "application/zip")}
         first = client.post("/v1/datasets", files=files, headers=api.auth(b))

@@ -14,7 +14,7 @@ from midre.errors import ConfigError
 
 def test_names_order_and_summary_are_what_the_cli_and_service_read():
     assert list_attacks() == ["mi-face", "deepinversion", "gmi", "kedmi", "lomma+gmi", "lomma+kedmi", "plg-mi",
-                              "rlb-mi", "brep-mi"]
+                              "rlb-mi", "brep-mi", "ppa", "if-gmi", "mirror"]
     assert ATTACKS["mi-face"] == {"prior": None, "paper": "Fredrikson et al., CCS 2015"}
     assert ATTACKS["lomma+kedmi"] == {"prior": "kedmi", "paper": "Nguyen et al., CVPR 2023"}
     assert ATTACKS["rlb-mi"]["access"] == "probabilities" and ATTACKS["brep-mi"]["access"] == "labels"

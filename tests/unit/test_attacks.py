@@ -76,6 +76,8 @@ TINY = AttackBudget(steps=3, restarts=2, prior_steps=2, surrogate_epochs=1)
 @pytest.mark.parametrize("name", list_attacks())
 def test_every_attack_end_to_end(name, target, public, tmp_path):
     options = {"prior": {"width": 8, "batch_size": 8}} if name not in ("mi-face", "deepinversion") else None
+    if name in ("ppa", "if-gmi", "mirror"):  # the authors' search sizes are GPU-scale
+        options = {**options, "search_space": 12, "candidates": 3, "final_transforms": 3}
     events = []
     result = run_attack(name, target, [0, 2, 4], per_identity=2, public=public, budget=TINY, options=options,
                         seed=1, cache_dir=str(tmp_path), progress=events.append)
