@@ -533,6 +533,21 @@ def _ref_paths(config: dict[str, Any], tokens: set[str]) -> dict[str, str]:
     return out
 
 
+#: Attack options that name a generator file or size a random one: library and CLI only. A request never
+#: reaches a server path, and a random generator's size is not bounded by anything a tenant pays for.
+GENERATOR_OPTIONS = ("stylegan2", "stylegan2_random")
+
+
+def _refuse_generator_files(spec: dict[str, Any]) -> None:
+    for attack, options in (spec.get("attack_options") or {}).items():
+        for name in GENERATOR_OPTIONS:
+            if isinstance(options, dict) and name in options:
+                raise SpecError(f"attack_options.{attack}.{name}",
+                                "the service takes no generator files or random generators: the high-resolution "
+                                "attacks use the GAN prior it trains on the public identities (StyleGAN2 weights "
+                                "work with the library and `midre pipeline`)")
+
+
 def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a spec against the library and return what the worker will run.
 
@@ -551,6 +566,7 @@ def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) 
         SpecError: naming the spec's field at fault.
     """
     kind = spec["kind"]
+    _refuse_generator_files(spec)
     tokens = {ref.token for ref in references(spec)}  # file parameters of defenses are refused here
     inherited = inherited_data if kind == "attack_eval" and not spec.get("dataset") else None
     if inherited and str(inherited.get("source", "")).startswith("dataset:"):
