@@ -171,8 +171,10 @@ def _confirm(config: Any, out: Path, cands: list[dict[str, Any]]) -> list[dict[s
                 c["skipped"] = (f"seed {seed0}: dominated by {d['label']} (lower top-1 AttAcc on every attack "
                                 f"beyond NoDef's seed spread)")
                 break
-    alive = sorted((c for c in within if not c["skipped"]),
-                   key=lambda c: sum(att0[c["label"]].values()) / len(config.attacks))
+    def rank(c: dict[str, Any]) -> tuple[float, float]:  # lowest seed-0 AttAcc first; ties: higher accuracy
+        return sum(att0[c["label"]].values()) / len(config.attacks), -(_target_acc(out, c["label"], seed0) or 0.0)
+
+    alive = sorted((c for c in within if not c["skipped"]), key=rank)
     for c in alive[config.finalists:]:
         c["skipped"] = (f"seed {seed0}: mean top-1 AttAcc {sum(att0[c['label']].values()) / len(config.attacks):.1f} "
                         f"%, not among the {config.finalists} lowest within budget")

@@ -166,3 +166,50 @@ def test_sweep_and_harden_flags_reach_the_config(monkeypatch, tmp_path, capsys):
     assert cfg.refine is False and cfg.init_from == "runs/base" and cfg.eval_archs == ["resnet18", "vgg16"]
     assert "recommendation: none. nothing qualifies" in capsys.readouterr().out
     assert main(["harden", "--data", "digits", "--candidates", "midre:a_h=2..1", "--out", str(tmp_path)]) == 2
+
+
+def _fake_target(out, label, seed, acc):
+    path = out / "targets" / label / f"seed{seed}"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.json").write_text(json.dumps({"metrics": {"test_accuracy": acc}}))
+
+
+def _fake_attack(out, label, seed, attacc):
+    path = out / "attacks" / label / f"seed{seed}" / "deepinversion"
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps({"attacc_top1": attacc}))
+
+
+def test_harden_stages_screen_refine_and_stop_dominated_candidates(tmp_path):
+    from midre.harden import plan_harden, run_expand
+
+    cfg = HardenConfig.from_dict({"data": "digits", "attacks": ["deepinversion"], "seeds": 2,
+                                  "eval_archs": ["resnet18", "cnn-small"]})
+    units = plan_harden(cfg)
+    keys = {u.key for u in units}
+    assert {"target/nodef/seed1", "attack/nodef/seed1/deepinversion", "target/midre-a_h0.8/seed0"} <= keys
+    assert "target/midre-a_h0.8/seed1" not in keys and "attack/midre-a_h0.2/seed0/deepinversion" not in keys
+    for seed in (0, 1):
+        _fake_target(tmp_path, "nodef", seed, 0.90)
+    for a_h, acc in ((0.2, 0.897), (0.4, 0.895), (0.6, 0.85), (0.8, 0.70)):
+        _fake_target(tmp_path, f"midre-a_h{a_h}", 0, acc)
+    result, new = run_expand(cfg, tmp_path, units[-1])  # expand/refine
+    assert set(result["skipped"]) == {"midre-a_h0.6", "midre-a_h0.8"} and result["refined"] == [
+        "midre-a_h0.3", "midre-a_h0.5"]
+    assert [u.key for u in new] == ["target/midre-a_h0.3/seed0", "target/midre-a_h0.5/seed0", "expand/select"]
+    _fake_target(tmp_path, "midre-a_h0.3", 0, 0.896)
+    _fake_target(tmp_path, "midre-a_h0.5", 0, 0.80)
+    result, new = run_expand(cfg, tmp_path, new[-1])  # expand/select
+    assert result["within_budget"] == ["midre-a_h0.2", "midre-a_h0.4", "midre-a_h0.3"]
+    assert [u.key for u in new[:-1]] == [f"attack/midre-a_h{a}/seed0/deepinversion" for a in (0.2, 0.4, 0.3)]
+    for seed, attacc in ((0, 50.0), (1, 52.0)):
+        _fake_attack(tmp_path, "nodef", seed, attacc)
+    for a_h, attacc in ((0.2, 49.0), (0.4, 30.0), (0.3, 40.0)):
+        _fake_attack(tmp_path, f"midre-a_h{a_h}", 0, attacc)
+    result, new = run_expand(cfg, tmp_path, new[-1])  # expand/confirm
+    assert result["finalists"] == ["midre-a_h0.4"]
+    assert "dominated by midre-a_h0.4" in result["skipped"]["midre-a_h0.2"]
+    assert "dominated by midre-a_h0.4" in result["skipped"]["midre-a_h0.3"]
+    assert [u.key for u in new] == ["target/midre-a_h0.4/seed1", "attack/midre-a_h0.4/seed1/deepinversion", "report"]
+    report = new[-1]
+    assert {c["label"]: bool(c["skipped"]) for c in report.params["candidates"]}["midre-a_h0.4"] is False
