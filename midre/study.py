@@ -223,11 +223,13 @@ class _AttackSettings:
     def eval_config(self) -> EvalModelConfig:
         return EvalModelConfig(arch=self.eval_arch, epochs=self.eval_epochs, all_images=self.eval_all_images)
 
-    def judge_configs(self) -> list[EvalModelConfig]:
-        """The judges: one per ``eval_archs`` entry, or the default panel (:func:`default_judge_configs`)."""
+    def judge_configs(self, image_size: int | None = None) -> list[EvalModelConfig]:
+        """The judges: one per ``eval_archs`` entry, or the default panel (:func:`default_judge_configs`)
+        of architectures that take ``image_size`` (default: the config's own, when it has one)."""
         from midre.evaluation.judges import default_judge_configs
 
-        return default_judge_configs(self.eval_config(), self.eval_archs)
+        size = image_size if image_size is not None else getattr(self, "image_size", None)
+        return default_judge_configs(self.eval_config(), self.eval_archs, size)
 
 
 @dataclass
@@ -633,7 +635,7 @@ def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: 
             raise ValueError("eval_model: its identities differ from the target's")
         panel = JudgePanel([evaluator])
     else:
-        panel = JudgePanel.train_or_load(spec, cache_dir, config.judge_configs(), device=device,
+        panel = JudgePanel.train_or_load(spec, cache_dir, config.judge_configs(spec.image_size), device=device,
                                          progress=stages.sub("eval"), should_stop=should_stop)
         evaluator = panel.judges[0]
     timings["evaluation_model"] = time.monotonic() - t0

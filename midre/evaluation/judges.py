@@ -51,7 +51,8 @@ DEFAULT_JUDGE_ARCHS: tuple[str, ...] = ("resnet18", "densenet121")
 JUDGE_SEED_STRIDE = 1000
 
 
-def default_judge_configs(base: EvalModelConfig, archs: Sequence[str] | None = None) -> list[EvalModelConfig]:
+def default_judge_configs(base: EvalModelConfig, archs: Sequence[str] | None = None,
+                          image_size: int | None = None) -> list[EvalModelConfig]:
     """The panel's configs: one per architecture, each with its own seed, the rest as in ``base``.
 
     Args:
@@ -59,6 +60,8 @@ def default_judge_configs(base: EvalModelConfig, archs: Sequence[str] | None = N
             first judge (when ``archs`` is not given) and ``base.seed`` the first seed.
         archs: the judges' architectures, in order (default: ``base.arch`` then the
             :data:`DEFAULT_JUDGE_ARCHS` not yet used, two judges in all).
+        image_size: the images' side; the default panel then only adds architectures that take it
+            (a 16 px study gets ``base.arch`` twice, with two seeds, when no other one does).
 
     Raises:
         ConfigError: ``archs`` is empty or names an unknown architecture.
@@ -66,8 +69,8 @@ def default_judge_configs(base: EvalModelConfig, archs: Sequence[str] | None = N
     from midre.models import list_models
 
     if archs is None:
-        names = [base.arch] + [a for a in DEFAULT_JUDGE_ARCHS if a != base.arch]
-        names = names[:2]
+        names = [base.arch] + [a for a in DEFAULT_JUDGE_ARCHS if a != base.arch and _fits(a, image_size)]
+        names = (names + [base.arch])[:2]
     else:
         names = [str(a) for a in archs]
         if not names:
@@ -78,6 +81,18 @@ def default_judge_configs(base: EvalModelConfig, archs: Sequence[str] | None = N
             raise ConfigError("judges", f"unknown architecture {name!r}; known: {', '.join(sorted(known))}")
     return [dataclasses.replace(base, arch=name, seed=base.seed + i * JUDGE_SEED_STRIDE)
             for i, name in enumerate(names)]
+
+
+def _fits(arch: str, image_size: int | None) -> bool:
+    from midre.models import check_input_size
+
+    if image_size is None:
+        return True
+    try:
+        check_input_size(arch, image_size)
+    except ConfigError:
+        return False
+    return True
 
 
 class JudgePanel:

@@ -100,7 +100,7 @@ class EventPublic(BaseModel):
 
     id: int
     created_at: dt.datetime
-    type: str = Field(description="status | stage | epoch | log | unit | warning")
+    type: str = Field(description="status | stage | epoch | log | unit | warning | estimate")
     attempt: int
     stage: str | None
     message: str

@@ -212,9 +212,13 @@ def plan_job(settings: Settings, job_id: str, planner: Planner, worker: str | No
     redact = server_redactor(settings)
     try:
         ctx = unit_context(settings, sessions, job, lambda _e: None, lambda: False)
-        units = planner.plan(library_config(ctx))
+        config = library_config(ctx)
+        units = planner.plan(config)
         if not units:
             raise ValueError("the study has no units to run")
+        from services.worker.handlers import record_estimate
+
+        record_estimate(sessions, job_id, config, redact)
         with sessions() as session:
             row = session.get(Job, job_id)
             for unit in units:
@@ -258,7 +262,8 @@ def unit_context(settings: Settings, sessions: sessionmaker[Session], job: Job, 
 
     return JobContext(job_id=job.id, tenant_id=job.tenant_id, kind=job.kind, spec=job.spec, resolved=job.resolved,
                       attempt=job.attempt, work_dir=work_dir, dataset_source=_dataset_source(sessions, job),
-                      progress=progress, should_stop=should_stop, store=store, sessions=sessions, log=log_line)
+                      progress=progress, should_stop=should_stop, store=store, sessions=sessions, log=log_line,
+                      redact=redact)
 
 
 # --------------------------------------------------------------------------- one unit

@@ -8,10 +8,19 @@ resume state (a redelivered job); ``attack_eval`` and ``pipeline`` call ``midre.
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from services import jobspec
+from services.db import jobs as jobstate
+from services.db.models import Job
 from services.worker.runner import Handler, JobContext, Outcome
+
+log = logging.getLogger(__name__)
 
 
 def library_config(ctx: JobContext) -> Any:
@@ -52,12 +61,37 @@ def train_warnings(metrics: dict[str, Any], num_classes: Any) -> list[dict[str, 
     return [dict(w) for w in warn(metrics, num_classes) or []]
 
 
+def record_estimate(sessions: sessionmaker[Session], job_id: str, config: Any,
+                    redact: Callable[[str], str]) -> dict[str, Any] | None:
+    """Calibrate the study's cost (``midre.cost.estimate_study``: a few training and attack steps on the
+    real shapes) and add it to the job as an ``estimate`` event, before the work starts. A failed
+    calibration is logged and never stops the job."""
+    try:
+        from midre.cost import estimate_study
+
+        estimate = json.loads(redact(json.dumps(estimate_study(config), default=str)))
+    except Exception as exc:
+        log.warning("job %s: no cost estimate: %s", job_id, exc)
+        return None
+    unit = "GPU-seconds" if estimate.get("gpu_seconds") is not None else "CPU-seconds"
+    message = (f"expected about {estimate['total_seconds']:.0f} {unit} of training and attacks, peak memory "
+               f"{estimate['peak_bytes'] / 2**20:.0f} MiB on {estimate['device']} ({estimate['memory_method']})")
+    with sessions() as session:
+        row = session.get(Job, job_id)
+        if row is not None:
+            jobstate.add_event(session, row, "estimate", message, stage=row.stage, data=estimate)
+            session.commit()
+    return estimate
+
+
 def run_attack_eval(ctx: JobContext) -> Outcome:
     """Attack the checkpoint of an earlier train job and write the report."""
     from midre.study import run_attack_eval as attack_eval
 
     out_dir = ctx.work_dir / "out"
-    report = attack_eval(library_config(ctx), out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
+    config = library_config(ctx)
+    record_estimate(ctx.sessions, ctx.job_id, config, ctx.redact)
+    report = attack_eval(config, out_dir, progress=ctx.progress, should_stop=ctx.should_stop)
     return Outcome(out_dir=out_dir, metrics=report_metrics(report), warnings=report_warnings(report))
 
 

@@ -76,6 +76,8 @@ class JobContext:
     log: Callable[[str], None]
     resolved: dict[str, Any] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Rewrites server paths in text that reaches clients (events, messages).
+    redact: Callable[[str], str] = str
 
     @property
     def cache_dir(self) -> Path:
@@ -436,6 +438,7 @@ def execute_job(settings: Settings, job_id: str, handlers: dict[str, Handler], w
             store=store,
             sessions=sessions,
             log=log_line,
+            redact=tracker.redact,
         )
         ctx.work_dir.mkdir(parents=True, exist_ok=True)
         outcome = handler(ctx)

@@ -138,6 +138,13 @@ def test_two_workers_share_a_study_and_a_killed_worker_loses_only_its_unit(servi
     assert len({e.data["worker"] for e in events if e.data["status"] == "running"}) >= 2
     names = {a["name"] for a in service.http.get(f"/v1/jobs/{job_id}/artifacts").json()["items"]}
     assert {"report.json", "report.html"} <= names
+    # the cost estimate came before the first unit started, without a server path in it
+    listed = service.http.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["items"]
+    kinds = [e["type"] for e in listed]
+    estimate = listed[kinds.index("estimate")]
+    assert kinds.index("estimate") < kinds.index("unit"), kinds
+    assert estimate["data"]["total_seconds"] > 0 and estimate["data"]["peak_bytes"] > 0
+    assert "seconds" in estimate["message"] and str(service.settings.storage_dir) not in str(estimate)
 
 
 def test_cancel_stops_the_whole_graph(service: Service) -> None:

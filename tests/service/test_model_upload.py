@@ -60,6 +60,10 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
     assert audit.status_code == 201, audit.text
     assert audit.json()["resolved"]["config"]["target"] == f"job:{model_id}"
     assert execute_job(api.settings, audit.json()["id"], HANDLERS) == "succeeded"
+    events = api.client.get(f"/v1/jobs/{audit.json()['id']}/events", params={"limit": 1000},
+                            headers=api.auth(key_a)).json()["items"]
+    (estimate,) = [e for e in events if e["type"] == "estimate"]  # calibrated before the attacks ran
+    assert estimate["data"]["attacks"]["mi-face"]["runs"] == 1 and estimate["data"]["training"] is None
     report = json.loads(api.client.get(f"/v1/jobs/{audit.json()['id']}/artifacts/report.json",
                                        headers=api.auth(key_a)).content)
     target = report["models"]["target"]

@@ -171,6 +171,10 @@ def test_default_judge_configs_differ_in_arch_and_seed():
     assert err.value.field == "judges"
     with pytest.raises(ConfigError):
         default_judge_configs(EvalModelConfig(), [])
+    # small images: only architectures that take them; the base one twice (two seeds) when no other does
+    small = default_judge_configs(EvalModelConfig(arch="cnn-small"), image_size=16)
+    assert [c.arch for c in small] == ["cnn-small", "cnn-small"] and small[0].seed != small[1].seed
+    assert default_judge_configs(EvalModelConfig(arch="cnn-small"), image_size=64)[1].arch == "resnet18"
 
 
 def test_panel_needs_a_judge():
