@@ -17,7 +17,10 @@ ATTACKS_HELP = """attacks (comma-separated):
   lomma+kedmi    the same on top of KEDMI
   plg-mi         Yuan et al. 2023: conditional GAN trained with the target's pseudo-labels
   rlb-mi         Han et al. 2023 (black-box): RL agent in the GMI prior's latent space, probabilities only
-  brep-mi        Kahla et al. 2022 (label-only): boundary-repelling walk in the GMI latent space, labels only"""
+  brep-mi        Kahla et al. 2022 (label-only): boundary-repelling walk in the GMI latent space, labels only
+  ppa            Struppek et al. 2022: W-space search with augmentations and the Poincare loss (StyleGAN2 or GMI prior)
+  if-gmi         Qiu et al. 2024: layer-by-layer search of the generator's intermediate features in an l1 ball
+  mirror         An et al. 2022 (white-box): W-space search with the prior's constraint"""
 
 
 def _json_arg(text: str | None, flag: str) -> dict[str, Any]:
