@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from midre.evaluation.metrics import mean_std
-from midre.plan import Unit, _unit, base_units, candidate_units
-from midre.study import defense_label
+from midre.units import Unit, _unit, base_units, candidate_units, defense_label
 
 
 def _cand(defense: dict[str, Any], skipped: str | None = None) -> dict[str, Any]:

@@ -36,17 +36,24 @@ from midre.attacks import (
     needs_public_data,
     parse_options,
     resolve_attack_name,
-    run_attack,
 )
 from midre.defenses import build_defense
 from midre.device import resolve_device
 from midre.errors import ConfigError
-from midre.evaluation import EvalModelConfig, feature_space_analysis
+from midre.evaluation import EvalModelConfig
 from midre.evaluation.eval_model import load_evaluation_model
-from midre.evaluation.judges import JudgePanel, record_fields
+from midre.evaluation.judges import JudgePanel
 from midre.models import check_input_size, list_models
 from midre.priors.prior import check_prior_options
 from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
+from midre.units import (  # noqa: F401  (defense_label, gmi_prior_config: part of this module's API)
+    _attack_one,
+    _grids_and_features,
+    _load_public,
+    defense_label,
+    gmi_prior,
+    gmi_prior_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,14 +113,6 @@ def parse_defense(item: Any) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
-
-
-def defense_label(defense: dict[str, Any]) -> str:
-    """Folder-safe label: ``midre``, ``midre-a_h0.8`` when parameters are given, ``midre-a_h0.8+nls`` composed."""
-    if "+" in defense["name"]:  # a composed defense: each part's parameters under its own name
-        return "+".join(defense_label({"name": n, **dict(defense.get(n) or {})}) for n in defense["name"].split("+"))
-    extra = "-".join(f"{k}{v}" for k, v in sorted(defense.items()) if k != "name")
-    return defense["name"] + (f"-{extra}" if extra else "")
 
 
 @dataclass
@@ -408,165 +407,6 @@ class _Stages:
         self.progress(ProgressEvent(stage=name.split(":")[0], fraction=self.bounds[name][1], message=message))
 
 
-def _load_public(path: str, like: Any) -> Any:
-    """Load a separate public data set at the private data's size/channels (all of its images)."""
-    from midre.data import load_dataset
-    from midre.priors import PublicData
-
-    spec = dataclasses.replace(like, source=path, num_private=None, test_fraction=0.0,
-                               max_images_per_identity=None)
-    splits = load_dataset(spec)
-    images = splits.train.images
-    return PublicData.from_images(images, f"{path} ({images.shape[0]} images, all identities)")
-
-
-def _count_identities(spec: Any) -> int:
-    from midre.data import load_dataset
-
-    return len(load_dataset(dataclasses.replace(spec, num_private=None)).class_names)
-
-
-def _save_recon(path: Path, pixels: torch.Tensor, labels: torch.Tensor, confidence: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    save_file({"pixels": (pixels.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
-               "labels": labels.contiguous(), "confidence": confidence.float().contiguous()}, str(path))
-
-
-def _load_recon(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
-
-
-def gmi_prior_config(settings: _AttackSettings, attack: str) -> Any:
-    """The :class:`midre.priors.PriorConfig` of the target-independent GMI prior an attack uses, or ``None``.
-
-    Every attack registered with ``needs="gmi"`` (:func:`midre.attacks.register_attack`) gets it.
-    """
-    from midre.attacks.registry import get_attack
-    from midre.priors import PriorConfig
-
-    if get_attack(attack).needs != "gmi":
-        return None
-    budget = settings.budget_for(attack)
-    options = settings.options_for(attack)
-    return PriorConfig(**{"kind": "gmi", "steps": budget.prior_steps, "seed": 0, **options.get("prior", {})})
-
-
-def gmi_prior(attack: str, settings: _AttackSettings, public: Any, image_shape: tuple[int, int, int],
-              cache_dir: str, device: str, progress: ProgressCallback | None = None,
-              should_stop: StopCallback | None = None) -> Any:
-    """The target-independent GMI prior of an attack registered with ``needs="gmi"`` (trained once, cached),
-    or ``None`` for the other attacks (they train or need nothing themselves)."""
-    from midre.priors import load_or_train_prior
-
-    cfg = gmi_prior_config(settings, attack)
-    if cfg is None or public is None:
-        return None
-    return load_or_train_prior(cfg, public, image_shape, cache_dir=cache_dir, device=device, progress=progress,
-                               should_stop=should_stop)
-
-
-def _attack_one(attack: str, target: AttackTarget, target_acc: float, ids: list[int], settings: _AttackSettings,
-                seed: int, run_dir: Path, score: Any, private: Any, public: Any, prior: Any,
-                cache_dir: str, device: str, progress: ProgressCallback,
-                should_stop: StopCallback) -> dict[str, Any]:
-    """Run (or load) one attack on one target and return its metrics record.
-
-    ``score(pixels, labels, private)`` judges the reconstructions; ``prior`` is the attack's GMI prior
-    (``None``: the attack trains what it needs itself, cached in ``cache_dir``).
-    """
-    metrics_path = run_dir / "metrics.json"
-    if metrics_path.is_file() and (run_dir / "recon.safetensors").is_file():
-        logger.info("skipping finished attack run %s", run_dir)
-        return json.loads(metrics_path.read_text())
-    budget = settings.budget_for(attack)
-    options = settings.options_for(attack)
-    if prior is not None:
-        options = {k: v for k, v in options.items() if k != "prior"}
-    result = run_attack(attack, target, ids, per_identity=settings.per_identity, prior=prior, public=public,
-                        budget=budget, options=options, seed=seed, device=device, cache_dir=cache_dir,
-                        progress=progress, should_stop=should_stop)
-    pixels = result.pixels()
-    scores = record_fields(score(pixels, result.labels, private))
-    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_acc, **scores,
-              "target_confidence": float(result.confidence.mean()), "queries": result.queries,
-              "attack_seconds": result.seconds, "budget": budget.to_dict(),
-              "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-              "images": int(result.labels.numel()), "extra": result.extra}
-    if result.checkpoints:  # query-budgeted attacks: AttAcc of the images held at each checkpoint
-        curve = []
-        for used, snap in result.checkpoints:
-            s = score(snap, result.labels, private)
-            curve.append({"queries": used, "attacc_top1": 100.0 * s["attacc_top1"],
-                          "attacc_top5": 100.0 * s["attacc_top5"]})
-        record["attacc_vs_queries"] = curve
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _save_recon(run_dir / "recon.safetensors", pixels, result.labels, result.confidence)
-    _write_json(metrics_path, record)
-    logger.info("%s on %s seed %d: AttAcc top-1 %.1f%%, KNN %.1f (%.0fs)", attack, run_dir.parent.parent.name,
-                seed, record["attacc_top1"], record["knn_dist"], result.seconds)
-    return record
-
-
-def _grids_and_features(records: list[dict[str, Any]], out_dir: Path, labels_of: dict[str, str],
-                        targets: dict[tuple[str, int], AttackTarget], private: Any, class_names: list[str],
-                        settings: _AttackSettings, attacks: list[str], defenses: list[str]) -> tuple[dict, dict, dict]:
-    """Reconstruction grids (first seed, first image per identity) and feature-space analyses."""
-    grids: dict[str, Any] = {}
-    features: dict[str, Any] = {}
-    feature_json: dict[str, Any] = {}
-    first_seed = min(r["seed"] for r in records)
-    for attack in attacks:
-        recon: dict[str, Any] = {}
-        names: list[str] = []
-        real = None
-        for d in defenses:
-            path = out_dir / "attacks" / d / f"seed{first_seed}" / attack / "recon.safetensors"
-            if not path.is_file():
-                continue
-            data = _load_recon(path)
-            labels = data["labels"]
-            ids = labels.unique()[:8].tolist()
-            first = [int((labels == i).nonzero()[0]) for i in ids]
-            recon[labels_of[d]] = (data["pixels"][first].float() / 255).numpy()
-            names = [class_names[i] if i < len(class_names) else str(i) for i in ids]
-            real_idx = [int((private.labels == i).nonzero()[0]) for i in ids]
-            real = (private.images[real_idx].float() / 255).numpy()
-            tgt = targets.get((d, first_seed))
-            if tgt is not None and settings.feature_identities > 0:
-                fid = labels.unique()[: settings.feature_identities].tolist()
-                a_h = 0.4
-                cfg_def = tgt.card.get("defense") or {}
-                if isinstance(cfg_def, dict) and "a_h" in cfg_def:
-                    a_h = float(cfg_def["a_h"])
-                try:
-                    from midre.attacks.base import PixelCodec
-
-                    codec = PixelCodec(tgt.normalization, tgt.image_shape[0], torch.device("cpu"))
-                    tgt.model.cpu()
-                    priv_in = codec.to_input(private.images.float() / 255)
-                    rec_in = codec.to_input(data["pixels"].float() / 255)
-                    fs = feature_space_analysis(tgt.model, priv_in, private.labels, rec_in, labels, identities=fid,
-                                                a_h=a_h, normalization=tgt.normalization, seed=first_seed)
-                    title = f"{labels_of[d]} target, {attack}"
-                    features[title] = fs
-                    feature_json[title] = {"attack": attack, "defense": d, **fs.to_dict()}
-                except (ValueError, RuntimeError) as exc:  # an analysis failure must not lose the report
-                    logger.warning("feature-space analysis of %s/%s failed: %s", d, attack, exc)
-        if recon:
-            grids[attack] = {"names": names, "real": real, "recon": recon}
-    return grids, features, feature_json
-
-
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -582,7 +422,7 @@ def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: Progr
     Returns:
         The report dict (also written as ``out_dir/report.json``).
     """
-    from midre.plan import run_study
+    from midre.units import run_study
 
     return run_study(config, out_dir, progress=progress, should_stop=should_stop)
 

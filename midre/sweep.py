@@ -179,6 +179,15 @@ class SweepConfig(PipelineConfig):
     candidates: Any = DEFAULT_SWEEP_CANDIDATES
     max_accuracy_drop: float | None = None
 
+    @property
+    def study_kind(self) -> str:
+        return "sweep"
+
+    def report_section(self, candidates: list[dict[str, Any]], records: list[dict[str, Any]],
+                       out: Path) -> dict[str, Any]:
+        """The frontier and the recommendation (:func:`frontier_section`) for the study report."""
+        return frontier_section(self, candidates, records, out)
+
     def __post_init__(self) -> None:
         if self.candidates is None or self.candidates == "" or self.candidates == []:
             raise ConfigError("candidates", "must name at least one candidate (e.g. 'midre:a_h=0.2..0.8/0.2')")
@@ -212,6 +221,22 @@ class HardenConfig(SweepConfig):
     refine: bool = True
     finalists: int = 2
     defenses: list[Any] = field(default_factory=lambda: ["nodef"])
+
+    @property
+    def study_kind(self) -> str:
+        return "harden"
+
+    def plan_units(self) -> list[Any]:
+        """The first stage of the search (:func:`midre.harden.plan_harden`)."""
+        from midre.harden import plan_harden
+
+        return plan_harden(self)
+
+    def expand(self, out: Path, unit: Any) -> tuple[dict[str, Any], list[Any]]:
+        """Run one ``expand`` unit of the search (:func:`midre.harden.run_expand`)."""
+        from midre.harden import run_expand
+
+        return run_expand(self, out, unit)
 
     def __post_init__(self) -> None:
         if self.max_accuracy_drop is None:

@@ -91,7 +91,7 @@ def test_pipeline_resumes_without_redoing_work(pipeline_run, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("finished work must be skipped on a re-run")
 
-    monkeypatch.setattr("midre.study.run_attack", boom)
+    monkeypatch.setattr("midre.units.run_attack", boom)
     again = run_pipeline(PipelineConfig.from_dict(TINY), out)
     assert [r["metrics"] for r in again["results"]] == [r["metrics"] for r in report["results"]]
 
