@@ -14,7 +14,8 @@ its own task on any worker, all of them sharing ``out_dir``. A unit writes only 
 (each finished unit leaves ``out_dir/units/<key>.json``, written last by an atomic rename), reads
 only what its dependencies wrote, and returns at once when it has finished before.
 
-Example:
+Example (through :mod:`midre.plan`):
+    >>> from midre.plan import plan_study, run_unit, study_config
     >>> config = study_config("pipeline", {"data": "digits", "seeds": 2})
     >>> units = plan_study(config)
     >>> for unit in units:  # in dependency order (plan_study's order is one)
