@@ -22,7 +22,7 @@ CHANNEL = "mlflow"
 #: The ``event_type`` of a hand-off row.
 EVENT = "mlflow.run"
 #: Kinds whose succeeded jobs are logged (an uploaded model, ``upload``, is not: nothing ran).
-KINDS = ("train", "attack_eval", "pipeline")
+KINDS = ("train", "attack_eval", "pipeline", "sweep", "harden")
 
 
 def enqueue_job_end(session: Session, job: Job) -> int:

@@ -189,7 +189,9 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     redact = server_redactor(settings)
     handoff.params = {mlflow_key(k): redact(v)[:6000] for k, v in flatten(resolved_config).items()}
     handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
-    card_file = card_name(list(artifacts)) if job.kind in ("train", "pipeline") else None
+    # the model of a job: a train job's, a pipeline's defended target, a harden job's recommendation (if any)
+    has_model = job.kind in ("train", "pipeline") or (job.kind == "harden" and "model.json" in artifacts)
+    card_file = card_name(list(artifacts)) if has_model else None
     weights = card_file.removesuffix("model.json") + "model.safetensors" if card_file else None
     label = card_file.split("/")[1] if card_file and card_file.startswith("targets/") else None
     if card_file and weights in artifacts:
@@ -197,6 +199,9 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
             handoff.model_card = json.load(fh)
         handoff.files += [(artifacts[card_file], f"{MODEL_DIR}/model.json"),
                           (artifacts[weights], f"{MODEL_DIR}/model.safetensors")]
+    if job.kind == "harden" and card_file and "report.json" in artifacts:
+        with store.open(artifacts["report.json"]) as fh:  # the recommended candidate's metric rows
+            label = str((json.load(fh).get("recommendation") or {}).get("defense") or "") or None
     defense = _defense(handoff.model_card, resolved_config)
     a_h = _a_h(defense)
     handoff.tags = {"midre.job_id": job.id, "midre.kind": job.kind, HANDOFF_TAG: message_id,
@@ -210,9 +215,9 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     # AttAcc per attack, when the job measured it: ``<defense>.<attack>.attacc_top1`` (a study).
     attacc = {}
     for name, value in metrics.items():
-        parts = name.split(".")
-        if len(parts) == 3 and parts[2] == "attacc_top1" and (label is None or parts[0] == label):
-            attacc[mlflow_key(f"attacc.{parts[1]}")] = f"{value:g}"
+        owner, _, rest = name.rpartition(".")[0].rpartition(".")  # a defense label may hold dots (a_h0.8)
+        if name.endswith(".attacc_top1") and owner and (label is None or owner == label):
+            attacc[mlflow_key(f"attacc.{rest}")] = f"{value:g}"
     if job.kind == "attack_eval":
         spec = job.spec or {}
         handoff.attacked_job = spec.get("model") or spec.get("model_job")

@@ -7,6 +7,7 @@ hand-off will be retried."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import threading
@@ -329,6 +330,21 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
                                 dst_path=str(api.settings.home / "downloaded"))
     model, card = load_checkpoint(folder)
     assert card["defense"]["a_h"] == 0.8 and not model.training
+
+    # a harden job that recommends a candidate registers that checkpoint, tagged with the candidate's AttAcc
+    files = {name: api.client.get(f"/v1/jobs/{jobs[1]}/artifacts/{name}", headers=api.auth(key)).content
+             for name in ("model.json", "model.safetensors")}
+    files["report.json"] = json.dumps({"recommendation": {"defense": "midre-a_h0.8", "reason": "lowest AttAcc"}}).encode()
+    harden = {"kind": "harden", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"], "seeds": 1,
+              "candidates": ["midre:a_h=0.8"], "device": "cpu"}
+    harden_job = add_succeeded_job(api, key, "harden", harden, {"nodef.mi-face.attacc_top1": 30.0,
+                                                                "midre-a_h0.8.mi-face.attacc_top1": 7.0}, files)
+    assert deliver_due(api.settings, sessions) == 1
+    assert any("version 3 is 'hardened'" in m for m in mlflow_events(api, key, harden_job)), \
+        mlflow_events(api, key, harden_job)
+    third = mlflow_server.api("model-versions/get", name="digits-hardened", version="3")["model_version"]
+    tags = {t["key"]: t["value"] for t in third["tags"]}
+    assert (tags["job_id"], tags["defense"], tags["attacc.mi-face"]) == (harden_job, "midre-a_h0.8", "7")
 
 
 def test_mlflow_down_the_job_succeeds_and_the_handoff_is_retried(mlflow_api: Api) -> None:
