@@ -378,6 +378,15 @@ def test_report_page_renders_report_json_sections_and_plots(api: Api, key_a: str
     assert "script-src" not in raw.headers["content-security-policy"]  # default-src 'none': no script runs
     assert api.client.get(f"/ui/jobs/{add_job(api, key_a)}/report").status_code == 404  # no report
 
+    # an attack-only report: its leakage statements stand where a comparison's verdicts would, and the
+    # judges that pooled AttAcc are named with their accuracies
+    audit = study_report(60.0, 25.0)
+    audit.update(verdicts=[], leakage=[{"attack": "mi-face", "level": "high", "text": "high: mi-face recovers 60 %"}],
+                 judges=[{"arch": "resnet18", "accuracy": 98.75}, {"arch": "densenet121", "accuracy": 100.0}])
+    html = api.client.get(f"/ui/jobs/{add_study(api, key_a, audit)}/report").text
+    assert "high: mi-face recovers 60 %" in html and "No defense to compare" not in html
+    assert "pooled over 2 independent judges" in html and "98.75" in html
+
 
 def test_compare_two_studies(api: Api, key_a: str) -> None:
     sign_in(api, key_a)

@@ -52,6 +52,16 @@ class ReportView:
         return [r for r in self.report.get("results") or [] if isinstance(r, dict)]
 
     @property
+    def leakage(self) -> list[dict[str, Any]]:
+        """Per-attack leakage statements (against chance and the judges' accuracy on real images)."""
+        return [item for item in self.report.get("leakage") or [] if isinstance(item, dict)]
+
+    @property
+    def judges(self) -> list[dict[str, Any]]:
+        """The evaluation models that scored the reconstructions (``arch``, held-out ``accuracy``)."""
+        return [j for j in self.report.get("judges") or [] if isinstance(j, dict)]
+
+    @property
     def sections(self) -> list[tuple[str, str, Any]]:
         """``(key, title, value)`` of the optional sections this report has."""
         return [(key, title, self.report[key]) for key, title in SECTIONS if self.report.get(key) not in (None, [], {})]
