@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from _serve import Service  # benchmarks/_serve.py (the script's folder is on sys.path)
 
 
 def sweep_spec(args: argparse.Namespace) -> dict[str, Any]:
@@ -39,54 +37,6 @@ def sweep_spec(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Serve:
-    """``midre serve --workers N`` in a temporary home, waited on until the API and every worker are ready."""
-
-    def __init__(self, home: Path, workers: int, threads: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "serve.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")}
-        self.env |= {"MIDRE_HOME": str(home), "PYTHONUNBUFFERED": "1", "MIDRE_WORKER_THREADS": str(threads)}
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port), "--workers", str(workers)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log_path.read_text())
-            try:
-                up = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                up = False
-            if up and self.log_path.read_text(errors="replace").count(" ready.") >= workers:
-                return
-            time.sleep(0.3)
-        raise TimeoutError("service not ready:\n" + self.log_path.read_text())
-
-    def create_key(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "midre.cli", "admin", "create-key", "--tenant", "bench"],
-                             env=self.env, capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1].split()[-1]
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
 def _seconds(unit: dict[str, Any]) -> float:
     if not unit["started_at"] or not unit["finished_at"]:
         return 0.0
@@ -97,7 +47,7 @@ def _seconds(unit: dict[str, Any]) -> float:
 def run(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """One sweep on a fresh ``midre serve --workers N``; its wall time and unit figures."""
     with tempfile.TemporaryDirectory(prefix=f"midre-fanout-{workers}w-") as tmp:
-        service = Serve(Path(tmp), workers, args.threads)
+        service = Service(Path(tmp), workers, env={"MIDRE_WORKER_THREADS": str(args.threads)}, inherit_settings=False)
         try:
             key = service.create_key()
             with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:

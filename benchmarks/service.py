@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,7 @@ from typing import Any
 
 import httpx
 from _http import HttpClient  # benchmarks/_http.py (the script's folder is on sys.path)
+from _serve import Service  # benchmarks/_serve.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -55,56 +53,6 @@ def run_in_process(args: argparse.Namespace, out_dir: Path) -> float:
     start = time.perf_counter()
     train(cfg, out_dir)
     return time.perf_counter() - start
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """``midre serve`` in a subprocess, waited on until the API and the worker are both ready."""
-
-    def __init__(self, home: Path, worker: bool = True) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "serve.log"
-        env = os.environ | {"MIDRE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-        self.env = env
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "midre.cli", "serve", "--port", str(self.port),
-                 *([] if worker else ["--no-worker"])],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log_path.read_text())
-            log_text = self.log_path.read_text(errors="replace")
-            try:
-                api_up = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                api_up = False
-            if api_up and (" ready." in log_text or not worker):
-                return
-            time.sleep(0.3)
-        raise TimeoutError("service not ready:\n" + self.log_path.read_text())
-
-    def create_key(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "midre.cli", "admin", "create-key", "--tenant", "bench"],
-                             env=self.env, capture_output=True, text=True, check=True)
-        return out.stdout.strip().splitlines()[-1].split()[-1]
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def overhead_breakdown(client: httpx.Client, job_id: str) -> dict[str, float]:
@@ -210,7 +158,7 @@ def main() -> int:
               f"MIDRE a_h=0.4, device {args.device}")
         home = tmp_path / "home"
         home.mkdir()
-        service = Service(home, worker=not args.latency_only)
+        service = Service(home, workers=0 if args.latency_only else 1, ready_s=180)
         try:
             key = service.create_key()
             if args.latency_only:

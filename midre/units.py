@@ -1,18 +1,8 @@
 """The engine of studies as graphs of small, idempotent units (the API is :mod:`midre.plan`).
 
-A study (``pipeline``, ``sweep``, ``harden``) is split into units:
-
-- ``judge/<arch>-s<seed>``: one evaluation model (trained once, cached in ``cache_dir``);
-- ``prior/gmi-<hash>``: one target-independent GAN prior (cached in ``cache_dir``);
-- ``target/<defense>/seed<k>``: one target model per (defense, seed);
-- ``attack/<defense>/seed<k>/<attack>``: one attack run, judged by every judge;
-- ``expand/...``: a decision that returns new units (the harden search);
-- ``report``: the report of everything that ran.
-
-:func:`run_study` runs them one after the other in one process; a service can run every unit as
-its own task on any worker, all of them sharing ``out_dir``. A unit writes only its own files
-(each finished unit leaves ``out_dir/units/<key>.json``, written last by an atomic rename), reads
-only what its dependencies wrote, and returns at once when it has finished before.
+Which units a study has (judges, priors, targets, attacks, expansions, the report), what each writes
+in ``out_dir`` and why units of one study may run at the same time in several processes: see the
+module docstring of :mod:`midre.plan`. This module holds their bodies and the sequential driver.
 
 Example (through :mod:`midre.plan`):
     >>> from midre.plan import plan_study, run_unit, study_config
