@@ -197,7 +197,7 @@ PredictUser = Annotated[UiUser, Depends(scoped_user("predict"))]
 
 
 def check_form(request: Request, user: UiUser, sent: object) -> None:
-    """403 unless the form carries this session's CSRF token and comes from this site."""
+    """403 unless the form carries the sign-in's CSRF token and comes from this site."""
     if not _same_origin(request):
         raise ApiError(403, "cross_site", "this form was sent from another site")
     if not csrf_ok(user, sent):

@@ -99,5 +99,5 @@ def sign_out(session: Session, user: UiUser) -> None:
 
 
 def csrf_ok(user: UiUser, sent: object) -> bool:
-    """Whether the form's ``csrf`` field is this session's token (constant-time comparison)."""
+    """Whether the form's ``csrf`` field is the sign-in's own token (constant-time comparison)."""
     return isinstance(sent, str) and bool(sent) and hmac.compare_digest(sent.encode(), user.csrf.encode())
