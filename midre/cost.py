@@ -250,14 +250,15 @@ def estimate_study(config: Any, device: str | torch.device | None = None) -> dic
     dev = _device(device or getattr(config, "device", None))
     notes: list[str] = []
     if isinstance(config, PipelineConfig):
-        arch, shape = config.arch, (config.channels, config.image_size, config.image_size)
-        classes = config.num_private or _count_classes(config.data) or 10
-        images = _count_images(config.data)
+        data = config.data
+        arch, shape = config.arch, (data.channels, data.image_size, data.image_size)
+        classes = data.num_private or _count_classes(data.source) or 10
+        images = _count_images(data.source)
         if images is None:
             images = classes * 20
             notes.append("image count unknown (archive or unreadable path): assumed 20 per identity")
-        train_images = int(images * (1 - config.test_fraction))
-        if config.num_private is None:
+        train_images = int(images * (1 - data.test_fraction))
+        if data.num_private is None:
             train_images = int(train_images * (1 - config.public_fraction))
         targets = len(config.defenses) * len(config.seed_list)
         training = estimate_training(arch, shape, classes, batch_size=config.batch_size,

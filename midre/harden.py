@@ -18,16 +18,14 @@ Stopped candidates stay in the frontier with the reason (``skipped``) and what t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from midre.defenses import defense_label
 from midre.evaluation.metrics import mean_std
-from midre.units import Unit, _unit, base_units, candidate_units, defense_label
-
-
-def _cand(defense: dict[str, Any], skipped: str | None = None) -> dict[str, Any]:
-    return {"label": defense_label(defense), "defense": defense, "skipped": skipped}
+from midre.outputs import attack_top1, target_accuracy
+from midre.planners import base_units, candidate, candidate_units
+from midre.units import Unit, make_unit
 
 
 def plan_harden(config: Any) -> list[Unit]:
@@ -37,26 +35,13 @@ def plan_harden(config: Any) -> list[Unit]:
     units = base_units(config) + candidate_units(config, nodef, seeds)
     for defense in coarse:
         units += candidate_units(config, defense, seeds[:1], attacks=[])
-    cands = [_cand(d) for d in config.defenses]
+    cands = [candidate(d) for d in config.defenses]
     deps = [u.key for u in units if u.kind == "target"]
-    return [*units, _unit("expand/refine", "expand", deps, stage="refine", candidates=cands)]
-
-
-def _target_acc(out: Path, label: str, seed: int) -> float | None:
-    path = out / "targets" / label / f"seed{seed}" / "model.json"
-    if not path.is_file():
-        return None
-    acc = (json.loads(path.read_text()).get("metrics") or {}).get("test_accuracy")
-    return None if acc is None else 100.0 * float(acc)
-
-
-def _attacc(out: Path, label: str, seed: int, attack: str) -> float | None:
-    path = out / "attacks" / label / f"seed{seed}" / attack / "metrics.json"
-    return float(json.loads(path.read_text())["attacc_top1"]) if path.is_file() else None
+    return [*units, make_unit("expand/refine", "expand", deps, stage="refine", candidates=cands)]
 
 
 def _baseline(config: Any, out: Path, nodef: str) -> tuple[float, float]:
-    accs = [a for s in config.seed_list if (a := _target_acc(out, nodef, s)) is not None]
+    accs = [a for s in config.seed_list if (a := target_accuracy(out, nodef, s)) is not None]
     return mean_std(accs)
 
 
@@ -68,7 +53,7 @@ def _screen(config: Any, out: Path, cands: list[dict[str, Any]], labels: set[str
     for c in cands:
         if c["label"] not in labels or c["skipped"]:
             continue
-        acc = _target_acc(out, c["label"], seed0)
+        acc = target_accuracy(out, c["label"], seed0)
         if acc is None:
             continue
         drop = base_mean - acc
@@ -122,9 +107,9 @@ def run_expand(config: Any, out: Path, unit: Unit) -> tuple[dict[str, Any], list
         new_specs = _refinements(config, cands) if config.refine else []
         new_units: list[Unit] = []
         for spec in new_specs:
-            cands.append(_cand(spec))
+            cands.append(candidate(spec))
             new_units += candidate_units(config, spec, [seed0], attacks=[])
-        nxt = _unit("expand/select", "expand", [u.key for u in new_units] + [unit.key], stage="select",
+        nxt = make_unit("expand/select", "expand", [u.key for u in new_units] + [unit.key], stage="select",
                     candidates=cands)
         return {"skipped": _skips(cands), "refined": [defense_label(s) for s in new_specs]}, [*new_units, nxt]
     if stage == "select":
@@ -132,14 +117,14 @@ def run_expand(config: Any, out: Path, unit: Unit) -> tuple[dict[str, Any], list
         within = [c for c in cands[1:] if not c["skipped"]]
         new_units = [u for c in within for u in candidate_units(config, c["defense"], [seed0]) if u.kind == "attack"]
         nodef_attacks = [u.key for u in candidate_units(config, cands[0]["defense"], seeds) if u.kind == "attack"]
-        nxt = _unit("expand/confirm", "expand", [u.key for u in new_units] + nodef_attacks + [unit.key],
+        nxt = make_unit("expand/confirm", "expand", [u.key for u in new_units] + nodef_attacks + [unit.key],
                     stage="confirm", candidates=cands)
         return {"skipped": _skips(cands), "within_budget": [c["label"] for c in within]}, [*new_units, nxt]
     if stage == "confirm":
         finalists = _confirm(config, out, cands)
         new_units = [u for c in finalists for u in candidate_units(config, c["defense"], seeds[1:])]
         deps = [u.key for u in new_units] + [unit.key]
-        report = _unit("report", "report", deps, candidates=cands)
+        report = make_unit("report", "report", deps, candidates=cands)
         return {"skipped": _skips(cands), "finalists": [c["label"] for c in finalists]}, [*new_units, report]
     raise ValueError(f"{unit.key}: unknown harden stage {stage!r}")
 
@@ -152,9 +137,9 @@ def _confirm(config: Any, out: Path, cands: list[dict[str, Any]]) -> list[dict[s
     """Stop candidates clearly dominated on seed 0; return the finalists (lowest seed-0 AttAcc first)."""
     seeds, seed0 = config.seed_list, config.seed_list[0]
     nodef = cands[0]["label"]
-    base = {a: mean_std([v for s in seeds if (v := _attacc(out, nodef, s, a)) is not None]) for a in config.attacks}
+    base = {a: mean_std([v for s in seeds if (v := attack_top1(out, nodef, s, a)) is not None]) for a in config.attacks}
     within = [c for c in cands[1:] if not c["skipped"]]
-    att0 = {c["label"]: {a: _attacc(out, c["label"], seed0, a) for a in config.attacks} for c in within}
+    att0 = {c["label"]: {a: attack_top1(out, c["label"], seed0, a) for a in config.attacks} for c in within}
     att0 = {k: v for k, v in att0.items() if all(x is not None for x in v.values())}
     within = [c for c in within if c["label"] in att0]
     for c in within:
@@ -171,7 +156,7 @@ def _confirm(config: Any, out: Path, cands: list[dict[str, Any]]) -> list[dict[s
                                 f"beyond NoDef's seed spread)")
                 break
     def rank(c: dict[str, Any]) -> tuple[float, float]:  # lowest seed-0 AttAcc first; ties: higher accuracy
-        return sum(att0[c["label"]].values()) / len(config.attacks), -(_target_acc(out, c["label"], seed0) or 0.0)
+        return sum(att0[c["label"]].values()) / len(config.attacks), -(target_accuracy(out, c["label"], seed0) or 0.0)
 
     alive = sorted((c for c in within if not c["skipped"]), key=rank)
     for c in alive[config.finalists:]:

@@ -1,16 +1,15 @@
-"""Privacy-utility studies: the whole pipeline (train targets per defense and seed, attack them,
-judge the reconstructions, write the report) and the attack evaluation of one trained target.
+"""The configs of privacy-utility studies: the whole pipeline and the attack evaluation of one model.
 
-Both are resumable: every finished piece is a file in ``out_dir`` (targets via the trainer's own
-resume, one ``metrics.json`` + ``recon.safetensors`` per attack run, GMI priors and the judges in
-the cache), and running again with the same ``out_dir`` skips what is done. The pipeline is a graph
-of units (:mod:`midre.plan`) that a service can run on several workers at once.
+Both run as graphs of units (:mod:`midre.plan`: ``run_pipeline``, ``run_attack_eval``): every finished piece is a file in ``out_dir``
+(targets via the trainer's own resume, one ``metrics.json`` + ``recon.safetensors`` per attack run,
+GMI priors and the judges in the cache), so running again with the same ``out_dir`` skips what is
+done, and a service can run the units on several workers at once.
 
 Layout of ``out_dir``::
 
     config.json                       the resolved configuration
     units/<unit key>.json             one per finished unit of the study graph (midre.plan)
-    targets/<defense>/seed<k>/        model.safetensors + model.json (midre.train)
+    targets/<defense>/seed<k>/        model.safetensors + model.json (midre.train; pipelines only)
     attacks/<defense>/seed<k>/<attack>/metrics.json, recon.safetensors, cache/ (target-specific priors,
                                       surrogates)
     cache/ (default cache_dir)        evaluation/<key>/ (the judges), priors/<key>/ (GMI priors)
@@ -21,41 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from midre.attacks import (
-    AttackBudget,
-    AttackTarget,
-    list_attacks,
-    needs_public_data,
-    parse_options,
-    resolve_attack_name,
-)
+from midre.attacks import AttackBudget, list_attacks, needs_public_data, parse_options, resolve_attack_name
+from midre.data import DatasetError, DatasetSpec
 from midre.defenses import build_defense
-from midre.device import resolve_device
 from midre.errors import ConfigError
 from midre.evaluation import EvalModelConfig
-from midre.evaluation.eval_model import load_evaluation_model
-from midre.evaluation.judges import JudgePanel
 from midre.models import check_input_size, list_models
 from midre.priors.prior import check_prior_options
-from midre.progress import ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress, scaled
-from midre.units import (  # noqa: F401  (defense_label, gmi_prior_config: part of this module's API)
-    _attack_one,
-    _grids_and_features,
-    _load_public,
-    defense_label,
-    gmi_prior,
-    gmi_prior_config,
-)
-
-logger = logging.getLogger(__name__)
 
 # CPU-scale attack budgets (measured on 2 cores; see docs/attacks.md). Any field can be overridden
 # per attack through ``attack_budgets``.
@@ -79,6 +54,11 @@ DEFAULT_ATTACK_BUDGETS: dict[str, dict[str, Any]] = {
     "mirror": {"steps": 50, "prior_steps": 400, "chunk_size": 200},
 }
 DEFAULT_PRIOR_OPTIONS: dict[str, Any] = {"width": 16, "batch_size": 32, "resolution": 32}
+#: DatasetSpec fields a study config may also take flat, beside ``data`` given as a source
+#: (``{"data": "digits", "image_size": 32}``): the shorthand of the CLI and of older configs.
+#: The smallest images a study trains and attacks.
+MIN_STUDY_IMAGE_SIZE = 8
+DATA_FIELDS = tuple(f.name for f in dataclasses.fields(DatasetSpec) if f.name != "source")
 
 
 def _check_fields(cls: type, data: dict[str, Any]) -> None:
@@ -94,6 +74,46 @@ def _positive_int(obj: Any, name: str, minimum: int = 1) -> None:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(name, f"must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_seeds(seeds: Any) -> None:
+    if isinstance(seeds, bool) or not isinstance(seeds, int | list):
+        raise ConfigError("seeds", f"must be a count or a list of ints, got {seeds!r}")
+    if isinstance(seeds, int) and seeds < 1:
+        raise ConfigError("seeds", f"must be >= 1, got {seeds}")
+    if isinstance(seeds, list) and (not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                         for s in seeds)):
+        raise ConfigError("seeds", f"must be a non-empty list of ints, got {seeds!r}")
+
+
+def dataset_spec_from(value: Any, field_name: str = "data") -> DatasetSpec:
+    """A :class:`DatasetSpec` from a spec, a dict of its fields or a bare source string.
+
+    Raises:
+        ConfigError: ``data.<field>`` naming the field at fault.
+    """
+    if isinstance(value, DatasetSpec):
+        return value
+    if isinstance(value, str):
+        value = {"source": value}
+    if not isinstance(value, dict):
+        raise ConfigError(field_name, f"must be 'digits', a path or an object of DatasetSpec fields, got {value!r}")
+    try:
+        return DatasetSpec.from_dict(value)
+    except DatasetError as exc:
+        raise ConfigError(f"{field_name}.{exc.field}" if exc.field else field_name, str(exc)) from None
+
+
+def fold_data_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Move flat DatasetSpec fields (:data:`DATA_FIELDS`) into ``data`` (a nested ``data`` wins)."""
+    flat = {k: data[k] for k in DATA_FIELDS if k in data}
+    if not flat:
+        return data
+    out = {k: v for k, v in data.items() if k not in flat}
+    source = out.get("data", "digits")
+    nested = dict(source) if isinstance(source, dict) else {"source": source}
+    out["data"] = {**flat, **nested}
+    return out
 
 
 def parse_defense(item: Any) -> dict[str, Any]:
@@ -116,8 +136,12 @@ def parse_defense(item: Any) -> dict[str, Any]:
 
 
 @dataclass
-class _AttackSettings:
-    """Fields shared by both study configs."""
+class AttackSettings:
+    """What every study that attacks has: attacks, budgets, judges, cache and device.
+
+    ``check`` (not a field): validate on construction; ``False`` builds an already resolved config
+    as it is (a service resolves a spec once, when it is submitted).
+    """
 
     attacks: list[str] = field(default_factory=lambda: ["deepinversion", "gmi"])
     per_identity: int = 2
@@ -133,17 +157,18 @@ class _AttackSettings:
     feature_identities: int = 3
     cache_dir: str | None = None
     device: str = "cpu"
+    check: InitVar[bool] = True
 
     @property
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        """Build from a JSON-like dict; ``ValueError`` names an unknown or invalid field."""
+    def from_dict(cls, data: dict[str, Any], *, check: bool = True):
+        """Build from a JSON-like dict; a :class:`ConfigError` names an unknown or invalid field."""
         _check_fields(cls, data)
         try:
-            return cls(**data)
+            return cls(**data, check=check)
         except TypeError as exc:
             raise ConfigError("", f"{cls.__name__}: {exc}") from None
 
@@ -155,42 +180,19 @@ class _AttackSettings:
             self.attacks = [a for a in self.attacks.split(",") if a.strip()]
         if not isinstance(self.attacks, list) or not self.attacks:
             raise ConfigError("attacks", f"must be a non-empty list of names ({', '.join(list_attacks())})")
-        resolved = []
-        for i, attack in enumerate(self.attacks):
-            if not isinstance(attack, str):
-                raise ConfigError(f"attacks[{i}]", f"must be an attack name, got {attack!r}")
-            try:
-                resolved.append(resolve_attack_name(attack))
-            except ValueError as exc:
-                raise ConfigError(f"attacks[{i}]", str(exc)) from None
-        self.attacks = resolved
+        self.attacks = [_attack_name(a, f"attacks[{i}]") for i, a in enumerate(self.attacks)]
         _positive_int(self, "per_identity")
         _positive_int(self, "eval_epochs")
-        if self.eval_arch not in list_models():
-            known = ", ".join(list_models())
-            raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: {known}")
         _positive_int(self, "feature_identities", 0)
-        if self.eval_archs is not None:
-            if isinstance(self.eval_archs, str):
-                self.eval_archs = [a.strip() for a in self.eval_archs.split(",") if a.strip()]
-            if not isinstance(self.eval_archs, list) or not self.eval_archs:
-                raise ConfigError("eval_archs", "must be a non-empty list of architectures (or null: the default "
-                                                "panel of judges)")
-            for i, arch in enumerate(self.eval_archs):
-                if arch not in list_models():
-                    raise ConfigError(f"eval_archs[{i}]", f"unknown architecture {arch!r}; known: "
-                                                          f"{', '.join(list_models())}")
         if self.identities is not None:
             _positive_int(self, "identities")
+        self._validate_judges()
         for name in ("attack_budgets", "attack_options", "prior_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(name, "must be a mapping")
         for name in ("attack_budgets", "attack_options"):
             for attack in getattr(self, name):
-                try:
-                    resolve_attack_name(attack)
-                except ValueError as exc:
-                    raise ConfigError(f"{name}.{attack}", str(exc)) from None
+                _attack_name(attack, f"{name}.{attack}")
         for attack, budget in self.attack_budgets.items():
             try:
                 AttackBudget.from_dict({**DEFAULT_ATTACK_BUDGETS.get(resolve_attack_name(attack), {}), **budget})
@@ -208,6 +210,21 @@ class _AttackSettings:
             except ConfigError as exc:
                 raise exc.within(f"attack_options.{attack}") from None
 
+    def _validate_judges(self) -> None:
+        if self.eval_arch not in list_models():
+            raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: {', '.join(list_models())}")
+        if self.eval_archs is None:
+            return
+        if isinstance(self.eval_archs, str):
+            self.eval_archs = [a.strip() for a in self.eval_archs.split(",") if a.strip()]
+        if not isinstance(self.eval_archs, list) or not self.eval_archs:
+            raise ConfigError("eval_archs", "must be a non-empty list of architectures (or null: the default "
+                                            "panel of judges)")
+        for i, arch in enumerate(self.eval_archs):
+            if arch not in list_models():
+                raise ConfigError(f"eval_archs[{i}]", f"unknown architecture {arch!r}; known: "
+                                                      f"{', '.join(list_models())}")
+
     def budget_for(self, attack: str) -> AttackBudget:
         own = {resolve_attack_name(k): v for k, v in self.attack_budgets.items()}
         return AttackBudget.from_dict({**DEFAULT_ATTACK_BUDGETS.get(attack, {}), **own.get(attack, {})})
@@ -219,30 +236,43 @@ class _AttackSettings:
             opts["prior"] = {**DEFAULT_PRIOR_OPTIONS, **self.prior_options, **opts.get("prior", {})}
         return opts
 
+    #: Whether the study may make the last identities public when its attacks need public images
+    #: (a study that trains its targets chooses its private identities; an audit of a trained model cannot).
+    splits_public = False
+
+    def check_data(self, splits: Any) -> None:
+        """Refuse private data that cannot be this study's (a given target's identities)."""
+
     def eval_config(self) -> EvalModelConfig:
         return EvalModelConfig(arch=self.eval_arch, epochs=self.eval_epochs, all_images=self.eval_all_images)
 
     def judge_configs(self, image_size: int | None = None) -> list[EvalModelConfig]:
         """The judges: one per ``eval_archs`` entry, or the default panel (:func:`default_judge_configs`)
-        of architectures that take ``image_size`` (default: the config's own, when it has one)."""
+        of architectures that take ``image_size``."""
         from midre.evaluation.judges import default_judge_configs
 
-        size = image_size if image_size is not None else getattr(self, "image_size", None)
-        return default_judge_configs(self.eval_config(), self.eval_archs, size)
+        return default_judge_configs(self.eval_config(), self.eval_archs, image_size)
+
+
+def _attack_name(name: Any, where: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigError(where, f"must be an attack name, got {name!r}")
+    try:
+        return resolve_attack_name(name)
+    except ValueError as exc:
+        raise ConfigError(where, str(exc)) from None
 
 
 @dataclass
-class PipelineConfig(_AttackSettings):
+class PipelineConfig(AttackSettings):
     """The whole study: targets per defense and seed, attacks, metrics, report.
 
     Attributes:
-        data: ``"digits"`` or a path to an ImageFolder directory / archive.
-        image_size, channels, normalize, test_fraction, split_seed, max_images_per_identity:
-            the :class:`midre.data.DatasetSpec` of the private data.
-        num_private: first K identities are private, the rest public. When ``None`` and an attack
-            needs public data without ``public_data``, the last ``public_fraction`` of the
+        data: the private data (:class:`midre.data.DatasetSpec`; ``from_dict`` also takes a source
+            string with the spec's fields flat beside it). When ``data.num_private`` is ``None`` and an
+            attack needs public data without ``public_data``, the last ``public_fraction`` of the
             identities (sorted by name) become public.
-        public_fraction: see ``num_private``.
+        public_fraction: see ``data``.
         public_data: a separate public data set (path), e.g. Extended Yale B for AT&T faces.
         arch, epochs, batch_size, lr, augment: target training (:class:`midre.train.TrainConfig`).
         weights_path, init_from: every target (NoDef included) starts from these weights, e.g. a
@@ -252,21 +282,14 @@ class PipelineConfig(_AttackSettings):
         attacks, per_identity, identities: which attacks, images per identity, how many identities
             (``None``: all private identities).
         attack_budgets, attack_options, prior_options: per-attack overrides.
-        eval_arch, eval_epochs, eval_all_images: the evaluation model.
+        eval_arch, eval_archs, eval_epochs, eval_all_images: the judges.
         feature_identities: identities in the feature-space plots (0 disables them).
         cache_dir: where evaluation models / priors / surrogates are cached (default out_dir/cache).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
     """
 
-    data: str = "digits"
-    image_size: int = 64
-    channels: int = 3
-    normalize: bool = True
-    test_fraction: float = 0.2
-    split_seed: int = 42
-    num_private: int | None = None
+    data: DatasetSpec = field(default_factory=lambda: DatasetSpec(source="digits"))
     public_fraction: float = 0.25
-    max_images_per_identity: int | None = None
     arch: str = "cnn-small"
     epochs: int = 30
     batch_size: int = 32
@@ -277,10 +300,23 @@ class PipelineConfig(_AttackSettings):
     weights_path: str | None = None
     init_from: str | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.data, str) or not self.data:
-            raise ConfigError("data", "must be 'digits' or a path")
-        _positive_int(self, "image_size", 8)
+    splits_public = True
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, check: bool = True):
+        if isinstance(data, dict):
+            data = fold_data_fields(data)
+        return super().from_dict(data, check=check)
+
+    def __post_init__(self, check: bool = True) -> None:
+        self.data = dataset_spec_from(self.data)
+        if check:
+            self._validate()
+
+    def _validate(self) -> None:
+        if self.data.image_size < MIN_STUDY_IMAGE_SIZE:
+            raise ConfigError("data.image_size", f"must be an integer >= {MIN_STUDY_IMAGE_SIZE}, got "
+                                                 f"{self.data.image_size}")
         _positive_int(self, "epochs")
         _positive_int(self, "batch_size")
         if not (isinstance(self.public_fraction, int | float) and 0 < self.public_fraction < 1):
@@ -299,36 +335,39 @@ class PipelineConfig(_AttackSettings):
             if getattr(self, name) not in list_models():
                 raise ConfigError(name, f"unknown architecture {getattr(self, name)!r}; known: "
                                         f"{', '.join(list_models())}")
-            try:
-                check_input_size(getattr(self, name), self.image_size)
-            except ConfigError as exc:
-                model = "the target" if name == "arch" else "the evaluation model"
-                raise ConfigError("image_size", f"{exc.message} ({model})") from None
+            self._check_size(getattr(self, name), "the target" if name == "arch" else "the evaluation model")
         for i, arch in enumerate(self.eval_archs or []):
             if arch in list_models():
-                try:
-                    check_input_size(arch, self.image_size)
-                except ConfigError as exc:
-                    raise ConfigError("image_size", f"{exc.message} (judge eval_archs[{i}])") from None
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list):
-            raise ConfigError("seeds", f"must be a count or a list of ints, got {self.seeds!r}")
-        if isinstance(self.seeds, int) and self.seeds < 1:
-            raise ConfigError("seeds", f"must be >= 1, got {self.seeds}")
-        if isinstance(self.seeds, list) and (not self.seeds or not all(isinstance(s, int) for s in self.seeds)):
-            raise ConfigError("seeds", f"must be a non-empty list of ints, got {self.seeds!r}")
+                self._check_size(arch, f"judge eval_archs[{i}]")
+        _check_seeds(self.seeds)
         self._validate_attack_settings()
 
-    def dataset_spec(self, num_private: int | None = None) -> Any:
-        from midre.data import DatasetSpec
+    def _check_size(self, arch: str, who: str) -> None:
+        try:
+            check_input_size(arch, self.data.image_size)
+        except ConfigError as exc:
+            raise ConfigError("data.image_size", f"{exc.message} ({who})") from None
 
-        return DatasetSpec(source=self.data, image_size=self.image_size, channels=self.channels,
-                           normalize=self.normalize, test_fraction=self.test_fraction, split_seed=self.split_seed,
-                           num_private=num_private if num_private is not None else self.num_private,
-                           max_images_per_identity=self.max_images_per_identity)
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size
+
+    def judge_configs(self, image_size: int | None = None) -> list[EvalModelConfig]:
+        return super().judge_configs(image_size if image_size is not None else self.data.image_size)
+
+    def dataset_spec(self, num_private: int | None = None) -> DatasetSpec:
+        """The private data spec, with ``num_private`` when the study chose one."""
+        if num_private is None:
+            return self.data
+        return dataclasses.replace(self.data, num_private=num_private)
+
+    def target_dir(self, out_dir: Path, label: str, seed: int) -> Path:
+        """The folder of a trained target of this study."""
+        return Path(out_dir) / "targets" / label / f"seed{seed}"
 
 
 @dataclass
-class AttackEvalConfig(_AttackSettings):
+class AttackEvalConfig(AttackSettings):
     """Attack one trained target (a ``midre.train`` output folder).
 
     Attributes:
@@ -338,7 +377,7 @@ class AttackEvalConfig(_AttackSettings):
             e.g. ``{"source": "faces/", "num_private": 30}``. ``None`` re-loads the data spec that
             ``midre train`` stored in the card; a model trained elsewhere needs it.
         eval_model: an evaluation model's checkpoint folder; ``None`` trains (or reuses from the
-            cache) one for the target's data spec.
+            cache) the judges for the target's data spec.
         seeds: attack repetitions (seeds 0..N-1 or a list); the report gives mean ± std over them.
         public_data: public images for GAN attacks when the target's data has no public identities.
         (the other fields as in :class:`PipelineConfig`)
@@ -349,7 +388,11 @@ class AttackEvalConfig(_AttackSettings):
     eval_model: str | None = None
     seeds: int | list[int] = 3
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check: bool = True) -> None:
+        if check:
+            self._validate()
+
+    def _validate(self) -> None:
         if not isinstance(self.target, str) or not self.target:
             raise ConfigError("target", "must be the path of a trained model folder")
         if self.data is not None:
@@ -358,193 +401,48 @@ class AttackEvalConfig(_AttackSettings):
             taken = sorted(set(self.data) & {"image_size", "channels", "normalize"})
             if taken:
                 raise ConfigError(f"data.{taken[0]}", "comes from the target's model card")
-            from midre.data import DatasetSpec
-
-            try:
-                DatasetSpec.from_dict(self.data)
-            except ConfigError as exc:
-                raise exc.within("data") from None
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int | list) or (
-                isinstance(self.seeds, int) and self.seeds < 1):
-            raise ConfigError("seeds", f"must be a count >= 1 or a list of ints, got {self.seeds!r}")
+            dataset_spec_from(self.data)
+        _check_seeds(self.seeds)
         self._validate_attack_settings()
 
+    def card(self) -> dict[str, Any]:
+        """The target's ``model.json``."""
+        from midre.checkpoint import read_card
 
-# --------------------------------------------------------------------------- helpers
+        return read_card(self.target)
 
+    def dataset_spec(self, num_private: int | None = None) -> DatasetSpec:
+        """The private data: ``data`` sized as the target's card says, or the spec ``midre train``
+        stored in the card."""
+        card = self.card()
+        if self.data is not None:
+            size, channels = card.get("image_size"), card.get("channels") or card.get("in_channels") or 3
+            normalize = card.get("normalization") is not None
+            return dataset_spec_from({**self.data, "image_size": size, "channels": channels, "normalize": normalize})
+        data_dict = (card.get("config") or {}).get("data")
+        if not data_dict:
+            raise ConfigError("data", "the target's model.json stores no data spec (a model trained elsewhere): "
+                                      "give the private data set")
+        return dataset_spec_from(data_dict)
 
-def _target_data(config: AttackEvalConfig, card: dict[str, Any]) -> Any:
-    """The private data spec of an attack evaluation: ``config.data`` sized as the card says, or the
-    spec ``midre train`` stored in the card."""
-    from midre.data import DatasetSpec
+    def check_data(self, splits: Any) -> None:
+        card = self.card()
+        names = card.get("class_names")
+        if names and list(names) != list(splits.class_names):
+            raise ConfigError("data", "the data set's identities differ from those in the target's model.json")
+        classes = card.get("num_classes")
+        if isinstance(classes, int) and len(splits.class_names) != classes:
+            raise ConfigError("data", f"the target has {classes} classes, the data set "
+                                      f"{len(splits.class_names)} private identities")
 
-    if config.data is not None:
-        size, channels = card.get("image_size"), card.get("channels") or card.get("in_channels") or 3
-        normalize = card.get("normalization") is not None
-        return DatasetSpec.from_dict({**config.data, "image_size": size, "channels": channels, "normalize": normalize})
-    data_dict = (card.get("config") or {}).get("data")
-    if not data_dict:
-        raise ConfigError("data", "the target's model.json stores no data spec (a model trained elsewhere): "
-                                  "give the private data set")
-    return DatasetSpec.from_dict(data_dict)
+    def judge_configs(self, image_size: int | None = None) -> list[EvalModelConfig]:
+        size = image_size if image_size is not None else self.card().get("image_size")
+        return super().judge_configs(size if isinstance(size, int) else None)
 
-
-class _Stages:
-    """Maps named stages onto [0, 1] of the whole job by their estimated weight."""
-
-    def __init__(self, progress: ProgressCallback, weights: list[tuple[str, float]]) -> None:
-        total = sum(w for _, w in weights) or 1.0
-        self.progress, self.bounds, acc = progress, {}, 0.0
-        for name, w in weights:
-            self.bounds[name] = (acc / total, (acc + w) / total)
-            acc += w
-
-    def sub(self, name: str) -> ProgressCallback:
-        lo, hi = self.bounds[name]
-        return scaled(self.progress, lo, hi)
-
-    def mark(self, name: str, message: str) -> None:
-        self.progress(ProgressEvent(stage=name.split(":")[0], fraction=self.bounds[name][1], message=message))
-
-
-# --------------------------------------------------------------------------- the pipeline
+    def target_dir(self, out_dir: Path, label: str, seed: int) -> Path:
+        """Every seed attacks the one given target."""
+        return Path(self.target)
 
 
-def run_pipeline(config: PipelineConfig, out_dir: str | Path, *, progress: ProgressCallback | None = None,
-                 should_stop: StopCallback | None = None) -> dict[str, Any]:
-    """Run the whole NoDef-vs-defense study and write ``report.json`` + ``report.html`` to ``out_dir``.
-
-    The study is a graph of units (:mod:`midre.plan`): the evaluation model(s), the target-independent
-    GAN priors, one target per defense and seed, one attack run per target and attack (judged on
-    AttAcc, KNN distance, delta_eval), then the report with its feature-space analysis and plots.
-    This runs them one after the other in this process (:func:`midre.plan.run_study`).
-
-    Returns:
-        The report dict (also written as ``out_dir/report.json``).
-    """
-    from midre.units import run_study
-
-    return run_study(config, out_dir, progress=progress, should_stop=should_stop)
-
-
-def run_attack_eval(config: AttackEvalConfig, out_dir: str | Path, *, progress: ProgressCallback | None = None,
-                    should_stop: StopCallback | None = None) -> dict[str, Any]:
-    """Attack one trained target with every configured attack and seed; write the report.
-
-    The private data are re-loaded from the data spec stored in the target's ``model.json`` (same
-    identities, same split), the evaluation model is loaded (``eval_model``) or trained/reused from
-    the cache, and each attack runs ``seeds`` times.
-    """
-    from midre.data import load_dataset
-
-    progress = progress or no_progress
-    should_stop = should_stop or never_stop
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = str(resolve_device(config.device))
-    cache_dir = str(Path(config.cache_dir) if config.cache_dir else out / "cache")
-    t_start = time.monotonic()
-    timings: dict[str, float] = {}
-    target = AttackTarget.from_checkpoint(config.target, device=device)
-    spec = _target_data(config, target.card)
-    splits = load_dataset(spec)
-    card_names = target.card.get("class_names")
-    if card_names and list(card_names) != list(splits.class_names):
-        raise ValueError("target: the data set's identities differ from those in model.json")
-    if len(splits.class_names) != target.num_classes:
-        raise ValueError(f"target: the model has {target.num_classes} classes, the data set "
-                         f"{len(splits.class_names)} private identities")
-    public = None
-    if any(needs_public_data(a) for a in config.attacks):
-        if config.public_data:
-            public = _load_public(config.public_data, spec)
-        elif splits.public is not None:
-            from midre.priors import PublicData
-
-            public = PublicData.from_images(splits.public.images, f"{spec.source}: non-private identities")
-        else:
-            raise ValueError("public_data: GAN attacks need public images and the target's data set has no "
-                             "public identities; pass a path")
-    seeds = config.seed_list
-    stages = _Stages(progress, [("eval", 0.0 if config.eval_model else 1.0),
-                                ("attack", 1.5 * len(seeds) * len(config.attacks)), ("report", 0.2)])
-    t0 = time.monotonic()
-    if config.eval_model:
-        evaluator = load_evaluation_model(config.eval_model, device=device)
-        if evaluator.class_names and list(evaluator.class_names) != list(splits.class_names):
-            raise ValueError("eval_model: its identities differ from the target's")
-        panel = JudgePanel([evaluator])
-    else:
-        panel = JudgePanel.train_or_load(spec, cache_dir, config.judge_configs(spec.image_size), device=device,
-                                         progress=stages.sub("eval"), should_stop=should_stop)
-        evaluator = panel.judges[0]
-    timings["evaluation_model"] = time.monotonic() - t0
-    defense = target.card.get("defense") or {"name": "unknown"}
-    label = str(defense.get("name", "target")) if isinstance(defense, dict) else "target"
-    acc = (target.card.get("metrics") or {}).get("test_accuracy")
-    if acc is None:  # a model trained elsewhere: measure it on the held-out split
-        from midre.train import evaluate_accuracy
-
-        acc = evaluate_accuracy(target.model, splits.test, target.normalization, torch.device(device))
-    acc = float(acc)
-    num_ids = len(splits.class_names)
-    ids = list(range(min(num_ids, config.identities or num_ids)))
-    jobs = [(s, a) for s in seeds for a in config.attacks]
-
-    def score(pixels: torch.Tensor, labels: torch.Tensor, private: Any) -> dict[str, Any]:
-        return panel.score(pixels, labels, private.images, private.labels)
-
-    records = []
-    prior_cache: dict[str, Any] = {}
-    attack_sub = stages.sub("attack")
-    t0 = time.monotonic()
-    for j, (seed, attack) in enumerate(jobs):
-        sub = scaled(attack_sub, j / len(jobs), (j + 1) / len(jobs))
-        if attack not in prior_cache:
-            t1 = time.monotonic()
-            prior_cache[attack] = gmi_prior(attack, config, public, target.image_shape, cache_dir, device,
-                                            scaled(sub, 0.0, 0.5), should_stop)
-            if prior_cache[attack] is not None:
-                timings[f"prior_gmi_{config.budget_for(attack).prior_steps}_steps"] = time.monotonic() - t1
-        rec = _attack_one(attack, target, acc, ids, config, seed, out / "attacks" / label / f"seed{seed}" / attack,
-                          score, splits.train, public, prior_cache[attack], cache_dir, device,
-                          scaled(sub, 0.5 if prior_cache[attack] is not None else 0.0, 1.0), should_stop)
-        records.append({**rec, "defense": label, "seed": seed})
-    timings["attacks"] = time.monotonic() - t0
-    from midre.report import aggregate_runs, write_report
-
-    results, verdicts = aggregate_runs(records, [label], config.attacks, baseline=label)
-    labels_of = {label: {"nodef": "NoDef", "midre": "MIDRE"}.get(label, label)}
-    grids, features, feature_json = _grids_and_features(records, out, labels_of, {(label, min(seeds)): target},
-                                                        splits.train, list(splits.class_names), config,
-                                                        config.attacks, [label])
-    timings["total"] = time.monotonic() - t_start
-    report = {
-        "kind": "attack_eval",
-        "dataset": {**spec.to_dict(), "identities": num_ids, "class_names": list(splits.class_names),
-                    "public": public.description if public is not None else None},
-        "models": {"target": {"arch": target.card.get("arch"), "dir": str(config.target), "defense": defense,
-                              "metrics": {**(target.card.get("metrics") or {}), "test_accuracy": acc},
-                              "origin": target.card.get("origin") or {"kind": "trained"}},
-                   "evaluation": {"arch": evaluator.arch, "accuracy": (100.0 * evaluator.accuracy
-                                                                       if evaluator.accuracy is not None else None),
-                                  "accuracy_split": evaluator.accuracy_split, "dir": str(evaluator.directory)}},
-        "judges": panel.describe(),
-        "defenses": [defense],
-        "attacks": [{"name": a, "budget": config.budget_for(a).to_dict(), "options": config.options_for(a),
-                     "per_identity": config.per_identity, "identities": len(ids)} for a in config.attacks],
-        "seeds": seeds,
-        "results": results,
-        "verdicts": verdicts,
-        "runs": records,
-        "feature_space": feature_json,
-        "timings": timings,
-        "device": device,
-    }
-    report = write_report(report, out, grids=grids, feature_results=features)
-    progress(ProgressEvent(stage="done", fraction=1.0, message="report written: report.html, report.json"))
-    return report
-
-
-__all__ = ["DEFAULT_ATTACK_BUDGETS", "AttackEvalConfig", "PipelineConfig", "defense_label", "gmi_prior",
-           "parse_defense", "run_attack_eval", "run_pipeline"]
+__all__ = ["DEFAULT_ATTACK_BUDGETS", "AttackEvalConfig", "AttackSettings", "PipelineConfig", "dataset_spec_from",
+           "fold_data_fields", "parse_defense"]

@@ -31,7 +31,9 @@ from typing import Any
 
 from midre.errors import ConfigError
 from midre.evaluation.metrics import summarize
-from midre.study import PipelineConfig, defense_label
+from midre.outputs import target_accuracy
+from midre.defenses import defense_label
+from midre.study import PipelineConfig
 
 #: The default candidates of ``midre sweep``.
 DEFAULT_SWEEP_CANDIDATES = "nodef; midre:a_h=0.2..0.8/0.2; nls; midre+nls"
@@ -179,16 +181,10 @@ class SweepConfig(PipelineConfig):
     candidates: Any = DEFAULT_SWEEP_CANDIDATES
     max_accuracy_drop: float | None = None
 
-    @property
-    def study_kind(self) -> str:
-        return "sweep"
-
-    def report_section(self, candidates: list[dict[str, Any]], records: list[dict[str, Any]],
-                       out: Path) -> dict[str, Any]:
-        """The frontier and the recommendation (:func:`frontier_section`) for the study report."""
-        return frontier_section(self, candidates, records, out)
-
-    def __post_init__(self) -> None:
+    def __post_init__(self, check: bool = True) -> None:
+        if not check:
+            super().__post_init__(check)
+            return
         if self.candidates is None or self.candidates == "" or self.candidates == []:
             raise ConfigError("candidates", "must name at least one candidate (e.g. 'midre:a_h=0.2..0.8/0.2')")
         self.defenses = parse_candidates(self.candidates)
@@ -197,7 +193,7 @@ class SweepConfig(PipelineConfig):
                 or not 0 <= self.max_accuracy_drop <= 100):
             raise ConfigError("max_accuracy_drop", f"must be a number of points in [0, 100], got "
                                                    f"{self.max_accuracy_drop!r}")
-        super().__post_init__()
+        super().__post_init__(check)
 
 
 @dataclass
@@ -222,28 +218,12 @@ class HardenConfig(SweepConfig):
     finalists: int = 2
     defenses: list[Any] = field(default_factory=lambda: ["nodef"])
 
-    @property
-    def study_kind(self) -> str:
-        return "harden"
-
-    def plan_units(self) -> list[Any]:
-        """The first stage of the search (:func:`midre.harden.plan_harden`)."""
-        from midre.harden import plan_harden
-
-        return plan_harden(self)
-
-    def expand(self, out: Path, unit: Any) -> tuple[dict[str, Any], list[Any]]:
-        """Run one ``expand`` unit of the search (:func:`midre.harden.run_expand`)."""
-        from midre.harden import run_expand
-
-        return run_expand(self, out, unit)
-
-    def __post_init__(self) -> None:
-        if self.max_accuracy_drop is None:
+    def __post_init__(self, check: bool = True) -> None:
+        if check and self.max_accuracy_drop is None:
             raise ConfigError("max_accuracy_drop", "a harden study needs an accuracy budget (points)")
-        if isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 1:
+        if check and (isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 1):
             raise ConfigError("finalists", f"must be an integer >= 1, got {self.finalists!r}")
-        super().__post_init__()
+        super().__post_init__(check)
 
 
 # --------------------------------------------------------------------------- frontier and recommendation
@@ -377,12 +357,12 @@ def recommend(frontier: list[dict[str, Any]], attacks: list[str],
 def frontier_section(config: Any, candidates: list[dict[str, Any]], records: list[dict[str, Any]],
                      out: Path) -> dict[str, Any]:
     """The report fields of a sweep/harden: ``frontier``, ``recommendation``, ``recommendation_note``,
-    ``max_accuracy_drop``; writes ``frontier_<attack>.png`` (and ``recommended/`` for a recommendation)."""
-    from midre.harden import _target_acc
+    ``max_accuracy_drop``, and ``images``: the frontier plots ``frontier_<attack>.png`` (a recommendation's
+    checkpoint is copied to ``recommended/``)."""
     from midre.report.frontier import frontier_plot
 
     candidates = [{**c, "target_acc": {s: acc for s in config.seed_list
-                                       if (acc := _target_acc(out, c["label"], s)) is not None}}
+                                       if (acc := target_accuracy(out, c["label"], s)) is not None}}
                   for c in candidates]
     frontier = build_frontier(candidates, records, config.attacks)
     section: dict[str, Any] = {"frontier": frontier, "recommendation": None, "recommendation_note": None,
@@ -392,11 +372,11 @@ def frontier_section(config: Any, candidates: list[dict[str, Any]], records: lis
         section["recommendation"], section["recommendation_note"] = chosen, note
         if chosen is not None:
             section["recommendation"]["checkpoint"] = export_recommended(out, chosen["defense"], chosen["seeds"][0])
-    for attack in config.attacks:
-        chosen = section["recommendation"]
-        png = frontier_plot(frontier, attack, recommended=chosen["defense"] if chosen else None,
-                            max_accuracy_drop=config.max_accuracy_drop)
-        (out / f"frontier_{attack}.png").write_bytes(png)
+    chosen = section["recommendation"]
+    section["images"] = {f"frontier_{attack}.png": frontier_plot(frontier, attack, recommended=chosen["defense"]
+                                                                 if chosen else None,
+                                                                 max_accuracy_drop=config.max_accuracy_drop)
+                         for attack in config.attacks}
     return section
 
 

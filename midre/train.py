@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +94,20 @@ class TrainConfig:
     weights_path: str | None = None
     init_from: str | None = None
     eval_every: int = 1
+    #: Validate on construction; ``False`` builds an already resolved config as it is (not a field).
+    check: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check: bool = True) -> None:
         if isinstance(self.data, Mapping):
             self.data = _dataset_spec_from_dict(self.data)
         if not isinstance(self.data, DatasetSpec):
             raise ConfigError("data", f"expected a DatasetSpec or an object, got {type(self.data).__name__}")
+        self.milestones = tuple(float(m) for m in self.milestones)
+        self.augment = tuple(self.augment)
+        if check:
+            self._validate()
+
+    def _validate(self) -> None:
         if self.arch not in list_models():
             raise ConfigError("arch", f"unknown architecture {self.arch!r}; known: {', '.join(list_models())}")
         try:
@@ -125,10 +133,8 @@ class TrainConfig:
             raise ConfigError("optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError("schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        self.milestones = tuple(float(m) for m in self.milestones)
         if any(not 0 < m < 1 for m in self.milestones):
             raise ConfigError("milestones", f"fractions of the epochs in (0, 1), got {self.milestones}")
-        self.augment = tuple(self.augment)
         bad = [a for a in self.augment if a not in AUGMENTATIONS]
         if bad:
             raise ConfigError("augment", f"unknown {bad[0]!r}; known: {', '.join(AUGMENTATIONS)}")
@@ -138,15 +144,16 @@ class TrainConfig:
             raise ConfigError("device", f"'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from plain JSON-like data; an unknown key raises ValueError naming it."""
+    def from_dict(cls, d: Mapping[str, Any], *, check: bool = True) -> TrainConfig:
+        """Build from plain JSON-like data; an unknown key raises ValueError naming it (``check=False``:
+        an already resolved config, built as it is)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(unknown[0], f"unknown training option; known: {', '.join(sorted(names))}")
         if "data" not in d:
             raise ConfigError("data", "required")
-        return cls(**dict(d))
+        return cls(**dict(d), check=check)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -153,7 +153,8 @@ def _estimate(config: Any, args: argparse.Namespace) -> bool:
 
 
 def run_pipeline_command(args: argparse.Namespace) -> int:
-    from midre.study import PipelineConfig, run_pipeline
+    from midre.plan import run_pipeline
+    from midre.study import PipelineConfig
 
     config = PipelineConfig.from_dict(_study_data(args))
     if _estimate(config, args):
@@ -195,7 +196,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def run_attack_command(args: argparse.Namespace) -> int:
-    from midre.study import AttackEvalConfig, run_attack_eval
+    from midre.plan import run_attack_eval
+    from midre.study import AttackEvalConfig
 
     config = AttackEvalConfig.from_dict({"target": args.target, "eval_model": args.eval_model, "seeds": args.seeds,
                                          **_attack_settings(args)})

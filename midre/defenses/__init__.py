@@ -16,9 +16,11 @@ from midre.defenses.base import (
     Defense,
     TrainContext,
     build_defense,
+    defense_label,
     defense_names,
     defense_path_params,
     register_defense,
 )
 
-__all__ = ["Defense", "TrainContext", "build_defense", "defense_names", "defense_path_params", "register_defense"]
+__all__ = ["Defense", "TrainContext", "build_defense", "defense_label", "defense_names", "defense_path_params",
+           "register_defense"]

@@ -101,6 +101,15 @@ def defense_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def defense_label(defense: Mapping[str, Any]) -> str:
+    """Folder-safe label of a defense spec: ``midre``, ``midre-a_h0.8`` when parameters are given,
+    ``midre-a_h0.8+nls`` composed (each part's parameters under its own name)."""
+    if "+" in defense["name"]:
+        return "+".join(defense_label({"name": n, **dict(defense.get(n) or {})}) for n in defense["name"].split("+"))
+    extra = "-".join(f"{k}{v}" for k, v in sorted(defense.items()) if k != "name")
+    return defense["name"] + (f"-{extra}" if extra else "")
+
+
 def defense_path_params(name: str) -> tuple[str, ...]:
     """Parameters of defense ``name`` that name files (empty for an unknown name)."""
     return tuple(getattr(_REGISTRY.get(name), "path_params", ()))

@@ -1,4 +1,4 @@
-"""Job states and the few writes the API and the worker both make."""
+"""Job and unit states, and the few writes the API and the worker both make."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ from services.db.types import utcnow
 
 QUEUED, RUNNING, CANCELLING = "queued", "running", "cancelling"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+#: A job's statuses.
 STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-#: ``upload`` is a model a client uploaded (``POST /v1/models``): a job that succeeded when it was
-#: stored, so uploaded and trained models share one id space, serving, policies and audits.
-KINDS = ("train", "attack_eval", "pipeline", "sweep", "harden", "upload")
-#: Kinds whose job produced one model (what ``model``, ``init_from`` and ``pretrained_job`` may name).
-MODEL_KINDS = ("train", "upload")
-#: Unit statuses of a fanned-out study (``job_units.status``).
-UNIT_STATUSES = ("pending", "queued", "running", "succeeded", "failed", "cancelled")
+#: A job whose units may be running.
+ACTIVE_RUN = (RUNNING, CANCELLING)
+#: A unit waiting for its dependencies; then ``queued`` (sent), ``running``, and a terminal status.
+PENDING = "pending"
+#: A unit's statuses (``job_units.status``).
+UNIT_STATUSES = (PENDING, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+UNIT_TERMINAL = TERMINAL
+#: A job's progress stays below this until it has finished (its last unit may report 1.0 before).
+RUNNING_PROGRESS_CAP = 0.99
 
 
 def unit_counts(session: Session, job_id: str) -> dict[str, int]:
@@ -60,28 +63,22 @@ def add_event(
     return event
 
 
-def set_status(
-    session: Session,
-    job: Job,
-    status: str,
-    message: str = "",
-    *,
-    error_code: str | None = None,
-) -> None:
-    """Move a job to ``status``, stamp the times and log a ``status`` event."""
-    now = utcnow()
-    job.status = status
-    if status == RUNNING and job.started_at is None:
-        job.started_at = now
-    if status in TERMINAL:
-        job.finished_at = now
-        job.cancel_requested = False if status != CANCELLED else job.cancel_requested
-    if status == SUCCEEDED:
-        job.progress = 1.0
-    if error_code is not None:
-        job.error_code = error_code
-        job.error_message = message
-    add_event(session, job, "status", message or status, stage=job.stage, data={"status": status})
+def unit_event(session: Session, job: Job, row: JobUnit, status: str, message: str, **data: Any) -> None:
+    """A ``unit`` event on the job: one unit changed status."""
+    add_event(session, job, "unit", message, stage=job.stage,
+                       data={"unit": row.key, "kind": row.kind, "status": status, "attempt": row.attempt, **data})
+
+
+def weighted_progress(session: Session, job_id: str) -> float:
+    """The job's progress from its units: finished weight plus running units' shares, over all weight."""
+    rows = session.execute(select(JobUnit.weight, JobUnit.progress, JobUnit.status)
+                           .where(JobUnit.job_id == job_id)).all()
+    total = sum(max(w, 0.0) for w, _, _ in rows)
+    if total <= 0:
+        return 0.0
+    done = sum(max(w, 0.0) * (1.0 if status == SUCCEEDED else min(max(p, 0.0), 1.0))
+               for w, p, status in rows)
+    return min(done / total, RUNNING_PROGRESS_CAP)
 
 
 def transition(

@@ -16,18 +16,17 @@ from sqlalchemy.orm import Session
 from services.db.models import Job, MlflowIntegration, WebhookDelivery
 from services.db.types import new_id, utcnow
 from services.db.webhooks import PENDING
+from services.jobspec import get_kind
 
 #: The outbox channel of MLflow hand-offs (webhook messages are ``webhook``).
 CHANNEL = "mlflow"
 #: The ``event_type`` of a hand-off row.
 EVENT = "mlflow.run"
-#: Kinds whose succeeded jobs are logged (an uploaded model, ``upload``, is not: nothing ran).
-KINDS = ("train", "attack_eval", "pipeline", "sweep", "harden")
 
 
 def enqueue_job_end(session: Session, job: Job) -> int:
     """Queue the hand-off of ``job`` if it succeeded and its tenant has MLflow (not committed); 0 or 1."""
-    if job.status != "succeeded" or job.kind not in KINDS:
+    if job.status != "succeeded" or not get_kind(job.kind).mlflow:  # an uploaded model ran nothing
         return 0
     if session.get(MlflowIntegration, job.tenant_id) is None:
         return 0

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import Job, Webhook, WebhookDelivery
 from services.db.types import new_id, utcnow
+from services.jobspec import get_kind
 
 #: Every event type a webhook can subscribe to.
 EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled", "model.evaluated")
@@ -26,12 +27,12 @@ _FINAL = ("succeeded", "failed", "cancelled")
 
 
 def job_end_events(job: Job) -> list[tuple[str, dict[str, Any]]]:
-    """The events of ``job`` reaching its status: ``job.<status>``, and ``model.evaluated`` when an
-    ``attack_eval`` job succeeded. Thin data: ids, kind and status only (never a path or a secret)."""
+    """The events of ``job`` reaching its status: ``job.<status>``, and ``model.evaluated`` when an audit
+    of a model succeeded. Thin data: ids, kind and status only (never a path or a secret)."""
     if job.status not in _FINAL:
         return []
     events = [(f"job.{job.status}", {"id": job.id, "kind": job.kind, "status": job.status})]
-    if job.kind == "attack_eval" and job.status == "succeeded":
+    if job.status == "succeeded" and get_kind(job.kind).audits:
         spec = job.spec or {}
         model = spec.get("model") or spec.get("model_job")
         events.append(("model.evaluated", {"id": job.id, "kind": job.kind, "model_job": model}))

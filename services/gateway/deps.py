@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.db.keys import SCOPES, KeyOwner, authenticate, hash_key
 from services.gateway.errors import ApiError
 from services.gateway.ttl_cache import TTLCache
+from services.ops.context import Caller, TenantRef
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore
@@ -47,32 +48,6 @@ async def get_session(ctx: Annotated[ServiceContext, Depends(get_context)]) -> A
         yield session
     finally:
         session.close()
-
-
-@dataclass(frozen=True)
-class TenantRef:
-    """The authenticated caller's tenant."""
-
-    id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated caller: its tenant, its key's public id, scopes and model allow-list."""
-
-    tenant: TenantRef
-    key_id: str
-    scopes: frozenset[str]
-    models: frozenset[str] | None = None
-
-    def can(self, scope: str) -> bool:
-        """True when the key grants ``scope`` (``admin`` grants every scope, ``jobs`` grants predict)."""
-        return scope in self.scopes
-
-    def may_use_model(self, model_id: str) -> bool:
-        """True unless the key is limited to a list of models that does not name ``model_id``."""
-        return self.models is None or model_id in self.models
 
 
 class AuthCache(TTLCache[str, Caller]):

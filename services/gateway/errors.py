@@ -1,5 +1,8 @@
 """One error shape for every 4xx/5xx answer: RFC 9457 problem details (``application/problem+json``).
 
+The errors themselves (:class:`~services.ops.errors.ApiError`) are raised by the application layer
+(:mod:`services.ops`) and the routes alike; this module turns them (and FastAPI's own) into responses.
+
 ``{"type", "title", "status", "detail", "instance", "code", "errors": [{"field", "message"}]}`` —
 ``code`` is a stable machine-readable name, ``errors`` lists field errors (dotted paths such as
 ``defense.a_h``) for validation failures.
@@ -18,16 +21,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.jobspec import kind_names
+from services.ops.errors import ApiError, FieldError, not_found, validation_error  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-
-
-class FieldError(BaseModel):
-    """One invalid field."""
-
-    field: str = Field(description="Dotted path of the field, e.g. `defense.a_h`.")
-    message: str
 
 
 class Problem(BaseModel):
@@ -40,49 +39,6 @@ class Problem(BaseModel):
     instance: str | None = None
     code: str = Field(description="Stable machine-readable error code.")
     errors: list[FieldError] = Field(default_factory=list)
-
-
-class ApiError(Exception):
-    """An error the API answers with a problem-details body.
-
-    Args:
-        status: HTTP status code.
-        code: machine-readable code (also the last part of ``type``).
-        detail: human-readable explanation of this occurrence.
-        errors: field errors, for validation failures.
-        headers: extra response headers (e.g. ``WWW-Authenticate``).
-    """
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        detail: str | None = None,
-        *,
-        errors: list[FieldError] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(detail or code)
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.errors = errors or []
-        self.headers = headers
-
-
-def not_found(what: str, ident: str) -> ApiError:
-    """404 for a missing resource (or one that belongs to another tenant: same answer)."""
-    return ApiError(404, "not_found", f"{what} {ident!r} was not found")
-
-
-def validation_error(field: str, message: str) -> ApiError:
-    """422 naming one invalid field."""
-    return ApiError(
-        422,
-        "validation_error",
-        f"{field}: {message}",
-        errors=[FieldError(field=field, message=message)],
-    )
 
 
 def problem_response(
@@ -116,8 +72,8 @@ def _loc_to_field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in {"body", "query", "path", "header", "cookie"}:
         parts = parts[1:]
-    # Drop the discriminated-union tag pydantic inserts (e.g. body.train.arch -> arch).
-    if parts and parts[0] in {"train", "attack_eval", "pipeline", "sweep", "harden"} and len(parts) > 1:
+    # Drop the discriminated-union tag pydantic inserts (e.g. body.<kind>.arch -> arch).
+    if parts and parts[0] in kind_names() and len(parts) > 1:
         parts = parts[1:]
     return ".".join(parts) or "body"
 

@@ -17,16 +17,18 @@ from sqlalchemy.orm import Session
 from services.db import jobs as jobstate
 from services.db.models import Job
 from services.gateway.views import metrics_of
+from services.jobspec import names_where
 
 #: Report metrics of an evaluation, as the job records them: ``<defense>.<attack>.<name>``.
 EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist")
 
 
 def evaluations_of(session: Session, tenant_id: str, model_id: str) -> list[dict[str, Any]]:
-    """Every succeeded ``attack_eval`` of ``model_id`` (newest first), one entry per attack."""
+    """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack."""
     jobs = session.scalars(
         select(Job)
-        .where(Job.tenant_id == tenant_id, Job.kind == "attack_eval", Job.status == jobstate.SUCCEEDED)
+        .where(Job.tenant_id == tenant_id, Job.kind.in_(names_where(lambda k: k.audits)),
+               Job.status == jobstate.SUCCEEDED)
         .where(or_(Job.spec["model"].as_string() == model_id, Job.spec["model_job"].as_string() == model_id))
         .order_by(Job.id.desc())
     ).all()

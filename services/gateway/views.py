@@ -16,9 +16,6 @@ from services.gateway.schemas import (
     UnitCounts,
 )
 
-#: Kinds that run as a graph of units (``services.worker.fanout.FANOUT_KINDS``).
-STUDY_KINDS = frozenset({"pipeline", "sweep", "harden"})
-
 
 def metrics_of(session: Session, job_ids: list[str]) -> dict[str, dict[str, float]]:
     """Final metrics of each job (one query); while a job runs, the latest per-epoch values."""
@@ -43,7 +40,7 @@ def job_view(session: Session, job: Job, metrics: dict[str, float] | None = None
     """The public view of a job (``metrics`` when already loaded, e.g. for a page of jobs)."""
     error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
     units = None
-    if job.kind in STUDY_KINDS and job.status != "queued":
+    if job.status != "queued":  # a job is planned into its units when a worker takes it
         counts = unit_counts(session, job.id)
         units = UnitCounts(**counts) if counts["total"] else None
     return JobPublic(

@@ -168,7 +168,7 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
 
     ``None`` when the row, its integration or its job is gone (the integration was deleted).
     """
-    from services.gateway.routers.models import card_name
+    from services.ops.models import card_name
 
     with sessions() as session:
         row = session.get(WebhookDelivery, message_id)

@@ -1,10 +1,11 @@
 """The worker's Celery app and its tasks: ``celery -A services.worker.app worker`` (or ``midre worker``).
 
-Settings come from the environment. Tasks take ids, not objects, and are idempotent:
+Settings come from the environment. Tasks take ids, not objects, and are idempotent (the engine,
+:mod:`services.worker.engine`, claims each piece of work by a compare-and-set):
 
-* ``midre.run_job(job_id)``: a train / attack_eval job to its end; for a study (pipeline, sweep,
-  harden) the planning of its unit graph (``services.worker.fanout``);
-* ``midre.run_unit(job_id, key)``: one unit of a fanned-out study.
+* ``midre.run_job(job_id)``: plan a job into its graph of units (a train job is one unit) and send the
+  ready ones;
+* ``midre.run_unit(job_id, key)``: run one unit of a job.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from typing import Any
 
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from services.db.session import dispose_all, session_factory
+from services.db.session import dispose_all
 from services.integrations.webhooks import WebhookDeliverer
 from services.queue.celery_app import TASK_NAME, UNIT_TASK_NAME, make_celery
 from services.settings import Settings, get_settings
-from services.worker.fanout import FANOUT_KINDS, Planner, execute_unit, library_planner, plan_job
-from services.worker.handlers import HANDLERS
+from services.worker.engine import execute_unit, plan_job
+from services.worker.library import StudyLibrary
 from services.worker.reaper import Reaper
-from services.worker.runner import execute_job
 
 log = logging.getLogger(__name__)
 
@@ -30,43 +30,30 @@ settings = get_settings()
 celery_app = make_celery(settings)
 _reaper: Reaper | None = None
 _deliverer: WebhookDeliverer | None = None
-_planner: Planner | None = None
+_library: StudyLibrary | None = None
 #: torch threads of each pool process; set by ``midre worker`` from its --concurrency (see :func:`worker_threads`).
 threads_per_process: int | None = None
 
 
-def _study_planner() -> Planner | None:
-    global _planner
-    if _planner is None:
-        _planner = library_planner()
-    return _planner
-
-
-def _kind(job_id: str) -> str | None:
-    from services.db.models import Job
-
-    with session_factory(settings.db_url, settings.pool)() as session:
-        job = session.get(Job, job_id)
-        return None if job is None else job.kind
+def _study_library() -> StudyLibrary:
+    global _library
+    if _library is None:
+        _library = StudyLibrary()
+    return _library
 
 
 @celery_app.task(name=TASK_NAME, ignore_result=True)
 def run_job(job_id: str) -> str:
-    """Run one job to its end, or plan a study into units; the DB records everything."""
-    planner = _study_planner() if _kind(job_id) in FANOUT_KINDS else None
-    outcome = plan_job(settings, job_id, planner) if planner is not None else execute_job(settings, job_id, HANDLERS)
+    """Plan a job into its units and send the ready ones; the DB records everything."""
+    outcome = plan_job(settings, job_id, _study_library())
     log.info("job %s: %s", job_id, outcome)
     return outcome
 
 
 @celery_app.task(name=UNIT_TASK_NAME, ignore_result=True)
 def run_unit(job_id: str, key: str) -> str:
-    """Run one unit of a fanned-out study."""
-    planner = _study_planner()
-    if planner is None:
-        log.error("job %s unit %s: this worker's midre has no study planner (midre.plan)", job_id, key)
-        return "skipped"
-    outcome = execute_unit(settings, job_id, key, planner)
+    """Run one unit of a job."""
+    outcome = execute_unit(settings, job_id, key, _study_library())
     log.info("job %s unit %s: %s", job_id, key, outcome)
     return outcome
 

@@ -243,23 +243,26 @@ class ApiProcess:
 
 
 def add_job(settings: Settings, spec: dict[str, Any] | None = None, **values: Any) -> str:
-    """A ``train`` job row on the ``cpu`` queue (``queued`` unless ``values`` say otherwise), of the first
-    tenant in the database (one is created with a key when there is none)."""
+    """A job row (``spec``, default a ``train`` job) with its resolved config, on the ``cpu`` queue (``queued``
+    unless ``values`` say otherwise), of the first tenant in the database (one is created with a key when
+    there is none)."""
     from sqlalchemy import select
 
     from services.db.keys import create_api_key
     from services.db.models import ApiKey, Job
     from services.db.session import session_scope
     from services.db.types import new_id, utcnow
+    from services.jobspec import resolve
 
     with session_scope(settings.db_url) as session:
         tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
         if tenant_id is None:
             create_api_key(session, "t")
             tenant_id = session.scalar(select(ApiKey.tenant_id).limit(1))
+        spec = spec or TRAIN_SPEC
         fields = {"status": "queued", "progress": 0.0, "attempt": 0, "cancel_requested": False,
-                  "created_at": utcnow(), **values}
-        job = Job(id=new_id("job"), tenant_id=tenant_id, kind="train", spec=spec or TRAIN_SPEC,
+                  "created_at": utcnow(), "resolved": resolve(spec), **values}
+        job = Job(id=new_id("job"), tenant_id=tenant_id, kind=spec["kind"], spec=spec,
                   queue=settings.queue_name("cpu"), **fields)
         session.add(job)
         return job.id
@@ -281,3 +284,60 @@ def delete_queues(dispatcher: Any, settings: Settings) -> None:
             with conn.channel() as channel:
                 channel.queue_delete(settings.queue_name(logical))
                 channel.exchange_delete(settings.queue_name(logical))
+
+
+class InlineDispatcher:
+    """A dispatcher for :func:`run_job_inline`: unit messages are kept, in order, to be run in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from services.queue.dispatch import Dispatcher
+
+        self.real = Dispatcher(settings)
+        self.units: list[str] = []
+
+    def send(self, job_id: str, queue: str) -> None:
+        self.real.send(job_id, queue)
+
+    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+        self.units.append(key)
+
+
+def run_job_inline(settings: Settings, job_id: str, library: Any = None, worker: str | None = None) -> str:
+    """Run a job through the worker's own engine in this process: plan it, then every unit as the engine sends
+    it. Returns the job's status afterwards, or ``skipped`` when this call did not take it."""
+    from services.worker.engine import execute_unit, plan_job
+    from services.worker.library import StudyLibrary
+
+    library = library or StudyLibrary()
+    dispatcher = InlineDispatcher(settings)
+    planned = plan_job(settings, job_id, library, worker=worker, dispatcher=dispatcher)
+    if planned == "skipped":
+        return planned
+    done = 0
+    while done < len(dispatcher.units):
+        execute_unit(settings, job_id, dispatcher.units[done], library, worker=worker, dispatcher=dispatcher)
+        done += 1
+    return str(job_row(settings, job_id).status)
+
+
+class OneUnitLibrary:
+    """A library whose jobs are one ``train`` unit running ``body(out_dir, progress, should_stop)``, and whose
+    outcome is ``metrics``: the engine's own path with a unit body a test controls."""
+
+    def __init__(self, body: Callable[[Path, Callable[[Any], None], Callable[[], bool]], None],
+                 metrics: dict[str, float] | None = None) -> None:
+        self.body = body
+        self.metrics = metrics or {}
+
+    def plan(self, config: Any) -> list[dict[str, Any]]:
+        return [{"key": "train", "kind": "train", "weight": 2.0}]
+
+    def run(self, config: Any, out_dir: Path, unit: dict[str, Any], progress: Callable[[Any], None],
+            should_stop: Callable[[], bool]) -> list[dict[str, Any]]:
+        self.body(out_dir, progress, should_stop)
+        return []
+
+    def outcome(self, config: Any, out_dir: Path) -> Any:
+        from services.worker.ending import Outcome
+
+        return Outcome(self.metrics)

@@ -2,7 +2,7 @@
 
 Every injection of a server path or a server-side object answers 422 naming the field and stores
 nothing; what can be checked before queueing is checked; the resolved config a job runs is shown
-and is what the worker runs (jobs run in this process through the worker's own ``execute_job``);
+and is what the worker runs (jobs run in this process through the worker's own engine (``run_job_inline``));
 and no server path reaches a client in the events, messages, errors or views of a whole study.
 """
 
@@ -16,9 +16,7 @@ from sqlalchemy import func, select
 
 from services.db.models import Job
 from services.db.session import session_scope
-from services.worker.handlers import HANDLERS
-from services.worker.runner import execute_job
-from tests.service._support import TRAIN_SPEC, face_folder_members, make_zip, png_bytes
+from tests.service._support import TRAIN_SPEC, face_folder_members, make_zip, png_bytes, run_job_inline
 from tests.service.conftest import Api
 from tests.service.test_scopes import model_id  # noqa: F401  (fixture: a trained model of tenant-a)
 
@@ -98,7 +96,7 @@ def test_the_resolved_config_is_shown_and_run(api: Api, key_a: str, model_id: st
     assert (config["lr"], config["optimizer"], config["data"]["split_seed"]) == (0.001, "adam", 42)
     assert config["defense"] == {"name": "tl-dmi", "pretrained": f"job:{model_id}", "trainable": 2}
     assert resolved["refs"] == {"defense.pretrained": f"job:{model_id}"}
-    assert execute_job(api.settings, job["id"], HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, job["id"]) == "succeeded"
     card = api.client.get(f"/v1/models/{job['id']}", headers=api.auth(key_a)).json()["card"]
     assert card["config"]["lr"] == config["lr"] and card["defense"]["name"] == "tl-dmi"
     assert str(api.settings.home) not in json.dumps(card)
@@ -125,16 +123,16 @@ def test_no_server_path_reaches_a_client(api: Api, key_a: str, model_id: str) ->
         assert r.status_code == 201 and home not in r.text and "broken.png" in r.text, r.text
 
     pipeline = submit(api, key_a, PIPELINE).json()["id"]
-    assert execute_job(api.settings, pipeline, HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, pipeline) == "succeeded"
     # An audit of a trained model gets its data by id from the model's own train job, not from a path.
     audit = submit(api, key_a, {"kind": "attack_eval", "model": model_id, **STUDY}).json()
     assert audit["resolved"]["config"]["data"]["source"] == "digits"
-    assert execute_job(api.settings, audit["id"], HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, audit["id"]) == "succeeded"
     # A job that fails in the worker: its dataset disappears before it runs.
     doomed = submit(api, key_a, {**TRAIN_SPEC, "device": "cpu", "dataset": dataset["id"],
                                  "training": {"epochs": 1, "image_size": 16}}).json()["id"]
     assert api.client.delete(f"/v1/datasets/{dataset['id']}", headers=api.auth(key_a)).status_code == 204
-    assert execute_job(api.settings, doomed, HANDLERS) == "failed"
+    assert run_job_inline(api.settings, doomed) == "failed"
 
     downloaded = []
     for job_id in (pipeline, audit["id"], model_id):  # every text artifact, as a client downloads it

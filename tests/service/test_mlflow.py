@@ -32,9 +32,7 @@ from services.gateway.app import create_app
 from services.integrations.mlflow import flatten, load, send
 from services.integrations.webhooks import WebhookDeliverer, deliver_due
 from services.storage import LocalStore
-from services.worker.handlers import HANDLERS
-from services.worker.runner import execute_job
-from tests.service._support import TRAIN_SPEC, free_port, stop_group, wait_for
+from tests.service._support import TRAIN_SPEC, free_port, run_job_inline, stop_group, wait_for
 from tests.service.conftest import Api, make_settings
 from tests.service.test_jobspec import PIPELINE, STUDY
 
@@ -147,7 +145,7 @@ def run_job(api: Api, key: str, spec: dict[str, Any]) -> str:
     created = api.client.post("/v1/jobs", json=spec, headers=api.auth(key))
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
-    assert execute_job(api.settings, job_id, HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, job_id) == "succeeded"
     return job_id
 
 
@@ -334,7 +332,8 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
     # a harden job that recommends a candidate registers that checkpoint, tagged with the candidate's AttAcc
     files = {name: api.client.get(f"/v1/jobs/{jobs[1]}/artifacts/{name}", headers=api.auth(key)).content
              for name in ("model.json", "model.safetensors")}
-    files["report.json"] = json.dumps({"recommendation": {"defense": "midre-a_h0.8", "reason": "lowest AttAcc"}}).encode()
+    files["report.json"] = json.dumps({"recommendation": {"defense": "midre-a_h0.8",
+                                                          "reason": "lowest AttAcc"}}).encode()
     harden = {"kind": "harden", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"], "seeds": 1,
               "candidates": ["midre:a_h=0.8"], "device": "cpu"}
     harden_job = add_succeeded_job(api, key, "harden", harden, {"nodef.mi-face.attacc_top1": 30.0,

@@ -1,6 +1,6 @@
 """Bring your own model (embedded service, no servers): upload a model trained outside the service,
 audit it with ``attack_eval``, harden it with ``init_from``; bad uploads are 4xx naming the problem
-and store nothing. Jobs run in this process through the worker's own ``execute_job``."""
+and store nothing. Jobs run in this process through the worker's own engine (``run_job_inline``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import yaml
 
 from midre.data import DatasetSpec
 from midre.train import TrainConfig, train
-from services.worker.handlers import HANDLERS
-from services.worker.runner import execute_job
+from tests.service._support import run_job_inline
 from tests.service.conftest import Api, make_settings
 from tests.service.test_jobspec import STUDY, job_count, submit
 
@@ -59,7 +58,7 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
                                 **STUDY})
     assert audit.status_code == 201, audit.text
     assert audit.json()["resolved"]["config"]["target"] == f"job:{model_id}"
-    assert execute_job(api.settings, audit.json()["id"], HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, audit.json()["id"]) == "succeeded"
     events = api.client.get(f"/v1/jobs/{audit.json()['id']}/events", params={"limit": 1000},
                             headers=api.auth(key_a)).json()["items"]
     (estimate,) = [e for e in events if e["type"] == "estimate"]  # calibrated before the attacks ran
@@ -91,7 +90,7 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
             "data": {"channels": 1, **DATA}}
     hardened = submit(api, key_a, spec)
     assert hardened.status_code == 201, hardened.text
-    assert execute_job(api.settings, hardened.json()["id"], HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, hardened.json()["id"]) == "succeeded"
     card_after = api.client.get(f"/v1/models/{hardened.json()['id']}", headers=api.auth(key_a)).json()["card"]
     assert card_after["init_from"] == f"job:{model_id}" and card_after["defense"]["name"] == "midre"
     assert str(api.settings.home) not in json.dumps(card_after)

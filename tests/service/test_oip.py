@@ -24,9 +24,7 @@ import torch
 from PIL import Image
 
 from services.serving.preprocess import RawImage, preprocess
-from services.worker.handlers import HANDLERS
-from services.worker.runner import execute_job
-from tests.service._support import TRAIN_SPEC, ApiProcess
+from tests.service._support import TRAIN_SPEC, ApiProcess, run_job_inline
 from tests.service.conftest import Api
 from tests.service.test_scopes import mint, model_id  # noqa: F401 - the fixture
 
@@ -240,7 +238,7 @@ def test_budget_is_shared_with_v1_and_the_allow_list_holds(api: Api, key_a: str,
     spec = {**TRAIN_SPEC, "device": "cpu", "training": {**TRAIN_SPEC["training"], "epochs": 1, "seed": 1},
             "data": {"max_images_per_identity": 20}}
     other = api.client.post("/v1/jobs", json=spec, headers=api.auth(key_a)).json()["id"]
-    assert execute_job(api.settings, other, HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, other) == "succeeded"
     limited = mint(api, key_a, scopes=["predict"], models=[other])["key"]
     assert output(infer(api, limited, other, bytes_body(images(1))))["shape"] == [1, 10]
     for method, path in [("GET", f"/v2/models/{model_id}"), ("GET", f"/v2/models/{model_id}/ready"),

@@ -32,8 +32,15 @@ from services.gateway.app import create_app
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.worker.reaper import reap_once
-from services.worker.runner import JobContext, Outcome, execute_job
-from tests.service._support import TRAIN_SPEC, WorkerProcess, delete_queues, job_row, wait_for
+from tests.service._support import (
+    TRAIN_SPEC,
+    OneUnitLibrary,
+    WorkerProcess,
+    delete_queues,
+    job_row,
+    run_job_inline,
+    wait_for,
+)
 from tests.service._support import add_job as support_add_job
 from tests.service.conftest import REDIS_URL, Api, PgDatabases, make_settings
 
@@ -180,12 +187,12 @@ def test_of_two_racing_reapers_only_one_sends_again(race_settings: Settings) -> 
     assert [len(resent_events(settings, job_id)) for job_id in lost] == [1, 1, 1]
 
 
-def quick(ctx: JobContext) -> Outcome:
-    out = ctx.work_dir / "out"
-    out.mkdir(parents=True, exist_ok=True)
+def _quick(out: Path, progress: Any, should_stop: Any) -> None:
     (out / "model.json").write_text("{}")
     time.sleep(0.3)
-    return Outcome(out_dir=out, metrics={})
+
+
+QUICK = OneUnitLibrary(_quick)
 
 
 def test_the_late_original_and_the_copy_run_the_job_once(settings: Settings) -> None:
@@ -194,7 +201,7 @@ def test_the_late_original_and_the_copy_run_the_job_once(settings: Settings) -> 
     # Both deliveries at once, on two workers: the claim's compare-and-set lets one run.
     outcomes: list[str] = []
     threads = [
-        threading.Thread(target=lambda w=w: outcomes.append(execute_job(settings, job_id, {"train": quick}, w)))
+        threading.Thread(target=lambda w=w: outcomes.append(run_job_inline(settings, job_id, QUICK, w)))
         for w in ("one:1", "two:2")
     ]
     for thread in threads:
@@ -203,7 +210,7 @@ def test_the_late_original_and_the_copy_run_the_job_once(settings: Settings) -> 
         thread.join(timeout=60)
     assert sorted(outcomes) == ["skipped", "succeeded"]
     # A third copy after the end is dropped too.
-    assert execute_job(settings, job_id, {"train": quick}, "three:3") == "skipped"
+    assert run_job_inline(settings, job_id, QUICK, "three:3") == "skipped"
     row = job_row(settings, job_id)
     assert row.status == "succeeded" and row.attempt == 1
     with session_factory(settings.db_url)() as session:

@@ -2,8 +2,8 @@
 ``predict`` key handed to a model's consumer can and cannot do, key minting and revocation, and
 policy updates that change only what they name.
 
-The served model is trained for real by the worker's own code (``execute_job`` with the worker's
-handlers, in this process): a tiny ``cnn-small`` on digits.
+The served model is trained for real by the worker's own engine and library, in this process
+(``run_job_inline``): a tiny ``cnn-small`` on digits.
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from services.worker.handlers import HANDLERS
-from services.worker.runner import execute_job
-from tests.service._support import TRAIN_SPEC
+from tests.service._support import TRAIN_SPEC, run_job_inline
 from tests.service.conftest import Api
 
 SCOPE_ORDER = ("admin", "jobs", "predict")
@@ -31,7 +29,7 @@ def model_id(api: Api, key_a: str) -> str:
     r = api.client.post("/v1/jobs", json=spec, headers=api.auth(key_a))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert execute_job(api.settings, job_id, HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, job_id) == "succeeded"
     return job_id
 
 
@@ -127,7 +125,7 @@ def test_a_predict_key_limited_to_models_gets_403_for_the_tenants_other_models(
     spec = {**TRAIN_SPEC, "device": "cpu", "training": {**TRAIN_SPEC["training"], "epochs": 1, "seed": 1},
             "data": {"max_images_per_identity": 20}}
     second = api.client.post("/v1/jobs", json=spec, headers=api.auth(key_a)).json()["id"]
-    assert execute_job(api.settings, second, HANDLERS) == "succeeded"
+    assert run_job_inline(api.settings, second) == "succeeded"
     assert_forbidden(predict(api, other["key"], second))
     assert predict(api, other["key"], model_id).status_code == 200
     # Unknown ids and other tenants' models stay 404, for every kind of key.

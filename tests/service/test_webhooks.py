@@ -31,12 +31,21 @@ from services.db.types import new_id, utcnow
 from services.db.webhooks import enqueue_job_end
 from services.gateway.app import create_app
 from services.integrations.webhooks import address_problem, backoff_s, deliver_due, new_secret, post
+from services.jobspec import resolve
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
-from services.worker.runner import execute_job
-from tests.service._support import REPO, TRAIN_SPEC, ApiProcess, WorkerProcess, free_port, stop_group, wait_for
+from tests.service._support import (
+    REPO,
+    TRAIN_SPEC,
+    ApiProcess,
+    WorkerProcess,
+    free_port,
+    run_job_inline,
+    stop_group,
+    wait_for,
+)
 from tests.service.conftest import Api, PgDatabases, make_settings
-from tests.service.test_worker_units import fake_train
+from tests.service.test_worker_units import FAKE_TRAIN
 
 #: A public address written as a literal, so registering it needs no DNS (nothing is sent to it).
 PUBLIC_URL = "https://93.184.215.14/hooks/midre"
@@ -257,12 +266,13 @@ def test_outbox_rows_commit_with_the_status_change(db_settings: Settings) -> Non
         assert rows(db_settings, other.id) == []
 
 
-def test_the_worker_runner_queues_job_succeeded(db_settings: Settings) -> None:
+def test_the_worker_engine_queues_job_succeeded(db_settings: Settings) -> None:
     tenant, _ = add_tenant_hooks(db_settings, {"https://a.example/": ["job.succeeded", "job.failed"]})
     job_id = add_job(db_settings, tenant, status="queued")
     with session_scope(db_settings.db_url) as session:
-        session.get(Job, job_id).attempt = 0
-    assert execute_job(db_settings, job_id, {"train": fake_train}) == "succeeded"
+        job = session.get(Job, job_id)
+        job.attempt, job.resolved = 0, resolve(TRAIN_SPEC)
+    assert run_job_inline(db_settings, job_id, FAKE_TRAIN) == "succeeded"
     (row,) = rows(db_settings, job_id)
     assert row.event_type == "job.succeeded"
     body = row.payload

@@ -1,5 +1,8 @@
-"""The worker's machinery without Celery: claim, progress, cancel, ownership, artifacts, the reaper;
-plus the storage and API-key primitives, and the unit graph of fanned-out studies (SQLite, file-system broker)."""
+"""The worker's one engine without Celery: claim, progress, cancel, ownership, artifacts, the reaper; plus the
+storage and API-key primitives, and job graphs of several units (SQLite, file-system broker).
+
+Single-unit jobs run a unit body the test controls (``OneUnitLibrary``); graphs run a small library of their
+own (``GraphLibrary``); both through the engine's production code (``services.worker.engine``)."""
 
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
 from services.storage import LocalStore, sha256_file
-from services.worker.fanout import dispatch_ready, execute_unit, plan_job
+from services.worker.ending import Outcome
+from services.worker.engine import dispatch_ready, execute_unit, plan_job
+from services.worker.library import report_metrics, report_warnings
 from services.worker.reaper import reap_once
-from services.worker.runner import JobContext, Outcome, execute_job
-from tests.service._support import add_job, job_row
+from tests.service._support import OneUnitLibrary, add_job, job_row, run_job_inline
 from tests.service.conftest import make_settings
 
 
@@ -48,29 +52,32 @@ def queued_messages(settings: Settings) -> list[Path]:
     return list((settings.broker_dir / "queue").glob("*.msg"))
 
 
-def fake_train(ctx: JobContext) -> Outcome:
-    out = ctx.work_dir / "train"
+def fake_train(out: Path, progress: Callable[[Any], None], should_stop: Callable[[], bool]) -> None:
     (out / "checkpoint").mkdir(parents=True)
     (out / "checkpoint" / "last.pt").write_bytes(b"resume state")
     (out / "model.safetensors").write_bytes(b"weights" * 100)
     (out / "model.json").write_text('{"arch": "cnn-small"}')
     (out / "plots").mkdir()
     (out / "plots" / "loss.png").write_bytes(b"\x89PNG fake")
-    ctx.progress(ProgressEvent("load", 0.0, "loading digits"))
+    progress(ProgressEvent("load", 0.0, "loading digits"))
     for epoch in (1, 2):
         for step in (1, 2):
-            ctx.progress(ProgressEvent("train", (epoch - 1 + step / 2) / 2, "", epoch=epoch, epochs=2, step=step,
-                                       steps=2, metrics={"loss": 1.0 / epoch}))
-        ctx.progress(ProgressEvent("epoch", epoch / 2, f"epoch {epoch}/2 done", epoch=epoch, epochs=2,
-                                   metrics={"test_accuracy": 0.4 * epoch}))
-    return Outcome(out_dir=out, metrics={"test_accuracy": 0.8})
+            progress(ProgressEvent("train", (epoch - 1 + step / 2) / 2, "", epoch=epoch, epochs=2, step=step,
+                                   steps=2, metrics={"loss": 1.0 / epoch}))
+        progress(ProgressEvent("epoch", epoch / 2, f"epoch {epoch}/2 done", epoch=epoch, epochs=2,
+                               metrics={"test_accuracy": 0.4 * epoch}))
 
 
-def test_execute_job_records_everything(settings: Settings) -> None:
+FAKE_TRAIN = OneUnitLibrary(fake_train, {"test_accuracy": 0.8})
+
+
+def test_a_train_job_is_one_unit_and_records_everything(settings: Settings) -> None:
     job_id = add_job(settings)
-    assert execute_job(settings, job_id, {"train": fake_train}) == "succeeded"
+    assert run_job_inline(settings, job_id, FAKE_TRAIN) == "succeeded"
     job = job_row(settings, job_id)
     assert job.status == "succeeded" and job.progress == 1.0 and job.attempt == 1 and job.finished_at
+    assert [(u.key, u.kind, u.status, u.attempt) for u in units_of(settings, job_id).values()] == [
+        ("train", "train", "succeeded", 1)]
     with session_factory(settings.db_url)() as session:
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         metrics = session.scalars(select(Metric).where(Metric.job_id == job_id)).all()
@@ -82,65 +89,70 @@ def test_execute_job_records_everything(settings: Settings) -> None:
     # Recorded in the metric vocabulary: the library's test_accuracy fraction is `acc` in percent.
     assert {(m.name, m.epoch, round(m.value, 6)) for m in metrics} == {("acc", 1, 40.0), ("acc", 2, 80.0),
                                                                        ("acc", None, 80.0)}
-    types = [(e.type, e.stage) for e in job_events(settings, job_id)]
-    assert types == [("status", None), ("stage", "load"), ("stage", "train"), ("epoch", "epoch"),
+    events = job_events(settings, job_id)
+    types = [(e.type, e.stage) for e in events if e.type != "unit"]
+    assert types == [("status", None), ("stage", "plan"), ("stage", "load"), ("stage", "train"), ("epoch", "epoch"),
                      ("epoch", "epoch"), ("status", "done")]
+    assert [e.message for e in events if e.type == "epoch"] == ["epoch 1/2 done", "epoch 2/2 done"]  # one unit: no key
     assert not store.work_dir(job_id).exists()
-    # A second delivery of the same message is a no-op (idempotent task).
-    assert execute_job(settings, job_id, {"train": fake_train}) == "skipped"
+    # A second delivery of the same messages is a no-op (idempotent tasks).
+    assert plan_job(settings, job_id, FAKE_TRAIN) == "skipped"
+    assert execute_unit(settings, job_id, "train", FAKE_TRAIN) == "skipped"
     assert job_row(settings, job_id).attempt == 1
 
 
-def test_duplicate_delivery_of_a_running_job_is_dropped(settings: Settings) -> None:
+def test_duplicate_delivery_of_a_job_being_planned_is_dropped(settings: Settings) -> None:
     job_id = add_job(settings, status="running", attempt=1, heartbeat_at=utcnow(), worker="elsewhere:1")
-    assert execute_job(settings, job_id, {"train": fake_train}) == "skipped"
+    assert plan_job(settings, job_id, FAKE_TRAIN) == "skipped"
     assert job_row(settings, job_id).status == "running"
 
 
 def test_failure_is_recorded_with_a_code(settings: Settings) -> None:
-    def bad(ctx: JobContext) -> Outcome:
+    def bad(out: Path, progress: Any, should_stop: Any) -> None:
         raise ValueError("arch: nope")
 
     job_id = add_job(settings)
-    assert execute_job(settings, job_id, {"train": bad}) == "failed"
+    assert run_job_inline(settings, job_id, OneUnitLibrary(bad)) == "failed"
     job = job_row(settings, job_id)
     assert (job.status, job.error_code, job.error_message) == ("failed", "invalid_input", "arch: nope")
+    assert units_of(settings, job_id)["train"].status == "failed"
 
 
 def test_cooperative_cancel(settings: Settings) -> None:
     job_id = add_job(settings)
 
-    def long_job(ctx: JobContext) -> Outcome:
+    def long_job(out: Path, progress: Any, should_stop: Callable[[], bool]) -> None:
         with session_scope(settings.db_url) as session:  # the API's cancel, while running
             session.execute(update(Job).where(Job.id == job_id).values(status="cancelling", cancel_requested=True))
         for _ in range(1000):
-            if ctx.should_stop():
+            if should_stop():
                 raise Cancelled("stopped at a step boundary")
+            time.sleep(0.01)
         raise AssertionError("should_stop never said stop")
 
-    assert execute_job(settings, job_id, {"train": long_job}) == "cancelled"
-    assert job_row(settings, job_id).status == "cancelled"
+    assert run_job_inline(settings, job_id, OneUnitLibrary(long_job)) == "cancelled"
+    assert units_of(settings, job_id)["train"].status == "cancelled"
 
 
-def test_a_worker_that_lost_its_job_stops_quietly(settings: Settings) -> None:
+def test_a_worker_that_lost_its_unit_stops_quietly(settings: Settings) -> None:
     job_id = add_job(settings)
 
-    def taken_over(ctx: JobContext) -> Outcome:
-        with session_scope(settings.db_url) as session:  # the reaper gave the job to attempt 2
-            session.execute(update(Job).where(Job.id == job_id).values(attempt=2))
-        while not ctx.should_stop():
-            pass
+    def taken_over(out: Path, progress: Any, should_stop: Callable[[], bool]) -> None:
+        with session_scope(settings.db_url) as session:  # the reaper gave the unit to attempt 2
+            session.execute(update(JobUnit).where(JobUnit.job_id == job_id).values(attempt=2))
+        while not should_stop():
+            time.sleep(0.01)
         raise Cancelled("lost")
 
-    assert execute_job(settings, job_id, {"train": taken_over}) == "lost"
-    assert job_row(settings, job_id).status == "running"  # left to the owner
+    assert run_job_inline(settings, job_id, OneUnitLibrary(taken_over)) == "running"  # left to the owner
+    assert units_of(settings, job_id)["train"].status == "running"
 
 
 def stale(seconds: float = 60) -> dt.datetime:
     return utcnow() - dt.timedelta(seconds=seconds)
 
 
-def test_reaper_requeues_fails_cancels_and_sends(settings: Settings) -> None:
+def test_reaper_requeues_fails_cancels_and_sends_jobs_being_planned(settings: Settings) -> None:
     lost = add_job(settings, status="running", attempt=1, heartbeat_at=stale(), worker="dead:1")
     cancelling = add_job(settings, status="cancelling", attempt=1, heartbeat_at=stale(), cancel_requested=True)
     exhausted = add_job(settings, status="running", attempt=settings.max_attempts, heartbeat_at=stale())
@@ -203,7 +215,7 @@ def test_a_dead_local_owner_is_taken_over_at_once(settings: Settings) -> None:
     import sys
 
     from services.db.types import host_id, pid_host
-    from services.worker.runner import owner_is_dead
+    from services.worker.attempt import owner_is_dead
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = f"{host_id()}:{gone.stdout.strip()}"
@@ -213,11 +225,11 @@ def test_a_dead_local_owner_is_taken_over_at_once(settings: Settings) -> None:
     assert not owner_is_dead("another-host:1") and not owner_is_dead(None)
     # A redelivery after the pool process died does not wait for the heartbeat to go stale.
     job_id = add_job(settings, status="running", attempt=1, heartbeat_at=utcnow(), worker=dead)
-    assert execute_job(settings, job_id, {"train": fake_train}) == "succeeded"
+    assert run_job_inline(settings, job_id, FAKE_TRAIN) == "succeeded"
     assert job_row(settings, job_id).attempt == 2
 
 
-# -- fanned-out studies (services.worker.fanout), with a small unit graph instead of the library ------------
+# -- graphs of several units, with a small graph instead of the library's -----------------------------------
 
 PIPELINE_SPEC = {"kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"],
                  "training": {"epochs": 1, "image_size": 32}}
@@ -235,7 +247,7 @@ class RecordingDispatcher(Dispatcher):
         self.units.append(key)
 
 
-class GraphPlanner:
+class GraphLibrary:
     """``a`` and ``b``, then ``grow`` (an expansion that adds ``c``), then ``report`` (needs ``grow`` and ``c``)."""
 
     def __init__(self, fail: str | None = None, during: dict[str, Callable[[Callable[[], bool]], None]] | None = None):
@@ -270,23 +282,14 @@ class GraphPlanner:
             }))
         return [{"key": "c", "kind": "target", "weight": 2.0}] if key == "grow" else []
 
-    def report(self, out_dir: Path) -> dict[str, Any]:
-        return json.loads((out_dir / "report.json").read_text())
+    def outcome(self, config: Any, out_dir: Path) -> Outcome:
+        report = json.loads((out_dir / "report.json").read_text())
+        return Outcome(report_metrics(report), report_warnings(report))
 
 
 def add_study(settings: Settings, spec: dict[str, Any] = PIPELINE_SPEC) -> str:
     """A queued study job with its resolved config, as the API stores it."""
-    from services.db.types import new_id
-    from services.jobspec import resolve
-
-    add_job(settings)  # the tenant
-    with session_scope(settings.db_url) as session:
-        tenant = session.scalar(select(Job.tenant_id).limit(1))
-        job = Job(id=new_id("job"), tenant_id=tenant, kind=spec["kind"], status="queued", spec=spec,
-                  resolved=resolve(spec), queue=settings.queue_name("cpu"), progress=0.0, attempt=0,
-                  cancel_requested=False, created_at=utcnow())
-        session.add(job)
-        return job.id
+    return add_job(settings, spec)
 
 
 def units_of(settings: Settings, job_id: str) -> dict[str, JobUnit]:
@@ -294,7 +297,7 @@ def units_of(settings: Settings, job_id: str) -> dict[str, JobUnit]:
         return {u.key: u for u in session.scalars(select(JobUnit).where(JobUnit.job_id == job_id))}
 
 
-def drain(settings: Settings, job_id: str, planner: GraphPlanner, dispatcher: RecordingDispatcher) -> list[str]:
+def drain(settings: Settings, job_id: str, planner: GraphLibrary, dispatcher: RecordingDispatcher) -> list[str]:
     """Deliver every sent unit message once, in order, until none is left; the outcomes."""
     outcomes, done = [], 0
     while done < len(dispatcher.units):
@@ -306,7 +309,7 @@ def drain(settings: Settings, job_id: str, planner: GraphPlanner, dispatcher: Re
 
 def test_a_study_runs_as_a_unit_graph_each_unit_once(settings: Settings) -> None:
     job_id = add_study(settings)
-    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(), RecordingDispatcher(settings)
     assert plan_job(settings, job_id, planner, dispatcher=dispatcher) == "planned"
     assert dispatcher.units == ["a", "b"]  # the units without dependencies
     assert plan_job(settings, job_id, planner, dispatcher=dispatcher) == "skipped"  # a second delivery
@@ -342,7 +345,7 @@ def test_a_study_runs_as_a_unit_graph_each_unit_once(settings: Settings) -> None
 
 def test_a_failed_unit_fails_the_study(settings: Settings) -> None:
     job_id = add_study(settings)
-    planner, dispatcher = GraphPlanner(fail="b"), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(fail="b"), RecordingDispatcher(settings)
     plan_job(settings, job_id, planner, dispatcher=dispatcher)
     assert drain(settings, job_id, planner, dispatcher) == ["a:succeeded", "b:failed"]
     job = job_row(settings, job_id)
@@ -365,7 +368,7 @@ def test_cancel_stops_the_whole_graph(settings: Settings) -> None:
             time.sleep(0.01)
         raise Cancelled("stopped at a step boundary")
 
-    planner, dispatcher = GraphPlanner(during={"a": cancelled_meanwhile}), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(during={"a": cancelled_meanwhile}), RecordingDispatcher(settings)
     plan_job(settings, job_id, planner, dispatcher=dispatcher)
     assert drain(settings, job_id, planner, dispatcher) == ["a:cancelled", "b:skipped"]
     assert planner.ran == ["a"]  # b's message came after the cancel: it never ran
@@ -376,7 +379,7 @@ def test_cancel_stops_the_whole_graph(settings: Settings) -> None:
 
 def test_the_reaper_sends_again_a_unit_whose_worker_died(settings: Settings) -> None:
     job_id = add_study(settings)
-    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(), RecordingDispatcher(settings)
     plan_job(settings, job_id, planner, dispatcher=dispatcher)
     with session_scope(settings.db_url) as session:  # `a` ran on a worker that died; the job's own heartbeat is old
         session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.key == "a")
@@ -395,7 +398,7 @@ def test_the_reaper_sends_again_a_unit_whose_worker_died(settings: Settings) -> 
 
 def test_a_ready_unit_nobody_sent_is_sent_by_the_reaper(settings: Settings) -> None:
     job_id = add_study(settings)
-    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(), RecordingDispatcher(settings)
     plan_job(settings, job_id, planner, dispatcher=dispatcher)
     with session_scope(settings.db_url) as session:  # a and b finished, their worker died before sending `grow`
         session.execute(update(JobUnit).where(JobUnit.job_id == job_id, JobUnit.key.in_(["a", "b"]))
@@ -406,11 +409,6 @@ def test_a_ready_unit_nobody_sent_is_sent_by_the_reaper(settings: Settings) -> N
 
 
 def test_a_train_job_near_chance_gets_a_warning_event(settings: Settings) -> None:
-    verdicts = pytest.importorskip("midre.report.verdicts")
-    if not hasattr(verdicts, "train_warnings"):
-        pytest.skip("this midre has no train warnings")
-    from services.worker.handlers import HANDLERS
-
     untrained = {"kind": "train", "dataset": "digits", "arch": "cnn-small", "device": "cpu",
                  "defense": {"name": "nodef"}, "data": {"max_images_per_identity": 20},
                  "training": {"epochs": 1, "image_size": 16, "lr": 1e-9, "seed": 0}}
@@ -418,7 +416,7 @@ def test_a_train_job_near_chance_gets_a_warning_event(settings: Settings) -> Non
     warned = {}
     for name, spec in (("untrained", untrained), ("trained", trained)):
         job_id = add_job(settings, spec)
-        assert execute_job(settings, job_id, HANDLERS) == "succeeded"
+        assert run_job_inline(settings, job_id) == "succeeded"
         warned[name] = [e for e in job_events(settings, job_id) if e.type == "warning"]
     [warning] = warned["untrained"]
     assert warning.data["code"] == "target_near_chance" and "near chance" in warning.message
@@ -442,13 +440,12 @@ def test_workers_pin_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_harden_recommendation_is_a_model_under_the_job_id(settings: Settings) -> None:
-    pytest.importorskip("midre.plan")
-    from services.gateway.routers.jobs import is_model
+    from services.ops.jobs import is_model
 
     harden = {**PIPELINE_SPEC, "kind": "harden", "candidates": ["midre:a_h=0.4"]}
     harden.pop("defense", None)
     job_id = add_study(settings, harden)
-    planner, dispatcher = GraphPlanner(), RecordingDispatcher(settings)
+    planner, dispatcher = GraphLibrary(), RecordingDispatcher(settings)
     plan_job(settings, job_id, planner, dispatcher=dispatcher)
     assert drain(settings, job_id, planner, dispatcher)[-1] == "report:succeeded"
     with session_factory(settings.db_url)() as session:

@@ -20,7 +20,8 @@ DEEPINVERSION_STEPS = 2000  # the authors' iteration count
 
 @pytest.fixture(scope="module")
 def nodef_report(tmp_path_factory, shared_datasets):
-    from midre.study import PipelineConfig, run_pipeline
+    from midre.plan import run_pipeline
+    from midre.study import PipelineConfig
 
     cfg = PipelineConfig.from_dict({"data": str(shared_datasets / "att_faces"), "image_size": 64,
                                     "defenses": ["nodef"], "seeds": 1,

@@ -91,7 +91,7 @@ def test_run_unit_is_idempotent(sequential, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a finished unit must not run again")
 
-    monkeypatch.setattr("midre.units.run_attack", boom)
+    monkeypatch.setattr("midre.runners.run_attack", boom)
     monkeypatch.setattr("midre.train.train", boom)
     for unit in plan_study(cfg):
         before = unit_result(out, unit.key)

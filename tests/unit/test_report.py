@@ -61,11 +61,12 @@ def test_write_report_files_and_html(tmp_path):
                            "seeds": [0, 1, 2], "results": results, "verdicts": verdicts, "timings": {"total": 1.0}},
                           tmp_path, grids=grids)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["results"][1]["metrics"]["acc"]["runs"] == [97.0, 96.0, 98.0]
+    assert data["schema_version"] == 2 and data["results"][1]["metrics"]["acc"]["runs"] == [97.0, 96.0, 98.0]
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and "AttAcc top-1" in html and "Δ" in html
     assert "did not lower AttAcc for deepinversion" in html
-    assert html.count("data:image/png;base64,") == 3  # summary card + trade-off plot + grid, embedded
+    assert html.count("data:image/png;base64,") == 2  # trade-off plot + grid, embedded (the summary picture
+    # repeats the tables: it is written for sharing, not shown)
     assert (tmp_path / "tradeoff.png").is_file() and report["artifacts"]["plots"]
     assert "summary.png" in report["artifacts"]["plots"]
     from PIL import Image
@@ -124,12 +125,11 @@ def test_write_report_panel_leakage_and_warnings(tmp_path):
                "epochs": 20},
               {"arch": "densenet121", "seed": 2234, "accuracy": 80.0, "accuracy_split": "test", "selected_epoch": 14,
                "epochs": 20}]
-    frontier = "<h2>Frontier</h2><p id='frontier'>candidates</p>"
     report = write_report({"dataset": {"source": "att_faces", "identities": 40, "image_size": 64},
                            "models": {"target": {"arch": "cnn-small"}, "evaluation": {"arch": "resnet18"}},
                            "judges": judges, "seeds": [0, 1], "results": results, "verdicts": verdicts, "runs": runs,
                            "warnings": [{"code": "custom", "message": "kept"}]},
-                          tmp_path, extra_sections=[frontier])
+                          tmp_path)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["leakage"] == report["leakage"] and data["leakage"][0]["level"] == "high"
     codes = [w["code"] for w in data["warnings"]]
@@ -145,7 +145,7 @@ def test_write_report_panel_leakage_and_warnings(tmp_path):
                                                        "see the warnings.")
     assert "<h2>Judges</h2>" in html and "98.8 % (held-out)" in html and "20 of 20" in html
     assert "AttAcc per judge" in html and "densenet121 (seed 2234) top-1" in html
-    assert html.index("Results (paper Table 3") < html.index("id='frontier'")
+    assert "Privacy-utility frontier" not in html  # only sweeps and harden studies have one
 
 
 def test_attack_only_report_gets_a_leakage_statement(tmp_path):

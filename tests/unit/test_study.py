@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from midre.study import AttackEvalConfig, PipelineConfig, parse_defense, run_attack_eval, run_pipeline
+from midre.plan import run_attack_eval, run_pipeline
+from midre.study import AttackEvalConfig, PipelineConfig, parse_defense
 
 TINY = {"data": "digits", "image_size": 32, "channels": 1, "epochs": 1, "seeds": 2, "batch_size": 128,
         "max_images_per_identity": 20,
@@ -68,7 +69,7 @@ def test_pipeline_writes_report(pipeline_run):
     out, report, events = pipeline_run
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     data = json.loads((out / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["seeds"] == [0, 1]
+    assert data["schema_version"] == 2 and data["seeds"] == [0, 1]
     rows = {(r["attack"], r["defense"]): r for r in data["results"]}
     assert set(rows) == {(a, d) for a in ("deepinversion", "gmi") for d in ("nodef", "midre")}
     for row in rows.values():
@@ -91,7 +92,7 @@ def test_pipeline_resumes_without_redoing_work(pipeline_run, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("finished work must be skipped on a re-run")
 
-    monkeypatch.setattr("midre.units.run_attack", boom)
+    monkeypatch.setattr("midre.runners.run_attack", boom)
     again = run_pipeline(PipelineConfig.from_dict(TINY), out)
     assert [r["metrics"] for r in again["results"]] == [r["metrics"] for r in report["results"]]
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from midre.cli import main
+from midre.defenses import defense_label
 from midre.errors import ConfigError
-from midre.study import defense_label
 from midre.sweep import HardenConfig, SweepConfig, build_frontier, pareto_flags, parse_candidates, recommend
 
 

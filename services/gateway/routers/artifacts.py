@@ -11,9 +11,9 @@ from sqlalchemy import select
 from services.db.models import Artifact
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, ApiError, not_found
-from services.gateway.routers.jobs import get_job
 from services.gateway.schemas import ArtifactList
 from services.gateway.views import artifact_view
+from services.ops.jobs import get_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["artifacts"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 

@@ -22,7 +22,7 @@ from services.gateway.errors import (
     not_found,
     validation_error,
 )
-from services.gateway.quotas import check_storage
+from services.ops.quotas import check_storage
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
 from services.gateway.uploads import UploadedFile, multipart_body, receive_file, sniff_archive
 from services.gateway.views import dataset_view

@@ -18,35 +18,15 @@ from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
 from services.gateway.model_cards import evaluations_of, readme
-from services.gateway.quotas import check_storage
-from services.gateway.routers.jobs import get_job
+from services.ops.quotas import check_storage
 from services.gateway.schemas import ModelCard
 from services.gateway.uploads import multipart_body, receive_file
 from services.gateway.views import artifact_view, final_metrics
+from services.ops.jobs import get_job
+from services.ops.models import card_name
 from services.redact import server_redactor
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
-
-#: Card names tried first (kept for ``routers/predict.py``); :func:`card_name` knows pipelines too.
-CARD_NAMES = ("model.json",)
-
-
-def card_name(names: list[str]) -> str | None:
-    """The checkpoint a model card describes: a train job's ``model.json``; for a pipeline, the
-    defended target of its first seed (``targets/<defense>/seed<k>/model.json``, NoDef last)."""
-    if "model.json" in names:
-        return "model.json"
-    targets = [n for n in names if n.startswith("targets/") and n.endswith("/model.json")]
-
-    def rank(name: str) -> tuple[bool, int, str]:
-        parts = name.split("/")
-        seed = parts[2].removeprefix("seed") if len(parts) > 3 else ""
-        return (parts[1] == "nodef", int(seed) if seed.isdigit() else 0, name)
-
-    if targets:
-        return sorted(targets, key=rank)[0]
-    return next((n for n in sorted(names) if n.endswith("model.json")), None)
-
 
 @router.get(
     "/{job_id}", response_model=ModelCard, summary="Model card of a job's trained model", responses=NO_MODEL_YET

@@ -34,10 +34,10 @@ from services.gateway.deps import (
     require_scope,
 )
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
-from services.gateway.routers.jobs import get_job
-from services.gateway.routers.models import CARD_NAMES
 from services.gateway.ttl_cache import TTLCache
 from services.gateway.views import final_metrics
+from services.ops.jobs import get_job
+from services.ops.models import checkpoint_artifacts
 from services.serving.accounting import Charge, charge, reset
 from services.serving.cache import LoadedModel
 from services.serving.export import FORMATS
@@ -87,16 +87,6 @@ class ModelRef:
     budget: int | None
 
 
-def _checkpoint_artifacts(artifacts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
-    """The (card, weights) artifacts of the model a job produced, or None."""
-    names = [n for n in CARD_NAMES if n in artifacts] + sorted(n for n in artifacts if n.endswith("model.json"))
-    for name in names:
-        weights = artifacts.get(name.removesuffix("model.json") + "model.safetensors")
-        if weights is not None:
-            return artifacts[name], weights
-    return None
-
-
 def _policy_of(row: ModelPolicy | None) -> tuple[OutputPolicy, int | None]:
     if row is None:
         return OutputPolicy(), None
@@ -109,7 +99,7 @@ def resolve_model(session: Session, rt: ServingRuntime, tenant: TenantRef, job_i
     if job.status != jobstate.SUCCEEDED:
         raise ApiError(409, "job_not_succeeded", f"job {job_id} is {job.status}; no model to serve yet")
     artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
-    found = _checkpoint_artifacts(artifacts)
+    found = checkpoint_artifacts(artifacts)
     if found is None:
         raise ApiError(404, "no_model", f"job {job_id} produced no model checkpoint")
     card_art, weights_art = found
@@ -394,7 +384,7 @@ def list_models(
     policies = {p.job_id: p for p in session.scalars(select(ModelPolicy).where(ModelPolicy.job_id.in_(ids)))}
     items = []
     for job in page:
-        found = _checkpoint_artifacts(by_job[job.id])
+        found = checkpoint_artifacts(by_job[job.id])
         if found is None:
             continue
         items.append(_servable(job, rt.card(found[0].sha256), final_metrics(session, job.id), policies.get(job.id)))

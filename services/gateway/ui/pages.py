@@ -25,13 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Artifact, Job, JobUnit
+from services.db.models import Artifact, Job
 from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
 from services.gateway.errors import ApiError, FieldError
 from services.gateway.model_cards import evaluations_of
 from services.gateway.routers import artifacts as artifacts_api
 from services.gateway.routers import datasets as datasets_api
-from services.gateway.routers import jobs as jobs_api
 from services.gateway.routers import models as models_api
 from services.gateway.routers import predict as predict_api
 from services.gateway.schemas import DatasetRef, JobSpec
@@ -39,7 +38,9 @@ from services.gateway.ui import reports
 from services.gateway.ui.sessions import COOKIE, UiUser, csrf_ok, current, sign_in, sign_out
 from services.gateway.ui.templating import templates
 from services.gateway.uploads import receive_file
-from services.gateway.views import job_view
+from services.gateway.views import event_view, job_view, metrics_of
+from services.jobspec import kind_names, kinds, names_where
+from services.ops import jobs as ops_jobs
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import PolicyUpdate
 
@@ -58,21 +59,8 @@ STREAM_KEEPALIVE_S = 15.0
 STREAM_MAX_S = 30.0
 STREAM_RETRY_MS = 1000
 
-SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
-    "train": {
-        "kind": "train", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
-        "training": {"epochs": 2, "image_size": 16, "batch_size": 64, "seed": 0},
-        "data": {"max_images_per_identity": 100},
-    },
-    "pipeline": {
-        "kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "defense": {"name": "midre", "a_h": 0.4},
-        "training": {"epochs": 1, "image_size": 32, "batch_size": 128, "seed": 0},
-        "data": {"channels": 1, "max_images_per_identity": 20},
-        "attacks": ["mi-face"], "seeds": 1,
-        "evaluation": {"arch": "cnn-small", "epochs": 1, "per_identity": 1, "identities": 3, "feature_identities": 2},
-        "attack_budgets": {"mi-face": {"steps": 2}},
-    },
-}
+#: The new-job form's starting points: each kind's example spec (``services.jobspec``).
+SPEC_EXAMPLES: dict[str, dict[str, Any]] = {k.name: k.example for k in kinds() if k.example is not None}
 _SPEC = TypeAdapter(JobSpec)
 
 
@@ -276,15 +264,16 @@ def jobs_page(
 ) -> HTMLResponse:
     """The tenant's jobs, newest first, filtered by status and kind."""
     status, kind = status or None, kind or None
-    listing = jobs_api.list_jobs(ctx, session, user.caller.tenant, status, kind, cursor, 50)
-    return page(request, "jobs.html", user, jobs=listing.items, next_cursor=listing.next_cursor,
-                status=status, kind=kind, statuses=jobstate.STATUSES, kinds=jobstate.KINDS,
-                study_kinds=reports.STUDY_KINDS)
+    rows, next_cursor = ops_jobs.list_jobs(session, user.caller.tenant, status, kind, cursor, 50)
+    metrics = metrics_of(session, [job.id for job in rows])
+    return page(request, "jobs.html", user, jobs=[job_view(session, job, metrics[job.id]) for job in rows],
+                next_cursor=next_cursor, status=status, kind=kind, statuses=jobstate.STATUSES, kinds=kind_names(),
+                study_kinds=names_where(lambda k: k.report))
 
 
 @router.get("/jobs/new")
-def new_job_form(request: Request, user: JobsUser, example: str = "train") -> HTMLResponse:
-    spec = SPEC_EXAMPLES.get(example, SPEC_EXAMPLES["train"])
+def new_job_form(request: Request, user: JobsUser, example: str = "") -> HTMLResponse:
+    spec = SPEC_EXAMPLES.get(example, next(iter(SPEC_EXAMPLES.values())))
     return page(request, "job_new.html", user, spec=json.dumps(spec, indent=2), examples=SPEC_EXAMPLES,
                 examples_json=json.dumps({k: json.dumps(v, indent=2) for k, v in SPEC_EXAMPLES.items()}),
                 example=example, idem=secrets.token_urlsafe(16))
@@ -301,7 +290,8 @@ def submit(
     errors: list[FieldError] = []
     try:
         parsed = _SPEC.validate_python(json.loads(spec or "null"))
-        job = jobs_api.submit_job(ctx, session, user.caller.tenant, Response(), parsed, idempotency_key)
+        job, _ = ops_jobs.submit(session, ctx.settings, ctx.dispatcher, user.caller.tenant,
+                                 parsed.model_dump(mode="json", exclude_none=False), idempotency_key)
     except json.JSONDecodeError as exc:
         errors = [FieldError(field="spec", message=f"not JSON: {exc.msg} (line {exc.lineno})")]
     except ValidationError as exc:
@@ -320,34 +310,34 @@ def submit(
                 example="", idem=secrets.token_urlsafe(16))
 
 
-def _events(session: Session, user: UiUser, job_id: str, after: int | None, limit: int = 200) -> Any:
-    return jobs_api.list_events(session, user.caller.tenant, job_id, after, limit)
+def _events(session: Session, user: UiUser, job_id: str, after: int | None, limit: int = 200) -> list[Any]:
+    return [event_view(e) for e in ops_jobs.list_events(session, user.caller.tenant, job_id, after, limit)[0]]
 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> HTMLResponse:
     """Status and live progress, events, resolved spec, metrics, artifacts, cancel."""
-    job = jobs_api.get_job(session, user.caller.tenant, job_id)
+    job = ops_jobs.get_job(session, user.caller.tenant, job_id)
     view = job_view(session, job)
     events = _events(session, user, job_id, None, 1000)
     arts = artifacts_api.list_artifacts(session, user.caller.tenant, job_id).items
-    units = session.scalars(select(JobUnit).where(JobUnit.job_id == job.id).order_by(JobUnit.id)).all()
-    return page(request, "job.html", user, job=view, events=events.items, artifacts=arts, units=units,
+    units, _ = ops_jobs.list_units(session, user.caller.tenant, job_id)
+    return page(request, "job.html", user, job=view, events=events, artifacts=arts, units=units,
                 terminal=view.status in jobstate.TERMINAL, has_report=any(a.name == "report.json" for a in arts),
-                last_event=events.items[-1].id if events.items else 0)
+                last_event=events[-1].id if events else 0)
 
 
 def _state(ctx: ServiceContext, user: UiUser, job_id: str, after: int | None) -> dict[str, Any]:
     with ctx.sessions() as session:
-        job = jobs_api.get_job(session, user.caller.tenant, job_id)
+        job = ops_jobs.get_job(session, user.caller.tenant, job_id)
         view = job_view(session, job)
         events = _events(session, user, job_id, after)
     return {
         "job": {"id": view.id, "status": view.status, "progress": view.progress, "stage": view.stage,
                 "message": view.message, "terminal": view.status in jobstate.TERMINAL,
                 "error": view.error.model_dump() if view.error else None},
-        "events": [e.model_dump(mode="json") for e in events.items],
-        "next": events.items[-1].id if events.items else after,
+        "events": [e.model_dump(mode="json") for e in events],
+        "next": events[-1].id if events else after,
     }
 
 
@@ -398,7 +388,8 @@ def cancel(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str,
            csrf: Annotated[str, Form()] = "") -> Response:
     """``POST /v1/jobs/{id}/cancel`` from the job page's form."""
     check_form(request, user, csrf)
-    jobs_api.cancel_job(ctx, session, user.caller.tenant, job_id)
+    ops_jobs.cancel(session, user.caller.tenant, job_id)
+    ctx.job_cache.forget((user.caller.tenant.id, job_id))
     return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
 
 
@@ -412,7 +403,7 @@ def download(ctx: Ctx, session: DB, user: JobsUser, job_id: str, name: str) -> F
 
 
 def _report(ctx: ServiceContext, session: Session, user: UiUser, job_id: str) -> reports.ReportView:
-    job = jobs_api.get_job(session, user.caller.tenant, job_id)
+    job = ops_jobs.get_job(session, user.caller.tenant, job_id)
     view = reports.load_report(session, ctx.store, job)
     if view is None:
         raise ApiError(404, "no_report", f"job {job_id} has no report (yet): it is a {job.kind} job, {job.status}")
@@ -423,8 +414,8 @@ def _report(ctx: ServiceContext, session: Session, user: UiUser, job_id: str) ->
 def report_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> HTMLResponse:
     """The study's privacy-utility report, rendered from ``report.json`` and its plot artifacts."""
     view = _report(ctx, session, user, job_id)
-    return page(request, "report.html", user, r=view, columns=reports.COLUMNS, label=reports.column_label,
-                stat=reports.fmt_stat, delta=reports.fmt_delta, frontier=reports.frontier_svg_points)
+    return page(request, "report.html", user, r=view.report, view=view, image_src=view.image_src, hl=2,
+                prefix="r")
 
 
 @router.get("/jobs/{job_id}/report.html")
@@ -450,9 +441,7 @@ def compare_page(
     """Two studies side by side: verdicts, Acc / AttAcc per attack and defense with B - A, plots."""
     views = (_report(ctx, session, user, a), _report(ctx, session, user, b)) if a and b else None
     return page(request, "compare.html", user, studies=_studies(session, user), a=a, b=b, views=views,
-                rows=reports.compare_rows(*views) if views else [], stat=reports.fmt_stat,
-                columns=("acc", "attacc_top1", "attacc_top5"), label=reports.column_label, delta=reports.fmt_delta,
-                frontier=reports.frontier_svg_points)
+                rows=reports.compare_rows(*views) if views else [])
 
 
 # --- models ----------------------------------------------------------------------------------------
@@ -496,7 +485,7 @@ def _model_context(ctx: ServiceContext, rt: ServingRuntime, user: UiUser, job_id
         listing = predict_api.list_models(rt, session, user.caller, None, 200)
         served = next((m for m in listing.items if m.job_id == job_id), None)
         if served is None:
-            jobs_api.get_job(session, user.caller.tenant, job_id)  # 404 for someone else's or a missing id
+            ops_jobs.get_job(session, user.caller.tenant, job_id)  # 404 for someone else's or a missing id
             raise ApiError(404, "not_found", f"model {job_id!r} was not found")
         card = policy = None
         evaluations: list[dict[str, Any]] = []

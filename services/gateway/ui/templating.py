@@ -10,6 +10,8 @@ from typing import Any
 import jinja2
 from fastapi.templating import Jinja2Templates
 
+from midre.report.render import TEMPLATES as REPORT_TEMPLATES
+from midre.report.render import template_globals
 from services.db.types import utcnow
 
 HERE = Path(__file__).resolve().parent
@@ -65,13 +67,16 @@ def number(value: Any, digits: int = 2) -> str:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        # the dashboard's pages, then the library's report template (the one report.html is made from)
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(TEMPLATES)),
+                                    jinja2.FileSystemLoader(str(REPORT_TEMPLATES))]),
         autoescape=True,  # every value is HTML-escaped unless a template says otherwise (none does)
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters.update(age=age, when=when, size=size, pretty=pretty, number=number)
+    env.globals.update(template_globals())
     return env
 
 

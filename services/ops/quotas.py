@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job
-from services.gateway.errors import ApiError, FieldError
+from services.jobspec import get_kind
+from services.ops.errors import ApiError, FieldError
 from services.settings import Settings
 
 ACTIVE = (jobstate.QUEUED, jobstate.RUNNING, jobstate.CANCELLING)
@@ -28,22 +29,15 @@ def quota_error(quota: str, used: int, limit: int, setting: str, retry_after_s: 
 
 
 def check_job_quotas(session: Session, settings: Settings, tenant_id: str, resolved: dict[str, Any]) -> None:
-    """Active jobs of the tenant, and the training runs of one study (seeds x defenses)."""
+    """Active jobs of the tenant, and the training and attack runs of one job (its kind's ``runs``)."""
     active = session.scalar(
         select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE))
     ) or 0
     if active >= settings.max_active_jobs:
         raise quota_error("active_jobs", active, settings.max_active_jobs, "MIDRE_MAX_ACTIVE_JOBS")
-    config = resolved.get("config") or {}
-    if resolved.get("kind") in ("pipeline", "attack_eval", "sweep", "harden"):
-        seeds = config.get("seeds", 1)
-        count = seeds if isinstance(seeds, int) else len(seeds)
-        candidates = max(len(config.get("defenses") or [None]), 1)
-        if resolved.get("kind") == "harden" and config.get("refine", True):
-            candidates += 2  # the refinement adds at most two a_h values around the best coarse one
-        runs = count * candidates * max(len(config.get("attacks") or []), 1)
-        if runs > settings.max_study_runs:
-            raise quota_error("study_runs", runs, settings.max_study_runs, "MIDRE_MAX_STUDY_RUNS", None)
+    runs = get_kind(resolved["kind"]).runs(resolved.get("config") or {})
+    if runs > settings.max_study_runs:
+        raise quota_error("study_runs", runs, settings.max_study_runs, "MIDRE_MAX_STUDY_RUNS", None)
 
 
 def check_storage_quota(session: Session, settings: Settings, tenant_id: str, incoming: int) -> None:

@@ -1,0 +1,110 @@
+"""Per-run records -> the results table: mean ± std over seeds per (attack, defense), Δ, verdicts.
+
+Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`; records judged
+by a panel (:class:`midre.evaluation.JudgePanel`) also carry per-judge AttAcc and :data:`PANEL_METRICS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
+from midre.report.verdicts import defense_name, judges_disagree, summarize_judges
+from midre.vocabulary import VOCABULARY
+
+METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval", "queries")
+#: Figures of a judge panel, aggregated like :data:`METRICS` when the runs carry them: agreement and
+#: double-check share in percent, pixel std in ``[0, 1]`` pixel units.
+PANEL_METRICS = ("agreement", "double_check", "pixel_std")
+#: Label, direction and unit of each report metric, from the one vocabulary (:mod:`midre.vocabulary`).
+METRIC_INFO = {
+    name: {"label": VOCABULARY[name].label, "higher_is_better": VOCABULARY[name].higher_is_better,
+           "unit": VOCABULARY[name].unit}
+    for name in METRICS
+}
+
+
+def verdict(attack: str, defense: str, nodef_runs: dict[str, list[float]],
+            def_runs: dict[str, list[float]]) -> dict[str, Any]:
+    """Plain-language verdict of one defense against one attack, compared with NoDef.
+
+    Seeds are paired (seed i of NoDef vs seed i of the defense); the AttAcc change is the mean ±
+    std of the paired differences. "Helped" requires the drop to exceed one std of that difference;
+    a single run has no spread to compare with and is reported as inconclusive.
+    """
+    a0, a1 = nodef_runs["attacc_top1"], def_runs["attacc_top1"]
+    c0, c1 = nodef_runs["acc"], def_runs["acc"]
+    n = min(len(a0), len(a1))
+    drop_mean, drop_std = mean_std([a0[i] - a1[i] for i in range(n)])
+    cost_mean, _ = mean_std([c0[i] - c1[i] for i in range(min(len(c0), len(c1)))])
+    name = defense_name(defense)
+    cost = (f"at a cost of {cost_mean:.1f} accuracy points" if cost_mean > 0
+            else f"while gaining {-cost_mean:.1f} accuracy points" if cost_mean < 0
+            else "at no accuracy cost")
+    runs = f" ({n} run{'s' if n != 1 else ''})"
+    if n < 2:  # one seed has no spread to compare the change with: do not call it either way
+        status = "inconclusive"
+        text = (f"{name} changed top-1 AttAcc of {attack} by {-drop_mean:+.1f} points {cost} in a single run; "
+                f"run at least 2 seeds to tell this from seed-to-seed noise.")
+    elif drop_mean > drop_std and drop_mean > 0:
+        status = "helped"
+        text = f"{name} lowered top-1 AttAcc of {attack} by {drop_mean:.1f}±{drop_std:.1f} points {cost}{runs}."
+    elif drop_mean < -drop_std and drop_mean < 0:
+        status = "hurt"
+        text = (f"{name} did NOT help against {attack}: top-1 AttAcc rose by {-drop_mean:.1f}±{drop_std:.1f} "
+                f"points ({cost}){runs}.")
+    else:
+        status = "no_effect"
+        text = (f"{name} did not lower AttAcc for {attack} (difference {drop_mean:+.1f} points is within one "
+                f"std, {drop_std:.1f}; {cost}){runs}.")
+    return {"attack": attack, "defense": defense, "status": status, "text": text,
+            "attacc_drop": {"mean": drop_mean, "std": drop_std, "n": n}, "acc_cost": cost_mean}
+
+
+def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attacks: Sequence[str],
+                   baseline: str = "nodef") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Group per-run records by (attack, defense) into mean/std rows, Δ vs the baseline and verdicts.
+
+    Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`; records
+    judged by a panel also carry ``judges`` (per-judge AttAcc) and :data:`PANEL_METRICS`, which
+    become ``row["judges"]`` (per-judge mean/std) and more entries of ``row["metrics"]``.
+    Returns ``(results, verdicts)``.
+    """
+    results, verdicts = [], []
+    for attack in attacks:
+        per_def: dict[str, dict[str, list[float]]] = {}
+        for defense in defenses:
+            sel = sorted((r for r in runs if r["attack"] == attack and r["defense"] == defense),
+                         key=lambda r: r["seed"])
+            if not sel:
+                continue
+            per_def[defense] = {m: [float(r[m]) for r in sel if r.get(m) is not None]
+                                for m in METRICS + PANEL_METRICS}
+            per_def[defense]["seeds"] = [r["seed"] for r in sel]
+            per_def[defense]["judges"] = summarize_judges(sel)
+        base = per_def.get(baseline)
+        rows: dict[str, dict[str, Any]] = {}
+        for defense, vals in per_def.items():
+            metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS if vals[m]}
+            row: dict[str, Any] = {"attack": attack, "defense": defense, "seeds": vals["seeds"],
+                                   "metrics": metrics, "tradeoff_delta": None}
+            if vals["judges"]:
+                row["judges"] = vals["judges"]
+            if base is not None and defense != baseline and base["acc"] and vals["acc"]:
+                row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
+                                                       metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
+                v = verdict(attack, defense, base, vals)
+                row["verdict"] = v["text"]
+                verdicts.append(v)
+            results.append(row)
+            rows[defense] = row
+        for v in verdicts:
+            if v["attack"] == attack and any(judges_disagree(rows[d]) for d in (baseline, v["defense"]) if d in rows):
+                v["judges_disagree"] = True
+                v["text"] += " The judges disagree by more than the seed spread here: see the warnings."
+                rows[v["defense"]]["verdict"] = v["text"]
+    return results, verdicts
+
+
+__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "aggregate_runs", "verdict"]
