@@ -1,4 +1,5 @@
-"""Interactive API docs that work offline: Swagger UI at ``/docs``, ReDoc at ``/redoc`` (``/`` opens the dashboard, ``/ui/``).
+"""Interactive API docs that work offline: Swagger UI at ``/docs``, ReDoc at ``/redoc`` (``/`` opens the
+dashboard, ``/ui/``).
 
 FastAPI's default pages load their JavaScript and CSS from a CDN, so on an air-gapped GPU box (or
 behind a strict proxy) ``/docs`` is a blank page. The assets here come from the installed
