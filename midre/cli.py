@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "func", None):
-        parser.print_help()
+        build_parser().print_help()  # every group, as `midre --help` lists them
         return 2
     try:
         return int(args.func(args) or 0)
