@@ -19,6 +19,7 @@ RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra 
 # Then the project itself.
 COPY midre ./midre
 COPY services ./services
+COPY migrations ./migrations
 RUN --mount=type=cache,target=/root/.cache/uv uv sync --frozen --no-dev --extra service --extra mlflow
 
 RUN useradd --create-home --uid 1000 midre && mkdir -p /data && chown midre /data
@@ -26,7 +27,7 @@ USER midre
 ENV MIDRE_HOME=/data
 
 EXPOSE 8000
-# A single container migrates, then serves (the migrations ship in the package: services/db/migrations).
+# A single container migrates, then serves (from /app/migrations, the Alembic scripts copied above).
 # docker-compose.yml runs `midre migrate` once as its own service and overrides this command for the
 # API (no migration) and the workers (`midre worker`).
 CMD ["sh", "-c", "midre migrate && exec uvicorn services.gateway.app:app --host 0.0.0.0 --port 8000"]

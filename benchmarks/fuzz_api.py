@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 
-from services.cli import stop_group
+from services.cli.processes import stop_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -131,13 +131,38 @@ def check_external_checkpoint(weights: str | Path, card: dict[str, Any]) -> dict
     Raises:
         ConfigError: ``field`` is ``card.<key>`` or ``file`` (the weights).
     """
-    from safetensors import SafetensorError
-
     from midre.errors import ConfigError
-    from midre.models import check_input_size, list_models
 
     if not isinstance(card, dict):
         raise ConfigError("card", "must be a JSON object")
+    num_classes = _check_card(card)
+    full = {**card, "num_classes": num_classes}
+    try:
+        model = build_from_card(full)
+    except ConfigError as exc:
+        raise exc.within("card") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("card", str(exc)) from exc
+    _load_exactly(model, weights, f"a {card['arch']!r} with {num_classes} classes")
+    model.eval()
+    side = card["image_size"]
+    with torch.no_grad():
+        logits = model(torch.rand(2, card["channels"], side, side))
+    if tuple(logits.shape) != (2, num_classes) or not bool(torch.isfinite(logits).all()):
+        raise ConfigError("file", f"a forward pass gives {tuple(logits.shape)} (finite: "
+                                  f"{bool(torch.isfinite(logits).all())}), expected (2, {num_classes})")
+    return full
+
+
+def _check_card(card: dict[str, Any]) -> int:
+    """Check an external model's card field by field; returns its number of classes.
+
+    Raises:
+        ConfigError: ``field`` is ``card.<key>``.
+    """
+    from midre.errors import ConfigError
+    from midre.models import check_input_size, list_models
+
     for key in CARD_REQUIRED:
         if key not in card:
             raise ConfigError(f"card.{key}", "is required")
@@ -166,13 +191,20 @@ def check_external_checkpoint(weights: str | Path, card: dict[str, Any]) -> dict
         if not ok or any(v <= 0 for v in norm["std"]):
             raise ConfigError("card.normalization", "must be {\"mean\": [...], \"std\": [...]} with one value per "
                                                    "channel and std > 0")
-    full = {**card, "num_classes": num_classes}
-    try:
-        model = build_from_card(full)
-    except ConfigError as exc:
-        raise exc.within("card") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError("card", str(exc)) from exc
+    return num_classes
+
+
+def _load_exactly(model: torch.nn.Module, weights: str | Path, what: str) -> None:
+    """Read ``weights`` with safetensors (never unpickled) and load them only if they fit ``model``
+    exactly: no missing, extra or mis-shaped tensor (``what`` names the architecture in the error).
+
+    Raises:
+        ConfigError: ``field`` is ``file``.
+    """
+    from safetensors import SafetensorError
+
+    from midre.errors import ConfigError
+
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
@@ -181,7 +213,7 @@ def check_external_checkpoint(weights: str | Path, card: dict[str, Any]) -> dict
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing or extra:
-        raise ConfigError("file", f"does not fit a {card['arch']!r} with {num_classes} classes: missing "
+        raise ConfigError("file", f"does not fit {what}: missing "
                                   f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
                                   f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
     for name, tensor in state.items():
@@ -189,11 +221,3 @@ def check_external_checkpoint(weights: str | Path, card: dict[str, Any]) -> dict
             raise ConfigError("file", f"tensor {name!r} has shape {tuple(tensor.shape)}, the architecture needs "
                                       f"{tuple(expected[name].shape)}")
     model.load_state_dict(state, strict=True)
-    model.eval()
-    side = card["image_size"]
-    with torch.no_grad():
-        logits = model(torch.rand(2, card["channels"], side, side))
-    if tuple(logits.shape) != (2, num_classes) or not bool(torch.isfinite(logits).all()):
-        raise ConfigError("file", f"a forward pass gives {tuple(logits.shape)} (finite: "
-                                  f"{bool(torch.isfinite(logits).all())}), expected (2, {num_classes})")
-    return full

@@ -23,7 +23,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.cli import _die_with_parent, _free_port, _wait_ready, follow, stop_group  # noqa: E402
+from services.cli.demo import free_port, wait_ready  # noqa: E402
+from services.cli.jobs import follow  # noqa: E402
+from services.cli.processes import die_with_parent, stop_group  # noqa: E402
 from services.client import Client  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -120,14 +122,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="midre-ui-") as home:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MIDRE_")} | {"MIDRE_HOME": home}
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         with open(Path(home) / "serve.log", "ab") as log:
             server = subprocess.Popen([sys.executable, "-m", "midre.cli", "serve", "--port", str(port)], env=env,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=die_with_parent)
         try:
-            _wait_ready(url, server, timeout=180)
+            wait_ready(url, server, timeout=180)
             from services.db.keys import create_api_key
             from services.db.session import session_scope
 

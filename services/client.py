@@ -1,4 +1,4 @@
-"""A small Python client of the MIDRE service (used by ``midre jobs ...`` and ``midre demo``).
+"""A small Python client of the MIDRE service (used by the REST commands of ``midre`` and ``midre demo``).
 
 Example:
     >>> from services.client import Client
@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -222,7 +223,14 @@ class Client:
         """The model card of a succeeded job."""
         return self.request("GET", f"/v1/models/{job_id}")
 
-
+    def upload_model(self, weights: str | Path, card: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        """Upload a model trained elsewhere: a safetensors state dict and its card (``arch``, ``num_classes``
+        or ``class_names``, ``image_size``, ...); returns the model card, whose ``id`` names the model."""
+        weights = Path(weights)
+        data = {"card": json.dumps(card)} | ({"name": name} if name else {})
+        with open(weights, "rb") as fh:
+            return self.request("POST", "/v1/models", data=data,
+                                files={"file": (weights.name, fh, "application/octet-stream")})
     # -- serving ------------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
         """The tenant's servable models (every page)."""
@@ -270,3 +278,45 @@ class Client:
         dest = Path(dest)
         dest.write_bytes(response.content)
         return dest
+
+    # -- keys, webhooks, integrations (admin scope) -----------------------------------------------
+    def create_key(self, name: str, scopes: list[str], models: list[str] | None = None) -> dict[str, Any]:
+        """Mint a key of this tenant; the answer's ``key`` is the secret, shown only this once."""
+        body: dict[str, Any] = {"name": name, "scopes": scopes} | ({"models": models} if models else {})
+        return self.request("POST", "/v1/keys", json=body)
+
+    def keys(self) -> list[dict[str, Any]]:
+        """The tenant's keys, newest first, revoked ones included (never their secrets)."""
+        return self.request("GET", "/v1/keys")["items"]
+
+    def revoke_key(self, key_id: str) -> None:
+        """Revoke the key whose public id is ``key_id``."""
+        self.request("DELETE", f"/v1/keys/{key_id}")
+
+    def create_webhook(self, url: str, events: list[str]) -> dict[str, Any]:
+        """Register ``url`` for ``events``; the answer's ``secret`` verifies deliveries, shown only this once."""
+        return self.request("POST", "/v1/webhooks", json={"url": url, "events": events})
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """The tenant's webhooks, newest first (never their secrets)."""
+        return self.request("GET", "/v1/webhooks")["items"]
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """Delete a webhook with its pending deliveries."""
+        self.request("DELETE", f"/v1/webhooks/{webhook_id}")
+
+    def set_mlflow(self, tracking_uri: str, experiment: str, registered_model: str | None = None,
+                   token: str | None = None, username: str | None = None,
+                   password: str | None = None) -> dict[str, Any]:
+        """Set (replace) the tenant's MLflow server; returns the configuration without its credentials."""
+        body = {"tracking_uri": tracking_uri, "experiment": experiment, "registered_model": registered_model,
+                "token": token, "username": username, "password": password}
+        return self.request("PUT", "/v1/integrations/mlflow", json={k: v for k, v in body.items() if v is not None})
+
+    def mlflow(self) -> dict[str, Any]:
+        """The tenant's MLflow configuration (an :class:`ApiError` 404 when none is set)."""
+        return self.request("GET", "/v1/integrations/mlflow")
+
+    def delete_mlflow(self) -> None:
+        """Stop the MLflow hand-off and delete its credentials."""
+        self.request("DELETE", "/v1/integrations/mlflow")

@@ -152,13 +152,13 @@ class BREPMI:
         opt, dev = self.options, self.device
         labels = expand_labels(identities, per_identity)
         y = labels.to(dev)
-        m, n_pts = y.numel(), opt.sphere_points
+        m = y.numel()
         gen = torch.Generator().manual_seed(self.seed)
         limit = budget.queries
         init_cap = None if limit is None else max(1, int(limit * opt.init_fraction))
         z, found = self.initial_points(y, init_cap, gen)
         init_queries = self.oracle.queries
-        per_iter = m * (n_pts + 1)
+        per_iter = m * (opt.sphere_points + 1)
         est_iters = budget.steps if limit is None else max(1, (limit - init_queries) // max(1, per_iter))
         reporter = StepReporter("brep-mi", est_iters, progress, should_stop)
         marks = sorted({max(1, round(f * (limit if limit is not None else budget.steps)))
@@ -178,37 +178,15 @@ class BREPMI:
         if limit is not None:
             snap(self.oracle.queries)
         while bool(active.any()) and (limit is not None or it < budget.steps):
-            idx = active.nonzero().squeeze(1)
-            remaining = self.oracle.remaining
-            if remaining is not None and remaining < idx.numel() * (n_pts + 1):
-                fit = remaining // (n_pts + 1)
-                if fit < 1:
-                    break
-                idx = idx[torch.randperm(idx.numel(), generator=gen)[:fit].to(dev)]
-            r = radius[idx]
-            offsets = sphere_directions(z[idx], n_pts, r, gen)
+            idx = self._affordable(active, gen)
+            if idx is None:
+                break
             try:
-                inside = (self._labels((z[idx, None] + offsets).reshape(-1, z.shape[1])).view(idx.numel(), n_pts)
-                          == y[idx, None])
-                direction = repulsion_direction(offsets, inside, r)
-                grow = inside.float().mean(1) >= opt.expand_fraction
-                move = ~inside.all(1)  # all in class: M(z) = 0, the point would not move (no query)
-                if bool(move.any()):
-                    step = (r[move] / 3).clamp(max=opt.max_step_size)
-                    cand = (z[idx[move]] + step[:, None] * direction[move]).clamp(-opt.clamp, opt.clamp)
-                    ok = self._labels(cand) == y[idx[move]]
-                    z[idx[move][ok]] = cand[ok]
-                    accepted += int(ok.sum())
-                    proposed += int(move.sum())
+                grow, ok, tried = self._move(z, y, idx, radius, gen)
             except QueryBudgetExceeded:  # cannot happen with the sizing above; keep the walk's state
                 break
-            radius[idx[grow]] *= opt.expansion
-            since_growth[idx] += 1
-            since_growth[idx[grow]] = 0
-            done = since_growth >= opt.patience
-            if opt.max_radius is not None:
-                done |= radius >= opt.max_radius
-            active &= ~done
+            accepted, proposed = accepted + ok, proposed + tried
+            active &= ~self._grow(radius, since_growth, idx, grow)
             it += 1
             snap(self.oracle.queries if limit is not None else it)
             reporter.step(float(radius[found].mean()) if bool(found.any()) else None,
@@ -221,6 +199,52 @@ class BREPMI:
                  "max_radius_reached": float(radius.max()), "accepted_steps": accepted,
                  "proposed_steps": proposed, "walks_finished": int((found & ~active).sum())}
         return {"pixels": pixels, "labels": labels, "checkpoints": snapshots, "extra": extra}
+
+    def _affordable(self, active: Tensor, gen: torch.Generator) -> Tensor | None:
+        """The walks to move in this iteration: every active one, or a random subset that the queries
+        left pay for; ``None`` when not even one walk fits."""
+        n_pts = self.options.sphere_points
+        idx = active.nonzero().squeeze(1)
+        remaining = self.oracle.remaining
+        if remaining is not None and remaining < idx.numel() * (n_pts + 1):
+            fit = remaining // (n_pts + 1)
+            if fit < 1:
+                return None
+            idx = idx[torch.randperm(idx.numel(), generator=gen)[:fit].to(self.device)]
+        return idx
+
+    def _move(self, z: Tensor, y: Tensor, idx: Tensor, radius: Tensor, gen: torch.Generator) -> tuple[Tensor, int, int]:
+        """One step of the walks ``idx`` (Sec. 3.2): label points on a sphere of each walk's radius, step
+        away from those outside the class, keep a step whose label is still the class (``z`` changes in
+        place). Returns which spheres are mostly inside the class (they grow), accepted and proposed steps.
+        """
+        opt = self.options
+        r = radius[idx]
+        offsets = sphere_directions(z[idx], opt.sphere_points, r, gen)
+        inside = (self._labels((z[idx, None] + offsets).reshape(-1, z.shape[1])).view(idx.numel(), opt.sphere_points)
+                  == y[idx, None])
+        direction = repulsion_direction(offsets, inside, r)
+        grow = inside.float().mean(1) >= opt.expand_fraction
+        move = ~inside.all(1)  # all in class: M(z) = 0, the point would not move (no query)
+        if not bool(move.any()):
+            return grow, 0, 0
+        step = (r[move] / 3).clamp(max=opt.max_step_size)
+        cand = (z[idx[move]] + step[:, None] * direction[move]).clamp(-opt.clamp, opt.clamp)
+        ok = self._labels(cand) == y[idx[move]]
+        z[idx[move][ok]] = cand[ok]
+        return grow, int(ok.sum()), int(move.sum())
+
+    def _grow(self, radius: Tensor, since_growth: Tensor, idx: Tensor, grow: Tensor) -> Tensor:
+        """Grow the radius of the spheres that were mostly inside the class (in place); the walks that
+        end now: no growth for ``patience`` iterations, or the radius reached ``max_radius``."""
+        opt = self.options
+        radius[idx[grow]] *= opt.expansion
+        since_growth[idx] += 1
+        since_growth[idx[grow]] = 0
+        done = since_growth >= opt.patience
+        if opt.max_radius is not None:
+            done |= radius >= opt.max_radius
+        return done
 
 
 @register_attack("brep-mi", options=BREPMIOptions, needs="gmi", access="labels", paper="Kahla et al., CVPR 2022",

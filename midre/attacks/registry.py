@@ -242,15 +242,8 @@ def run_attack(
     info = get_attack(name)
     budget = budget or AttackBudget()
     device = torch.device(device)
-    if not isinstance(target, AttackTarget):
-        if image_shape is None:
-            raise ValueError("image_shape=(C, H, W) is required when target is a bare model")
-        target = AttackTarget(target, image_shape, normalization)
-    ids = identity_tensor(identities)
-    if int(ids.min()) < 0 or int(ids.max()) >= int(target.num_classes or 0):
-        raise ValueError(f"identities must lie in [0, {target.num_classes}), got {ids.tolist()[:10]}...")
-    if per_identity < 1:
-        raise ValueError(f"per_identity must be >= 1, got {per_identity}")
+    target = _as_target(target, image_shape, normalization)
+    ids = _checked_identities(identities, target, per_identity)
     logger.info("attack %s: %d identities x %d images, %d steps x %d restarts on %s", info.name, ids.numel(),
                 per_identity, budget.steps, budget.restarts, device)
     request = AttackRequest(name=info.name, target=target, identities=ids, per_identity=per_identity,
@@ -258,3 +251,23 @@ def run_attack(
                             prior=prior, public=public, cache_dir=cache_dir, progress=progress,
                             should_stop=should_stop)
     return info.run(request)
+
+
+def _as_target(target: AttackTarget | nn.Module, image_shape: tuple[int, int, int] | None,
+               normalization: Any) -> AttackTarget:
+    """``target`` as an :class:`AttackTarget`; a bare model needs its input shape (and normalisation)."""
+    if isinstance(target, AttackTarget):
+        return target
+    if image_shape is None:
+        raise ValueError("image_shape=(C, H, W) is required when target is a bare model")
+    return AttackTarget(target, image_shape, normalization)
+
+
+def _checked_identities(identities: Sequence[int] | Tensor, target: AttackTarget, per_identity: int) -> Tensor:
+    """The identities as a tensor, each a class of ``target``; ``per_identity`` at least 1."""
+    ids = identity_tensor(identities)
+    if int(ids.min()) < 0 or int(ids.max()) >= int(target.num_classes or 0):
+        raise ValueError(f"identities must lie in [0, {target.num_classes}), got {ids.tolist()[:10]}...")
+    if per_identity < 1:
+        raise ValueError(f"per_identity must be >= 1, got {per_identity}")
+    return ids

@@ -278,18 +278,8 @@ class RLBMI:
         k, dev = ids.numel(), self.device
         dim = int(self.generator.latent_dim)
         y = ids.to(dev)
-        per_step = 1 if opt.alpha == 0 else 2
-        cost = k * (opt.max_step * per_step + opt.test_rollouts)
-        if budget.queries is not None:
-            episodes = budget.queries // cost
-            if episodes < 1:
-                raise ValueError(f"rlb-mi: a query budget of {budget.queries} does not pay for one episode "
-                                 f"({cost} queries for {k} identities)")
-        else:
-            episodes = budget.steps
-        episodes = max(1, episodes)
-        total = episodes * cost
-        marks = checkpoint_queries(total, opt.checkpoints)
+        episodes, cost = self._episodes(k, budget)
+        marks = checkpoint_queries(episodes * cost, opt.checkpoints)
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         lr = budget.lr if budget.lr is not None else opt.lr
@@ -300,53 +290,86 @@ class RLBMI:
         snapshots: list[tuple[int, Tensor]] = []
         rewards = torch.zeros(episodes)
         losses: dict[str, float] = {}
-        w, eps_m = opt.reward_weights, opt.epsilon
         for ep in range(episodes):
-            z = torch.randn(k, dim, generator=gen).to(dev)
-            ep_reward = torch.zeros(k, device=dev)
-            for t in range(opt.max_step):
-                with torch.no_grad():
-                    if replay.size < opt.batch_size:  # warm-up: uniform random actions fill the buffer
-                        a = (torch.rand(k, dim, generator=gen).to(dev) * 2 - 1) * opt.action_scale
-                    else:
-                        a = agent.policy(z[:, None], gen)[0][:, 0]
-                z_next = opt.alpha * z + (1 - opt.alpha) * a
-                if per_step == 1:
-                    p_state = self.oracle.predict_proba(self._generate(z_next)).to(dev)
-                    p_action = p_state
-                else:
-                    p = self.oracle.predict_proba(self._generate(torch.cat([z_next, a]))).to(dev)
-                    p_state, p_action = p[:k], p[k:]
-                r = rlb_reward(p_state, p_action, y, w, eps_m)
-                ep_reward += r
-                replay.add(z, a, r, z_next, float(t == opt.max_step - 1))
-                if opt.keep_training_images:
-                    best.offer(z_next[:, None], p_state.gather(1, y[:, None]))
-                if replay.size >= opt.batch_size:
-                    for _ in range(opt.updates_per_step):
-                        losses = agent.update(*replay.sample(opt.batch_size, gen), gen)
-                z = z_next
+            ep_reward, losses = self._episode(agent, replay, best, y, gen, losses)
             if opt.test_rollouts:
-                with torch.no_grad():
-                    zt = torch.randn(k, opt.test_rollouts, dim, generator=gen).to(dev)
-                    for _ in range(opt.max_step):
-                        zt = opt.alpha * zt + (1 - opt.alpha) * agent.policy(zt, deterministic=True)[0]
-                    p = self.oracle.predict_proba(self._generate(zt.reshape(-1, dim))).to(dev)
-                    best.offer(zt, p.view(k, opt.test_rollouts, -1).gather(
-                        2, y[:, None, None].expand(-1, opt.test_rollouts, 1)).squeeze(2))
+                self._test_rollouts(agent, best, y, gen)
             rewards[ep] = float(ep_reward.mean())
             while marks and self.oracle.queries >= marks[0]:
                 marks.pop(0)
-                snapshots.append((self.oracle.queries, self._generate(best.z.reshape(-1, dim)).cpu()))
+                snapshots.append(self._snapshot(best))
             reporter.step(-float(ep_reward.mean()), message=f"rlb-mi episode {ep + 1}/{episodes}")
         if not snapshots or snapshots[-1][0] != self.oracle.queries:
-            snapshots.append((self.oracle.queries, self._generate(best.z.reshape(-1, dim)).cpu()))
+            snapshots.append(self._snapshot(best))
         tail = max(1, episodes // 10)
         extra = {"episodes": episodes, "queries_per_episode": cost,
                  "reward_first": float(rewards[:tail].mean()), "reward_last": float(rewards[-tail:].mean()),
                  "best_confidence": float(best.score.mean()), **losses}
         return {"pixels": snapshots[-1][1], "labels": expand_labels(ids, per_identity),
                 "checkpoints": snapshots, "extra": extra}
+
+    def _episodes(self, k: int, budget: AttackBudget) -> tuple[int, int]:
+        """How many episodes the budget pays for, and what one costs in queries (for ``k`` identities):
+        one (``alpha == 0``) or two oracle calls per step, plus the test rollouts."""
+        opt = self.options
+        per_step = 1 if opt.alpha == 0 else 2
+        cost = k * (opt.max_step * per_step + opt.test_rollouts)
+        if budget.queries is None:
+            return max(1, budget.steps), cost
+        episodes = budget.queries // cost
+        if episodes < 1:
+            raise ValueError(f"rlb-mi: a query budget of {budget.queries} does not pay for one episode "
+                             f"({cost} queries for {k} identities)")
+        return max(1, episodes), cost
+
+    def _episode(self, agent: StackedSAC, replay: _Replay, best: _TopK, y: Tensor, gen: torch.Generator,
+                 losses: dict[str, float]) -> tuple[Tensor, dict[str, float]]:
+        """One episode of every identity's agent: ``max_step`` moves in latent space, each rewarded by
+        the oracle's probabilities and stored for the agents' updates; the summed reward per identity
+        and the latest update's losses (``losses`` when no update ran)."""
+        opt = self.options
+        k, dim, dev = y.numel(), int(self.generator.latent_dim), self.device
+        z = torch.randn(k, dim, generator=gen).to(dev)
+        ep_reward = torch.zeros(k, device=dev)
+        for t in range(opt.max_step):
+            with torch.no_grad():
+                if replay.size < opt.batch_size:  # warm-up: uniform random actions fill the buffer
+                    a = (torch.rand(k, dim, generator=gen).to(dev) * 2 - 1) * opt.action_scale
+                else:
+                    a = agent.policy(z[:, None], gen)[0][:, 0]
+            z_next = opt.alpha * z + (1 - opt.alpha) * a
+            if opt.alpha == 0:
+                p_state = self.oracle.predict_proba(self._generate(z_next)).to(dev)
+                p_action = p_state
+            else:
+                p = self.oracle.predict_proba(self._generate(torch.cat([z_next, a]))).to(dev)
+                p_state, p_action = p[:k], p[k:]
+            r = rlb_reward(p_state, p_action, y, opt.reward_weights, opt.epsilon)
+            ep_reward += r
+            replay.add(z, a, r, z_next, float(t == opt.max_step - 1))
+            if opt.keep_training_images:
+                best.offer(z_next[:, None], p_state.gather(1, y[:, None]))
+            if replay.size >= opt.batch_size:
+                for _ in range(opt.updates_per_step):
+                    losses = agent.update(*replay.sample(opt.batch_size, gen), gen)
+            z = z_next
+        return ep_reward, losses
+
+    def _test_rollouts(self, agent: StackedSAC, best: _TopK, y: Tensor, gen: torch.Generator) -> None:
+        """Deterministic rollouts of the current policies from fresh starts; their end points compete
+        for the kept latents by the oracle's confidence in the attacked identity."""
+        opt = self.options
+        k, dim, n = y.numel(), int(self.generator.latent_dim), opt.test_rollouts
+        with torch.no_grad():
+            zt = torch.randn(k, n, dim, generator=gen).to(self.device)
+            for _ in range(opt.max_step):
+                zt = opt.alpha * zt + (1 - opt.alpha) * agent.policy(zt, deterministic=True)[0]
+            p = self.oracle.predict_proba(self._generate(zt.reshape(-1, dim))).to(self.device)
+            best.offer(zt, p.view(k, n, -1).gather(2, y[:, None, None].expand(-1, n, 1)).squeeze(2))
+
+    def _snapshot(self, best: _TopK) -> tuple[int, Tensor]:
+        """``(queries so far, images of the kept latents)``: one point of the query-budget curve."""
+        return self.oracle.queries, self._generate(best.z.reshape(-1, int(self.generator.latent_dim))).cpu()
 
 
 @register_attack("rlb-mi", options=RLBMIOptions, needs="gmi", access="probabilities", paper="Han et al., CVPR 2023",

@@ -279,71 +279,31 @@ def _write_member(member: _Member, target: Path, label: str, budget: int) -> int
     return written
 
 
+@dataclass
+class _Tally:
+    """What a pass over an archive's members found: image paths (as parts), rejected files, counts;
+    ``archive_bytes`` (the archive's size on disk) bounds the expansion ratio."""
+
+    archive_bytes: int
+    images: list[tuple[str, ...]] = field(default_factory=list)
+    rejected: list[RejectedFile] = field(default_factory=list)
+    seen: set[tuple[str, ...]] = field(default_factory=set)
+    entries: int = 0
+    declared: int = 0
+    written: int = 0
+
+
 def _process(archive: Path, dest: Path | None, max_files: int, max_total_bytes: int) -> ExtractReport:
     label = str(archive)
-    rejected: list[RejectedFile] = []
-    images: list[tuple[str, ...]] = []
-    seen: set[tuple[str, ...]] = set()
-    entries = 0
-    declared = 0
-    written = 0
-    archive_bytes = archive.stat().st_size if archive.is_file() else 0
+    tally = _Tally(archive_bytes=archive.stat().st_size if archive.is_file() else 0)
     try:
         with _open_archive(archive, max_files, max_total_bytes) as members:
             for member in members:
-                entries += 1
-                if entries > max_files:
-                    raise DatasetError(
-                        f"{label}: more than max_files={max_files} entries", path=label, field="max_files"
-                    )
-                parts = _safe_parts(member.name, label)
-                if member.kind not in ("file", "dir"):
-                    raise DatasetError(f"{label}!{member.name}: {member.kind} refused", path=member.name)
-                if member.kind == "dir" or not parts:
-                    continue
-                declared += member.size
-                _check_expansion(label, declared, archive_bytes, at=member.name)
-                if declared > max_total_bytes:
-                    raise DatasetError(
-                        f"{label}: more than max_total_bytes={max_total_bytes} uncompressed "
-                        f"(at member {member.name})",
-                        path=member.name,
-                        field="max_total_bytes",
-                    )
-                if any(is_hidden_name(p) for p in parts):
-                    rejected.append(RejectedFile(member.name, "hidden file or folder"))
-                    continue
-                if not is_image_name(parts[-1]):
-                    ext = os.path.splitext(parts[-1])[1].lower()
-                    rejected.append(RejectedFile(member.name, f"not an image file ({ext or 'no extension'})"))
-                    continue
-                if parts in seen:
-                    raise DatasetError(f"{label}!{member.name}: duplicate member", path=member.name)
-                seen.add(parts)
-                if dest is not None:
-                    written += _write_member(member, dest.joinpath(*parts), label, max_total_bytes - written)
-                images.append(parts)
+                _take(member, tally, archive, dest, max_files, max_total_bytes)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DatasetError(f"{label}: corrupt or truncated archive ({exc})", path=label) from exc
-
-    # Unwrap wrapper folders: while every image sits >= 2 levels below one shared top folder.
-    prefix: tuple[str, ...] = ()
-    while (
-        images
-        and all(len(p) >= len(prefix) + 3 for p in images)
-        and len({p[len(prefix)] for p in images}) == 1
-    ):
-        prefix = (*prefix, images[0][len(prefix)])
-    kept: list[tuple[str, ...]] = []
-    for parts in images:
-        if len(parts) - len(prefix) < 2:
-            rejected.append(RejectedFile("/".join(parts), "image outside any identity folder"))
-            if dest is not None:
-                target = dest.joinpath(*parts)
-                written -= target.stat().st_size
-                target.unlink()
-        else:
-            kept.append(parts)
+    prefix = _wrapper_prefix(tally.images)
+    kept = _drop_loose_images(tally, prefix, dest)
     identities = dict(sorted(Counter(p[len(prefix)] for p in kept).items()))
     root = None if dest is None else str(dest.joinpath(*prefix))
     return ExtractReport(
@@ -353,10 +313,74 @@ def _process(archive: Path, dest: Path | None, max_files: int, max_total_bytes: 
         root_prefix="/".join(prefix),
         files=tuple("/".join(p) for p in kept),
         identities=identities,
-        rejected=tuple(rejected),
-        entries=entries,
-        total_bytes=written if dest is not None else declared,
+        rejected=tuple(tally.rejected),
+        entries=tally.entries,
+        total_bytes=tally.written if dest is not None else tally.declared,
     )
+
+
+def _take(member: _Member, tally: _Tally, archive: Path, dest: Path | None, max_files: int,
+          max_total_bytes: int) -> None:
+    """Check one member against every limit and rule, then count it as an image (written to ``dest``
+    when given), a rejected file, or nothing (a folder). Raises DatasetError naming the member."""
+    label = str(archive)
+    tally.entries += 1
+    if tally.entries > max_files:
+        raise DatasetError(f"{label}: more than max_files={max_files} entries", path=label, field="max_files")
+    parts = _safe_parts(member.name, label)
+    if member.kind not in ("file", "dir"):
+        raise DatasetError(f"{label}!{member.name}: {member.kind} refused", path=member.name)
+    if member.kind == "dir" or not parts:
+        return
+    tally.declared += member.size
+    _check_expansion(label, tally.declared, tally.archive_bytes, at=member.name)
+    if tally.declared > max_total_bytes:
+        raise DatasetError(
+            f"{label}: more than max_total_bytes={max_total_bytes} uncompressed (at member {member.name})",
+            path=member.name,
+            field="max_total_bytes",
+        )
+    if any(is_hidden_name(p) for p in parts):
+        tally.rejected.append(RejectedFile(member.name, "hidden file or folder"))
+        return
+    if not is_image_name(parts[-1]):
+        ext = os.path.splitext(parts[-1])[1].lower()
+        tally.rejected.append(RejectedFile(member.name, f"not an image file ({ext or 'no extension'})"))
+        return
+    if parts in tally.seen:
+        raise DatasetError(f"{label}!{member.name}: duplicate member", path=member.name)
+    tally.seen.add(parts)
+    if dest is not None:
+        tally.written += _write_member(member, dest.joinpath(*parts), label, max_total_bytes - tally.written)
+    tally.images.append(parts)
+
+
+def _wrapper_prefix(images: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The wrapper folders to unwrap: while every image sits >= 2 levels below one shared top folder."""
+    prefix: tuple[str, ...] = ()
+    while (
+        images
+        and all(len(p) >= len(prefix) + 3 for p in images)
+        and len({p[len(prefix)] for p in images}) == 1
+    ):
+        prefix = (*prefix, images[0][len(prefix)])
+    return prefix
+
+
+def _drop_loose_images(tally: _Tally, prefix: tuple[str, ...], dest: Path | None) -> list[tuple[str, ...]]:
+    """The images inside an identity folder below ``prefix``; the others are rejected (and their
+    extracted files removed, their bytes uncounted)."""
+    kept: list[tuple[str, ...]] = []
+    for parts in tally.images:
+        if len(parts) - len(prefix) < 2:
+            tally.rejected.append(RejectedFile("/".join(parts), "image outside any identity folder"))
+            if dest is not None:
+                target = dest.joinpath(*parts)
+                tally.written -= target.stat().st_size
+                target.unlink()
+        else:
+            kept.append(parts)
+    return kept
 
 
 def inspect_archive(

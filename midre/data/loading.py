@@ -96,25 +96,36 @@ def load_dataset(
     if not isinstance(spec, DatasetSpec):
         raise TypeError(f"spec must be a DatasetSpec, got {type(spec).__name__}")
     start = time.perf_counter()
-    if spec.is_digits:
-        raw = _load_digits(spec)
-    else:
-        path = Path(spec.source).expanduser()
-        if not path.exists():
-            raise DatasetError(f"source: no such file or folder: {path}", path=str(path), field="source")
-        if path.is_dir():
-            raw = _load_folder(path, spec, f"{path}/", num_workers)
-            raw.kind = "folder"
-        elif path.is_file() and is_archive_path(path):
-            raw = _load_archive(path, spec, cache_dir, max_files, max_total_bytes, num_workers)
-        else:
-            raise DatasetError(
-                f"source: {path} is not a folder or a .zip/.tar.gz/.tgz/.tar archive (unsupported format)",
-                path=str(path),
-                field="source",
-            )
+    raw = _load_raw(spec, cache_dir, max_files, max_total_bytes, num_workers)
     splits = _split(raw, spec)
     splits.summary["load_seconds"] = round(time.perf_counter() - start, 3)
+    _log_loaded(spec, raw, splits)
+    return splits
+
+
+def _load_raw(spec: DatasetSpec, cache_dir: str | os.PathLike[str] | None, max_files: int, max_total_bytes: int,
+              num_workers: int | None) -> _Raw:
+    """Every image of the spec's source, decoded, before the split: digits, a folder or an archive."""
+    if spec.is_digits:
+        return _load_digits(spec)
+    path = Path(spec.source).expanduser()
+    if not path.exists():
+        raise DatasetError(f"source: no such file or folder: {path}", path=str(path), field="source")
+    if path.is_dir():
+        raw = _load_folder(path, spec, f"{path}/", num_workers)
+        raw.kind = "folder"
+        return raw
+    if path.is_file() and is_archive_path(path):
+        return _load_archive(path, spec, cache_dir, max_files, max_total_bytes, num_workers)
+    raise DatasetError(
+        f"source: {path} is not a folder or a .zip/.tar.gz/.tgz/.tar archive (unsupported format)",
+        path=str(path),
+        field="source",
+    )
+
+
+def _log_loaded(spec: DatasetSpec, raw: _Raw, splits: DatasetSplits) -> None:
+    """One line with the split sizes and timing, and a warning naming a skipped file when any was."""
     logger.info(
         "loaded %s (%s): %d identities, train %d, test %d, public %d, %d files skipped, %.2fs",
         spec.source,
@@ -134,7 +145,6 @@ def load_dataset(
             raw.rejected[0].path,
             raw.rejected[0].reason,
         )
-    return splits
 
 
 def _cap(items: list[Any], spec: DatasetSpec) -> list[Any]:

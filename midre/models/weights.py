@@ -150,31 +150,96 @@ def load_state_dict_flexible(
         ValueError: missing, unexpected or mis-shaped backbone keys.
     """
     report = LoadReport()
-    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
-    if not any(key.startswith("backbone.") for key in state):
-        report.foreign = True
-        remapped: dict[str, Tensor] = {}
-        for key, value in state.items():
-            new_key = model.remap_foreign_key(key)
-            if new_key is None:
+    state = _own_layout(model, state, report)
+    own = model.state_dict()
+    to_load, misfit = _match(model, own, state, report, source)
+    for key in state:
+        if key not in own:
+            if key.startswith(model.head_prefixes):
                 report.dropped.append(key)
             else:
-                remapped[new_key] = value
-        state = remapped
+                misfit.unexpected.append(key)
+    misfit.raise_if_any(source, model.arch)
 
-    own = model.state_dict()
+    if report.skipped:
+        logger.info("%s: head keys left as initialised: %s", source, _short(report.skipped))
+    if report.dropped:
+        logger.info("%s: dropped keys the model does not use: %s", source, _short(report.dropped))
+    result = model.load_state_dict(to_load, strict=False)
+    leftover = [k for k in result.missing_keys if k not in report.skipped and not k.endswith("num_batches_tracked")]
+    if leftover or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
+        raise ValueError(f"{source}: inconsistent load, missing {leftover}, unexpected {result.unexpected_keys}")
+    report.loaded = sorted(to_load)
+    return report
+
+
+@dataclass
+class _Misfit:
+    """Backbone keys that stop a load: each list is reported, none is loaded."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def raise_if_any(self, source: str, arch: str) -> None:
+        """One ValueError that lists every kind of misfit (a few keys of each), or nothing."""
+        parts = []
+        if self.missing:
+            parts.append(f"missing backbone keys: {_short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected keys: {_short(self.unexpected)}")
+        if self.mismatched:
+            parts.append(f"shape mismatches: {_short(self.mismatched)}")
+        if parts:
+            raise ValueError(f"{source} does not fit {arch!r}: " + "; ".join(parts))
+
+
+def _own_layout(model: ClassifierModel, state: dict[str, Tensor], report: LoadReport) -> dict[str, Tensor]:
+    """``state`` without DataParallel's ``module.`` prefix and, when it has no ``backbone.`` key (a
+    foreign layout: torchvision's, the MI literature's), renamed by the model; keys the model has no
+    name for are recorded as dropped."""
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
+    if any(key.startswith("backbone.") for key in state):
+        return state
+    report.foreign = True
+    remapped: dict[str, Tensor] = {}
+    for key, value in state.items():
+        new_key = model.remap_foreign_key(key)
+        if new_key is None:
+            report.dropped.append(key)
+        else:
+            remapped[new_key] = value
+    return remapped
+
+
+def _adaptable_input_conv(value: Tensor, target: Tensor, in_channels: int) -> bool:
+    """Whether ``value`` is the first convolution for another number of input channels (RGB weights
+    for a grayscale model, or the reverse): same filters and kernel, only the channel count differs."""
+    return (
+        value.ndim == 4
+        and target.ndim == 4
+        and value.shape[0] == target.shape[0]
+        and value.shape[2:] == target.shape[2:]
+        and target.shape[1] == in_channels
+    )
+
+
+def _match(model: ClassifierModel, own: dict[str, Tensor], state: dict[str, Tensor], report: LoadReport,
+           source: str) -> tuple[dict[str, Tensor], _Misfit]:
+    """Pair each of the model's tensors with the state's: what to load, and what does not fit.
+
+    Head (classifier) keys that are absent or shaped differently are skipped, left as initialised; an
+    input convolution for another channel count is adapted; any other backbone difference is a misfit.
+    """
     to_load: dict[str, Tensor] = {}
-    missing: list[str] = []
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-
+    misfit = _Misfit()
     for key, target in own.items():
         is_head = key.startswith(model.head_prefixes)
         if key not in state:
             if is_head:
                 report.skipped.append(key)
             elif not key.endswith("num_batches_tracked"):
-                missing.append(key)
+                misfit.missing.append(key)
             continue
         value = state[key]
         if value.shape == target.shape:
@@ -189,42 +254,10 @@ def load_state_dict_flexible(
                 tuple(value.shape),
                 tuple(target.shape),
             )
-        elif (
-            value.ndim == 4
-            and target.ndim == 4
-            and value.shape[0] == target.shape[0]
-            and value.shape[2:] == target.shape[2:]
-            and target.shape[1] == model.in_channels
-        ):
+        elif _adaptable_input_conv(value, target, model.in_channels):
             to_load[key] = adapt_input_conv_weight(value, model.in_channels)
             report.adapted.append(key)
             logger.info("%s: adapted %s from %d to %d input channels", source, key, value.shape[1], target.shape[1])
         else:
-            mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
-    for key in state:
-        if key not in own:
-            if key.startswith(model.head_prefixes):
-                report.dropped.append(key)
-            else:
-                unexpected.append(key)
-
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing backbone keys: {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_short(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches: {_short(mismatched)}")
-        raise ValueError(f"{source} does not fit {model.arch!r}: " + "; ".join(parts))
-
-    if report.skipped:
-        logger.info("%s: head keys left as initialised: %s", source, _short(report.skipped))
-    if report.dropped:
-        logger.info("%s: dropped keys the model does not use: %s", source, _short(report.dropped))
-    result = model.load_state_dict(to_load, strict=False)
-    leftover = [k for k in result.missing_keys if k not in report.skipped and not k.endswith("num_batches_tracked")]
-    if leftover or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise ValueError(f"{source}: inconsistent load, missing {leftover}, unexpected {result.unexpected_keys}")
-    report.loaded = sorted(to_load)
-    return report
+            misfit.mismatched.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
+    return to_load, misfit

@@ -73,25 +73,18 @@ def distill_surrogates(config: SurrogateConfig, target: AttackTarget, public: Pu
                        device: torch.device | str = "cpu", progress: ProgressCallback | None = None,
                        should_stop: StopCallback | None = None) -> list[nn.Module]:
     """Train (or load cached) surrogate students of ``target`` (LOMMA's model augmentation)."""
-    from safetensors.torch import load_file, save_file
-
     device = torch.device(device)
     key = surrogate_key(config, target, public, prior)
     directory = Path(cache_dir) / "surrogates" / key if cache_dir is not None else None
     if directory is not None and (directory / "surrogates.json").is_file():
-        models = []
-        for i, arch in enumerate(config.archs):
-            model = _create(arch, target)
-            model.load_state_dict(load_file(str(directory / f"surrogate{i}.safetensors")))
-            models.append(model.to(device).eval())
+        models = _load_cached(config, target, directory, device)
         logger.info("reusing LOMMA surrogates %s", directory)
         return models
     rng = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     codec = PixelCodec(target.normalization, target.image_shape[0], device)
     teacher = target.model.to(device).eval()
-    n_pub = public.images.shape[0]
-    steps_per_epoch = max(1, n_pub // config.batch_size)
+    steps_per_epoch = max(1, public.images.shape[0] // config.batch_size)
     total = steps_per_epoch * config.epochs * len(config.archs)
     reporter = StepReporter("lomma:surrogates", total, progress, should_stop, stage="surrogates")
     models: list[nn.Module] = []
@@ -99,27 +92,8 @@ def distill_surrogates(config: SurrogateConfig, target: AttackTarget, public: Pu
     agreement: list[float] = []
     for arch in config.archs:
         student = _create(arch, target).to(device).train()
-        opt = torch.optim.Adam(student.parameters(), lr=config.lr)
-        t = config.temperature
-        for _ in range(config.epochs * steps_per_epoch):
-            n_real = config.batch_size if prior is None else config.batch_size // 2
-            idx = torch.randint(0, n_pub, (n_real,), generator=rng)
-            x = public.batch(idx, torch.rand(n_real, generator=rng) < 0.5).to(device)
-            if prior is not None:
-                with torch.no_grad():
-                    n_fake = config.batch_size - n_real
-                    z = torch.randn(n_fake, prior.config.latent_dim, generator=rng).to(device)
-                    y = (torch.randint(0, prior.num_classes, (z.shape[0],), generator=rng).to(device)
-                         if prior.num_classes else None)
-                    x = torch.cat([x, prior.sample(z, y)])
-            xin = codec.to_input(x)
-            with torch.no_grad():
-                soft = (teacher(xin) / t).softmax(1)
-            loss = F.kl_div((student(xin) / t).log_softmax(1), soft, reduction="batchmean") * t * t
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            reporter.step(float(loss.detach()))
+        _distill(student, teacher, config, public, prior, codec, rng, config.epochs * steps_per_epoch, reporter,
+                 device)
         student.eval()
         agreement.append(_agreement(student, teacher, public, codec, device))
         models.append(student)
@@ -127,16 +101,65 @@ def distill_surrogates(config: SurrogateConfig, target: AttackTarget, public: Pu
     logger.info("distilled %d LOMMA surrogates in %.1fs (top-1 agreement with target on public: %s)",
                 len(models), seconds, [round(a, 3) for a in agreement])
     if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        for i, model in enumerate(models):
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-                      str(directory / f"surrogate{i}.safetensors"))
-        (directory / "surrogates.json").write_text(json.dumps(
-            {"config": config.to_dict(), "agreement": agreement, "seconds": seconds}, indent=2))
+        _save(models, directory, {"config": config.to_dict(), "agreement": agreement, "seconds": seconds})
     for model in models:
         for p in model.parameters():
             p.requires_grad_(False)
     return models
+
+
+def _load_cached(config: SurrogateConfig, target: AttackTarget, directory: Path,
+                 device: torch.device) -> list[nn.Module]:
+    """The surrogates an earlier run saved in ``directory`` (same key: same target, data and config)."""
+    from safetensors.torch import load_file
+
+    models = []
+    for i, arch in enumerate(config.archs):
+        model = _create(arch, target)
+        model.load_state_dict(load_file(str(directory / f"surrogate{i}.safetensors")))
+        models.append(model.to(device).eval())
+    return models
+
+
+def _save(models: list[nn.Module], directory: Path, summary: dict[str, Any]) -> None:
+    """Each surrogate as ``surrogate<i>.safetensors``, then ``surrogates.json`` (written last: it marks
+    the folder complete for :func:`_load_cached`)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, model in enumerate(models):
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(directory / f"surrogate{i}.safetensors"))
+    (directory / "surrogates.json").write_text(json.dumps(summary, indent=2))
+
+
+def _distill(student: nn.Module, teacher: nn.Module, config: SurrogateConfig, public: PublicData,
+             prior: GanPrior | None, codec: PixelCodec, rng: torch.Generator, steps: int,
+             reporter: StepReporter, device: torch.device) -> None:
+    """Knowledge distillation: ``steps`` Adam steps on the KL divergence between the student's and the
+    teacher's tempered softmax, on public images (half of each batch from ``prior`` when given)."""
+    opt = torch.optim.Adam(student.parameters(), lr=config.lr)
+    t = config.temperature
+    n_pub = public.images.shape[0]
+    for _ in range(steps):
+        n_real = config.batch_size if prior is None else config.batch_size // 2
+        idx = torch.randint(0, n_pub, (n_real,), generator=rng)
+        x = public.batch(idx, torch.rand(n_real, generator=rng) < 0.5).to(device)
+        if prior is not None:
+            with torch.no_grad():
+                n_fake = config.batch_size - n_real
+                z = torch.randn(n_fake, prior.config.latent_dim, generator=rng).to(device)
+                y = (torch.randint(0, prior.num_classes, (z.shape[0],), generator=rng).to(device)
+                     if prior.num_classes else None)
+                x = torch.cat([x, prior.sample(z, y)])
+        xin = codec.to_input(x)
+        with torch.no_grad():
+            soft = (teacher(xin) / t).softmax(1)
+        loss = F.kl_div((student(xin) / t).log_softmax(1), soft, reduction="batchmean") * t * t
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        reporter.step(float(loss.detach()))
 
 
 @torch.no_grad()

@@ -1,9 +1,12 @@
 """Apply Alembic migrations from code (``midre serve``, ``midre migrate``, the API's start-up, tests).
 
-The migrations ship inside the package (``services/db/migrations``) and the Alembic config is built
-here in code, so an installed wheel migrates its database from any working folder; the root
-``alembic.ini`` of a source checkout is only a convenience for developers (``uv run alembic
-revision --autogenerate -m "..."``) and points at the same folder.
+The migrations live at the top of the repository (``migrations/``: ``env.py``, ``versions/``), where
+Alembic users look for them; the wheel maps that folder into the package as
+``services/db/migrations`` (``[tool.hatch.build.targets.wheel.force-include]`` in pyproject.toml),
+so an installed copy carries them. :func:`migrations_dir` finds the folder in either layout, and the
+Alembic config is built here in code, so an installed wheel migrates its database from any working
+folder; the root ``alembic.ini`` of a source checkout is only a convenience for developers (``uv run
+alembic revision --autogenerate -m "..."``) and points at the same folder.
 """
 
 from __future__ import annotations
@@ -17,8 +20,22 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from alembic.config import Config
 
-#: The Alembic script folder (env.py, script.py.mako, versions/), part of the installed package.
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Where the wheel puts the Alembic script folder (env.py, script.py.mako, versions/).
+PACKAGED_DIR = Path(__file__).resolve().parent / "migrations"
+#: Where it is in a source checkout (an editable install runs from there): ``<repo>/migrations``.
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """The Alembic script folder: the packaged copy of an installed wheel, else the checkout's.
+
+    The packaged copy wins so that a wheel installed next to an unrelated ``migrations/`` folder
+    never runs someone else's scripts.
+    """
+    for folder in (PACKAGED_DIR, CHECKOUT_DIR):
+        if (folder / "env.py").is_file():
+            return folder
+    raise FileNotFoundError(f"no Alembic migrations at {PACKAGED_DIR} (installed) or {CHECKOUT_DIR} (checkout)")
 
 
 @contextmanager
@@ -41,12 +58,12 @@ def _quiet_alembic() -> Iterator[None]:
 
 
 def alembic_config(url: str) -> Config:
-    """An Alembic config for ``url`` that uses the packaged ``migrations/`` folder (no ini file)."""
+    """An Alembic config for ``url`` that uses the ``migrations/`` folder (no ini file)."""
     with _quiet_alembic():  # importing alembic logs one INFO line per built-in plugin
         from alembic.config import Config
 
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.set_main_option("path_separator", "os")
     cfg.attributes["url"] = url
     cfg.attributes["configure_logging"] = False

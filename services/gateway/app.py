@@ -8,8 +8,8 @@ broker; the lifespan applies migrations when ``MIDRE_AUTO_MIGRATE`` is on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 
 from services.db.migrate import upgrade
 from services.db.session import session_factory
+from services.gateway.about import API_VERSION, DESCRIPTION, OPENAPI_TAGS, TITLE
 from services.gateway.deps import AuthCache, ServiceContext
 from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
@@ -47,21 +48,6 @@ from services.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1.0.0"
-DESCRIPTION = """\
-MIDRE defense-as-a-service: upload a face dataset (or use the built-in `digits`), submit a
-training job with a defense (MIDRE random erasing by default), follow its progress, download the
-hardened checkpoint and the privacy-utility report.
-
-Authenticate every `/v1` call with `Authorization: Bearer <api key>`. The first key of a tenant
-comes from `midre admin create-key --tenant NAME` (an `admin` key); an admin key mints more with
-`POST /v1/keys`, each with scopes: `admin` (everything, keys included), `jobs` (datasets, jobs,
-artifacts, models, policies, exports, predict) or `predict` (predict and the served models' public
-metadata only, optionally limited to some models). Each operation names the scope it needs
-(`x-required-scope`). Errors are RFC 9457 problem details.
-"""
-
-
 def preload_library() -> None:
     """Import the library that spec validation uses (its study kinds; torch included: seconds, once)."""
     import midre.plan  # noqa: F401
@@ -70,7 +56,42 @@ def preload_library() -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    ctx = ServiceContext(
+    ctx = service_context(settings)
+    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir), ctx.sessions)
+    app = FastAPI(
+        title=TITLE,
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, serving),
+        docs_url=None,  # /docs and /redoc come from install_docs: local assets, no CDN
+        redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
+    )
+    app.state.ctx = ctx
+    app.state.serving = serving
+    install_error_handlers(app)
+    install_ui(app)  # the dashboard (/ui/) and `/` -> /ui/, registered before the docs' own `/`
+    install_docs(app)
+    image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
+    _install_metrics(app, ctx, serving)
+    routers = [module.router for module in ROUTERS]
+    for router in routers:
+        app.include_router(router)
+    document_scopes(app, routers)
+    return app
+
+
+#: The routers in the order their operations appear in the OpenAPI document.
+ROUTERS = (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks, integrations)
+
+
+def service_context(settings: Settings) -> ServiceContext:
+    """What every request reaches through ``Ctx``: settings, sessions, store, dispatcher, caches.
+
+    Building it touches neither the database nor the broker (they connect on first use).
+    """
+    return ServiceContext(
         settings=settings,
         sessions=session_factory(settings.db_url, settings.pool),
         store=LocalStore(settings.storage_dir),
@@ -78,7 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         auth_cache=AuthCache(settings.auth_cache_s),
         job_cache=TTLCache(settings.job_cache_s),
     )
-    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir), ctx.sessions)
+
+
+def _lifespan(settings: Settings, serving: ServingRuntime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down of one API process: migrations (when ``MIDRE_AUTO_MIGRATE``), the library
+    preload, the serving runtime's usage flusher and, with ``MIDRE_WEBHOOKS_IN_API``, an outbox deliverer."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -99,42 +124,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await serving.stop()  # the last counts reach the database before the process ends
             serving.close()
 
-    app = FastAPI(
-        title="MIDRE service",
-        version=API_VERSION,
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        docs_url=None,  # /docs and /redoc come from install_docs: local assets, no CDN
-        redoc_url=None,
-        openapi_tags=[
-            {"name": "datasets", "description": "Upload or register training data."},
-            {"name": "jobs", "description": "Train / attack-evaluate / pipeline jobs."},
-            {"name": "artifacts", "description": "Checkpoints, reports and plots of a job."},
-            {"name": "models", "description": "Model cards."},
-            {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
-            {"name": "keys", "description": "Mint, list and revoke scoped API keys (admin scope)."},
-            {"name": "webhooks", "description": "Signed webhooks (Standard Webhooks) for job events (admin scope)."},
-            {"name": "integrations", "description": "Hand results to the tenant's MLflow (admin scope)."},
-            {"name": "inference (v2)", "description": "Served models over the Open Inference Protocol (KServe v2)."},
-            {"name": "health", "description": "Liveness and readiness."},
-        ],
-    )
-    app.state.ctx = ctx
-    app.state.serving = serving
-    install_error_handlers(app)
-    install_ui(app)  # the dashboard (/ui/) and `/` -> /ui/, registered before the docs' own `/`
-    install_docs(app)
-    image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
-    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
+    return lifespan
+
+
+def _install_metrics(app: FastAPI, ctx: ServiceContext, serving: ServingRuntime) -> None:
+    """``/metrics`` with the request, serving and per-tenant usage collectors."""
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)
     registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))
-    routers = [module.router for module in (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks,
-                                            integrations)]
-    for router in routers:
-        app.include_router(router)
-    document_scopes(app, routers)
-    return app
 
 
 def _required_scope(dependant: Any) -> str | None:

@@ -10,8 +10,8 @@ log are the webhooks' own. Each try also leaves a ``log`` event on the job (:fun
 One try, with the ``mlflow`` package's REST stores (``mlflow-skinny``, the ``mlflow`` extra):
 
 1. the tracking URI is checked like a webhook URL (:func:`services.integrations.webhooks.check_target`,
-   ``MIDRE_MLFLOW_ALLOW_PRIVATE`` lets it be internal); redirects are not followed and the client's
-   own retries are off (the outbox retries);
+   which the deliverer passes in; ``MIDRE_MLFLOW_ALLOW_PRIVATE`` lets it be internal); redirects are
+   not followed and the client's own retries are off (the outbox retries);
 2. the experiment is found or created; the run of this hand-off is found by its tag
    ``midre.handoff`` (a retry after a half-done try reuses it) or created, named after the job;
 3. params = the job's resolved config flattened (``training.epochs``-style keys), metrics = its
@@ -42,7 +42,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.models import Artifact, Job, Metric, MlflowIntegration, WebhookDelivery
-from services.integrations.webhooks import Result, UnsafeTarget, check_target
+from services.integrations.outbound import Result, TargetCheck, UnsafeTarget
+from services.jobspec import get_kind
+from services.ops.models import card_name
 from services.redact import server_redactor
 from services.settings import Settings
 from services.storage import LocalStore
@@ -61,12 +63,12 @@ _ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 _KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
-def check_uri(uri: str, allow_private: bool) -> str:
+def check_uri(uri: str, allow_private: bool, check_target: TargetCheck) -> str:
     """The tracking URI a tenant may configure (no trailing ``/``), or :class:`UnsafeTarget`.
 
-    The webhooks' target check (``http``/``https``, every address public unless ``allow_private``),
-    and no user name, password, query or fragment in the URL: credentials go in their own fields,
-    which are never shown again.
+    ``check_target`` is the webhooks' target check (``http``/``https``, every address public unless
+    ``allow_private``); on top of it, no user name, password, query or fragment in the URL:
+    credentials go in their own fields, which are never shown again.
     """
     check_target(uri, allow_private)
     parts = urlsplit(uri)
@@ -168,8 +170,31 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
 
     ``None`` when the row, its integration or its job is gone (the integration was deleted).
     """
-    from services.ops.models import card_name
+    found = _read(sessions, message_id)
+    if found is None:
+        return None
+    handoff, job, artifacts, resolved_config = found
+    redact = server_redactor(settings)
+    handoff.params = {mlflow_key(k): redact(v)[:6000] for k, v in flatten(resolved_config).items()}
+    handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
+    label = _attach_model(handoff, store, job.kind, artifacts)
+    _tag(handoff, job, resolved_config, label)
+    return handoff
 
+
+@dataclass(frozen=True)
+class _JobFacts:
+    """The few fields of the job row that the tags need once its session is closed."""
+
+    id: str
+    kind: str
+    spec: dict[str, Any]
+
+
+def _read(sessions: sessionmaker[Session], message_id: str
+          ) -> tuple[Handoff, _JobFacts, dict[str, str], dict[str, Any]] | None:
+    """The hand-off's rows, in one session: the :class:`Handoff` without params, files or tags, the
+    job, its artifacts (name -> sha256) and its resolved config; ``None`` when a row is gone."""
     with sessions() as session:
         row = session.get(WebhookDelivery, message_id)
         config = session.get(MlflowIntegration, row.mlflow_tenant_id) if row and row.mlflow_tenant_id else None
@@ -179,19 +204,29 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
         metrics = {m.name: m.value for m in session.scalars(
             select(Metric).where(Metric.job_id == job.id, Metric.epoch.is_(None)).order_by(Metric.id))}
         artifacts = {a.name: a.sha256 for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
-        resolved_config = (job.resolved or {}).get("config") or {}
         handoff = Handoff(
             message_id=message_id, job_id=job.id, kind=job.kind, started_at=job.started_at,
             finished_at=job.finished_at, tracking_uri=config.tracking_uri, experiment=config.experiment,
             registered_model=config.registered_model, token=config.token, username=config.username,
             password=config.password, params={}, metrics=metrics, files=[],
         )
-    redact = server_redactor(settings)
-    handoff.params = {mlflow_key(k): redact(v)[:6000] for k, v in flatten(resolved_config).items()}
-    handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
-    # the model of a job: a train job's, a pipeline's defended target, a harden job's recommendation (if any)
-    has_model = job.kind in ("train", "pipeline") or (job.kind == "harden" and "model.json" in artifacts)
-    card_file = card_name(list(artifacts)) if has_model else None
+        facts = _JobFacts(job.id, job.kind, dict(job.spec or {}))
+        return handoff, facts, artifacts, (job.resolved or {}).get("config") or {}
+
+
+def _attach_model(handoff: Handoff, store: LocalStore, kind: str, artifacts: dict[str, str]) -> str | None:
+    """Add the job's model (card and weights) to the files and read its card; returns the label of the
+    defense whose metrics describe it (a pipeline's target, a harden job's recommendation), if any.
+
+    Which model: the job kind's ``mlflow_model`` (:mod:`services.jobspec`): its own ``model.json`` (a train
+    job's; a harden job's recommendation, when there is one) or a study's defended target.
+    """
+    job_kind = get_kind(kind)
+    card_file = None
+    if job_kind.mlflow_model == "root" and "model.json" in artifacts:
+        card_file = "model.json"
+    elif job_kind.mlflow_model == "target":
+        card_file = card_name([n for n in artifacts if n.startswith("targets/")])
     weights = card_file.removesuffix("model.json") + "model.safetensors" if card_file else None
     label = card_file.split("/")[1] if card_file and card_file.startswith("targets/") else None
     if card_file and weights in artifacts:
@@ -199,12 +234,17 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
             handoff.model_card = json.load(fh)
         handoff.files += [(artifacts[card_file], f"{MODEL_DIR}/model.json"),
                           (artifacts[weights], f"{MODEL_DIR}/model.safetensors")]
-    if job.kind == "harden" and card_file and "report.json" in artifacts:
+    if job_kind.model == "recommended" and card_file and "report.json" in artifacts:
         with store.open(artifacts["report.json"]) as fh:  # the recommended candidate's metric rows
             label = str((json.load(fh).get("recommendation") or {}).get("defense") or "") or None
+    return label
+
+
+def _tag(handoff: Handoff, job: _JobFacts, resolved_config: dict[str, Any], label: str | None) -> None:
+    """The run's tags, the model version's tags, and AttAcc per attack where the job measured it."""
     defense = _defense(handoff.model_card, resolved_config)
     a_h = _a_h(defense)
-    handoff.tags = {"midre.job_id": job.id, "midre.kind": job.kind, HANDOFF_TAG: message_id,
+    handoff.tags = {"midre.job_id": job.id, "midre.kind": job.kind, HANDOFF_TAG: handoff.message_id,
                     "mlflow.source.name": "midre", "mlflow.source.type": "JOB"}
     if defense.get("name"):
         handoff.tags["midre.defense"] = str(label or defense["name"])
@@ -214,19 +254,17 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
                             if k in ("midre.job_id", "midre.defense", "midre.a_h")}
     # AttAcc per attack, when the job measured it: ``<defense>.<attack>.attacc_top1`` (a study).
     attacc = {}
-    for name, value in metrics.items():
+    for name, value in handoff.metrics.items():
         owner, _, rest = name.rpartition(".")[0].rpartition(".")  # a defense label may hold dots (a_h0.8)
         if name.endswith(".attacc_top1") and owner and (label is None or owner == label):
             attacc[mlflow_key(f"attacc.{rest}")] = f"{value:g}"
-    if job.kind == "attack_eval":
-        spec = job.spec or {}
-        handoff.attacked_job = spec.get("model") or spec.get("model_job")
+    if get_kind(job.kind).audits:
+        handoff.attacked_job = job.spec.get("model") or job.spec.get("model_job")
         handoff.attacked_tags = attacc
         if handoff.attacked_job:
             handoff.tags["midre.model_job"] = str(handoff.attacked_job)
     else:
         handoff.version_tags.update(attacc)
-    return handoff
 
 
 def _configure_client(settings: Settings) -> None:
@@ -247,30 +285,60 @@ def _artifact_root(artifact_uri: str) -> str:
     return parts.path.strip("/")
 
 
-def send(settings: Settings, store: LocalStore, handoff: Handoff) -> str:
-    """Log ``handoff`` to its MLflow server; returns what was done (``logged run ...``). Raises on failure."""
-    from mlflow.entities import Metric as MlMetric
-    from mlflow.entities import Param, RunStatus, RunTag, ViewType
-    from mlflow.entities.model_registry import ModelVersionTag
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: TargetCheck) -> str:
+    """Log ``handoff`` to its MLflow server; returns what was done (``logged run ...``). Raises on failure.
+
+    ``check_target`` re-checks the tracking URI's addresses at every try (a DNS answer may change).
+    """
+    from mlflow.entities import RunStatus
     from mlflow.store.model_registry.rest_store import RestStore as RegistryStore
     from mlflow.store.tracking.rest_store import RestStore as TrackingStore
-    from mlflow.utils.rest_utils import MlflowHostCreds, augmented_raise_for_status, http_request
+    from mlflow.utils.rest_utils import MlflowHostCreds
 
-    uri = check_uri(handoff.tracking_uri, settings.mlflow_allow_private)
+    uri = check_uri(handoff.tracking_uri, settings.mlflow_allow_private, check_target)
     _configure_client(settings)
     creds = MlflowHostCreds(host=uri, token=handoff.token or None,
                             username=None if handoff.token else handoff.username,
                             password=None if handoff.token else handoff.password)
     tracking = TrackingStore(lambda: creds)
+    run = _find_or_create_run(tracking, handoff)
+    run_id = run.info.run_id
+    stamp = _ms(handoff.finished_at)
+    _log_values(tracking, run_id, handoff, stamp)
+    _upload_files(creds, store, handoff, _artifact_root(run.info.artifact_uri))
+    tracking.update_run_info(run_id, RunStatus.FINISHED, stamp, None)
+    done = f"logged run {run_id} in experiment {handoff.experiment!r}"
+    if handoff.registered_model and handoff.model_card is not None:
+        version, moved = _register(RegistryStore(lambda: creds), handoff, run_id,
+                                   f"{run.info.artifact_uri}/{MODEL_DIR}")
+        done += f"; {handoff.registered_model!r} version {version}" + (f" is {ALIAS!r}" if moved else
+                                                                          f" (a newer version is {ALIAS!r})")
+    if handoff.registered_model and handoff.attacked_job and handoff.attacked_tags:
+        tagged = _tag_attacked(RegistryStore(lambda: creds), handoff)
+        if tagged:
+            done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
+    return done
+
+
+def _already_exists(exc: Any) -> bool:
+    """Whether an ``MlflowException`` says the thing to create exists already (another try made it)."""
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    return bool(exc.error_code == ErrorCode.Name(RESOURCE_ALREADY_EXISTS))
+
+
+def _find_or_create_run(tracking: Any, handoff: Handoff) -> Any:
+    """The run of this hand-off: found by its ``midre.handoff`` tag (a retry after a half-done try), else
+    created, named after the job, in the experiment (created if missing)."""
+    from mlflow.entities import RunTag, ViewType
+    from mlflow.exceptions import MlflowException
 
     experiment = tracking.get_experiment_by_name(handoff.experiment)
     if experiment is None:
         try:
             experiment_id = tracking.create_experiment(handoff.experiment)
         except MlflowException as exc:  # another deliverer created it in between
-            if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            if not _already_exists(exc):
                 raise
             experiment_id = tracking.get_experiment_by_name(handoff.experiment).experiment_id
     else:
@@ -278,42 +346,40 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff) -> str:
     found = tracking.search_runs([experiment_id], f"tags.`{HANDOFF_TAG}` = '{handoff.message_id}'",
                                  ViewType.ACTIVE_ONLY, max_results=1)
     if found:
-        run = found[0]
-    else:
-        run = tracking.create_run(experiment_id, "midre", _ms(handoff.started_at),
-                                  [RunTag(k, v) for k, v in handoff.tags.items()], handoff.job_id)
-    run_id = run.info.run_id
-    stamp = _ms(handoff.finished_at)
+        return found[0]
+    return tracking.create_run(experiment_id, "midre", _ms(handoff.started_at),
+                               [RunTag(k, v) for k, v in handoff.tags.items()], handoff.job_id)
+
+
+def _log_values(tracking: Any, run_id: str, handoff: Handoff, stamp: int) -> None:
+    """Params and metrics in batches MLflow accepts."""
+    from mlflow.entities import Metric as MlMetric
+    from mlflow.entities import Param
+
     params = [Param(k, v) for k, v in handoff.params.items()]
     metrics = [MlMetric(mlflow_key(k), v, stamp, 0) for k, v in handoff.metrics.items()]
     for chunk in _chunks(params):
         tracking.log_batch(run_id, [], chunk, [])
     for chunk in _chunks(metrics):
         tracking.log_batch(run_id, chunk, [], [])
-    root = _artifact_root(run.info.artifact_uri)
+
+
+def _upload_files(creds: Any, store: LocalStore, handoff: Handoff, root: str) -> None:
+    """Stream each file from the artifact store to the run's folder behind the server's artifact proxy."""
+    from mlflow.utils.rest_utils import augmented_raise_for_status, http_request
+
     for sha256, path in handoff.files:
         with store.open(sha256) as fh:
             response = http_request(creds, f"{_ARTIFACTS_API}/{quote(f'{root}/{path}')}", "PUT", data=fh,
                                     extra_headers={"Content-Type": "application/octet-stream"})
         augmented_raise_for_status(response)
-    tracking.update_run_info(run_id, RunStatus.FINISHED, stamp, None)
-    done = f"logged run {run_id} in experiment {handoff.experiment!r}"
-    if handoff.registered_model and handoff.model_card is not None:
-        version, moved = _register(RegistryStore(lambda: creds), handoff, run_id,
-                                   f"{run.info.artifact_uri}/{MODEL_DIR}", ModelVersionTag, MlflowException,
-                                   RESOURCE_ALREADY_EXISTS)
-        done += f"; {handoff.registered_model!r} version {version}" + (f" is {ALIAS!r}" if moved else
-                                                                          f" (a newer version is {ALIAS!r})")
-    if handoff.registered_model and handoff.attacked_job and handoff.attacked_tags:
-        tagged = _tag_attacked(RegistryStore(lambda: creds), handoff, ModelVersionTag)
-        if tagged:
-            done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
-    return done
 
 
-def _tag_attacked(registry: Any, handoff: Handoff, tag: Any) -> str | None:
+def _tag_attacked(registry: Any, handoff: Handoff) -> str | None:
     """Put an ``attack_eval`` job's AttAcc on the version registered for the model it attacked (found by
     its ``job_id`` tag); the version number, or ``None`` when that model was never registered."""
+    from mlflow.entities.model_registry import ModelVersionTag
+
     name = handoff.registered_model
     page_token = None
     while True:
@@ -321,35 +387,35 @@ def _tag_attacked(registry: Any, handoff: Handoff, tag: Any) -> str | None:
         for version in page:
             if (version.tags or {}).get("job_id") == handoff.attacked_job:
                 for key, value in handoff.attacked_tags.items():
-                    registry.set_model_version_tag(name, version.version, tag(key, value))
+                    registry.set_model_version_tag(name, version.version, ModelVersionTag(key, value))
                 return str(version.version)
         page_token = page.token
         if not page_token:
             return None
 
 
-def _register(registry: Any, handoff: Handoff, run_id: str, source: str, tag: Any, error: Any,
-              already_exists: int) -> tuple[str, bool]:
+def _register(registry: Any, handoff: Handoff, run_id: str, source: str) -> tuple[str, bool]:
     """A version of the registered model for ``run_id`` (found again on a retry, else created), with
     the alias moved to it unless a newer version holds it; returns the version number and whether the
     alias moved."""
-    from mlflow.protos.databricks_pb2 import ErrorCode
+    from mlflow.entities.model_registry import ModelVersionTag
+    from mlflow.exceptions import MlflowException
 
     name = handoff.registered_model
     try:
         registry.create_registered_model(name)
-    except error as exc:
-        if exc.error_code != ErrorCode.Name(already_exists):
+    except MlflowException as exc:
+        if not _already_exists(exc):
             raise
     existing = registry.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if existing:
         version = existing[0].version
     else:
-        tags = [tag(k, v) for k, v in handoff.version_tags.items()]
+        tags = [ModelVersionTag(k, v) for k, v in handoff.version_tags.items()]
         version = registry.create_model_version(name, source, run_id=run_id, tags=tags).version
     try:
         current = int(registry.get_model_version_by_alias(name, ALIAS).version)
-    except error:
+    except MlflowException:
         current = 0  # no version holds the alias yet
     moved = current <= int(version)  # a late retry of an older hand-off does not move the alias back
     if moved:
@@ -372,10 +438,11 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str) -> Result:
+def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str,
+            check_target: TargetCheck) -> Result:
     """One try of the hand-off ``message_id``: a :class:`Result` (``status_code`` 200 when every request
     succeeded, ``detail`` says what was logged; else ``status_code`` None and ``error`` says why not).
-    Never raises."""
+    Never raises. ``check_target`` is the webhooks' address filter, applied to the tracking URI."""
     started = time.perf_counter()
     store = LocalStore(settings.storage_dir)
 
@@ -390,7 +457,7 @@ def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str
         return done(None, "the MLflow integration or the job was deleted")
     redact = server_redactor(settings)
     try:
-        return done(200, None, send(settings, store, handoff))
+        return done(200, None, send(settings, store, handoff, check_target))
     except UnsafeTarget as exc:
         return done(None, f"refused: {exc}")
     except ImportError as exc:

@@ -18,7 +18,8 @@ and the deliverer that empties the outbox.
   Any 2xx answer is a success; redirects are not followed (a 3xx is a failed try).
 * The same outbox carries MLflow hand-offs (``channel = 'mlflow'``): the deliverer claims them alike
   (with a longer lease, :func:`lease_s`) and one try is :func:`services.integrations.mlflow.log_job`,
-  which also leaves a ``log`` event on the job.
+  which also leaves a ``log`` event on the job. The hand-off receives :func:`check_target` from here
+  and imports nothing of this module (``services.integrations.outbound`` holds what both use).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,6 +45,8 @@ from services.db.models import Job, Webhook, WebhookAttempt, WebhookDelivery
 from services.db.session import session_factory
 from services.db.types import utcnow
 from services.db.webhooks import DELIVERED, FAILED, PENDING
+from services.integrations.mlflow import event_message, log_job
+from services.integrations.outbound import Result, UnsafeTarget
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,10 +70,6 @@ _REFUSED = (
     ("is_private", "private"),
     ("is_reserved", "reserved"),
 )
-
-
-class UnsafeTarget(ValueError):
-    """A webhook URL that the service refuses to call (scheme, host, or a non-public address)."""
 
 
 def new_secret() -> str:
@@ -139,21 +137,6 @@ def check_target(url: str, allow_private: bool) -> list[str]:
 def backoff_s(settings: Settings, attempt: int) -> float:
     """Seconds to wait after failed try number ``attempt`` (1-based): base, 2x base, 4x base, ..."""
     return min(settings.webhooks_base_delay_s * 2 ** (attempt - 1), MAX_DELAY_S)
-
-
-@dataclass(frozen=True)
-class Result:
-    """One try: the HTTP status (``None`` when no answer came) or the error, and its duration
-    (``detail``: what a successful MLflow hand-off logged)."""
-
-    status_code: int | None
-    error: str | None
-    duration_ms: float
-    detail: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 def post(settings: Settings, url: str, body: str, headers: dict[str, str]) -> Result:
@@ -244,9 +227,7 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, message_id: str
     at = utcnow()
     try:
         if channel == "mlflow":
-            from services.integrations.mlflow import log_job
-
-            result = log_job(settings, sessions, message_id)
+            result = log_job(settings, sessions, message_id, check_target)
         else:
             result = _sign_and_post(settings, url, secret, message_id, at, body)
     except Exception as exc:  # noqa: BLE001 - a bad row must still use up its tries, not loop forever
@@ -273,8 +254,6 @@ def deliver(sessions: sessionmaker[Session], settings: Settings, message_id: str
                                        error=result.error, next_attempt_at=next_at))
             job = session.get(Job, job_id) if channel == "mlflow" and job_id else None
             if job is not None:
-                from services.integrations.mlflow import event_message
-
                 jobstate.add_event(session, job, "log", event_message(result, state, attempt, next_at),
                                    stage=job.stage, data={"mlflow": state, "try": attempt})
         session.commit()

@@ -105,8 +105,8 @@ class WorkerProcess:
 
 
 def stop_group(proc: subprocess.Popen[Any], grace: float = 30.0) -> None:
-    """:func:`services.cli.stop_group` with the tests' longer grace (a clean exit is asserted after it)."""
-    from services.cli import stop_group as stop
+    """:func:`services.cli.processes.stop_group` with the tests' longer grace (a clean exit is asserted after it)."""
+    from services.cli.processes import stop_group as stop
 
     stop(proc, grace)
 

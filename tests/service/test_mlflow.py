@@ -30,7 +30,7 @@ from services.db.session import dispose_all, session_factory, session_scope
 from services.db.types import new_id, utcnow
 from services.gateway.app import create_app
 from services.integrations.mlflow import flatten, load, send
-from services.integrations.webhooks import WebhookDeliverer, deliver_due
+from services.integrations.webhooks import WebhookDeliverer, check_target, deliver_due
 from services.storage import LocalStore
 from tests.service._support import TRAIN_SPEC, free_port, run_job_inline, stop_group, wait_for
 from tests.service.conftest import Api, make_settings
@@ -296,7 +296,7 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
     store = LocalStore(api.settings.storage_dir)
     with sessions() as session:
         first_message = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.job_id == jobs[0])).one()
-    again = send(api.settings, store, load(sessions, store, api.settings, first_message))
+    again = send(api.settings, store, load(sessions, store, api.settings, first_message), check_target)
     assert f"logged run {run_id}" in again and "version 1 (a newer version is 'hardened')" in again, again
     assert len(httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", timeout=30,
                           json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]) == 2
@@ -332,8 +332,8 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
     # a harden job that recommends a candidate registers that checkpoint, tagged with the candidate's AttAcc
     files = {name: api.client.get(f"/v1/jobs/{jobs[1]}/artifacts/{name}", headers=api.auth(key)).content
              for name in ("model.json", "model.safetensors")}
-    files["report.json"] = json.dumps({"recommendation": {"defense": "midre-a_h0.8",
-                                                          "reason": "lowest AttAcc"}}).encode()
+    recommendation = {"recommendation": {"defense": "midre-a_h0.8", "reason": "lowest AttAcc"}}
+    files["report.json"] = json.dumps(recommendation).encode()
     harden = {"kind": "harden", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"], "seeds": 1,
               "candidates": ["midre:a_h=0.8"], "device": "cpu"}
     harden_job = add_succeeded_job(api, key, "harden", harden, {"nodef.mi-face.attacc_top1": 30.0,

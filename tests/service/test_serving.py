@@ -334,8 +334,8 @@ def test_exports_reproduce_the_served_predictions(
 def test_client_and_cli_predict(
     stack: Api, key: str, trained: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
+    from services.cli import models as cli
     from services.client import Client
-    from services.serving import cli
 
     job_id, folder = trained
     set_policy(stack, key, job_id, policy="full")
@@ -352,7 +352,7 @@ def test_client_and_cli_predict(
         stack.client.headers["Authorization"] = f"Bearer {key}"
         return c
 
-    monkeypatch.setattr(cli, "make_client", client)
+    monkeypatch.setattr(cli, "client", client)
     try:
         parser = argparse.ArgumentParser()
         cli.register(parser.add_subparsers())

@@ -85,7 +85,9 @@ def test_wheel_ships_migrations_and_entry_point(wheel: Path) -> None:
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(n.startswith("services/db/migrations/versions/0001_") for n in names)
+    # the checkout's top-level migrations/ is mapped into the package, every revision included
+    revisions = sorted(p.name for p in (REPO / "migrations" / "versions").glob("*.py"))
+    assert revisions and all(f"services/db/migrations/versions/{name}" in names for name in revisions)
     assert "services/db/migrations/env.py" in names and "services/db/migrations/script.py.mako" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

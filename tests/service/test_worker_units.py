@@ -426,7 +426,7 @@ def test_a_train_job_near_chance_gets_a_warning_event(settings: Settings) -> Non
 def test_workers_pin_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from services.cli import worker_env
+    from services.cli.processes import worker_env
     from services.worker.app import worker_threads
 
     cores = len(os.sched_getaffinity(0))

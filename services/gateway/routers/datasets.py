@@ -22,11 +22,11 @@ from services.gateway.errors import (
     not_found,
     validation_error,
 )
-from services.ops.quotas import check_storage
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
 from services.gateway.uploads import UploadedFile, multipart_body, receive_file, sniff_archive
 from services.gateway.views import dataset_view
 from services.jobspec import DIGITS
+from services.ops.quotas import check_storage
 from services.redact import Redactor, server_redactor
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from services.db.types import utcnow
 from services.gateway.deps import DB, Ctx, CurrentCaller, scoped
 from services.gateway.errors import PROBLEM_RESPONSES, not_found, validation_error
 from services.integrations.mlflow import ALIAS, check_uri
-from services.integrations.webhooks import UnsafeTarget
+from services.integrations.webhooks import UnsafeTarget, check_target
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"], responses=PROBLEM_RESPONSES,
                    dependencies=scoped("admin"))
@@ -92,7 +92,7 @@ def put_mlflow(ctx: Ctx, session: DB, caller: CurrentCaller, body: MlflowSetting
         raise validation_error("password" if body.username else "username",
                                "`username` and `password` go together")
     try:
-        uri = check_uri(body.tracking_uri, ctx.settings.mlflow_allow_private)
+        uri = check_uri(body.tracking_uri, ctx.settings.mlflow_allow_private, check_target)
     except UnsafeTarget as exc:
         raise validation_error("tracking_uri", str(exc)) from None
     now = utcnow()

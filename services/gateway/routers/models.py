@@ -18,12 +18,12 @@ from services.db.types import new_id, utcnow
 from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, TenantRef, scoped
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
 from services.gateway.model_cards import evaluations_of, readme
-from services.ops.quotas import check_storage
 from services.gateway.schemas import ModelCard
 from services.gateway.uploads import multipart_body, receive_file
 from services.gateway.views import artifact_view, final_metrics
 from services.ops.jobs import get_job
 from services.ops.models import card_name
+from services.ops.quotas import check_storage
 from services.redact import server_redactor
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.requests import ClientDisconnect
 
+from services.gateway.about import API_VERSION
 from services.gateway.deps import Caller, Ctx, forbidden, require_scope
 from services.gateway.errors import PROBLEM_JSON, PROBLEM_RESPONSES, ApiError, FieldError, problem_response
 from services.gateway.routers.predict import ModelRef, Runtime, cached_ref, charge_queries, forward_within_budget
@@ -170,8 +171,6 @@ async def ready(ctx: Ctx) -> JSONResponse:
 @router.get("", summary="Server metadata (Open Inference Protocol)")
 async def server_metadata() -> dict[str, Any]:
     """The server's name, version and protocol extensions; no key needed."""
-    from services.gateway.app import API_VERSION
-
     return {"name": "midre", "version": API_VERSION, "extensions": ["classification", "binary_tensor_data"]}
 
 
