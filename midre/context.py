@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from midre.device import resolve_device
 from midre.errors import ConfigError
 
 
@@ -36,7 +37,6 @@ _CONTEXTS: dict[tuple[str, str], StudyContext] = {}
 def study_context(config: Any, out_dir: str | Path) -> StudyContext:
     """Load the private (and public) data of a study; cached per (config, out_dir) in this process."""
     from midre.data import load_dataset
-    from midre.device import resolve_device
 
     out = Path(out_dir)
     cache_key = (json.dumps(config.to_dict(), sort_keys=True, default=str), str(out.resolve()))

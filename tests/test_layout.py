@@ -1,6 +1,8 @@
-"""The layout rules the code relies on: the science package never imports the service, the gateway
-never imports the worker (both talk through services.queue and the database), no two modules import
-each other (directly or round a longer loop), and the REST commands of ``midre`` start without torch."""
+"""The layout rules the code relies on: the science package never imports the service; the gateway never
+imports the worker (both talk through services.queue and the database); the transports (REST routers, the
+dashboard, the integrations) meet in the application layer (services.ops), never in each other; no two
+modules import each other (directly or round a longer loop); modules and functions stay small; each job
+kind is named in a few places only; and the REST commands of ``midre`` start without torch."""
 
 from __future__ import annotations
 
@@ -42,8 +44,50 @@ def test_midre_never_imports_services() -> None:
 def test_the_gateway_never_imports_the_worker() -> None:
     assert offenders("services/gateway", "services.worker") == []
     assert offenders("services/queue", "services.worker") == []
-    jobspec = imported_modules(REPO / "services")["services/jobspec.py"]
-    assert not any(name.startswith(("services.worker", "services.gateway")) for name in jobspec)
+    assert offenders("services/jobspec", "services.worker") == []
+    assert offenders("services/jobspec", "services.gateway") == []
+
+
+def test_transports_meet_in_the_application_layer() -> None:
+    assert offenders("services/ops", "services.gateway") == []  # the application layer knows no transport
+    assert offenders("services/ops", "services.worker") == []
+    assert offenders("services/integrations", "services.gateway") == []
+    assert offenders("services/serving", "services.cli") == []
+    assert offenders("services/gateway/ui", "services.gateway.routers") == []
+    routers = REPO / "services" / "gateway" / "routers"
+    for path in routers.glob("*.py"):
+        others = [name for name in imported_modules(routers)[str(path.relative_to(REPO))]
+                  if name.startswith("services.gateway.routers") and name != f"services.gateway.routers.{path.stem}"]
+        assert others == [], f"{path.name} imports another router: {others}"
+
+
+def _sources() -> list[Path]:
+    return [p for package in ("midre", "services") for p in (REPO / package).rglob("*.py")]
+
+
+def test_files_and_functions_stay_small() -> None:
+    """At most 600 lines a module and 80 a function (60 is the aim), Alembic's revisions aside."""
+    big = [f"{p.relative_to(REPO)}: {n}" for p in _sources() if (n := len(p.read_text().splitlines())) > 600]
+    assert big == []
+    long = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert long == []
+
+
+def test_each_job_kind_is_named_in_a_few_files() -> None:
+    """A kind is its registration, its spec, its library study and its CLI command: adding one touches that
+    few files. ``train`` is left out: it is also the name of a data split and of a progress stage."""
+    from services.jobspec import kind_names
+
+    for kind in kind_names():
+        if kind == "train":
+            continue
+        files = sorted(str(p.relative_to(REPO)) for p in _sources()
+                       if f'"{kind}"' in p.read_text() or f"'{kind}'" in p.read_text())
+        assert len(files) <= 5, f"{kind!r} is spelled in {len(files)} files: {files}"
 
 
 def module_names() -> dict[str, Path]:

@@ -231,7 +231,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, images: dict[st
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"kind": "pipeline", **report}
+    report = {"kind": "study", **report}
     report["leakage"] = leakage_statements(report)
     given = [w for w in report.get("warnings") or [] if isinstance(w, dict)]
     seen = {(w.get("code"), w.get("message")) for w in given}

@@ -253,7 +253,7 @@ class Report:
         if int(data.get("schema_version") or 1) < 2 and "plots" not in data:
             files = (data.get("artifacts") or {}).get("plots") or []
             data["plots"] = [plot_for(str(f)) for f in files]
-        data.setdefault("kind", "pipeline")
+        data.setdefault("kind", "study")
         return _build(cls, data)
 
     def to_dict(self) -> dict[str, Any]:

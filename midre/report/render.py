@@ -94,8 +94,11 @@ def _environment() -> Any:
     return env
 
 
-def render_html(report: Report, images: dict[str, bytes]) -> str:
-    """The self-contained ``report.html`` of ``report``, its pictures (PNG bytes by file name) embedded."""
+def render_html(report: Report | dict[str, Any], images: dict[str, bytes]) -> str:
+    """The self-contained ``report.html`` of ``report`` (a :class:`Report` or its JSON form), its pictures
+    (PNG bytes by file name) embedded."""
+    if isinstance(report, dict):
+        report = Report.from_dict(report)
     embedded = {name: "data:image/png;base64," + base64.b64encode(png).decode() for name, png in images.items()}
 
     def image_src(file: str) -> str:

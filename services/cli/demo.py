@@ -14,6 +14,7 @@ from typing import Any
 from services.cli.jobs import follow
 from services.cli.processes import die_with_parent, stop_group
 from services.cli.rest import quiet_http_logs
+from services.jobspec import PIPELINE
 
 #: Environment variables that select production servers; ``midre demo`` removes them so it always
 #: runs the self-contained embedded stack.
@@ -47,7 +48,7 @@ def demo_spec(epochs: int) -> dict[str, Any]:
         "device": "auto",
     }
     return {
-        "kind": "pipeline",
+        "kind": PIPELINE.name,
         **common,
         "attacks": ["mi-face", "deepinversion"],
         "evaluation": {"arch": "resnet18", "epochs": 2, "per_identity": 1},

@@ -356,10 +356,12 @@ def test_report_page_renders_report_json_sections_and_plots(api: Api, key_a: str
     sign_in(api, key_a)
     report = study_report(
         60.0, 25.0,
-        warnings=["only 2 seeds: spreads are rough"],
-        recommendation={"defense": "midre", "a_h": 0.4, "why": "largest AttAcc drop within 1 point of Acc"},
-        frontier=[{"label": "nodef", "acc": 98.25, "attacc_top1": 60.0},
-                  {"label": "midre a_h 0.4", "acc": 97.75, "attacc_top1": 25.0, "on_frontier": True}],
+        warnings=[{"code": "single_seed", "message": "only 2 seeds: spreads are rough"}],
+        recommendation={"defense": "midre-a_h0.4", "reason": "largest AttAcc drop within 1 point of Acc"},
+        frontier=[{"defense": "nodef", "acc": stat(98.25, 0.5, 2), "attacc": {"mi-face": stat(60.0, 1.0, 2)}},
+                  {"defense": "midre-a_h0.4", "acc": stat(97.75, 0.25, 2), "attacc": {"mi-face": stat(25.0, 2.0, 2)},
+                   "acc_drop": 0.5, "pareto": True}],
+        attacks=[{"name": "mi-face"}],
     )
     study = add_study(api, key_a, report)
     r = api.client.get(f"/ui/jobs/{study}/report")
@@ -368,7 +370,8 @@ def test_report_page_renders_report_json_sections_and_plots(api: Api, key_a: str
     assert "MIDRE lowered top-1 AttAcc of mi-face by 35.0 points." in html
     assert "98.25 ± 0.50" in html and "25.00 ± 2.00" in html and ">OP<" in html
     assert "only 2 seeds: spreads are rough" in html and "largest AttAcc drop" in html
-    assert html.count("<circle") == 2 and "midre a_h 0.4" in html
+    frontier = html[html.index("Privacy-utility frontier"):]
+    assert "midre-a_h0.4" in frontier and "+0.5" in frontier and "25.0 ± 2.0" in frontier
     assert f'src="/ui/jobs/{study}/artifacts/tradeoff.png"' in html
     plot = api.client.get(f"/ui/jobs/{study}/artifacts/tradeoff.png")
     assert plot.status_code == 200 and plot.content == png_bytes(3, 24)

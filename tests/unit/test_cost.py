@@ -70,7 +70,7 @@ def test_cli_estimate_only_does_not_run(monkeypatch, tmp_path, capsys):
     def boom(*args, **kwargs):
         raise AssertionError("--estimate-only must not start the study")
 
-    monkeypatch.setattr("midre.study.run_pipeline", boom)
+    monkeypatch.setattr("midre.plan.run_pipeline", boom)
     config = tmp_path / "c.json"
     config.write_text(json.dumps({k: v for k, v in TINY.items() if k != "data"}))
     rc = main(["pipeline", "--data", "digits", "--config", str(config), "--estimate-only", "--out", str(tmp_path)])

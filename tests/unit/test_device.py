@@ -26,7 +26,7 @@ def test_a_name_that_is_no_device_is_a_value_error():
 
 
 def test_training_and_studies_use_the_one_rule():
-    import midre.study
+    import midre.context
     import midre.train
 
-    assert midre.train.resolve_device is resolve_device and midre.study.resolve_device is resolve_device
+    assert midre.train.resolve_device is resolve_device and midre.context.resolve_device is resolve_device

@@ -14,7 +14,7 @@ def _capture(monkeypatch, name):
         seen["config"], seen["out"] = config, out
         return {"results": [], "verdicts": []}
 
-    monkeypatch.setattr(f"midre.study.{name}", fake)
+    monkeypatch.setattr(f"midre.plan.{name}", fake)
     return seen
 
 

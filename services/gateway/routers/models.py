@@ -21,6 +21,7 @@ from services.gateway.model_cards import evaluations_of, readme
 from services.gateway.schemas import ModelCard
 from services.gateway.uploads import multipart_body, receive_file
 from services.gateway.views import artifact_view, final_metrics
+from services.jobspec import UPLOAD
 from services.ops.jobs import get_job
 from services.ops.models import card_name
 from services.ops.quotas import check_storage
@@ -115,8 +116,8 @@ def _store_upload(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Pa
     finally:
         card_file.unlink(missing_ok=True)
     now = utcnow()
-    job = Job(id=job_id, tenant_id=tenant.id, kind="upload", status=jobstate.SUCCEEDED,
-              spec={"kind": "upload", "name": name, "card": {k: v for k, v in card.items() if k != "origin"}},
+    job = Job(id=job_id, tenant_id=tenant.id, kind=UPLOAD.name, status=jobstate.SUCCEEDED,
+              spec={"kind": UPLOAD.name, "name": name, "card": {k: v for k, v in card.items() if k != "origin"}},
               queue="none", progress=1.0, stage="done", message="uploaded model", attempt=0,
               cancel_requested=False, created_at=now, started_at=now, finished_at=now)
     with ctx.sessions() as session:
@@ -173,7 +174,7 @@ async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> Mod
         checked = await run_in_threadpool(_check_upload, upload.path, card)
         name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
         checked.pop("history", None)
-        checked["origin"] = {"kind": "upload", "name": name, "file": Path(upload.filename).name,
+        checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": Path(upload.filename).name,
                              "sha256": upload.sha256}
         job = await run_in_threadpool(_store_upload, ctx, tenant, name, upload.path, checked)
     finally:
