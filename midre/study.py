@@ -1,7 +1,7 @@
 """The configs of privacy-utility studies: the whole pipeline and the attack evaluation of one model.
 
-Both run as graphs of units (:mod:`midre.plan`: ``run_pipeline``, ``run_attack_eval``): every finished piece is a file in ``out_dir``
-(targets via the trainer's own resume, one ``metrics.json`` + ``recon.safetensors`` per attack run,
+Both run as graphs of units (:mod:`midre.plan`: ``run_pipeline``, ``run_attack_eval``): every finished
+piece is a file in ``out_dir`` (targets via the trainer's own resume, one ``metrics.json`` + ``recon.safetensors`` per attack run,
 GMI priors and the judges in the cache), so running again with the same ``out_dir`` skips what is
 done, and a service can run the units on several workers at once.
 
@@ -212,7 +212,8 @@ class AttackSettings:
 
     def _validate_judges(self) -> None:
         if self.eval_arch not in list_models():
-            raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: {', '.join(list_models())}")
+            raise ConfigError("eval_arch", f"unknown architecture {self.eval_arch!r}; known: "
+                                           f"{', '.join(list_models())}")
         if self.eval_archs is None:
             return
         if isinstance(self.eval_archs, str):

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from midre.defenses import defense_label
 from midre.errors import ConfigError
 from midre.evaluation.metrics import summarize
 from midre.outputs import target_accuracy
-from midre.defenses import defense_label
 from midre.study import PipelineConfig
 
 #: The default candidates of ``midre sweep``.
