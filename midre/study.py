@@ -1,9 +1,9 @@
 """The configs of privacy-utility studies: the whole pipeline and the attack evaluation of one model.
 
 Both run as graphs of units (:mod:`midre.plan`: ``run_pipeline``, ``run_attack_eval``): every finished
-piece is a file in ``out_dir`` (targets via the trainer's own resume, one ``metrics.json`` + ``recon.safetensors`` per attack run,
-GMI priors and the judges in the cache), so running again with the same ``out_dir`` skips what is
-done, and a service can run the units on several workers at once.
+piece is a file in ``out_dir`` (targets via the trainer's own resume, one ``metrics.json`` +
+``recon.safetensors`` per attack run, GMI priors and the judges in the cache), so running again with
+the same ``out_dir`` skips what is done, and a service can run the units on several workers at once.
 
 Layout of ``out_dir``::
 
