@@ -102,8 +102,3 @@ class DatasetSplits:
     def num_classes(self) -> int:
         """Number of private identities (the classifier's output size)."""
         return len(self.class_names)
-
-    @property
-    def num_public_classes(self) -> int:
-        """Number of public identities (0 without ``num_private``)."""
-        return len(self.public_class_names)
