@@ -14,7 +14,6 @@ from typing import Any
 from services.cli.jobs import follow
 from services.cli.processes import die_with_parent, stop_group
 from services.cli.rest import quiet_http_logs
-from services.jobspec import PIPELINE
 
 #: Environment variables that select production servers; ``midre demo`` removes them so it always
 #: runs the self-contained embedded stack.
@@ -39,6 +38,8 @@ def demo_spec(epochs: int) -> dict[str, Any]:
     MI-Face and DeepInversion with short budgets, a ResNet-18 evaluation model trained for 2
     epochs. The numbers show the mechanics, not the paper's effect sizes (see docs/attacks.md).
     """
+    from services.jobspec import PIPELINE  # the spec layer needs the service's packages
+
     common: dict[str, Any] = {
         "dataset": "digits",
         "arch": "cnn-small",
