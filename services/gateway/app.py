@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
@@ -35,6 +35,7 @@ from services.gateway.routers import (
     predict,
     webhooks,
 )
+from services.gateway.strings import refuse_unstorable
 from services.gateway.ttl_cache import TTLCache
 from services.gateway.ui import install_ui
 from services.integrations.webhooks import WebhookDeliverer
@@ -44,6 +45,7 @@ from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
 from services.storage import LocalStore
+from services.storage.orphans import sweep_store
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.ensure_dirs()
         if settings.auto_migrate:
             await run_in_threadpool(upgrade, settings.db_url)
+        # What a killed process left in the store (partial uploads, orphan blobs) goes before serving.
+        await run_in_threadpool(sweep_store, settings, ctx.sessions, True)
         # Job specs are validated against the library: import it now, not in the first request.
         await run_in_threadpool(preload_library)
         serving.start()  # writes the query counts of unbudgeted models every MIDRE_SERVE_USAGE_FLUSH_S
@@ -110,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unstorable)],  # a NUL the database would refuse is a 422, never a 500
         docs_url=None,  # /docs and /redoc come from install_docs: local assets, no CDN
         redoc_url=None,
         openapi_tags=[
@@ -131,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_ui(app)  # the dashboard (/ui/) and `/` -> /ui/, registered before the docs' own `/`
     install_docs(app)
     image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
-    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings, image_bytes))
     registries = install_metrics(app, ctx)
     serving.register_metrics(registries.aggregate, registries.tenant)
     registries.tenant.register(UsageCollector(ctx.sessions, before=serving.flush_usage))

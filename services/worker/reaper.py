@@ -39,6 +39,7 @@ from services.db.session import session_factory
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
+from services.storage.orphans import sweep_store
 from services.worker.fanout import QUEUED as UNIT_QUEUED
 from services.worker.fanout import reap_units, send_unit, unit_event
 from services.worker.runner import owner_is_dead
@@ -118,6 +119,7 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
     counts["resent"] = resend_lost(settings, dispatcher, sessions, now)
     if settings.embedded:
         _clean_processed(settings)
+    sweep_store(settings, sessions)  # partial uploads of dead API processes, unreferenced blobs
     if any(counts.values()):
         log.info("reaper: %s", counts)
     return counts
