@@ -149,3 +149,24 @@ def test_unstorable_strings_are_422_on_postgres(pg_databases: PgDatabases, tmp_p
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         check_nul_inputs(Api(settings, client))
     dispose_all()
+
+
+def test_the_dashboard_refuses_a_wrong_token_before_reading_the_file(tmp_path: Path) -> None:
+    """The upload form's token is checked when the file part starts: the 403 comes while most of the
+    declared body was never sent, and nothing stays on disk."""
+    from services.gateway.ui.sessions import COOKIE
+    from tests.service.test_ui import sign_in
+
+    settings = make_settings(tmp_path / "home")
+    with live(settings) as (port, api):
+        sign_in(api, api.key("t"))
+        cookie = api.client.cookies[COOKIE]
+        start = (b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\nwrong\r\n'
+                 b'--b\r\nContent-Disposition: form-data; name="file"; filename="faces.zip"\r\n\r\nPK\x03\x04')
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall((f"POST /ui/datasets HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {COOKIE}={cookie}\r\n"
+                          "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 2000000\r\n\r\n").encode())
+            sock.sendall(start + bytes(1_100_000))  # about half of the declared body
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 403 "), answer[:300]
+        assert files_under(settings.storage_dir / "uploads") == []
