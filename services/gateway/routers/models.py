@@ -204,8 +204,14 @@ def _store_upload(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Pa
 )
 async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> ModelCard:
     """``multipart/form-data`` with ``file`` (a safetensors state dict; never unpickled) and ``card``
-    (JSON). The weights are checked against the card: the architecture is registered, the tensors fit
-    it exactly, and a forward pass on a dummy batch gives one logit per class. The model gets an id
+    (JSON). Cheapest checks first, so a bad card costs no memory: the card alone (a registered
+    architecture, at most ``MIDRE_MAX_MODEL_CLASSES`` classes, an input side the architecture takes
+    and at most ``MIDRE_MAX_MODEL_IMAGE_SIZE``, a finite ``normalization`` with std > 0), then the
+    final layer's rows in the file's header against the card's classes (422 ``card.num_classes``);
+    only then the model is built, the tensors must fit it exactly and a forward pass on a dummy batch
+    must give one finite logit per class. The state dict may use this service's key layout or, for
+    the torchvision architectures, torchvision's own (``torchvision.models.resnet18(num_classes=10)
+    .state_dict()`` saved with safetensors; timm's ResNets and DenseNets share it). The model gets an id
     (the same id space as jobs: audit it with ``attack_eval`` ``model``, harden it with ``init_from``,
     serve it with ``/v1/models/{id}/predict``). A refused upload stores nothing.
 
