@@ -54,13 +54,15 @@ class CardLimits:
         max_image_size: largest input side: every later forward pass (predict, attacks) costs
             in proportion to its square.
         max_header_bytes: largest safetensors header (JSON) read.
-        hint: appended to a limit's message, e.g. the settings that set the limits.
+        classes_hint: appended to the classes limit's message (e.g. the setting that sets it).
+        image_size_hint: appended to the input side limit's message.
     """
 
     max_classes: int = 100_000
     max_image_size: int = 512
     max_header_bytes: int = 16 * 2**20
-    hint: str = ""
+    classes_hint: str = ""
+    image_size_hint: str = ""
 
 
 def _is_int(value: object) -> bool:
@@ -80,7 +82,7 @@ def _check_classes(card: dict[str, Any], limits: CardLimits) -> int:
         raise ConfigError("card.num_classes", f"must be an integer >= 2 (or give class_names), got {num_classes!r}")
     if num_classes > limits.max_classes:
         raise ConfigError("card.num_classes", f"{num_classes} classes is more than the {limits.max_classes} "
-                                              f"accepted{limits.hint}")
+                                              f"accepted{limits.classes_hint}")
     if names is not None and len(names) != num_classes:
         raise ConfigError("card.class_names", f"has {len(names)} names for {num_classes} classes")
     return num_classes
@@ -92,7 +94,7 @@ def _check_image_size(card: dict[str, Any], limits: CardLimits) -> None:
         raise ConfigError("card.image_size", f"must be a positive integer, got {size!r}")
     if size > limits.max_image_size:
         raise ConfigError("card.image_size", f"{size} px is larger than the {limits.max_image_size} px "
-                                             f"accepted{limits.hint}")
+                                             f"accepted{limits.image_size_hint}")
     try:
         check_input_size(card["arch"], size)
     except ConfigError as exc:

@@ -35,7 +35,7 @@ _engines: dict[tuple[str, int], Engine] = {}
 SQLITE_CONNECTIONS = 100
 #: Seconds a writer waits for its turn (the process's lock, then SQLite's lock) before "database is locked".
 SQLITE_BUSY_S = 30.0
-_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC", "UPSERT")
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")
 _write_locks: dict[tuple[str, int], threading.Lock] = {}
 
 

@@ -192,7 +192,10 @@ class _Collector:
 
     def finish(self, parser: MultipartParser) -> None:
         """End of the body: the form must have had its file part; every field must be storable."""
-        parser.finalize()
+        try:
+            parser.finalize()
+        except Exception as exc:
+            raise _refuse(422, "validation_error", "body", f"malformed multipart data ({exc})") from exc
         if self.filename is None:
             raise _refuse(422, "validation_error", "file", "a multipart part named 'file' is required")
         for name, value in self.fields.items():

@@ -128,7 +128,7 @@ def card_limits(ctx: ServiceContext) -> Any:
     from midre.models.external import CardLimits
 
     return CardLimits(max_classes=ctx.settings.max_model_classes, max_image_size=ctx.settings.max_model_image_size,
-                      hint=" (MIDRE_MAX_MODEL_CLASSES, MIDRE_MAX_MODEL_IMAGE_SIZE)")
+                      classes_hint=" (MIDRE_MAX_MODEL_CLASSES)", image_size_hint=" (MIDRE_MAX_MODEL_IMAGE_SIZE)")
 
 
 def _check_upload(ctx: ServiceContext, weights: Path, card: dict[str, Any], save_to: Path) -> dict[str, Any]:
