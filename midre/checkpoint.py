@@ -114,110 +114,60 @@ def card_normalization(card: dict[str, Any]):
     return Normalization(tuple(norm["mean"]), tuple(norm["std"])) if norm else None
 
 
-#: Card fields a model trained elsewhere must (or may) give; everything else of a card is kept as is.
-CARD_REQUIRED = ("arch", "image_size", "channels")
-
-
-def check_external_checkpoint(weights: str | Path, card: dict[str, Any]) -> dict[str, Any]:
+def check_external_checkpoint(
+    weights: str | Path, card: dict[str, Any], *, limits: Any = None, save_to: str | Path | None = None
+) -> dict[str, Any]:
     """Check a model trained elsewhere (a safetensors state dict + its card) and return its full card.
 
     The card needs ``arch`` (a registered architecture), ``num_classes`` or ``class_names``,
-    ``image_size``, ``channels`` and optionally ``normalization`` (``{"mean", "std"}``, one value per
-    channel; absent: inputs in [0, 1]). A ``model.json`` written by :func:`midre.train.train` is
-    accepted as it is. The weights are read with safetensors (never unpickled), must fit the
-    architecture exactly (no missing, extra or mis-shaped tensors), and one forward pass on a dummy
-    batch must give ``[N, num_classes]`` finite logits.
+    ``image_size``, ``channels`` and optionally ``normalization`` (``{"mean", "std"}``, one finite
+    value per channel, std > 0; absent: inputs in [0, 1]). A ``model.json`` written by
+    :func:`midre.train.train` is accepted as it is. Checks run cheapest first, so a bad card costs
+    no memory (see :mod:`midre.models.external`): the card alone within ``limits``
+    (:class:`~midre.models.external.CardLimits`), then the file's header (the final layer's rows
+    must be the card's classes), and only then the model is built; the weights are read with
+    safetensors (never unpickled), must fit it exactly, in this project's key layout or the
+    architecture's foreign one (torchvision's own state dicts for the torchvision families), and
+    one forward pass on a dummy batch must give ``[N, num_classes]`` finite logits.
+
+    Args:
+        weights: the safetensors file.
+        card: the card (parsed JSON).
+        limits: a :class:`~midre.models.external.CardLimits` (default: its defaults).
+        save_to: where to write the checked weights in this project's layout (what
+            :func:`load_checkpoint` reads); None writes nothing.
 
     Raises:
         ConfigError: ``field`` is ``card.<key>`` or ``file`` (the weights).
     """
-    from midre.errors import ConfigError
+    from safetensors import SafetensorError
 
-    if not isinstance(card, dict):
-        raise ConfigError("card", "must be a JSON object")
-    num_classes = _check_card(card)
-    full = {**card, "num_classes": num_classes}
+    from midre.errors import ConfigError
+    from midre.models.external import CardLimits, check_card, check_head, read_shapes, to_own_layout
+
+    limits = limits or CardLimits()
+    full = check_card(card, limits)
+    check_head(read_shapes(weights, limits.max_header_bytes), full)
     try:
         model = build_from_card(full)
     except ConfigError as exc:
         raise exc.within("card") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError("card", str(exc)) from exc
-    _load_exactly(model, weights, f"a {card['arch']!r} with {num_classes} classes")
-    model.eval()
-    side = card["image_size"]
-    with torch.no_grad():
-        logits = model(torch.rand(2, card["channels"], side, side))
-    if tuple(logits.shape) != (2, num_classes) or not bool(torch.isfinite(logits).all()):
-        raise ConfigError("file", f"a forward pass gives {tuple(logits.shape)} (finite: "
-                                  f"{bool(torch.isfinite(logits).all())}), expected (2, {num_classes})")
-    return full
-
-
-def _check_card(card: dict[str, Any]) -> int:
-    """Check an external model's card field by field; returns its number of classes.
-
-    Raises:
-        ConfigError: ``field`` is ``card.<key>``.
-    """
-    from midre.errors import ConfigError
-    from midre.models import check_input_size, list_models
-
-    for key in CARD_REQUIRED:
-        if key not in card:
-            raise ConfigError(f"card.{key}", "is required")
-    if card["arch"] not in list_models():
-        raise ConfigError("card.arch", f"unknown architecture {card['arch']!r}; known: {', '.join(list_models())}")
-    names = card.get("class_names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise ConfigError("card.class_names", "must be a list of identity names")
-    num_classes = card.get("num_classes", len(names) if names else None)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 1_000_000:
-        raise ConfigError("card.num_classes", f"must be an integer >= 2 (or give class_names), got {num_classes!r}")
-    if names is not None and len(names) != num_classes:
-        raise ConfigError("card.class_names", f"has {len(names)} names for {num_classes} classes")
-    if card["channels"] not in (1, 3) or isinstance(card["channels"], bool):
-        raise ConfigError("card.channels", f"must be 1 or 3, got {card['channels']!r}")
-    try:
-        check_input_size(card["arch"], card["image_size"])
-    except ConfigError as exc:
-        raise exc.within("card") from None
-    norm = card.get("normalization")
-    if norm is not None:
-        ok = isinstance(norm, dict) and all(
-            isinstance(norm.get(k), list) and len(norm[k]) == card["channels"]
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in norm[k]) for k in ("mean", "std")
-        )
-        if not ok or any(v <= 0 for v in norm["std"]):
-            raise ConfigError("card.normalization", "must be {\"mean\": [...], \"std\": [...]} with one value per "
-                                                   "channel and std > 0")
-    return num_classes
-
-
-def _load_exactly(model: torch.nn.Module, weights: str | Path, what: str) -> None:
-    """Read ``weights`` with safetensors (never unpickled) and load them only if they fit ``model``
-    exactly: no missing, extra or mis-shaped tensor (``what`` names the architecture in the error).
-
-    Raises:
-        ConfigError: ``field`` is ``file``.
-    """
-    from safetensors import SafetensorError
-
-    from midre.errors import ConfigError
-
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError("file", f"not a readable safetensors file ({exc})") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise ConfigError("file", f"does not fit {what}: missing "
-                                  f"{missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                                  f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise ConfigError("file", f"tensor {name!r} has shape {tuple(tensor.shape)}, the architecture needs "
-                                      f"{tuple(expected[name].shape)}")
-    model.load_state_dict(state, strict=True)
+    state = to_own_layout(model, state, full)
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    side, classes = full["image_size"], full["num_classes"]
+    with torch.no_grad():
+        logits = model(torch.rand(2, full["channels"], side, side))
+    if tuple(logits.shape) != (2, classes) or not bool(torch.isfinite(logits).all()):
+        raise ConfigError("file", f"a forward pass gives {tuple(logits.shape)} (finite: "
+                                  f"{bool(torch.isfinite(logits).all())}), expected (2, {classes})")
+    if save_to is not None:
+        own = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(own, str(save_to), metadata={"format": "pt", "arch": str(full["arch"])})
+    return full

@@ -87,7 +87,29 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(
         1024**3, ge=1, description="Largest model file accepted by POST /v1/models (safetensors weights)."
     )
-    max_archive_files: int = Field(200_000, ge=1, description="Most files an archive may hold.")
+    max_model_classes: int = Field(
+        100_000, ge=2, description="Most classes (identities) of a model uploaded to POST /v1/models (422 past it)."
+    )
+    max_model_image_size: int = Field(
+        512, ge=16, le=4096,
+        description="Largest input side of an uploaded model, in pixels (422 past it): every predict and attack "
+        "on the model costs in proportion to its square.",
+    )
+    max_archive_files: int = Field(
+        200_000, ge=1, description="Most entries an archive may hold; counted from its member list before anything "
+        "is extracted.",
+    )
+    upload_workers: int = Field(
+        2, ge=1, le=64,
+        description="Uploads (dataset archives, models) checked at once per API process, in worker threads; "
+        "more wait their turn. The event loop never runs this work.",
+    )
+    orphan_grace_s: float = Field(
+        3600.0, gt=0,
+        description="Age after which a partial upload, an extraction folder without its dataset or a stored file "
+        "no artifact refers to is deleted (by the reaper, and when the API starts). A partial upload whose API "
+        "process is gone is deleted at once.",
+    )
     max_extracted_bytes: int = Field(
         4 * 1024**3, ge=1, description="Most bytes an archive may expand to (zip-bomb guard)."
     )

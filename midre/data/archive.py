@@ -7,15 +7,20 @@ nothing in them:
   NUL bytes refuse the whole archive, as do symlinks, hard links, devices, FIFOs and encrypted
   members (`DatasetError` naming the member); nothing is written for a refused archive and anything
   already written is removed again;
-* more than ``max_files`` entries (of any kind) refuses the archive, checked while the member list
-  is read, so a million-entry archive is not listed in full;
+* more than ``max_files`` entries (of any kind) refuses the archive, counted from the member list
+  before anything is created (a zip's central directory; a tar's headers, read in a first pass that
+  writes nothing), so refusing a many-entry archive costs a listing, never the creation and removal
+  of its files; every other check that needs no member data (names, types, sizes) runs then too;
 * more than ``max_total_bytes`` uncompressed refuses it; the sizes the headers declare are summed
   first, and the bytes actually written are counted as well (a member may not produce more than its
   header says), so a zip bomb costs at most ``max_total_bytes`` of work and disk;
 * files are only ever created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` under a destination that must
   be empty, at paths built from the checked components (no ``TarFile.extract``/``extractall``);
 * hidden members (``.*``, ``__MACOSX``) and non-image members are skipped and reported, never
-  written; so are images lying directly in the data root, outside any identity folder.
+  written; so are images lying directly in the data root, outside any identity folder;
+* a member named as an image whose first bytes are no image format's signature refuses the archive
+  when it is reached, before its bytes are written (it could never decode): thousands of junk "images"
+  cost one member's work, not thousands of files.
 
 A single top-level folder wrapping the identity folders (``faces/s1/1.png``) is unwrapped: the
 report's ``root`` points at ``dest/faces``.
@@ -56,6 +61,16 @@ RATIO_FLOOR_BYTES = 64 * 2**20
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+#: Leading bytes of the formats `midre.data.images.ALLOWED_FORMATS` decodes (PGM/PPM: ``P`` + a digit).
+_IMAGE_SIGNATURES: tuple[bytes, ...] = (
+    b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+    *(b"P" + bytes([c]) for c in b"1234567fF"),
+)
+
+
+def looks_like_image(head: bytes) -> bool:
+    """True when ``head`` (a file's first bytes) starts like a PNG, JPEG, GIF, BMP, TIFF, WebP or PGM/PPM file."""
+    return head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
 def is_archive_path(path: str | os.PathLike[str]) -> bool:
@@ -257,7 +272,15 @@ def _write_member(member: _Member, target: Path, label: str, budget: int) -> int
     with os.fdopen(fd, "wb") as out:
         try:
             with member.open() as src:
-                while chunk := src.read(_CHUNK):
+                first = src.read(_CHUNK)
+                if not looks_like_image(first):
+                    raise DatasetError(
+                        f"{label}!{member.name}: not an image (its first bytes match no PNG, JPEG, GIF, BMP, TIFF, "
+                        "WebP or PGM/PPM file)",
+                        path=member.name,
+                    )
+                chunk = first
+                while chunk:
                     written += len(chunk)
                     if written > member.size:
                         raise DatasetError(
@@ -272,6 +295,7 @@ def _write_member(member: _Member, target: Path, label: str, budget: int) -> int
                             field="max_total_bytes",
                         )
                     out.write(chunk)
+                    chunk = src.read(_CHUNK)
         except DatasetError:
             raise
         except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError, RuntimeError, ValueError) as exc:
@@ -436,6 +460,9 @@ def safe_extract(
     created = not out.exists()
     if not created and (not out.is_dir() or out.is_symlink() or any(out.iterdir())):
         raise DatasetError(f"dest: {out} must be an empty folder", path=str(out), field="dest")
+    # Every check that needs no member data (count, names, types, declared sizes) runs before anything
+    # is created: a tar lists its members only as it is read, so it is read once without writing.
+    _process(archive, None, max_files, max_total_bytes)
     out.mkdir(parents=True, exist_ok=True)
     try:
         report = _process(archive, out, max_files, max_total_bytes)

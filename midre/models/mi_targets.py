@@ -108,7 +108,8 @@ class MIVGG16(ClassifierModel):
         return "backbone." + key
 
 
-@register_model("vgg16", min_image_size=32)
+@register_model("vgg16", min_image_size=32, foreign_head="fc_layer",
+                foreign_source="the MI literature's VGG16 checkpoints (GMI / KEDMI layout)")
 def vgg16(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
     """MI-literature VGG16 target (GMI/KEDMI 'VGG16'); feature_dim 2048 at 64x64.
 
@@ -274,7 +275,8 @@ def _ir_model(
     return IRClassifier(backbone, num_classes=num_classes, arch=arch, image_size=image_size, in_channels=in_channels)
 
 
-@register_model("ir152", min_image_size=16)
+@register_model("ir152", min_image_size=16, foreign_head="fc_layer",
+                foreign_source="the MI literature's IR152 checkpoints (GMI / KEDMI layout)")
 def ir152(
     *, num_classes: int, image_size: int, in_channels: int, unit: str = "arcface", dropout: float = 0.5
 ) -> ClassifierModel:
@@ -305,7 +307,8 @@ def ir152(
     )
 
 
-@register_model("facenet64", min_image_size=16)
+@register_model("facenet64", min_image_size=16, foreign_head="fc_layer",
+                foreign_source="the MI literature's FaceNet64 checkpoints (GMI / KEDMI layout)")
 def facenet64(
     *, num_classes: int, image_size: int, in_channels: int, unit: str = "arcface", dropout: float = 0.5
 ) -> ClassifierModel:

@@ -38,6 +38,11 @@ class ModelInfo:
         image_size_multiple: ``image_size`` must be a multiple of this.
         summary: first line of the builder's docstring.
         options: the extra keyword arguments the builder accepts.
+        foreign_head: dotted name of the final linear layer in the state dicts of the code base the
+            architecture comes from (torchvision's ``fc``, the MI literature's ``fc_layer``), None
+            when only this project's own layout exists. Lets a weights file's number of classes be
+            read from its header, before anything is built.
+        foreign_source: what those state dicts are, for messages (``torchvision.models.resnet18``).
     """
 
     name: str
@@ -46,6 +51,8 @@ class ModelInfo:
     image_size_multiple: int
     summary: str
     options: tuple[str, ...]
+    foreign_head: str | None = None
+    foreign_source: str | None = None
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -55,13 +62,22 @@ def _canonical(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-def register_model(name: str, *, min_image_size: int = 32, image_size_multiple: int = 1) -> Callable[[B], B]:
+def register_model(
+    name: str,
+    *,
+    min_image_size: int = 32,
+    image_size_multiple: int = 1,
+    foreign_head: str | None = None,
+    foreign_source: str | None = None,
+) -> Callable[[B], B]:
     """Register ``builder`` under ``name`` (decorator).
 
     Args:
         name: the registry name (matched case-insensitively, ``_`` and ``-`` alike).
         min_image_size: the smallest square input side the architecture accepts.
         image_size_multiple: the input side must be a multiple of this.
+        foreign_head: the final linear layer's name in foreign state dicts (see :class:`ModelInfo`).
+        foreign_source: what those foreign state dicts are (see :class:`ModelInfo`).
 
     Raises:
         ValueError: ``name`` (or its canonical form) is registered already.
@@ -82,6 +98,8 @@ def register_model(name: str, *, min_image_size: int = 32, image_size_multiple: 
             image_size_multiple=image_size_multiple,
             summary=doc.splitlines()[0] if doc else "",
             options=tuple(p for p in params if p not in _COMMON_ARGS),
+            foreign_head=foreign_head,
+            foreign_source=foreign_source,
         )
         return builder
 

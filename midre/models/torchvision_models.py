@@ -179,7 +179,10 @@ for _name, _dim in (
     ("resnet101", 2048),
     ("resnet152", 2048),
 ):
-    register_model(_name, min_image_size=32)(_resnet_builder(_name, _dim))
+    register_model(_name, min_image_size=32, foreign_head=_RESNET.head,
+                   foreign_source=f"torchvision.models.{_name} (timm's {_name} has the same keys)")(
+        _resnet_builder(_name, _dim)
+    )
 
 
 # --- DenseNet ---------------------------------------------------------------------------------
@@ -226,7 +229,10 @@ def _densenet_builder(name: str, feature_dim: int) -> Callable[..., ClassifierMo
 
 
 for _name, _dim in (("densenet121", 1024), ("densenet169", 1664)):
-    register_model(_name, min_image_size=32)(_densenet_builder(_name, _dim))
+    register_model(_name, min_image_size=32, foreign_head=_DENSENET.head,
+                   foreign_source=f"torchvision.models.{_name} (timm's {_name} has the same keys)")(
+        _densenet_builder(_name, _dim)
+    )
 
 
 # --- VGG16-BN (torchvision, with its two 4096-wide FC layers) ---------------------------------
@@ -244,7 +250,8 @@ _VGG16_BN = _Spec(
 )
 
 
-@register_model("vgg16_bn", min_image_size=32)
+@register_model("vgg16_bn", min_image_size=32, foreign_head=_VGG16_BN.head,
+                foreign_source="torchvision.models.vgg16_bn")
 def vgg16_bn(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
     """torchvision vgg16_bn (Simonyan & Zisserman, ICLR 2015); feature_dim 4096.
 
@@ -277,7 +284,8 @@ _EFFICIENTNET = _Spec(
 )
 
 
-@register_model("efficientnet_b0", min_image_size=32)
+@register_model("efficientnet_b0", min_image_size=32, foreign_head=_EFFICIENTNET.head,
+                foreign_source="torchvision.models.efficientnet_b0")
 def efficientnet_b0(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
     """torchvision efficientnet_b0 (Tan & Le, ICML 2019, https://arxiv.org/abs/1905.11946); feature_dim 1280.
 
@@ -316,7 +324,8 @@ def maxvit_partition_size(image_size: int, preferred: int = 7) -> int:
     return max(p for p in range(1, min(preferred, final) + 1) if final % p == 0)
 
 
-@register_model("maxvit_t", min_image_size=64, image_size_multiple=32)
+@register_model("maxvit_t", min_image_size=64, image_size_multiple=32, foreign_head=_MAXVIT.head,
+                foreign_source="torchvision.models.MaxVit built with the same partition size")
 def maxvit_t(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
     """torchvision MaxViT-T (Tu et al., "MaxViT: Multi-Axis Vision Transformer", ECCV 2022,
     https://arxiv.org/abs/2204.01697); feature_dim 512.
@@ -373,7 +382,8 @@ _GOOGLENET = _Spec(
 )
 
 
-@register_model("inception-v1", min_image_size=32)
+@register_model("inception-v1", min_image_size=32, foreign_head=_GOOGLENET.head,
+                foreign_source="torchvision.models.googlenet(aux_logits=False, transform_input=False)")
 def inception_v1(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
     """torchvision GoogLeNet / Inception-v1 (Szegedy et al., "Going Deeper with Convolutions",
     CVPR 2015, https://arxiv.org/abs/1409.4842); feature_dim 1024.

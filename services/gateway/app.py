@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 
@@ -36,6 +36,7 @@ from services.gateway.routers import (
     predict,
     webhooks,
 )
+from services.gateway.strings import refuse_unstorable
 from services.gateway.ttl_cache import TTLCache
 from services.gateway.ui import install_ui
 from services.integrations.webhooks import WebhookDeliverer
@@ -45,6 +46,7 @@ from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
 from services.storage import LocalStore
+from services.storage.orphans import sweep_store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=DESCRIPTION,
         lifespan=_lifespan(settings, serving),
+        dependencies=[Depends(refuse_unstorable)],  # a NUL the database would refuse is a 422, never a 500
         docs_url=None,  # /docs and /redoc come from install_docs: local assets, no CDN
         redoc_url=None,
         openapi_tags=OPENAPI_TAGS,
@@ -73,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_ui(app)  # the dashboard (/ui/) and `/` -> /ui/, registered before the docs' own `/`
     install_docs(app)
     image_bytes = serving.settings.max_request_bytes  # a predict / infer body, JSON or multipart, at most this
-    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings.max_json_bytes, image_bytes))
+    app.add_middleware(BodyLimitMiddleware, limit_for=route_limits(settings, image_bytes))
     _install_metrics(app, ctx, serving)
     routers = [module.router for module in ROUTERS]
     for router in routers:
@@ -102,14 +105,16 @@ def service_context(settings: Settings) -> ServiceContext:
 
 
 def _lifespan(settings: Settings, serving: ServingRuntime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Start-up and shut-down of one API process: migrations (when ``MIDRE_AUTO_MIGRATE``), the library
-    preload, the serving runtime's usage flusher and, with ``MIDRE_WEBHOOKS_IN_API``, an outbox deliverer."""
+    """Start-up and shut-down of one API process: migrations (when ``MIDRE_AUTO_MIGRATE``), the store's
+    orphans swept, the library preload, the serving runtime's usage flusher and, with ``MIDRE_WEBHOOKS_IN_API``, an outbox deliverer."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         settings.ensure_dirs()
         if settings.auto_migrate:
             await run_in_threadpool(upgrade, settings.db_url)
+        # What a killed process left in the store (partial uploads, orphan blobs) goes before serving.
+        await run_in_threadpool(sweep_store, settings, session_factory(settings.db_url, settings.pool), True)
         # Job specs are validated against the library: import it now, not in the first request.
         await run_in_threadpool(preload_library)
         serving.start()  # writes the query counts of unbudgeted models every MIDRE_SERVE_USAGE_FLUSH_S

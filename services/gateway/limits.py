@@ -1,9 +1,12 @@
-"""Body size limits per route, enforced before a body is read (and while it streams).
+"""One body-size policy for every route and content type, enforced before a body is read (and while it streams).
 
 A JSON spec has no business being megabytes; a predict request carries at most
-``MIDRE_SERVE_MAX_IMAGES`` images of ``MIDRE_SERVE_MAX_IMAGE_BYTES``; uploads (datasets, models)
-stream to disk under their own caps. A declared ``Content-Length`` past the route's limit is a 413
-before a byte is read; a chunked body is cut off at the limit.
+``MIDRE_SERVE_MAX_IMAGES`` images of ``MIDRE_SERVE_MAX_IMAGE_BYTES``; an upload (``multipart/form-data``
+to a dataset or model upload route) carries one file under its own cap plus a few small fields.
+Every other body, whatever its content type (a JSON registration sent to the upload route
+included), gets the JSON cap. A declared ``Content-Length`` past the limit is a 413 before a byte
+is read; a chunked body is cut off at the limit. The upload routes apply the same caps again, per
+part, while they parse (:mod:`services.gateway.uploads`).
 """
 
 from __future__ import annotations
@@ -15,38 +18,47 @@ from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import ApiError, FieldError, problem_response
+from services.gateway.uploads import FRAMING_BYTES, MAX_CARD_BYTES, MAX_FIELD_BYTES
+from services.settings import Settings
 
-#: Routes that stream their body to disk under their own cap (``MIDRE_MAX_UPLOAD_BYTES``, ``..._MODEL_BYTES``).
-STREAMED = (("POST", re.compile(r"^/v1/datasets/?$")), ("POST", re.compile(r"^/v1/models/?$")),
-            ("POST", re.compile(r"^/ui/datasets/?$")))  # the dashboard's upload form
+_DATASETS = re.compile(r"^/(?:v1|ui)/datasets/?$")  # the API's and the dashboard's upload form
+_MODELS = re.compile(r"^/v1/models/?$")
 #: Routes that carry images (the dashboard's "try it" form too).
 IMAGES = (("POST", re.compile(r"^/v1/models/[^/]+/predict$")), ("POST", re.compile(r"^/v2/models/[^/]+/infer$")),
           ("POST", re.compile(r"^/ui/models/[^/]+/try$")))
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 
+#: ``(method, path, content type) -> (the most body bytes accepted, the field a 413 names)``.
+LimitFor = Callable[[str, str, str], tuple[int, str]]
 
-def route_limits(json_bytes: int, image_bytes: int) -> Callable[[str, str], int | None]:
-    """``(method, path) -> the most body bytes accepted`` (None: the route enforces its own cap)."""
 
-    def limit(method: str, path: str) -> int | None:
-        if any(m == method and p.match(path) for m, p in STREAMED):
-            return None
+def route_limits(settings: Settings, image_bytes: int) -> LimitFor:
+    """The policy for ``settings``: upload caps for uploads, the image cap for images, else the JSON cap."""
+    uploads = settings.max_upload_bytes + MAX_FIELD_BYTES + FRAMING_BYTES
+    models = settings.max_model_bytes + MAX_CARD_BYTES + FRAMING_BYTES
+
+    def limit(method: str, path: str, content_type: str) -> tuple[int, str]:
+        if method == "POST" and content_type.startswith("multipart/form-data"):
+            if _DATASETS.match(path):
+                return uploads, "file"
+            if _MODELS.match(path):
+                return models, "file"
         if any(m == method and p.match(path) for m, p in IMAGES):
-            return image_bytes
-        return json_bytes
+            return image_bytes, "body"
+        return settings.max_json_bytes, "body"
 
     return limit
 
 
-def _too_large(limit: int) -> ApiError:
+def _too_large(limit: int, field: str) -> ApiError:
     message = f"the request body is larger than the {limit} bytes this operation accepts"
-    return ApiError(413, "too_large", message, errors=[FieldError(field="body", message=message)])
+    return ApiError(413, "too_large", message, errors=[FieldError(field=field, message=message)])
 
 
 class BodyLimitMiddleware:
     """Pure ASGI middleware applying :func:`route_limits`."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int | None]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: LimitFor) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -54,13 +66,12 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in BODYLESS:
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["method"], scope["path"])
-        if limit is None:
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        headers = dict(scope.get("headers") or [])
+        content_type = headers.get(b"content-type", b"").decode("latin-1").lower()
+        limit, field = self.limit_for(scope["method"], scope["path"], content_type)
+        declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            error = _too_large(limit)
+            error = _too_large(limit, field)
             response = problem_response(Request(scope), 413, error.code, error.detail, error.errors)
             await response(scope, receive, send)
             return
@@ -72,7 +83,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _too_large(limit)
+                    raise _too_large(limit, field)
             return message
 
         await self.app(scope, limited, send)

@@ -1,30 +1,84 @@
-"""Streaming ``multipart/form-data`` upload with a hard size cap.
+"""Streaming ``multipart/form-data`` upload with hard caps, and the threads upload work runs in.
 
 FastAPI's ``UploadFile`` would spool the whole body before the handler runs; here the body is read
 chunk by chunk, the file part is written to a scratch file while it is hashed, and reading stops
-(413, file deleted) as soon as the cap is passed. A ``Content-Length`` above the cap is refused
-before a byte is read.
+(413, file deleted) as soon as a cap is passed: the file's size, each text field's size, the number
+of parts and each part's headers. A ``Content-Length`` above the cap is refused before a byte
+is read (the body-size middleware, :mod:`services.gateway.limits`, does it first).
+
+Nothing of an upload runs on the event loop: the loop only gathers the received bytes; parsing,
+hashing and writing run in worker threads in batches (:func:`in_io_thread`), and the checks of a
+received upload (extraction, image decoding, a model's forward pass) in at most
+``MIDRE_UPLOAD_WORKERS`` threads per process (:func:`in_check_thread`). A slow or hostile upload
+therefore costs other requests no event-loop time.
+
+The scratch file is named after its tenant and its API process (:func:`services.storage.orphans.scratch_prefix`),
+so the tenant's storage counts uploads still in flight and the reaper deletes one whose process died.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tempfile
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from services.gateway.errors import ApiError, FieldError
+from services.ops.quotas import check_storage
+from services.storage.orphans import scratch_prefix
+
+if TYPE_CHECKING:
+    from services.gateway.deps import ServiceContext
+
+T = TypeVar("T")
 
 #: Room for the multipart framing and small text fields on top of the file cap.
 FRAMING_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 1024
+#: The largest model card (JSON text) a model upload may carry.
+MAX_CARD_BYTES = 1024 * 1024
+#: Received bytes handed to the parser (in a worker thread) at a time.
 FLUSH_BYTES = 1024 * 1024
+#: Most parts in one upload form (the routes use three: ``file``, ``name``, ``card`` or ``csrf``).
+MAX_PARTS = 16
+#: Most headers of one part, and most bytes of one header line (names, content type, file name).
+MAX_PART_HEADERS = 8
+MAX_PART_HEADER_BYTES = 4096
+#: Threads that parse and write received upload bytes at once, per event loop.
+IO_THREADS = 8
+
+_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limiter(kind: str, tokens: int) -> anyio.CapacityLimiter:
+    """The running loop's limiter ``kind`` (asyncio primitives belong to one loop; tests run several)."""
+    per_loop = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
+    limiter = per_loop.get(kind)
+    if limiter is None:
+        limiter = per_loop[kind] = anyio.CapacityLimiter(tokens)
+    return limiter
+
+
+async def in_io_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run short file-system work (write, unlink, parse a batch) in a worker thread, :data:`IO_THREADS` at once."""
+    return await anyio.to_thread.run_sync(func, *args, limiter=_limiter("io", IO_THREADS))
+
+
+async def in_check_thread(workers: int, func: Callable[..., T], *args: Any) -> T:
+    """Run the check of a received upload in a worker thread, at most ``workers`` at once per process."""
+    return await anyio.to_thread.run_sync(func, *args, limiter=_limiter("checks", workers))
 
 
 @dataclass
@@ -43,20 +97,27 @@ def _refuse(status: int, code: str, field: str, message: str) -> ApiError:
 
 
 class _Collector:
-    """Multipart parser callbacks: the ``file`` part goes to disk, small text fields to memory."""
+    """Multipart parser callbacks: the ``file`` part goes to disk, small text fields to memory.
+
+    Runs in a worker thread (see :func:`receive_file`); ``on_file`` is called with the text fields
+    seen so far when the file part starts, so a form's token can be checked before its file is read.
+    """
 
     def __init__(self, out: tempfile._TemporaryFileWrapper[bytes], max_bytes: int,
-                 max_field_bytes: int = MAX_FIELD_BYTES) -> None:
+                 max_field_bytes: int = MAX_FIELD_BYTES,
+                 on_file: Callable[[dict[str, str]], None] | None = None) -> None:
         self.out = out
         self.max_bytes = max_bytes
         self.max_field_bytes = max_field_bytes
+        self.on_file = on_file
         self.digest = hashlib.sha256()
         self.size = 0
         self.buffer = bytearray()
         self.filename: str | None = None
         self.fields: dict[str, str] = {}
-        self._header_field = b""
-        self._header_value = b""
+        self.parts = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
         self._name: str | None = None
         self._is_file = False
@@ -65,23 +126,23 @@ class _Collector:
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self.on_part_begin,
-            "on_header_field": lambda d, s, e: self._add("_header_field", d[s:e]),
-            "on_header_value": lambda d, s, e: self._add("_header_value", d[s:e]),
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
             "on_part_data": self.on_part_data,
             "on_part_end": self.on_part_end,
         }
 
-    def _add(self, attr: str, data: bytes) -> None:
-        setattr(self, attr, getattr(self, attr) + data)
-
     def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise _refuse(413, "too_large", "body", f"the form has more than {MAX_PARTS} parts")
         self._headers, self._name, self._is_file, self._value = {}, None, False, bytearray()
 
     def on_header_end(self) -> None:
-        self._headers[self._header_field.decode("latin-1").lower()] = self._header_value
-        self._header_field, self._header_value = b"", b""
+        self._headers[self._header_field.decode("latin-1").lower()] = bytes(self._header_value)
+        self._header_field, self._header_value = bytearray(), bytearray()
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get("content-disposition", b""))
@@ -92,6 +153,8 @@ class _Collector:
             if self.filename is not None:
                 raise _refuse(422, "validation_error", "file", "send exactly one file part")
             self.filename = (filename or b"upload").decode("utf-8", "replace")
+            if self.on_file is not None:
+                self.on_file(dict(self.fields))
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -110,9 +173,46 @@ class _Collector:
         if not self._is_file and self._name:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
 
+    def feed(self, parser: MultipartParser, data: bytes) -> None:
+        """Parse ``data`` and write what the file part got (in a worker thread)."""
+        try:
+            parser.write(data)
+        except ApiError:
+            raise
+        except MultipartParseError as exc:
+            if str(exc).startswith("Maximum header"):  # the parser's own caps, set from ours
+                raise _refuse(413, "too_large", "body", f"a form part has more than {MAX_PART_HEADERS} headers or "
+                                                        f"a header line over {MAX_PART_HEADER_BYTES} bytes") from exc
+            raise _refuse(422, "validation_error", "body", f"malformed multipart data ({exc})") from exc
+        except Exception as exc:
+            raise _refuse(422, "validation_error", "body", f"malformed multipart data ({exc})") from exc
+        if self.buffer:
+            self.out.write(self.buffer)
+            self.buffer = bytearray()
+
+    def finish(self, parser: MultipartParser) -> None:
+        """End of the body: the form must have had its file part; every field must be storable."""
+        try:
+            parser.finalize()
+        except Exception as exc:
+            raise _refuse(422, "validation_error", "body", f"malformed multipart data ({exc})") from exc
+        if self.filename is None:
+            raise _refuse(422, "validation_error", "file", "a multipart part named 'file' is required")
+        for name, value in self.fields.items():
+            if "\x00" in value:
+                raise _refuse(422, "validation_error", name, "must not contain a NUL character")
+        self.out.write(self.buffer)
+        self.out.close()
+
+
+def _discard(out: tempfile._TemporaryFileWrapper[bytes]) -> None:
+    out.close()
+    os.unlink(out.name)
+
 
 async def receive_file(
-    request: Request, scratch_dir: Path, max_bytes: int, max_field_bytes: int = MAX_FIELD_BYTES
+    request: Request, scratch_dir: Path, max_bytes: int, max_field_bytes: int = MAX_FIELD_BYTES,
+    on_file: Callable[[dict[str, str]], None] | None = None,
 ) -> UploadedFile:
     """Stream the ``file`` part of a multipart request into ``scratch_dir``.
 
@@ -121,60 +221,80 @@ async def receive_file(
         scratch_dir: folder for the received file (on the same filesystem as its final place).
         max_bytes: the largest file accepted.
         max_field_bytes: the largest text field accepted (e.g. a JSON model card).
+        on_file: called (in a worker thread) with the text fields sent before the file part, when it
+            starts; an :class:`ApiError` it raises refuses the upload before the file is read.
 
     Returns:
         The received file; the caller deletes ``path`` when done with it.
 
     Raises:
-        ApiError: 413 past the cap, 422 for a malformed body or a missing ``file`` part. No file
-            is left behind in either case.
+        ApiError: 413 past a cap, 422 for a malformed body or a missing ``file`` part, or what
+            ``on_file`` raised. No file is left behind in any case.
     """
+    limit = max_bytes + max_field_bytes + FRAMING_BYTES
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + max_field_bytes + FRAMING_BYTES:
+    if declared and declared.isdigit() and int(declared) > limit:
         raise _refuse(413, "too_large", "file", f"upload exceeds the {max_bytes}-byte limit")
     _, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if not boundary:
         raise _refuse(422, "validation_error", "body", "multipart boundary missing")
-    scratch_dir.mkdir(parents=True, exist_ok=True)
-    out = tempfile.NamedTemporaryFile(dir=scratch_dir, prefix="upload-", delete=False)  # noqa: SIM115
-    collector = _Collector(out, max_bytes, max_field_bytes)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
-    received = 0
+    out = await in_io_thread(_scratch_file, scratch_dir)
+    collector = _Collector(out, max_bytes, max_field_bytes, on_file)
+    parser = MultipartParser(boundary, collector.callbacks(), max_header_count=MAX_PART_HEADERS,  # type: ignore[arg-type]
+                             max_header_size=MAX_PART_HEADER_BYTES)
+    received, pending = 0, bytearray()
     try:
         async for chunk in request.stream():
             received += len(chunk)
-            if received > max_bytes + max_field_bytes + FRAMING_BYTES:
+            if received > limit:
                 raise _refuse(413, "too_large", "file", f"upload exceeds the {max_bytes}-byte limit")
-            try:
-                parser.write(chunk)
-            except ApiError:
-                raise
-            except Exception as exc:
-                raise _refuse(422, "validation_error", "body", f"malformed multipart data ({exc})") from exc
-            if len(collector.buffer) >= FLUSH_BYTES:
-                data, collector.buffer = bytes(collector.buffer), bytearray()
-                await anyio.to_thread.run_sync(out.write, data)
-        parser.finalize()
-        if collector.filename is None:
-            raise _refuse(422, "validation_error", "file", "a multipart part named 'file' is required")
-        await anyio.to_thread.run_sync(out.write, bytes(collector.buffer))
-        out.close()
+            pending += chunk
+            if len(pending) >= FLUSH_BYTES:
+                data, pending = bytes(pending), bytearray()
+                await in_io_thread(collector.feed, parser, data)
+        await in_io_thread(collector.feed, parser, bytes(pending))
+        await in_io_thread(collector.finish, parser)
     except ClientDisconnect as exc:
-        out.close()
-        os.unlink(out.name)
+        await in_io_thread(_discard, out)
         raise ApiError(400, "client_disconnected", "the upload was interrupted") from exc
     except BaseException:  # 413, 422, cancellation: nothing may stay on disk
-        out.close()
-        os.unlink(out.name)
+        _discard(out)
         raise
     return UploadedFile(
         path=Path(out.name),
-        filename=collector.filename,
+        filename=collector.filename or "upload",
         size=collector.size,
         sha256=collector.digest.hexdigest(),
         fields=collector.fields,
     )
+
+
+def _scratch_file(scratch_dir: Path) -> tempfile._TemporaryFileWrapper[bytes]:
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.NamedTemporaryFile(dir=scratch_dir, prefix=scratch_prefix(), delete=False)  # noqa: SIM115
+
+
+def remove_files(*paths: Path) -> None:
+    """Delete scratch files (in a worker thread: :func:`in_io_thread`)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def check_upload_quota(ctx: ServiceContext, tenant_id: str, upload: UploadedFile) -> None:
+    """The tenant's storage quota (blocking: a worker thread): what it stores, plus its other uploads
+    in flight on any API process sharing the store, plus this upload."""
+    pending = ctx.store.pending_upload_bytes(tenant_id, exclude=upload.path)
+    check_storage(ctx.sessions, ctx.settings, tenant_id, upload.size + pending)
+
+
+async def precheck_quota(ctx: ServiceContext, tenant_id: str, request: Request) -> None:
+    """Refuse an upload whose declared ``Content-Length`` cannot fit the tenant's storage quota,
+    before a byte of it is read (a body without a length is checked once received)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        pending = await in_io_thread(ctx.store.pending_upload_bytes, tenant_id)
+        await anyio.to_thread.run_sync(check_storage, ctx.sessions, ctx.settings, tenant_id, int(declared) + pending)
 
 
 def sniff_archive(path: Path) -> str | None:

@@ -67,9 +67,14 @@ _REFUSED = (
     ("is_loopback", "loopback"),
     ("is_link_local", "link-local"),
     ("is_multicast", "multicast"),
+    ("is_site_local", "site-local"),  # IPv6 fec0::/10: deprecated, but routed inside some networks
     ("is_private", "private"),
     ("is_reserved", "reserved"),
 )
+#: IPv6 unicast meant for the internet is 2000::/3 (RFC 4291); all else is local, special or unassigned.
+_GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
+#: Special-purpose blocks that ``ipaddress`` still calls global (IANA special-purpose registries).
+_NOT_GLOBAL = tuple(ipaddress.ip_network(n) for n in ("192.88.99.0/24", "3fff::/20", "2001:db8::/32"))
 
 
 def new_secret() -> str:
@@ -89,10 +94,12 @@ def address_problem(address: _Address) -> str | None:
         candidates += [a for a in embedded if a is not None]
     for candidate in candidates:
         for attribute, name in _REFUSED:
-            if getattr(candidate, attribute):
+            if getattr(candidate, attribute, False):
                 return f"a {name} address"
-        if not candidate.is_global:
+        if not candidate.is_global or any(candidate in net for net in _NOT_GLOBAL if net.version == candidate.version):
             return "not a public address"
+        if candidate is address and isinstance(address, ipaddress.IPv6Address) and address not in _GLOBAL_UNICAST_V6:
+            return "not a public address (outside IPv6 global unicast 2000::/3)"
     return None
 
 

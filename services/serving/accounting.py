@@ -3,12 +3,17 @@
 A query is one image. ``charge`` adds ``n`` to the key's count only while the count stays within
 the budget (``INSERT .. ON CONFLICT DO UPDATE .. WHERE`` on PostgreSQL and SQLite alike), so
 concurrent requests on several API replicas can never overspend it; a refused request adds 1 to
-``rejected`` instead.
+``rejected`` instead. The budget the ``WHERE`` compares with is read from ``model_policies`` in
+that very statement, not from a replica's cache: a budget set or lowered on one replica binds
+every database charge on every replica at once.
 
 A model *without* a budget has nothing to protect, so its counts need not hit the database on
 every request: :class:`UsageMeter` counts them in memory per (API key, model) and writes them in
 one transaction every ``MIDRE_SERVE_USAGE_FLUSH_S`` (and before anything reads the table, and at
-shutdown). Budgeted models always take the exact per-request ``charge``.
+shutdown). A replica learns that a model got a budget when its cached view of the model expires
+(2 s); meanwhile its in-memory counting is a lease of at most ``MIDRE_SERVE_USAGE_LEASE`` queries
+per key, after which the next request takes the exact database charge. A budget set under load is
+therefore overspent by at most that many queries per key and replica (0: never).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.db.models import ModelUsage
+from services.db.models import ModelPolicy, ModelUsage
 from services.db.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -53,21 +58,27 @@ def _insert(session: Session):  # noqa: ANN202 - dialect-specific Insert
     raise RuntimeError(f"query accounting needs PostgreSQL or SQLite, not {name}")
 
 
-def charge(session: Session, key_id: str, job_id: str, n: int, budget: int | None) -> Charge:
-    """Count ``n`` queries of ``key_id`` on ``job_id`` unless that would exceed ``budget``; commits."""
+#: Stands for "no budget" in the SQL comparison (larger than any count).
+_UNLIMITED = 2**62
+
+
+def charge(session: Session, key_id: str, job_id: str, n: int, budget: int | None = None) -> Charge:
+    """Count ``n`` queries of ``key_id`` on ``job_id`` unless that would exceed the model's budget; commits.
+
+    The budget that binds is the one in the database when the statement runs (``budget``, what the
+    caller's cache believes, is not used for the check); the answer carries it.
+    """
     now = utcnow()
     table = ModelUsage.__table__
+    current = select(ModelPolicy.budget).where(ModelPolicy.job_id == job_id)
+    budget = session.scalar(current)
     stmt = _insert(session).values(key_id=key_id, job_id=job_id, queries=n, rejected=0, last_at=now)
-    where = None if budget is None else (table.c.queries + n <= budget)
     stmt = stmt.on_conflict_do_update(
         index_elements=[table.c.key_id, table.c.job_id],
         set_={"queries": table.c.queries + n, "last_at": now},
-        where=where,
+        where=table.c.queries + n <= func.coalesce(current.scalar_subquery(), _UNLIMITED),
     ).returning(table.c.queries)
-    if budget is not None and n > budget:
-        count = None
-    else:
-        count = session.execute(stmt).scalar()
+    count = None if budget is not None and n > budget else session.execute(stmt).scalar()
     if count is not None:
         session.commit()
         return Charge(True, int(count), budget)
@@ -77,9 +88,11 @@ def charge(session: Session, key_id: str, job_id: str, n: int, budget: int | Non
         index_elements=[table.c.key_id, table.c.job_id],
         set_={"rejected": table.c.rejected + 1, "last_at": now},
     ).returning(table.c.queries)
-    current = int(session.execute(refused).scalar() or 0)
+    current_count = int(session.execute(refused).scalar() or 0)
+    now_budget = session.scalar(current)  # the one that refused it (it may have changed since the read above)
+    budget = budget if now_budget is None else now_budget
     session.commit()
-    return Charge(False, current, budget)
+    return Charge(False, current_count, budget)
 
 
 def reset(session: Session, job_id: str) -> None:
@@ -112,22 +125,31 @@ class UsageMeter:
     replica and never lower than this process's own queries; other replicas' queries show after
     the next flush. A failed flush keeps its counts for the next one.
 
+    The in-memory count of a pair is a lease: after ``lease`` queries counted here since this process
+    last charged the pair in the database, :meth:`add` answers None and the next request takes the
+    database charge, which sees a budget set meanwhile on any replica. So a budget set on another
+    replica is overspent by at most ``lease`` queries per key here, before this process's cached
+    view of the model expires.
+
     Args:
         sessions: session factory of the service database.
         enabled: False charges every request in the database (write-through).
+        lease: queries of a pair counted in memory between two database charges (0: every request).
     """
 
     #: Pairs whose count is remembered; past this the memory is cleared (they re-sync on demand).
     MAX_PAIRS = 100_000
 
-    def __init__(self, sessions: Callable[[], Session], *, enabled: bool = True) -> None:
+    def __init__(self, sessions: Callable[[], Session], *, enabled: bool = True, lease: int = 100) -> None:
         self.sessions = sessions
         self.enabled = enabled
+        self.lease = lease
         self._lock = threading.Lock()  # guards the dicts below (held for microseconds)
         self._flush_lock = threading.Lock()  # one flush at a time
         self._base: dict[Pair, int] = {}  # the DB count last seen by this process
         self._pending: dict[Pair, int] = {}  # counted here, not yet written
         self._inflight: dict[Pair, int] = {}  # being written by the running flush
+        self._since: dict[Pair, int] = {}  # counted here since the pair's last database charge (the lease)
         self.flushes = 0
 
     @property
@@ -152,25 +174,31 @@ class UsageMeter:
         pair = (key_id, job_id)
         with self._lock:
             base = self._base.get(pair)
-            if base is None:
+            since = self._since.get(pair, 0) + n
+            if base is None or since > self.lease:
                 return None
+            self._since[pair] = since
             pending = self._pending.get(pair, 0) + n
             self._pending[pair] = pending
             return base + self._inflight.get(pair, 0) + pending
 
     def charge(self, session: Session, key_id: str, job_id: str, n: int, budget: int | None) -> Charge:
-        """The exact, atomic :func:`charge` (blocking). A budgeted charge first writes what this
-        process counted for the pair, so the budget check sees every query; an unbudgeted one
-        teaches :meth:`add` the pair's count."""
+        """The exact, atomic :func:`charge` (blocking). It first writes what this process counted,
+        so the database's budget check sees every query; a pair the database says is unbudgeted
+        then gets a fresh lease for :meth:`add` (with its count), a budgeted one none."""
         pair = (key_id, job_id)
-        if budget is not None and self.pending(key_id, job_id):
+        if self.pending(key_id, job_id):
             self.flush()
         spent = charge(session, key_id, job_id, n, budget)
-        if budget is None and self.enabled and spent.allowed:
-            with self._lock:
+        with self._lock:
+            self._since.pop(pair, None)
+            if spent.budget is not None or not self.enabled:
+                self._base.pop(pair, None)
+            elif spent.allowed:
                 if len(self._base) >= self.MAX_PAIRS and not self._pending and not self._inflight:
                     self._base.clear()
-                self._base.setdefault(pair, spent.queries)
+                    self._since.clear()
+                self._base[pair] = max(self._base.get(pair, 0), spent.queries)
         return spent
 
     def flush(self) -> int:
@@ -226,3 +254,4 @@ class UsageMeter:
         with self._lock:
             for pair in [p for p in self._base if p[1] == job_id]:
                 del self._base[pair]
+                self._since.pop(pair, None)

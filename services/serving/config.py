@@ -44,6 +44,13 @@ class ServingSettings(BaseSettings):
         description="Models without a budget: count queries in memory and write them every this many "
         "seconds (and at shutdown); 0 writes every request. Budgeted models are always exact.",
     )
+    usage_lease: int = Field(
+        100,
+        ge=0,
+        description="Models without a budget: queries per API key counted in memory between two exact database "
+        "charges. Bounds the overspend of a budget set on another replica while this one still believes the "
+        "model unbudgeted (up to 2 s): at most this many queries per key and replica; 0 charges every request.",
+    )
 
     def forward_threads(self) -> int:
         """torch intra-op threads of the forward thread (``threads``, or one fewer than the cores)."""

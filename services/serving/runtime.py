@@ -61,7 +61,8 @@ class ServingRuntime:
         self.settings = settings
         self.store = store
         self.usage: UsageMeter | None = (
-            UsageMeter(sessions, enabled=settings.usage_flush_s > 0) if sessions is not None else None
+            UsageMeter(sessions, enabled=settings.usage_flush_s > 0, lease=settings.usage_lease)
+            if sessions is not None else None
         )
         self._flusher: asyncio.Task[None] | None = None
         self.device = torch.device(settings.torch_device())

@@ -100,11 +100,20 @@ class LocalStore:
         """Where an uploaded dataset is extracted."""
         return self.root / "datasets" / dataset_id
 
-    def upload_dir(self) -> Path:
-        """Scratch folder for archives being uploaded (same filesystem as ``datasets``)."""
-        path = self.root / "uploads"
+    def upload_dir(self, tenant_id: str | None = None) -> Path:
+        """Scratch folder for uploads in flight (same filesystem as ``datasets``), one per tenant so
+        its storage quota can count them (:func:`services.storage.orphans.pending_upload_bytes`)."""
+        from services.storage.orphans import tenant_upload_dir
+
+        path = tenant_upload_dir(self.root, tenant_id)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def pending_upload_bytes(self, tenant_id: str, exclude: Path | None = None) -> int:
+        """Bytes of the tenant's uploads in flight, ``exclude`` (the caller's own upload) left out."""
+        from services.storage.orphans import pending_upload_bytes
+
+        return pending_upload_bytes(self.root, tenant_id, exclude)
 
     def work_dir(self, job_id: str) -> Path:
         """A job's work folder: its outputs and resume checkpoints (kept across redeliveries)."""

@@ -14,7 +14,8 @@ Runs in every worker's main process (a daemon thread, every ``reaper_interval_s`
   (a worker lost between its commit and its send) is sent;
 * messages the broker lost are sent again (:mod:`services.worker.resend`);
 * a cancelling job whose units all stopped is cancelled; processed message files of the embedded broker
-  older than a day are deleted.
+  older than a day are deleted; partial uploads of dead API processes and, after a grace period, stored
+  files nothing refers to are removed (:func:`services.storage.orphans.sweep_store`).
 
 Each move is a compare-and-set, so any number of workers can run the reaper at once.
 """
@@ -36,6 +37,7 @@ from services.db.session import session_factory
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
+from services.storage.orphans import sweep_store
 from services.worker.attempt import owner_is_dead
 from services.worker.ending import fail_job, finish_cancel
 from services.worker.engine import dispatch_ready, send_unit
@@ -66,6 +68,9 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
     counts["resent"] = resend_lost(settings, dispatcher, sessions, now)
     if settings.embedded:
         _clean_processed(settings)
+    sweep_store(settings, sessions)  # partial uploads of dead API processes, unreferenced blobs
+    if any(counts.values()):
+        log.info("reaper: %s", dict(counts))
     return dict(counts)
 
 

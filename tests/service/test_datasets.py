@@ -148,3 +148,28 @@ def test_register_digits_and_allow_listed_paths(tmp_path: Path) -> None:
             assert fields(assert_problem(r, 422)) == ["source"]
         nameless = client.post("/v1/datasets", json={"source": "digits"}, headers=api.auth(key))
         assert fields(assert_problem(nameless, 422)) == ["name"]
+
+
+def test_an_archive_over_the_member_cap_is_refused_before_extraction(tmp_path: Path) -> None:
+    """Counted from the archive's listing: no extraction folder is ever created for it."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+
+    settings = make_settings(tmp_path / "home", max_archive_files=20)
+    with TestClient(create_app(settings)) as client:
+        api = Api(settings, client)
+        key = api.key("t")
+        body = assert_problem(upload(api, key, make_zip(face_folder_members(5, 6))), 422, "invalid_dataset")
+        assert "max_files=20" in body["detail"]
+        assert not (settings.storage_dir / "datasets").exists()
+        nothing_stored(api, key)
+
+
+def test_junk_named_as_images_is_refused_at_the_first_one(api: Api, key_a: str) -> None:
+    """Thousands of one-byte ".png" members after real images: refused when the first is reached."""
+    members = face_folder_members(3, 3)
+    members.update({f"faces/person_{i % 3}/junk{i}.png": b"x" for i in range(5000)})
+    body = assert_problem(upload(api, key_a, make_zip(members)), 422, "invalid_dataset")
+    assert "junk0.png: not an image" in body["detail"] and str(api.settings.home) not in body["detail"]
+    nothing_stored(api, key_a)

@@ -1,8 +1,10 @@
 """Smoke run of ``benchmarks/fuzz_api.py``: about 100 schemathesis-generated requests over every operation
-of a live embedded API (uvicorn in a thread on a free loopback port), with no 5xx answer.
+of a live API (uvicorn in a thread on a free loopback port), with no 5xx answer, on the embedded
+SQLite database and on PostgreSQL (which refuses more strings, e.g. a NUL character).
 
-The full run (``uv run python benchmarks/fuzz_api.py``) sends over 1,000 requests and also seeds a
-trained model; this one seeds a data set, a queued job and a spare key only.
+The full run (``uv run python benchmarks/fuzz_api.py``, ``--postgres ADMIN_URL`` for PostgreSQL)
+sends over 1,000 requests and also seeds a trained model; this one seeds a data set, a queued job
+and a spare key only.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ def load_fuzz_module() -> ModuleType:
     return sys.modules["fuzz_api"]
 
 
-@pytest.fixture
-def live_api(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """(base URL, admin key) of an embedded API served by uvicorn in a background thread."""
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.service)])
+def live_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(base URL, admin key) of an API served by uvicorn in a background thread, on each database."""
     fuzz_api = load_fuzz_module()
-    settings = make_settings(tmp_path / "home")
+    database = {"database_url": request.getfixturevalue("pg_databases").create()} if request.param != "sqlite" else {}
+    settings = make_settings(tmp_path / "home", **database)
     port = fuzz_api.free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="fuzz-smoke-uvicorn", daemon=True)

@@ -4,12 +4,19 @@ and store nothing. Jobs run in this process through the worker's own engine (``r
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
+from safetensors.torch import save
 
 from midre.data import DatasetSpec
 from midre.train import TrainConfig, train
@@ -104,7 +111,7 @@ def test_bad_uploads_are_4xx_naming_the_problem_and_store_nothing(
     cases = [
         (b"not a safetensors file at all", card, "file"),
         (zip_head, card, "file"),
-        (weights, {**card, "class_names": card["class_names"][:5]}, "file"),  # 5 classes: the head does not fit
+        (weights, {**card, "class_names": card["class_names"][:5]}, "card.num_classes"),  # the head has 10 rows
         (weights, {**card, "arch": "resnet18"}, "card.image_size"),  # 16 px is too small for it
         (weights, {**card, "arch": "no-such-net"}, "card.arch"),
         (weights, {k: v for k, v in card.items() if k != "image_size"}, "card.image_size"),
@@ -133,3 +140,80 @@ def test_an_oversized_model_is_413(tmp_path: Path, outside_model: tuple[bytes, d
         assert r.status_code == 413 and r.json()["errors"][0]["field"] == "file", r.text
         assert job_count(small) == 0
 
+
+
+@contextmanager
+def parameters_created() -> Iterator[list[str]]:
+    """Names of the torch parameters registered in this process meanwhile (any module built, any thread)."""
+    created: list[str] = []
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(
+        lambda module, name, param: created.append(f"{type(module).__name__}.{name}"))
+    try:
+        yield created
+    finally:
+        handle.remove()
+
+
+def test_bad_cards_are_refused_before_any_model_is_built(
+    api: Api, key_a: str, outside_model: tuple[bytes, dict[str, Any]]
+) -> None:
+    """A card asking for a huge head or input, a non-finite normalisation, or classes its weights do not
+    have is a 422 naming the card field, decided from the card and the file's header alone."""
+    weights, card = outside_model
+    resnet = {"arch": "resnet18", "num_classes": 10, "image_size": 32, "channels": 3}
+    cases = [
+        ({**resnet, "num_classes": 1_000_000}, "card.num_classes"),
+        ({**resnet, "image_size": 2048}, "card.image_size"),
+        ({**resnet, "image_size": 10**9}, "card.image_size"),
+        ({**resnet, "normalization": {"mean": [0.5] * 3, "std": [float("nan")] * 3}}, "card.normalization"),
+        ({**resnet, "normalization": {"mean": [float("inf")] * 3, "std": [1.0] * 3}}, "card.normalization"),
+        ({**card, "class_names": None, "num_classes": 50}, "card.num_classes"),  # the file's head has 10 rows
+        ({**card, "class_names": [*card["class_names"][:9], "nul\x00"]}, "card.class_names[9]"),
+    ]
+    with parameters_created() as created:
+        for bad_card, field in cases:
+            r = upload(api, key_a, weights, {k: v for k, v in bad_card.items() if v is not None})
+            assert r.status_code == 422, (field, r.status_code, r.text)
+            assert [e["field"] for e in r.json()["errors"]] == [field], r.text
+    assert created == []  # no architecture was instantiated for any of them
+    assert job_count(api) == 0
+    assert not any(p.is_file() for p in (api.settings.storage_dir / "uploads").rglob("*"))
+    with parameters_created() as created:  # the probe sees a build: the good card is built and checked
+        assert upload(api, key_a, weights, card).status_code == 201
+    assert "Conv2d.weight" in created
+
+
+def png(seed: int, side: int = 32) -> bytes:
+    pixels = torch.Generator().manual_seed(seed)
+    array = (torch.rand(side, side, 3, generator=pixels) * 255).to(torch.uint8).numpy()
+    out = io.BytesIO()
+    Image.fromarray(array, "RGB").save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_torchvision_state_dict_uploads_and_predicts(api: Api, key_a: str) -> None:
+    """``torchvision.models.resnet18(num_classes=10)``'s own state dict (keys ``conv1.weight``, ``fc.bias``...)
+    is mapped to the registry's layout and predicts as torchvision does; one that does not fit says what would."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    card = {"arch": "resnet18", "num_classes": 10, "image_size": 32, "channels": 3}
+    r = upload(api, key_a, save(net.state_dict()), card, name="tv-resnet18")
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+
+    images = [png(i) for i in range(3)]
+    files = [("files", (f"img{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    r = api.client.post(f"/v1/models/{model_id}/predict", files=files, headers=api.auth(key_a))
+    assert r.status_code == 200, r.text
+    x = torch.stack([torch.from_numpy(np.array(Image.open(io.BytesIO(d)))).permute(2, 0, 1) for d in images]) / 255
+    with torch.no_grad():
+        expected = torch.softmax(net(x), dim=1)
+    served = torch.tensor([p["probabilities"] for p in r.json()["predictions"]])
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-4)
+
+    other = torchvision.models.resnet34(num_classes=10).state_dict()
+    r = upload(api, key_a, save(other), card)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "file", r.text
+    message = r.json()["errors"][0]["message"]
+    assert "unexpected" in message and "torchvision.models.resnet18" in message and "docs/integrations.md" in message

@@ -164,6 +164,22 @@ def test_a_revoked_key_stops_working_and_keys_are_per_tenant(api: Api, key_a: st
     assert api.client.get("/v1/keys", headers=api.auth(key_b)).json()["items"][0]["id"] != minted["id"]
 
 
+def test_a_key_revoking_itself_needs_confirmation_and_never_removes_the_last_admin(api: Api, key_a: str) -> None:
+    own_id = key_a.split("_")[1]
+    r = api.client.delete(f"/v1/keys/{own_id}", params={"confirm": "true"}, headers=api.auth(key_a))
+    assert r.status_code == 409 and r.json()["code"] == "last_admin_key", r.text  # the tenant's only admin key
+    second = api.client.post("/v1/keys", json={"name": "second admin", "scopes": ["admin"]},
+                             headers=api.auth(key_a)).json()
+    r = api.client.delete(f"/v1/keys/{own_id}", headers=api.auth(key_a))
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "confirm", r.text
+    assert api.client.get("/v1/keys", headers=api.auth(key_a)).status_code == 200  # still works
+    r = api.client.delete(f"/v1/keys/{own_id}", params={"confirm": "true"}, headers=api.auth(key_a))
+    assert r.status_code == 204
+    assert api.client.get("/v1/keys", headers=api.auth(key_a)).status_code == 401
+    r = api.client.delete(f"/v1/keys/{second['id']}", params={"confirm": "true"}, headers=api.auth(second["key"]))
+    assert r.status_code == 409 and r.json()["code"] == "last_admin_key", r.text
+
+
 def test_patch_changes_only_the_fields_given_and_put_replaces(api: Api, key_a: str, model_id: str) -> None:
     url = f"/v1/models/{model_id}/policy"
     auth = api.auth(key_a)

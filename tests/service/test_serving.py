@@ -549,12 +549,16 @@ def test_usage_meter_counts_in_memory_and_writes_on_flush(metered: tuple[str, st
 
 
 def test_usage_meter_budgeted_charge_sees_pending_queries(metered: tuple[str, str, str, str, Any, Any]) -> None:
+    from services.db.models import ModelPolicy
+
     url, job, key, _, sessions, meter = metered
     with sessions() as session:
         meter.charge(session, key, job, 1, None)
     meter.add(key, job, 2)  # counted while the model had no budget; not written yet
     with sessions() as session:
         # The owner sets a budget of 3: the exact charge writes the pending 2 first and refuses.
+        session.add(ModelPolicy(job_id=job, policy="full", budget=3))
+        session.commit()
         spent = meter.charge(session, key, job, 1, 3)
     assert not spent.allowed and spent.queries == 3
     assert _usage(url, job)[key] == (3, 1) and not meter.dirty

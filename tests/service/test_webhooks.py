@@ -113,6 +113,9 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     "127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "::ffff:10.1.2.3", "10.0.0.1", "172.16.5.4",
     "192.168.1.1", "169.254.169.254", "fe80::1", "fc00::1", "fd12:3456::1", "224.0.0.1", "ff02::1",
     "0.0.0.0", "::", "240.0.0.1", "255.255.255.255", "100.64.0.1", "2002:7f00:1::1", "192.0.2.1",
+    # IPv6 site-local (deprecated, still routed inside some networks), everything outside 2000::/3,
+    # and special-purpose blocks that Python's ipaddress still calls global
+    "fec0::1", "feff::1", "4000::1", "3fff::1", "2001:db8::1", "192.88.99.1",
 ])
 def test_non_public_addresses_are_refused(address: str) -> None:
     assert address_problem(ipaddress.ip_address(address)) is not None

@@ -417,3 +417,58 @@ def test_maxvit_at_224_matches_torchvision() -> None:
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(x), net(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Models trained elsewhere (midre.models.external, midre.checkpoint.check_external_checkpoint)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch, build", [
+    ("resnet18", lambda: tvm.resnet18(num_classes=7)),
+    ("densenet121", lambda: tvm.densenet121(num_classes=7)),
+    ("efficientnet_b0", lambda: tvm.efficientnet_b0(num_classes=7)),
+    ("inception-v1", lambda: tvm.googlenet(num_classes=7, aux_logits=True, init_weights=True)),
+])
+def test_torchvision_state_dicts_are_checked_and_stored_in_the_registry_layout(
+    tmp_path: Path, arch: str, build: object
+) -> None:
+    from safetensors.torch import load_file
+
+    from midre.checkpoint import build_from_card, check_external_checkpoint
+
+    net = build().eval()  # type: ignore[operator]
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp_path / "tv.safetensors")
+    card = {"arch": arch, "num_classes": 7, "image_size": 64, "channels": 3}
+    card = check_external_checkpoint(tmp_path / "tv.safetensors", card, save_to=tmp_path / "own.safetensors")
+    model = build_from_card(card).eval()
+    model.load_state_dict(load_file(tmp_path / "own.safetensors"), strict=True)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_card_is_bounded_before_reading_the_weights(tmp_path: Path) -> None:
+    from midre.models.external import CardLimits, check_card, check_head, read_shapes
+
+    limits = CardLimits(max_classes=1000, max_image_size=128)
+    good = {"arch": "resnet18", "num_classes": 10, "image_size": 64, "channels": 3}
+    assert check_card(good, limits)["num_classes"] == 10
+    for bad, field in [({"num_classes": 1001}, "card.num_classes"), ({"image_size": 160}, "card.image_size"),
+                       ({"image_size": 16}, "card.image_size"), ({"image_size": 64.0}, "card.image_size"),
+                       ({"normalization": {"mean": [0.0] * 3, "std": [float("nan")] * 3}}, "card.normalization"),
+                       ({"normalization": {"mean": [0.0] * 3, "std": [1.0, 1.0, 0.0]}}, "card.normalization"),
+                       ({"channels": True}, "card.channels"), ({"arch": ["resnet18"]}, "card.arch")]:
+        with pytest.raises(ConfigError) as refused:
+            check_card({**good, **bad}, limits)
+        assert refused.value.field == field, bad
+    save_file({k: v.contiguous() for k, v in tvm.resnet18(num_classes=10).state_dict().items()},
+              tmp_path / "w.safetensors")
+    shapes = read_shapes(tmp_path / "w.safetensors")
+    assert shapes["fc.weight"] == (10, 512) and check_head(shapes, good) is False  # torchvision's layout
+    with pytest.raises(ConfigError, match="has 10 rows") as refused:
+        check_head(shapes, {**good, "num_classes": 500})
+    assert refused.value.field == "card.num_classes"
+    (tmp_path / "junk.safetensors").write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ConfigError) as refused:
+        read_shapes(tmp_path / "junk.safetensors")
+    assert refused.value.field == "file"

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
@@ -23,10 +24,19 @@ from services.gateway.errors import (
     validation_error,
 )
 from services.gateway.schemas import DatasetPage, DatasetPublic, DatasetRef
-from services.gateway.uploads import UploadedFile, multipart_body, receive_file, sniff_archive
+from services.gateway.uploads import (
+    UploadedFile,
+    check_upload_quota,
+    in_check_thread,
+    in_io_thread,
+    multipart_body,
+    precheck_quota,
+    receive_file,
+    remove_files,
+    sniff_archive,
+)
 from services.gateway.views import dataset_view
 from services.jobspec import DIGITS
-from services.ops.quotas import check_storage
 from services.redact import Redactor, server_redactor
 
 log = logging.getLogger(__name__)
@@ -143,58 +153,65 @@ def _save(ctx: ServiceContext, dataset: Dataset) -> DatasetPublic:
 
 
 async def _upload(request: Request, ctx: ServiceContext, tenant: TenantRef) -> DatasetPublic:
-    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_upload_bytes)
+    await precheck_quota(ctx, tenant.id, request)
+    upload = await receive_file(request, ctx.store.upload_dir(tenant.id), ctx.settings.max_upload_bytes)
     return await store_upload(ctx, tenant, upload)
 
 
 async def store_upload(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile) -> DatasetPublic:
     """Check a received archive (quota, magic bytes, safe extraction, every image decodes) and store
-    it as the tenant's dataset; the archive file is deleted either way. Shared by the API and the dashboard."""
-    store = ctx.store
-    try:
-        await run_in_threadpool(check_storage, ctx.sessions, ctx.settings, tenant.id, upload.size)
-    except ApiError:
-        upload.path.unlink(missing_ok=True)
-        raise
+    it as the tenant's dataset; the archive file is deleted either way. Shared by the API and the dashboard.
+
+    The checks run in one of ``MIDRE_UPLOAD_WORKERS`` threads and the clean-up of a refused upload
+    in another thread (shielded, so a client that hangs up still leaves nothing): an archive of
+    many thousand members costs the event loop nothing.
+    """
     dataset_id = new_id("ds")
-    dest = store.dataset_dir(dataset_id)
+    dest = ctx.store.dataset_dir(dataset_id)
     try:
-        suffix = sniff_archive(upload.path)
-        if suffix is None:
-            raise ApiError(
-                415,
-                "not_an_archive",
-                "file: not a .zip, .tar.gz, .tgz or .tar archive",
-                errors=[FieldError(field="file", message="not a .zip, .tar.gz, .tgz or .tar archive")],
-            )
-        archive = upload.path.rename(upload.path.with_name(upload.path.name + suffix))
-        upload.path = archive
-        # The client knows its archive by its file name and the files in it by their member paths.
-        client_name = Path(upload.filename).name or "upload"
-        redact = server_redactor(ctx.settings, {archive: client_name, dest: ""})
-        try:
-            report = await run_in_threadpool(_extract_and_check, ctx, archive, dest)
-        except ValueError as exc:  # DatasetError included
-            raise _dataset_error(exc, redact) from exc
-        name = (upload.fields.get("name") or Path(upload.filename).name or dataset_id)[:200]
-        dataset = Dataset(
-            id=dataset_id,
-            tenant_id=tenant.id,
-            name=name,
-            source_type="upload",
-            source=report["source"],
-            size_bytes=upload.size,
-            sha256=upload.sha256,
-            summary=redact.data(_summarize(report["load"], report)),
-            created_at=utcnow(),
-        )
-        view = await run_in_threadpool(_save, ctx, dataset)
+        dataset = await in_check_thread(ctx.settings.upload_workers, _check_archive, ctx, tenant, upload, dest)
+        return await run_in_threadpool(_save, ctx, dataset)
     except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
+        with anyio.CancelScope(shield=True):
+            await in_io_thread(shutil.rmtree, dest, True)
         raise
     finally:
-        upload.path.unlink(missing_ok=True)
-    return view
+        with anyio.CancelScope(shield=True):
+            await in_io_thread(remove_files, upload.path)
+
+
+def _check_archive(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile, dest: Path) -> Dataset:
+    """The blocking part of :func:`store_upload` (a worker thread): quota, type, extraction, decoding."""
+    check_upload_quota(ctx, tenant.id, upload)
+    suffix = sniff_archive(upload.path)
+    if suffix is None:
+        raise ApiError(
+            415,
+            "not_an_archive",
+            "file: not a .zip, .tar.gz, .tgz or .tar archive",
+            errors=[FieldError(field="file", message="not a .zip, .tar.gz, .tgz or .tar archive")],
+        )
+    archive = upload.path.rename(upload.path.with_name(upload.path.name + suffix))
+    upload.path = archive
+    # The client knows its archive by its file name and the files in it by their member paths.
+    client_name = Path(upload.filename).name or "upload"
+    redact = server_redactor(ctx.settings, {archive: client_name, dest: ""})
+    try:
+        report = _extract_and_check(ctx, archive, dest)
+    except ValueError as exc:  # DatasetError included
+        raise _dataset_error(exc, redact) from exc
+    name = (upload.fields.get("name") or Path(upload.filename).name or dest.name)[:200]
+    return Dataset(
+        id=dest.name,
+        tenant_id=tenant.id,
+        name=name,
+        source_type="upload",
+        source=report["source"],
+        size_bytes=upload.size,
+        sha256=upload.sha256,
+        summary=redact.data(_summarize(report["load"], report)),
+        created_at=utcnow(),
+    )
 
 
 def _allowed_path(ctx: ServiceContext, source: str) -> Path:

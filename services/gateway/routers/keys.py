@@ -8,18 +8,19 @@ read or change the policy, export the model, download checkpoints, submit jobs o
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
 from services.db.keys import SCOPES, mint_key
-from services.db.models import ApiKey, Job
+from services.db.models import ApiKey, Job, Tenant
 from services.db.types import utcnow
-from services.gateway.deps import DB, Ctx, CurrentCaller, scoped
-from services.gateway.errors import PROBLEM_RESPONSES, not_found, validation_error
+from services.gateway.deps import DB, Caller, Ctx, CurrentCaller, scoped
+from services.gateway.errors import PROBLEM_RESPONSES, ApiError, FieldError, not_found, validation_error
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=PROBLEM_RESPONSES, dependencies=scoped("admin"))
 
@@ -97,14 +98,39 @@ def list_keys(session: DB, caller: CurrentCaller) -> KeyList:
     return KeyList(items=[_view(r) for r in rows])
 
 
-@router.delete("/{key_id}", status_code=204, response_class=Response, summary="Revoke an API key")
-def revoke_key(ctx: Ctx, session: DB, caller: CurrentCaller, key_id: str) -> Response:
+def _check_self_revocation(session: Session, caller: Caller, row: ApiKey, confirm: bool) -> None:
+    """A key revoking itself locks its holder out: never the tenant's last admin key, else only when confirmed."""
+    session.get(Tenant, caller.tenant.id, with_for_update=True)  # two admins revoking each other take turns
+    active = session.scalars(
+        select(ApiKey).where(ApiKey.tenant_id == caller.tenant.id, ApiKey.revoked_at.is_(None))
+    ).all()
+    if "admin" in (row.scopes or []) and not any("admin" in (k.scopes or []) for k in active if k.id != row.id):
+        message = ("this is the tenant's last admin key: without it nobody could mint or revoke keys; mint another "
+                   "admin key first (POST /v1/keys, or `midre admin create-key` on the server)")
+        raise ApiError(409, "last_admin_key", message, errors=[FieldError(field="key_id", message=message)])
+    if not confirm:
+        message = "this request would revoke the very key it is made with; repeat it with ?confirm=true"
+        raise ApiError(409, "confirm_required", message, errors=[FieldError(field="confirm", message=message)])
+
+
+@router.delete(
+    "/{key_id}", status_code=204, response_class=Response, summary="Revoke an API key",
+    responses={409: PROBLEM_RESPONSES[422] | {"description": "The key revokes itself without ?confirm=true, or it "
+                                                             "is the tenant's last admin key"}},
+)
+def revoke_key(
+    ctx: Ctx, session: DB, caller: CurrentCaller, key_id: str,
+    confirm: Annotated[bool, Query(description="Required when a key revokes itself.")] = False,
+) -> Response:
     """Revoke a key: refused at once by this replica, by others within ``MIDRE_AUTH_CACHE_S`` seconds
-    (the authentication cache's lifetime). Its usage records stay."""
+    (the authentication cache's lifetime). Its usage records stay. A key revoking itself needs
+    ``?confirm=true``, and the tenant's last admin key cannot be revoked (409 either way)."""
     row = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
     if row is None or row.tenant_id != caller.tenant.id:
         raise not_found("key", key_id)
     if row.revoked_at is None:
+        if row.key_id == caller.key_id:
+            _check_self_revocation(session, caller, row, confirm)
         row.revoked_at = utcnow()
         session.commit()
     ctx.auth_cache.forget(row.key_hash)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
@@ -19,12 +20,22 @@ from services.gateway.deps import DB, Ctx, CurrentTenant, ServiceContext, Tenant
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, validation_error
 from services.gateway.model_cards import evaluations_of, readme
 from services.gateway.schemas import ModelCard
-from services.gateway.uploads import multipart_body, receive_file
+from services.gateway.strings import UNSTORABLE, find_unstorable
+from services.gateway.uploads import (
+    MAX_CARD_BYTES,
+    UploadedFile,
+    check_upload_quota,
+    in_check_thread,
+    in_io_thread,
+    multipart_body,
+    precheck_quota,
+    receive_file,
+    remove_files,
+)
 from services.gateway.views import artifact_view, final_metrics
 from services.jobspec import UPLOAD
 from services.ops.jobs import get_job
 from services.ops.models import card_name
-from services.ops.quotas import check_storage
 from services.redact import server_redactor
 
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
@@ -81,9 +92,6 @@ def model_readme(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> P
     return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
-#: The largest model card (JSON text) an upload may carry.
-MAX_CARD_BYTES = 1024 * 1024
-
 _UPLOAD_BODY = multipart_body(
     {
         "file": {"type": "string", "format": "binary",
@@ -96,14 +104,46 @@ _UPLOAD_BODY = multipart_body(
 )
 
 
-def _check_upload(weights: Path, card: dict[str, Any]) -> dict[str, Any]:
+def card_limits(ctx: ServiceContext) -> Any:
+    """What an uploaded card may ask for (``MIDRE_MAX_MODEL_CLASSES``, ``MIDRE_MAX_MODEL_IMAGE_SIZE``)."""
+    from midre.models.external import CardLimits
+
+    return CardLimits(max_classes=ctx.settings.max_model_classes, max_image_size=ctx.settings.max_model_image_size,
+                      classes_hint=" (MIDRE_MAX_MODEL_CLASSES)", image_size_hint=" (MIDRE_MAX_MODEL_IMAGE_SIZE)")
+
+
+def _check_upload(ctx: ServiceContext, weights: Path, card: dict[str, Any], save_to: Path) -> dict[str, Any]:
+    """The library's check (card first, then the file's header, only then a model is built); the weights
+    are written to ``save_to`` in the project's own key layout, whatever layout was uploaded."""
     from midre.checkpoint import check_external_checkpoint
     from midre.errors import ConfigError
 
     try:
-        return check_external_checkpoint(weights, card)
+        return check_external_checkpoint(weights, card, limits=card_limits(ctx), save_to=save_to)
     except ConfigError as exc:
         raise validation_error(exc.field, exc.message) from exc
+
+
+def _check_model_file(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile, converted: Path) -> dict[str, Any]:
+    """The blocking part of an upload (a worker thread): quota, file type, card, then the library's check."""
+    check_upload_quota(ctx, tenant.id, upload)
+    with open(upload.path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        raise validation_error("file", "a zip archive (TorchScript?) is not accepted: upload the state dict as "
+                                       "safetensors (white-box attacks need the architecture and gradients)")
+    try:
+        card = json.loads(upload.fields.get("card") or "")
+    except json.JSONDecodeError as exc:
+        raise validation_error("card", f"a JSON object is required ({exc.msg})") from exc
+    refused = find_unstorable(card, "card")
+    if refused is not None:
+        raise validation_error(refused, UNSTORABLE)
+    checked = _check_upload(ctx, upload.path, card, converted)
+    name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
+    checked.pop("history", None)
+    checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": Path(upload.filename).name, "sha256": upload.sha256}
+    return checked
 
 
 def _store_upload(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Path, card: dict[str, Any]) -> Job:
@@ -145,8 +185,14 @@ def _store_upload(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Pa
 )
 async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> ModelCard:
     """``multipart/form-data`` with ``file`` (a safetensors state dict; never unpickled) and ``card``
-    (JSON). The weights are checked against the card: the architecture is registered, the tensors fit
-    it exactly, and a forward pass on a dummy batch gives one logit per class. The model gets an id
+    (JSON). Cheapest checks first, so a bad card costs no memory: the card alone (a registered
+    architecture, at most ``MIDRE_MAX_MODEL_CLASSES`` classes, an input side the architecture takes
+    and at most ``MIDRE_MAX_MODEL_IMAGE_SIZE``, a finite ``normalization`` with std > 0), then the
+    final layer's rows in the file's header against the card's classes (422 ``card.num_classes``);
+    only then the model is built, the tensors must fit it exactly and a forward pass on a dummy batch
+    must give one finite logit per class. The state dict may use this service's key layout or, for
+    the torchvision architectures, torchvision's own (``torchvision.models.resnet18(num_classes=10)
+    .state_dict()`` saved with safetensors; timm's ResNets and DenseNets share it). The model gets an id
     (the same id space as jobs: audit it with ``attack_eval`` ``model``, harden it with ``init_from``,
     serve it with ``/v1/models/{id}/predict``). A refused upload stores nothing.
 
@@ -155,30 +201,17 @@ async def upload_model(request: Request, ctx: Ctx, tenant: CurrentTenant) -> Mod
     """
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with `file` and `card` parts")
-    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_model_bytes, MAX_CARD_BYTES)
+    await precheck_quota(ctx, tenant.id, request)
+    upload = await receive_file(request, ctx.store.upload_dir(tenant.id), ctx.settings.max_model_bytes,
+                                MAX_CARD_BYTES)
+    converted = upload.path.with_name(upload.path.name + ".checked")
     try:
-        await run_in_threadpool(check_storage, ctx.sessions, ctx.settings, tenant.id, upload.size)
-    except ApiError:
-        upload.path.unlink(missing_ok=True)
-        raise
-    try:
-        with open(upload.path, "rb") as fh:
-            head = fh.read(8)
-        if head.startswith(b"PK"):
-            raise validation_error("file", "a zip archive (TorchScript?) is not accepted: upload the state dict as "
-                                           "safetensors (white-box attacks need the architecture and gradients)")
-        try:
-            card = json.loads(upload.fields.get("card") or "")
-        except json.JSONDecodeError as exc:
-            raise validation_error("card", f"a JSON object is required ({exc.msg})") from exc
-        checked = await run_in_threadpool(_check_upload, upload.path, card)
-        name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
-        checked.pop("history", None)
-        checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": Path(upload.filename).name,
-                             "sha256": upload.sha256}
-        job = await run_in_threadpool(_store_upload, ctx, tenant, name, upload.path, checked)
+        checked = await in_check_thread(ctx.settings.upload_workers, _check_model_file, ctx, tenant, upload,
+                                        converted)
+        job = await run_in_threadpool(_store_upload, ctx, tenant, checked["origin"]["name"], converted, checked)
     finally:
-        upload.path.unlink(missing_ok=True)
+        with anyio.CancelScope(shield=True):
+            await in_io_thread(remove_files, upload.path, converted)
     return await run_in_threadpool(_card_view, ctx, tenant, job.id)
 
 

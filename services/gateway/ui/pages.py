@@ -553,12 +553,9 @@ async def upload_dataset(request: Request, ctx: Ctx, user: JobsUser) -> Response
     """Upload an archive: the API's streaming, size caps, safe extraction and validation report."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(415, "unsupported_media_type", "send the upload form (multipart/form-data)")
-    upload = await receive_file(request, ctx.store.upload_dir(), ctx.settings.max_upload_bytes)
-    try:
-        check_form(request, user, upload.fields.get("csrf"))
-    except ApiError:
-        upload.path.unlink(missing_ok=True)
-        raise
+    # The token is checked when the file part starts (the form sends it first), before the file is read.
+    upload = await receive_file(request, ctx.store.upload_dir(user.caller.tenant.id), ctx.settings.max_upload_bytes,
+                                on_file=lambda fields: check_form(request, user, fields.get("csrf")))
     dataset = await datasets_api.store_upload(ctx, user.caller.tenant, upload)
     return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
 
