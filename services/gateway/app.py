@@ -106,7 +106,8 @@ def service_context(settings: Settings) -> ServiceContext:
 
 def _lifespan(settings: Settings, serving: ServingRuntime) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start-up and shut-down of one API process: migrations (when ``MIDRE_AUTO_MIGRATE``), the store's
-    orphans swept, the library preload, the serving runtime's usage flusher and, with ``MIDRE_WEBHOOKS_IN_API``, an outbox deliverer."""
+    orphans swept, the library preload, the serving runtime's usage flusher and, with
+    ``MIDRE_WEBHOOKS_IN_API``, an outbox deliverer."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
