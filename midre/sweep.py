@@ -302,6 +302,38 @@ def _pretty(entry: dict[str, Any]) -> str:
     return f"{name} ({params})" if params else name
 
 
+def _changes(base: dict[str, Any], entry: dict[str, Any], attacks: list[str]
+             ) -> tuple[dict[str, float], list[str], list[str]]:
+    """Per attack, NoDef's top-1 AttAcc minus the candidate's; the attacks it lowers and raises beyond the
+    seed spread (the larger of the two stds)."""
+    reductions, lowers, raises = {}, [], []
+    for a in attacks:
+        red = base["attacc"][a]["mean"] - entry["attacc"][a]["mean"]
+        spread = max(base["attacc"][a]["std"], entry["attacc"][a]["std"])
+        reductions[a] = red
+        if red > spread:
+            lowers.append(a)
+        elif red < -spread:
+            raises.append(a)
+    return reductions, lowers, raises
+
+
+def _no_recommendation(frontier: list[dict[str, Any]], within: list[dict[str, Any]], raised: list[dict[str, Any]],
+                       max_accuracy_drop: float) -> str:
+    """Why nothing is recommended, and the advice that fits what happened."""
+    counted = f"{len(within)} of {len(frontier) - 1} candidates stayed within the budget"
+    if not within:
+        return (f"No candidate stayed within the {max_accuracy_drop:g}-point accuracy budget: nothing is "
+                "recommended; keep NoDef, or allow a larger accuracy drop if the privacy gain is worth it.")
+    if len(raised) == len(within):
+        return (f"Every candidate within the budget raised top-1 AttAcc beyond the seed spread on some attack "
+                f"({counted}): nothing is recommended; keep NoDef, and try other defenses rather than a larger "
+                "budget.")
+    return (f"No candidate lowers top-1 AttAcc beyond the seed spread within the {max_accuracy_drop:g}-point "
+            f"accuracy budget ({counted}): nothing is recommended; keep NoDef, or run more seeds to narrow the "
+            "spread.")
+
+
 def recommend(frontier: list[dict[str, Any]], attacks: list[str],
               max_accuracy_drop: float) -> tuple[dict[str, Any] | None, str]:
     """The recommended candidate (with ``reason``) or ``None``, and one plain sentence either way.
@@ -319,26 +351,18 @@ def recommend(frontier: list[dict[str, Any]], attacks: list[str],
         return None, ("Only one seed: there is no seed spread to tell a lower leakage from noise, so nothing is "
                       "recommended; run at least 2 seeds.")
     within = [e for e in frontier[1:] if e["acc_drop"] is not None and e["acc_drop"] <= max_accuracy_drop]
-    qualified = []
+    qualified, raised = [], []
     for e in within:
         if e["skipped"] or len(e["seeds"]) < 2 or any(a not in e["attacc"] or a not in base["attacc"]
                                                       for a in attacks):
             continue
-        reductions, lowers, raises = {}, [], []
-        for a in attacks:
-            red = base["attacc"][a]["mean"] - e["attacc"][a]["mean"]
-            spread = max(base["attacc"][a]["std"], e["attacc"][a]["std"])
-            reductions[a] = red
-            if red > spread:
-                lowers.append(a)
-            elif red < -spread:
-                raises.append(a)
+        reductions, lowers, raises = _changes(base, e, attacks)
         if lowers and not raises:
             qualified.append((sum(reductions.values()) / len(attacks), -e["acc_drop"], e, reductions, lowers))
+        elif raises:
+            raised.append(e)
     if not qualified:
-        return None, (f"No candidate lowers top-1 AttAcc beyond the seed spread within the "
-                      f"{max_accuracy_drop:g}-point accuracy budget ({len(within)} of {len(frontier) - 1} candidates "
-                      f"stayed within the budget): nothing is recommended; keep NoDef or allow a larger accuracy drop.")
+        return None, _no_recommendation(frontier, within, raised, max_accuracy_drop)
     qualified.sort(key=lambda q: (q[0], q[1]), reverse=True)
     _, _, best, reductions, lowers = qualified[0]
     lowered = " and ".join(f"{reductions[a]:.1f} points against {a} ({base['attacc'][a]['mean']:.1f} → "

@@ -175,6 +175,12 @@ class Client:
         """The job's artifacts (name, size, sha256, ...)."""
         return self.request("GET", f"/v1/jobs/{job_id}/artifacts")["items"]
 
+    def report(self, job_id: str) -> dict[str, Any] | None:
+        """A finished job's ``report.json`` (``None`` for a job without a report)."""
+        if not any(a["name"] == "report.json" for a in self.artifacts(job_id)):
+            return None
+        return self._send("GET", f"/v1/jobs/{job_id}/artifacts/report.json").json()
+
     def download(self, job_id: str, dest: str | Path, names: list[str] | None = None) -> list[Path]:
         """Download artifacts into ``dest`` (all of them by default), checking each sha256."""
         dest = Path(dest)

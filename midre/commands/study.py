@@ -179,6 +179,8 @@ def _print_frontier(report: dict[str, Any], out: str) -> None:
     rec = report.get("recommendation")
     if rec:
         print(f"recommendation: {rec['defense']}: {rec['reason']}")
+        for caveat in rec.get("caveats") or []:
+            print(f"  caveat: {caveat}")
         if rec.get("checkpoint"):
             print(f"hardened checkpoint: {out}/{rec['checkpoint']}/")
     elif report.get("recommendation_note"):

@@ -18,7 +18,7 @@ from midre.checkpoint import write_json_atomic
 from midre.report.aggregate import aggregate_runs
 from midre.report.model import Plot, Report, plot_for
 from midre.report.render import render_html, stat
-from midre.report.verdicts import defense_name, leakage_statements, report_warnings
+from midre.report.verdicts import defense_name, leakage_statements, recommendation_caveats, report_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -233,6 +233,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, images: dict[st
     out.mkdir(parents=True, exist_ok=True)
     report = {"kind": "study", **report}
     report["leakage"] = leakage_statements(report)
+    if report.get("recommendation"):  # a sweep's or harden search's pick, with what limits it
+        report["recommendation"] = {**report["recommendation"], "caveats": recommendation_caveats(report)}
     given = [w for w in report.get("warnings") or [] if isinstance(w, dict)]
     seen = {(w.get("code"), w.get("message")) for w in given}
     report["warnings"] = given + [w for w in report_warnings(report) if (w["code"], w["message"]) not in seen]

@@ -310,6 +310,36 @@ def _disagreement_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def recommendation_caveats(report: dict[str, Any]) -> list[str]:
+    """What limits a sweep's or harden search's recommendation: judges below their accuracy floor, judges
+    that disagree by more than the effect the recommendation rests on, and few seeds."""
+    rec = report.get("recommendation")
+    frontier = report.get("frontier") or []
+    if not rec or not frontier:
+        return []
+    out = []
+    low = [j for j in judges_of(report) if _finite(j.get("accuracy")) and float(j["accuracy"]) < JUDGE_ACCURACY_FLOOR]
+    if low:
+        names = ", ".join(f"{j.get('arch')} {float(j['accuracy']):.0f} %" for j in low)
+        out.append(f"{len(low)} of {len(judges_of(report))} judges recognise fewer held-out private images than the "
+                   f"{JUDGE_ACCURACY_FLOOR:.0f} % floor ({names}): AttAcc under-counts recognisable reconstructions")
+    base, runs = frontier[0], report.get("runs") or ()
+    for row in report.get("results") or []:
+        attack = row.get("attack")
+        compared = row.get("defense") in (rec.get("defense"), base.get("defense"))
+        if not compared or attack not in (rec.get("attacc") or {}) or attack not in (base.get("attacc") or {}):
+            continue
+        effect = float(base["attacc"][attack]["mean"]) - float(rec["attacc"][attack]["mean"])
+        spread = judge_spread(row, runs)
+        if spread is not None and spread["spread"] > abs(effect):
+            out.append(f"the judges disagree by {spread['spread']:.1f} points on {attack_name(str(attack))} against "
+                       f"{defense_name(str(row['defense']))}, more than the {effect:.1f}-point effect")
+    seeds = len(rec.get("seeds") or [])
+    if seeds < 3:
+        out.append(f"only {seeds} seeds: the seed spread the decision rests on is itself rough")
+    return out
+
+
 def report_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every warning that applies to ``report``: ``[{"code", "message", "attack"?, "defense"?}]``.
 

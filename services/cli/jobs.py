@@ -124,7 +124,25 @@ def cmd_jobs_wait(args: argparse.Namespace) -> int:
         print(f"job {job['id']} {job['status']}: {error.get('message', '')}", file=sys.stderr)
         return 1
     print(f"job {job['id']} succeeded; metrics: {json.dumps(job['metrics'])}")
+    with client(args) as api:
+        report = api_call(lambda: api.report(args.job_id))
+    for line in report_lines(report or {}):
+        print(line)
     return 0
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """What a study's report decided: its recommendation (with caveats) or why there is none, and the
+    leakage of the model an audit attacked."""
+    lines = []
+    rec = report.get("recommendation")
+    if rec:
+        lines.append(f"recommendation: {rec.get('defense')}: {rec.get('reason', '')}")
+        lines += [f"  caveat: {c}" for c in rec.get("caveats") or []]
+    elif report.get("recommendation_note"):
+        lines.append(f"recommendation: none. {report['recommendation_note']}")
+    lines += [f"leakage: {item.get('text')}" for item in report.get("leakage") or [] if "frontier" not in report]
+    return lines
 
 
 def cmd_jobs_download(args: argparse.Namespace) -> int:
