@@ -15,8 +15,9 @@ Peak memory is measured two ways, named in ``memory_method``:
   (``torch.autograd.graph.saved_tensors_hooks``), scaled to the real batch size. Resident-set growth
   was not used: the allocator keeps freed memory, so it mostly measures earlier work.
 
-The figures are estimates: data loading, evaluation models and prior training are not included, and
-a CPU that other processes share times slower than an idle one.
+The judges (evaluation models) and the GAN priors a study trains are estimated the same way, at zero
+when the cache holds them already. The figures are estimates: data loading and surrogate training are
+not included, and a CPU that other processes share times slower than an idle one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["estimate_attack", "estimate_study", "estimate_training", "measure", "print_estimate"]
+__all__ = ["estimate_attack", "estimate_prior", "estimate_study", "estimate_training", "measure", "print_estimate"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".pgm", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -230,50 +231,155 @@ def _count_classes(data: str) -> int | None:
     return sum(1 for p in root.iterdir() if p.is_dir()) if root.is_dir() else None
 
 
+def estimate_prior(prior_cfg: Any, image_shape: tuple[int, int, int], *, device: str | torch.device | None = None
+                   ) -> dict[str, Any]:
+    """Seconds and peak memory of training one GAN prior, from one timed WGAN-GP step at its batch size
+    (``n_critic`` critic updates with the gradient penalty, then a generator update)."""
+    from midre.priors.gan import gradient_penalty
+    from midre.priors.prior import build_networks
+
+    dev = _device(device)
+    gen, disc = build_networks(prior_cfg, image_shape, None)
+    gen, disc = gen.to(dev).train(), disc.to(dev).train()
+    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 1e-4), torch.optim.Adam(disc.parameters(), 1e-4)
+    bs, rng = prior_cfg.batch_size, torch.Generator().manual_seed(0)
+    real = torch.rand(bs, *image_shape, device=dev)
+
+    def step() -> None:
+        for _ in range(prior_cfg.n_critic):
+            fake = gen(torch.randn(bs, prior_cfg.latent_dim, device=dev)).detach()
+            loss = disc(fake).mean() - disc(real).mean() + gradient_penalty(disc, real, fake, rng)
+            opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_d.step()
+        loss = -disc(gen(torch.randn(bs, prior_cfg.latent_dim, device=dev))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+
+    m = measure(step, dev, warmup=1, repeats=1, fixed_bytes=_param_bytes(gen, disc))
+    return {"kind": prior_cfg.kind, "steps": prior_cfg.steps, "seconds_per_step": m["seconds"],
+            "seconds": m["seconds"] * prior_cfg.steps, "peak_bytes": m["peak_bytes"],
+            "memory_method": m["memory_method"]}
+
+
+def _study_shape(config: Any) -> dict[str, Any]:
+    """Architecture, image shape, classes, training images and the private data spec of a study."""
+    import dataclasses
+
+    from midre.study import PipelineConfig
+
+    notes: list[str] = []
+    if isinstance(config, PipelineConfig):
+        data = config.data
+        total = _count_classes(data.source)
+        num_private = data.num_private
+        if num_private is None and total and config.splits_public and config.public_data is None:
+            num_private = max(2, total - max(1, math.ceil(config.public_fraction * total)))
+        classes = num_private or total or 10
+        images = _count_images(data.source)
+        if images is None:
+            images = classes * 20
+            notes.append("image count unknown (archive or unreadable path): assumed 20 per identity")
+        elif total:
+            images = int(images * classes / total)
+        spec = dataclasses.replace(data, num_private=num_private) if num_private != data.num_private else data
+        return {"arch": config.arch, "shape": (data.channels, data.image_size, data.image_size), "classes": classes,
+                "train_images": int(images * (1 - data.test_fraction)), "spec": spec, "notes": notes}
+    card = json.loads((Path(config.target) / "model.json").read_text())
+    size = int(card.get("image_size") or card.get("data", {}).get("image_size", 64))
+    classes = int(card.get("num_classes", 10))
+    try:
+        spec = config.dataset_spec()
+        images = _count_images(spec.source) or classes * 20
+    except ValueError:  # a model trained elsewhere without its data spec: the judges' size is a guess
+        spec, images = None, classes * 20
+        notes.append("the private data set is unknown here: assumed 20 images per identity for the judges")
+    return {"arch": card.get("arch", "cnn-small"), "classes": classes, "spec": spec, "notes": notes,
+            "shape": (int(card.get("channels") or card.get("data", {}).get("channels", 3)), size, size),
+            "train_images": int(images * 0.8)}
+
+
+def _judges(config: Any, study: dict[str, Any], dev: torch.device) -> list[dict[str, Any]]:
+    """Each judge the study trains: its estimate, or zero seconds when it is in the cache already."""
+    from midre.evaluation.eval_model import eval_model_key
+
+    if getattr(config, "eval_model", None):
+        return []
+    out = []
+    for cfg in config.judge_configs():
+        key = eval_model_key(study["spec"], cfg) if study["spec"] is not None else None
+        cached = bool(config.cache_dir and key and (Path(config.cache_dir) / "evaluation" / key / "evaluation.json")
+                      .is_file())
+        if cached:
+            out.append({"arch": cfg.arch, "seed": cfg.seed, "cached": True, "seconds": 0.0, "peak_bytes": 0})
+            continue
+        est = estimate_training(cfg.arch, study["shape"], study["classes"], batch_size=cfg.batch_size,
+                                train_images=study["train_images"], epochs=cfg.epochs, device=dev)
+        out.append({"arch": cfg.arch, "seed": cfg.seed, "cached": False, **est})
+    return out
+
+
+def _priors(config: Any, study: dict[str, Any], dev: torch.device) -> list[dict[str, Any]]:
+    """Each GAN prior the study trains: its estimate, or zero seconds when an equal one is in the cache."""
+    from midre.planners import gmi_prior_config
+
+    out, seen = [], set()
+    for attack in config.attacks:
+        cfg = gmi_prior_config(config, attack)
+        if cfg is None or json.dumps(cfg.to_dict(), sort_keys=True) in seen:
+            continue
+        seen.add(json.dumps(cfg.to_dict(), sort_keys=True))
+        if _prior_cached(config.cache_dir, cfg.to_dict(), study["shape"]):
+            out.append({"kind": cfg.kind, "steps": cfg.steps, "cached": True, "seconds": 0.0, "peak_bytes": 0})
+        else:
+            out.append({"cached": False, **estimate_prior(cfg, study["shape"], device=dev)})
+    return out
+
+
+def _prior_cached(cache_dir: str | None, config: dict[str, Any], shape: tuple[int, int, int]) -> bool:
+    """Whether the cache holds a prior with this config and image shape (trained on any public data)."""
+    if not cache_dir or not (Path(cache_dir) / "priors").is_dir():
+        return False
+    for path in (Path(cache_dir) / "priors").glob("*/prior.json"):
+        info = json.loads(path.read_text())
+        if info.get("config") == config and list(info.get("image_shape") or []) == list(shape):
+            return True
+    return False
+
+
 def estimate_study(config: Any, device: str | torch.device | None = None) -> dict[str, Any]:
     """Expected seconds (GPU-seconds on a CUDA device) and peak memory of a study, before it runs.
 
+    Every unit is counted: the judges and GAN priors it trains (zero when the cache holds them), the
+    targets (a pipeline's), and every attack run.
+
     Args:
         config: a :class:`midre.study.PipelineConfig` (or its dict), or an
-            :class:`midre.study.AttackEvalConfig` (attacks only; the target's card gives arch and size).
+            :class:`midre.study.AttackEvalConfig` (the target's card gives arch and size).
         device: where to calibrate (default: the config's device; ``auto`` picks CUDA when present).
 
     Returns:
-        A JSON-able dict: ``device``, ``memory_method``, ``training`` (per target and total), ``attacks``
-        (per run and total for each attack), ``total_seconds``, ``gpu_seconds`` (``None`` off CUDA),
-        ``peak_bytes`` (the largest phase) and the assumptions made.
+        A JSON-able dict: ``device``, ``memory_method``, ``judges``, ``priors``, ``training`` (per target
+        and total; ``None`` for an audit), ``attacks`` (per run and total for each attack),
+        ``total_seconds``, ``gpu_seconds`` (``None`` off CUDA), ``peak_bytes`` (the largest phase) and the
+        assumptions made.
     """
     from midre.study import AttackEvalConfig, PipelineConfig
 
     if isinstance(config, dict):
         config = (AttackEvalConfig if "target" in config else PipelineConfig).from_dict(config)
     dev = _device(device or getattr(config, "device", None))
-    notes: list[str] = []
+    study = _study_shape(config)
+    arch, shape, classes = study["arch"], study["shape"], study["classes"]
+    training, runs = None, len(config.seed_list)
     if isinstance(config, PipelineConfig):
-        data = config.data
-        arch, shape = config.arch, (data.channels, data.image_size, data.image_size)
-        classes = data.num_private or _count_classes(data.source) or 10
-        images = _count_images(data.source)
-        if images is None:
-            images = classes * 20
-            notes.append("image count unknown (archive or unreadable path): assumed 20 per identity")
-        train_images = int(images * (1 - data.test_fraction))
-        if data.num_private is None:
-            train_images = int(train_images * (1 - config.public_fraction))
         targets = len(config.defenses) * len(config.seed_list)
         training = estimate_training(arch, shape, classes, batch_size=config.batch_size,
-                                     train_images=train_images, epochs=config.epochs, device=dev)
+                                     train_images=study["train_images"], epochs=config.epochs, device=dev)
         training.update({"targets": targets, "total_seconds": training["seconds"] * targets,
-                         "train_images": train_images})
+                         "train_images": study["train_images"]})
         runs = targets
-    else:
-        card = json.loads((Path(config.target) / "model.json").read_text())
-        arch = card.get("arch", "cnn-small")
-        size = int(card.get("image_size") or card.get("data", {}).get("image_size", 64))
-        shape = (int(card.get("channels") or card.get("data", {}).get("channels", 3)), size, size)
-        classes = int(card.get("num_classes", 10))
-        training = None
-        runs = len(config.seed_list)
     ids = min(config.identities or classes, classes)
     attacks: dict[str, Any] = {}
     for name in config.attacks:
@@ -281,12 +387,14 @@ def estimate_study(config: Any, device: str | torch.device | None = None) -> dic
                               budget=config.budget_for(name), options=config.options_for(name), device=dev)
         est.update({"runs": runs, "total_seconds": est["seconds"] * runs})
         attacks[name] = est
-    total = (training["total_seconds"] if training else 0.0) + sum(a["total_seconds"] for a in attacks.values())
-    peaks = [a["peak_bytes"] for a in attacks.values()] + ([training["peak_bytes"]] if training else [])
+    judges, priors = _judges(config, study, dev), _priors(config, study, dev)
+    phases = [*judges, *priors, *([training] if training else []), *attacks.values()]
+    total = sum(p.get("total_seconds", p["seconds"]) for p in phases)
     return {"device": str(dev), "memory_method": next(iter(attacks.values()))["memory_method"] if attacks else None,
-            "training": training, "attacks": attacks, "total_seconds": total,
-            "gpu_seconds": total if dev.type == "cuda" else None, "peak_bytes": max(peaks) if peaks else 0,
-            "notes": notes + ["excludes evaluation models, prior / surrogate training and data loading"]}
+            "judges": judges, "priors": priors, "training": training, "attacks": attacks, "total_seconds": total,
+            "gpu_seconds": total if dev.type == "cuda" else None,
+            "peak_bytes": max((p["peak_bytes"] for p in phases), default=0),
+            "notes": study["notes"] + ["excludes data loading, surrogate training (LOMMA) and the report"]}
 
 
 def _fmt_bytes(n: int) -> str:
@@ -314,12 +422,18 @@ def print_estimate(config: Any, *, estimate_only: bool = False, enabled: bool = 
         return estimate_only
     unit = "GPU-seconds" if est["gpu_seconds"] is not None else "CPU-seconds"
     lines = [f"estimate on {est['device']} ({est['memory_method']}):"]
+    for judge in est.get("judges") or []:
+        what = "cached" if judge["cached"] else f"{judge['seconds']:.0f} s, peak {_fmt_bytes(judge['peak_bytes'])}"
+        lines.append(f"  judge      {judge['arch']} (seed {judge['seed']}): {what}")
+    for prior in est.get("priors") or []:
+        what = "cached" if prior["cached"] else f"{prior['seconds']:.0f} s, peak {_fmt_bytes(prior['peak_bytes'])}"
+        lines.append(f"  prior      {prior['kind']} ({prior['steps']} steps): {what}")
     if est["training"]:
         t = est["training"]
         lines.append(f"  training   {t['targets']} x {t['seconds']:.0f} s, peak {_fmt_bytes(t['peak_bytes'])}")
     for name, a in est["attacks"].items():
         lines.append(f"  {name:<10} {a['runs']} x {a['seconds']:.0f} s, peak {_fmt_bytes(a['peak_bytes'])}")
-    lines.append(f"  total      {est['total_seconds']:.0f} {unit} (excludes evaluation models and priors)")
+    lines.append(f"  total      {est['total_seconds']:.0f} {unit} (every judge, prior, target and attack run)")
     print("\n".join(lines), file=sys.stderr)
     if estimate_only:
         print(json.dumps(est, indent=2))

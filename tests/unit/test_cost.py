@@ -58,10 +58,29 @@ def test_study_estimate_is_json(tmp_path):
     assert est["device"] == "cpu" and est["gpu_seconds"] is None
     assert est["training"]["targets"] == 4 and set(est["attacks"]) == {"ppa", "gmi"}
     assert est["attacks"]["ppa"]["runs"] == 4 and est["attacks"]["ppa"]["latents"] == 8
-    parts = est["training"]["total_seconds"] + sum(a["total_seconds"] for a in est["attacks"].values())
+    # every unit counts: the judges and the GAN prior it trains too (nothing is cached here)
+    assert [j["arch"] for j in est["judges"]] == ["cnn-small", "resnet18"]  # eval_arch first, then the panel
+    assert not any(j["cached"] for j in est["judges"])
+    assert [p["kind"] for p in est["priors"]] == ["gmi"] and est["priors"][0]["seconds"] > 0
+    parts = (est["training"]["total_seconds"] + sum(a["total_seconds"] for a in est["attacks"].values())
+             + sum(j["seconds"] for j in est["judges"]) + sum(p["seconds"] for p in est["priors"]))
     assert est["total_seconds"] == pytest.approx(parts)
     assert est["peak_bytes"] == max([a["peak_bytes"] for a in est["attacks"].values()] +
-                                    [est["training"]["peak_bytes"]])
+                                    [est["training"]["peak_bytes"]] + [j["peak_bytes"] for j in est["judges"]] +
+                                    [p["peak_bytes"] for p in est["priors"]])
+
+
+def test_cached_judges_and_priors_cost_nothing(tmp_path):
+    from midre.plan import plan_study, run_unit, study_config
+
+    config = study_config("pipeline", {**TINY, "cache_dir": str(tmp_path / "cache"), "seeds": 1, "attacks": ["gmi"],
+                                       "eval_archs": ["cnn-small"], "eval_epochs": 1, "max_images_per_identity": 10,
+                                       "attack_budgets": {"gmi": {"steps": 3, "prior_steps": 2}}})
+    for unit in [u for u in plan_study(config) if u.kind in ("judge", "prior")]:
+        run_unit(config, tmp_path / "out", unit)
+    est = estimate_study(config)
+    assert all(j["cached"] and j["seconds"] == 0 for j in est["judges"])
+    assert all(p["cached"] and p["seconds"] == 0 for p in est["priors"])
 
 
 def test_cli_estimate_only_does_not_run(monkeypatch, tmp_path, capsys):
