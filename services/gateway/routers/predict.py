@@ -34,7 +34,6 @@ from services.gateway.deps import (
     require_scope,
 )
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError, FieldError, Problem, validation_error
-from services.gateway.ttl_cache import TTLCache
 from services.gateway.views import final_metrics
 from services.ops.jobs import get_job
 from services.ops.models import checkpoint_artifacts
@@ -55,6 +54,7 @@ from services.serving.schemas import (
     PredictResponse,
     ServableModel,
 )
+from services.ttl_cache import TTLCache
 
 router = APIRouter(prefix="/v1/models", tags=["serving"], responses=PROBLEM_RESPONSES)
 
