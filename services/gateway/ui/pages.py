@@ -28,7 +28,6 @@ from services.db import jobs as jobstate
 from services.db.models import Artifact, Job
 from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
 from services.gateway.errors import ApiError, FieldError
-from services.gateway.model_cards import evaluations_of
 from services.gateway.routers import artifacts as artifacts_api
 from services.gateway.routers import datasets as datasets_api
 from services.gateway.routers import models as models_api
@@ -40,7 +39,9 @@ from services.gateway.ui.templating import templates
 from services.gateway.uploads import receive_file
 from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import kind_names, kinds, names_where
+from services.ops import datasets as ops_datasets
 from services.ops import jobs as ops_jobs
+from services.ops.models import evaluations_of
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import PolicyUpdate
 
@@ -474,7 +475,7 @@ def models_page(request: Request, rt: Runtime, session: DB, user: PredictUser) -
     listing = predict_api.list_models(rt, session, user.caller, None, 200)
     rows = []
     for m in listing.items:
-        evaluations = evaluations_of(session, user.caller.tenant.id, m.job_id) if user.can("jobs") else []
+        evaluations = evaluations_of(session, user.caller.tenant, m.job_id) if user.can("jobs") else []
         rows.append({"model": m, "acc": _acc(m.metrics), "attacc": _attacc(m.metrics, evaluations)})
     attacks = sorted({a for row in rows for a in row["attacc"]})
     return page(request, "models.html", user, rows=rows, attacks=attacks)
@@ -556,7 +557,7 @@ async def upload_dataset(request: Request, ctx: Ctx, user: JobsUser) -> Response
     # The token is checked when the file part starts (the form sends it first), before the file is read.
     upload = await receive_file(request, ctx.store.upload_dir(user.caller.tenant.id), ctx.settings.max_upload_bytes,
                                 on_file=lambda fields: check_form(request, user, fields.get("csrf")))
-    dataset = await datasets_api.store_upload(ctx, user.caller.tenant, upload)
+    dataset = await ops_datasets.store_upload(ctx, user.caller.tenant, upload)
     return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
 
 
@@ -567,7 +568,7 @@ async def register_dataset(
 ) -> Response:
     """Register the built-in ``digits`` data set under a name."""
     check_form(request, user, csrf)
-    dataset = await datasets_api._register(DatasetRef(name=name or "digits", source="digits"), ctx, user.caller.tenant)
+    dataset = await ops_datasets.register(ctx, user.caller.tenant, DatasetRef(name=name or "digits", source="digits"))
     return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
 
 
