@@ -28,6 +28,7 @@ from services.db import jobs as jobstate
 from services.db.models import Artifact, Job
 from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
 from services.gateway.errors import ApiError, FieldError
+from services.gateway.images import read_images
 from services.gateway.routers import artifacts as artifacts_api
 from services.gateway.routers import datasets as datasets_api
 from services.gateway.routers import models as models_api
@@ -41,6 +42,7 @@ from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import kind_names, kinds, names_where
 from services.ops import datasets as ops_datasets
 from services.ops import jobs as ops_jobs
+from services.ops import serving as ops_serving
 from services.ops.models import evaluations_of
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import PolicyUpdate
@@ -534,8 +536,8 @@ async def try_model(request: Request, ctx: Ctx, rt: Runtime, user: PredictUser, 
     output policy applies and each image counts against this key's budget)."""
     form = await request.form(max_files=rt.settings.max_images + 1)
     check_form(request, user, form.get("csrf"))
-    images, top_k = await predict_api.read_images(request, rt)
-    answer = await predict_api.predict_images(ctx, rt, user.caller, job_id, images, top_k)
+    images, top_k = await read_images(request, rt)
+    answer = await ops_serving.predict_images(ctx, rt, user.caller, job_id, images, top_k)
     context = await run_in_threadpool(_model_context, ctx, rt, user, job_id)
     return page(request, "model.html", user, answer=answer, **context)
 
