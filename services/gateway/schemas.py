@@ -1,20 +1,13 @@
-"""Moved to :mod:`services.ops.schemas`; re-exported here while modules of the gateway still import it
-from here."""
+"""Moved to :mod:`services.ops.schemas`. Re-exported here only for ``routers/jobs.py`` and
+``routers/health.py``, which import it from here still; delete this module once they import the
+application layer's."""
 
 from services.ops.schemas import (  # noqa: F401
-    ArtifactList,
-    ArtifactPublic,
-    DatasetPage,
-    DatasetPublic,
-    DatasetRef,
     EventPage,
-    EventPublic,
     Health,
-    JobError,
     JobPage,
     JobPublic,
     JobSpec,
-    ModelCard,
     UnitCounts,
     UnitList,
     UnitPublic,

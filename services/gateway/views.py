@@ -1,4 +1,4 @@
-"""Moved to :mod:`services.ops.views`; re-exported here while modules of the gateway still import it from
-here."""
+"""Moved to :mod:`services.ops.views`. Re-exported here only for ``routers/jobs.py``, which imports it
+from here still; delete this module once it imports the application layer's."""
 
-from services.ops.views import artifact_view, dataset_view, event_view, final_metrics, job_view, metrics_of  # noqa: F401
+from services.ops.views import event_view, job_view, metrics_of  # noqa: F401
