@@ -14,7 +14,7 @@ from typing import Any
 
 from services.cli.rest import api_call, client, connection_options, print_created, print_list, when
 
-#: Scopes a key can carry (services.gateway.routers.keys.Scope).
+#: Scopes a key can carry (services.ops.keys.Scope).
 SCOPES = ("admin", "jobs", "predict")
 
 

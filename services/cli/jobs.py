@@ -10,7 +10,7 @@ from typing import Any
 
 from services.cli.rest import api_call, client, connection_options, load_json_object, print_list, when
 
-#: Job states, for ``midre jobs list --status`` (services.gateway.schemas.JobPublic.status).
+#: Job states, for ``midre jobs list --status`` (services.ops.schemas.JobPublic.status).
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 
 

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from services.db.migrate import upgrade
 from services.db.session import session_factory
 from services.gateway.about import API_VERSION, DESCRIPTION, OPENAPI_TAGS, TITLE
-from services.gateway.deps import AuthCache, ServiceContext
+from services.gateway.deps import AuthCache
 from services.gateway.docs import install_docs
 from services.gateway.errors import install_error_handlers
 from services.gateway.limits import BodyLimitMiddleware, route_limits
@@ -37,9 +37,9 @@ from services.gateway.routers import (
     webhooks,
 )
 from services.gateway.strings import refuse_unstorable
-from services.gateway.ttl_cache import TTLCache
 from services.gateway.ui import install_ui
 from services.integrations.webhooks import WebhookDeliverer
+from services.ops.context import ServiceContext
 from services.queue.dispatch import Dispatcher
 from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
@@ -47,6 +47,7 @@ from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
 from services.storage import LocalStore
 from services.storage.orphans import sweep_store
+from services.ttl_cache import TTLCache
 
 log = logging.getLogger(__name__)
 

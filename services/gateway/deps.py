@@ -1,36 +1,20 @@
-"""FastAPI dependencies: the service context, a DB session per request, the caller's tenant."""
+"""FastAPI dependencies: the service context (:class:`~services.ops.context.ServiceContext`), a DB session
+per request, the caller and its tenant, the scope checks, the serving runtime."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from services.db.keys import SCOPES, KeyOwner, authenticate, hash_key
-from services.gateway.errors import ApiError
-from services.gateway.ttl_cache import TTLCache
-from services.ops.context import Caller, TenantRef
-from services.queue.dispatch import Dispatcher
-from services.settings import Settings
-from services.storage import LocalStore
-
-
-@dataclass
-class ServiceContext:
-    """Everything a request handler needs, built once per app."""
-
-    settings: Settings
-    sessions: sessionmaker[Session]
-    store: LocalStore
-    dispatcher: Dispatcher
-    auth_cache: AuthCache = field(default_factory=lambda: AuthCache(0))
-    #: ``(tenant, job id) -> (etag, JSON body)`` of ``GET /v1/jobs/{id}`` for ``MIDRE_JOB_CACHE_S``.
-    job_cache: TTLCache[tuple[str, str], tuple[str, bytes]] = field(default_factory=lambda: TTLCache(0))
-
+from services.ops.context import Caller, ServiceContext, TenantRef
+from services.ops.errors import ApiError, forbidden
+from services.serving.runtime import ServingRuntime
+from services.ttl_cache import TTLCache
 
 # The two cheap dependencies are ``async`` on purpose: a sync dependency costs a hop to the thread
 # pool, and under 50 concurrent clients those hops (not the SQL) dominate the latency.
@@ -106,11 +90,6 @@ async def get_tenant(caller: Annotated[Caller, Depends(get_caller)]) -> TenantRe
     return caller.tenant
 
 
-def forbidden(detail: str) -> ApiError:
-    """403 for a valid key that lacks the scope (or the model) an operation needs."""
-    return ApiError(403, "forbidden", detail)
-
-
 def require_scope(scope: str) -> Any:
     """A dependency that answers 403 unless the caller's key grants ``scope``.
 
@@ -129,10 +108,16 @@ def require_scope(scope: str) -> Any:
     return check
 
 
+async def get_runtime(request: Request) -> ServingRuntime:
+    """The app's :class:`ServingRuntime` (served models, batcher, usage meter)."""
+    return request.app.state.serving
+
+
 Ctx = Annotated[ServiceContext, Depends(get_context)]
 DB = Annotated[Session, Depends(get_session)]
 CurrentCaller = Annotated[Caller, Depends(get_caller)]
 CurrentTenant = Annotated[TenantRef, Depends(get_tenant)]
+Runtime = Annotated[ServingRuntime, Depends(get_runtime)]
 
 
 def scoped(scope: str) -> list[Any]:

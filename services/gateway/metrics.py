@@ -25,7 +25,7 @@ from services.db.models import Job
 from services.gateway.errors import ApiError
 
 if TYPE_CHECKING:
-    from services.gateway.deps import ServiceContext
+    from services.ops.context import ServiceContext
 
 
 class ServiceCollector(Collector):

@@ -6,53 +6,24 @@ encode a lone UTF-16 surrogate (``"\\ud800"`` in JSON) to UTF-8; left to the dat
 dependency that checks, before any handler or database query runs, every path parameter, query
 parameter, JSON body (keys and values, at any depth) and URL-encoded form field, and answers 422
 with the dotted path of the first bad value. Multipart form fields are checked as they are parsed
-(:mod:`services.gateway.uploads`), and a model card's JSON by :func:`find_unstorable`.
+(:mod:`services.gateway.uploads`), and a model card's JSON by the upload itself. What counts as
+unstorable is :mod:`services.ops.storable`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 from fastapi import Request
 
-from services.gateway.errors import validation_error
+from services.ops.errors import validation_error
+from services.ops.storable import UNSTORABLE, find_unstorable, has_unstorable
 
-#: The message of the 422.
-UNSTORABLE = "must not contain a NUL character or an unpaired surrogate (the database cannot store them)"
-
-_BAD = re.compile("[\x00\ud800-\udfff]")
 #: A JSON text holds such a character only as an escape (raw control characters are invalid JSON).
 _BAD_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 #: JSON bodies larger than this are not scanned: they are image payloads (predict, infer), never stored.
 MAX_SCANNED_BYTES = 1024 * 1024
-
-
-def has_unstorable(text: str) -> bool:
-    """True when ``text`` holds a NUL character or an unpaired surrogate."""
-    return _BAD.search(text) is not None
-
-
-def find_unstorable(data: Any, path: str = "") -> str | None:
-    """The dotted path (``card.class_names[3]``) of the first string in ``data`` (keys included) that
-    the database cannot store, or None."""
-    if isinstance(data, str):
-        return path or "body" if has_unstorable(data) else None
-    if isinstance(data, dict):
-        for key, value in data.items():
-            where = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and has_unstorable(key):
-                return path or "body"
-            found = find_unstorable(value, where)
-            if found is not None:
-                return found
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            found = find_unstorable(value, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
 
 
 def _json_field(body: bytes) -> str | None:

@@ -1,16 +1,15 @@
-"""Streaming ``multipart/form-data`` upload with hard caps, and the threads upload work runs in.
+"""Streaming ``multipart/form-data`` upload with hard caps.
 
 FastAPI's ``UploadFile`` would spool the whole body before the handler runs; here the body is read
 chunk by chunk, the file part is written to a scratch file while it is hashed, and reading stops
 (413, file deleted) as soon as a cap is passed: the file's size, each text field's size, the number
 of parts and each part's headers. A ``Content-Length`` above the cap is refused before a byte
-is read (the body-size middleware, :mod:`services.gateway.limits`, does it first).
+is read (the body-size middleware, :mod:`services.gateway.limits`, does it first), and so is one
+that cannot fit the tenant's storage quota (:func:`precheck_quota`).
 
-Nothing of an upload runs on the event loop: the loop only gathers the received bytes; parsing,
-hashing and writing run in worker threads in batches (:func:`in_io_thread`), and the checks of a
-received upload (extraction, image decoding, a model's forward pass) in at most
-``MIDRE_UPLOAD_WORKERS`` threads per process (:func:`in_check_thread`). A slow or hostile upload
-therefore costs other requests no event-loop time.
+The event loop only gathers the received bytes; parsing, hashing and writing run in worker threads
+in batches (:func:`services.ops.files.in_io_thread`). What a received file becomes (a dataset, a
+model) is the application layer's (:mod:`services.ops.datasets`, :mod:`services.ops.models`).
 
 The scratch file is named after its tenant and its API process (:func:`services.storage.orphans.scratch_prefix`),
 so the tenant's storage counts uploads still in flight and the reaper deletes one whose process died.
@@ -18,29 +17,21 @@ so the tenant's storage counts uploads still in flight and the reaper deletes on
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import tempfile
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from services.gateway.errors import ApiError, FieldError
-from services.ops.quotas import check_storage
+from services.ops.context import ServiceContext
+from services.ops.errors import ApiError, FieldError
+from services.ops.files import UploadedFile, check_incoming, in_io_thread
 from services.storage.orphans import scratch_prefix
-
-if TYPE_CHECKING:
-    from services.gateway.deps import ServiceContext
-
-T = TypeVar("T")
 
 #: Room for the multipart framing and small text fields on top of the file cap.
 FRAMING_BYTES = 64 * 1024
@@ -54,42 +45,6 @@ MAX_PARTS = 16
 #: Most headers of one part, and most bytes of one header line (names, content type, file name).
 MAX_PART_HEADERS = 8
 MAX_PART_HEADER_BYTES = 4096
-#: Threads that parse and write received upload bytes at once, per event loop.
-IO_THREADS = 8
-
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, anyio.CapacityLimiter]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _limiter(kind: str, tokens: int) -> anyio.CapacityLimiter:
-    """The running loop's limiter ``kind`` (asyncio primitives belong to one loop; tests run several)."""
-    per_loop = _LIMITERS.setdefault(asyncio.get_running_loop(), {})
-    limiter = per_loop.get(kind)
-    if limiter is None:
-        limiter = per_loop[kind] = anyio.CapacityLimiter(tokens)
-    return limiter
-
-
-async def in_io_thread(func: Callable[..., T], *args: Any) -> T:
-    """Run short file-system work (write, unlink, parse a batch) in a worker thread, :data:`IO_THREADS` at once."""
-    return await anyio.to_thread.run_sync(func, *args, limiter=_limiter("io", IO_THREADS))
-
-
-async def in_check_thread(workers: int, func: Callable[..., T], *args: Any) -> T:
-    """Run the check of a received upload in a worker thread, at most ``workers`` at once per process."""
-    return await anyio.to_thread.run_sync(func, *args, limiter=_limiter("checks", workers))
-
-
-@dataclass
-class UploadedFile:
-    """A received file part."""
-
-    path: Path
-    filename: str
-    size: int
-    sha256: str
-    fields: dict[str, str] = field(default_factory=dict)
 
 
 def _refuse(status: int, code: str, field: str, message: str) -> ApiError:
@@ -275,39 +230,12 @@ def _scratch_file(scratch_dir: Path) -> tempfile._TemporaryFileWrapper[bytes]:
     return tempfile.NamedTemporaryFile(dir=scratch_dir, prefix=scratch_prefix(), delete=False)  # noqa: SIM115
 
 
-def remove_files(*paths: Path) -> None:
-    """Delete scratch files (in a worker thread: :func:`in_io_thread`)."""
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def check_upload_quota(ctx: ServiceContext, tenant_id: str, upload: UploadedFile) -> None:
-    """The tenant's storage quota (blocking: a worker thread): what it stores, plus its other uploads
-    in flight on any API process sharing the store, plus this upload."""
-    pending = ctx.store.pending_upload_bytes(tenant_id, exclude=upload.path)
-    check_storage(ctx.sessions, ctx.settings, tenant_id, upload.size + pending)
-
-
 async def precheck_quota(ctx: ServiceContext, tenant_id: str, request: Request) -> None:
     """Refuse an upload whose declared ``Content-Length`` cannot fit the tenant's storage quota,
     before a byte of it is read (a body without a length is checked once received)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit():
-        pending = await in_io_thread(ctx.store.pending_upload_bytes, tenant_id)
-        await anyio.to_thread.run_sync(check_storage, ctx.sessions, ctx.settings, tenant_id, int(declared) + pending)
-
-
-def sniff_archive(path: Path) -> str | None:
-    """The archive suffix a file's magic bytes say it is (``.zip``, ``.tar.gz``, ``.tar``) or None."""
-    with open(path, "rb") as fh:
-        head = fh.read(512)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
-        return ".zip"
-    if head.startswith(b"\x1f\x8b"):
-        return ".tar.gz"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return ".tar"
-    return None
+        await check_incoming(ctx, tenant_id, int(declared))
 
 
 def multipart_body(properties: dict[str, dict[str, Any]], required: list[str],

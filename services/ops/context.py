@@ -1,8 +1,16 @@
-"""Who is asking: the caller of an operation, whatever transport brought the request."""
+"""Who is asking, and what every operation may reach: the caller of an operation and the service's context,
+whatever transport brought the request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from services.queue.dispatch import Dispatcher
+from services.settings import Settings
+from services.storage import LocalStore
+from services.ttl_cache import TTLCache
 
 
 @dataclass(frozen=True)
@@ -31,4 +39,18 @@ class Caller:
         return self.models is None or model_id in self.models
 
 
-__all__ = ["Caller", "TenantRef"]
+@dataclass
+class ServiceContext:
+    """Everything an operation may need beyond its session, built once per app."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: LocalStore
+    dispatcher: Dispatcher
+    #: Successful key checks, keyed by the key's sha256 (the gateway's ``AuthCache``; revoking a key forgets it).
+    auth_cache: TTLCache[str, Caller] = field(default_factory=lambda: TTLCache(0))
+    #: ``(tenant, job id) -> (etag, JSON body)`` of ``GET /v1/jobs/{id}`` for ``MIDRE_JOB_CACHE_S``.
+    job_cache: TTLCache[tuple[str, str], tuple[str, bytes]] = field(default_factory=lambda: TTLCache(0))
+
+
+__all__ = ["Caller", "ServiceContext", "TenantRef"]

@@ -50,6 +50,11 @@ def not_found(what: str, ident: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} {ident!r} was not found")
 
 
+def forbidden(detail: str) -> ApiError:
+    """403 for a valid key that lacks the scope (or the model) an operation needs."""
+    return ApiError(403, "forbidden", detail)
+
+
 def validation_error(field: str, message: str) -> ApiError:
     """422 naming one invalid field."""
     return ApiError(
@@ -60,4 +65,4 @@ def validation_error(field: str, message: str) -> ApiError:
     )
 
 
-__all__ = ["ApiError", "FieldError", "not_found", "validation_error"]
+__all__ = ["ApiError", "FieldError", "forbidden", "not_found", "validation_error"]

@@ -1,15 +1,42 @@
-"""Models: which checkpoint of a job is its model.
+"""Models: which checkpoint of a job is its model, its card and privacy record, and models trained elsewhere.
 
 A job's model is its root ``model.json`` + ``model.safetensors`` (a train job, an uploaded model, a
-harden job's recommendation); a pipeline's card is its defended target's.
+harden job's recommendation); a pipeline's card is its defended target's. The card and the audits
+(every attack evaluation that ran against the model, and the card as a Hugging Face style
+``README.md``) are built when asked, from the jobs in the database, so they are never stale: an
+``attack_eval`` that finishes later shows up on the next read. A model trained elsewhere is checked by
+the library and stored as a succeeded ``upload`` job with the same two artifacts.
 """
 
 from __future__ import annotations
 
-from services.db.models import Artifact
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from midre.vocabulary import normalise
+from services.db import jobs as jobstate
+from services.db.models import Artifact, Job
+from services.db.types import new_id, utcnow
+from services.jobspec import UPLOAD, names_where
+from services.ops.context import ServiceContext, TenantRef
+from services.ops.errors import ApiError, validation_error
+from services.ops.files import UploadedFile, check_upload_quota, in_check_thread, in_io_thread, in_thread, remove_files
+from services.ops.jobs import get_job
+from services.ops.schemas import ModelCard
+from services.ops.storable import UNSTORABLE, find_unstorable
+from services.ops.views import artifact_view, final_metrics, metrics_of
+from services.redact import server_redactor
 
 #: Card names tried first; :func:`card_name` knows pipelines too.
 CARD_NAMES = ("model.json",)
+#: Report metrics of an evaluation, as the job records them: ``<defense>.<attack>.<name>``.
+EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist")
 
 
 def card_name(names: list[str]) -> str | None:
@@ -39,4 +66,223 @@ def checkpoint_artifacts(artifacts: dict[str, Artifact]) -> tuple[Artifact, Arti
     return None
 
 
-__all__ = ["CARD_NAMES", "card_name", "checkpoint_artifacts"]
+# --- the card and the audits ----------------------------------------------------------------------
+
+
+def model_card(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id: str) -> ModelCard:
+    """Architecture, classes, input size, defense, Acc / AttAcc and audits of the model job ``job_id``
+    produced: 404 when it is not the tenant's or produced none, 409 while it has not succeeded."""
+    job = get_job(session, tenant, job_id)
+    if job.status != jobstate.SUCCEEDED:
+        raise ApiError(409, "job_not_succeeded", f"job {job_id} is {job.status}; no model yet")
+    artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
+    chosen = card_name(list(artifacts))
+    if chosen is None:
+        raise ApiError(404, "no_model", f"job {job_id} produced no model checkpoint")
+    with ctx.store.open(artifacts[chosen].sha256) as fh:
+        card: dict[str, Any] = json.load(fh)
+    weights = artifacts.get(chosen.removesuffix("model.json") + "model.safetensors")
+    metrics = normalise(card.get("metrics") or {})
+    label = chosen.split("/")[1] if chosen.startswith("targets/") else None
+    for name, value in final_metrics(session, job.id).items():
+        # A pipeline's job metrics are ``<defense>.<attack>.<metric>``: keep those of this model.
+        if label is None or name.startswith(f"{label}."):
+            metrics[name.removeprefix(f"{label}.") if label else name] = value
+    card.pop("history", None)
+    card = server_redactor(ctx.settings).data(card)  # the training config names the data's server folder
+    return ModelCard(
+        id=job.id,
+        job_id=job.id,
+        arch=card.get("arch"),
+        num_classes=card.get("num_classes"),
+        image_size=card.get("image_size"),
+        defense=card.get("defense"),
+        metrics=metrics,
+        checkpoint=artifact_view(weights) if weights else None,
+        card=card,
+        evaluations=evaluations_of(session, tenant, job.id),
+    )
+
+
+def model_readme(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id: str) -> str:
+    """The model card as Markdown (Hugging Face model-card form, see :func:`readme`)."""
+    view = model_card(ctx, session, tenant, job_id)
+    return readme(job_id, view.card, view.metrics, view.evaluations)
+
+
+def evaluations_of(session: Session, tenant: TenantRef, model_id: str) -> list[dict[str, Any]]:
+    """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack."""
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.tenant_id == tenant.id, Job.kind.in_(names_where(lambda k: k.audits)),
+               Job.status == jobstate.SUCCEEDED)
+        .where(or_(Job.spec["model"].as_string() == model_id, Job.spec["model_job"].as_string() == model_id))
+        .order_by(Job.id.desc())
+    ).all()
+    metrics = metrics_of(session, [j.id for j in jobs])
+    out = []
+    for job in jobs:
+        config = (job.resolved or {}).get("config") or {}
+        seeds = config.get("seeds")
+        per_attack: dict[str, dict[str, float]] = {}
+        for name, value in metrics[job.id].items():
+            parts = name.split(".")
+            if len(parts) == 3 and parts[2] in EVALUATION_METRICS:
+                per_attack.setdefault(parts[1], {})[parts[2]] = value
+        for attack, values in sorted(per_attack.items()):
+            out.append({
+                "job_id": job.id,
+                "attack": attack,
+                **values,
+                "judge": config.get("eval_arch"),
+                "seeds": seeds if isinstance(seeds, int) else len(seeds or []),
+                "date": job.finished_at.isoformat() if job.finished_at else None,
+            })
+    return out
+def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> str:
+    """The model card as Markdown with ``model-index`` front matter (Acc and AttAcc per attack, in %)."""
+    defense = card.get("defense") or {}
+    name = str((card.get("origin") or {}).get("name") or model_id)
+    results = []
+    acc = metrics.get("acc")
+    if acc is not None:
+        results.append({"task": {"type": "image-classification"}, "dataset": {"name": "private test split",
+                        "type": "private"}, "metrics": [{"type": "accuracy", "value": round(acc, 2),
+                                                         "name": "Acc (%)"}]})
+    for ev in evaluations:
+        values = [{"type": "attack-accuracy-top1", "value": round(ev["attacc_top1"], 2),
+                   "name": f"AttAcc top-1 (%) under {ev['attack']}"}] if "attacc_top1" in ev else []
+        if "attacc_top5" in ev:
+            values.append({"type": "attack-accuracy-top5", "value": round(ev["attacc_top5"], 2),
+                           "name": f"AttAcc top-5 (%) under {ev['attack']}"})
+        if values:
+            results.append({"task": {"type": "model-inversion", "name": ev["attack"]},
+                            "dataset": {"name": "private identities", "type": "private"}, "metrics": values,
+                            "source": {"name": f"MIDRE attack_eval {ev['job_id']}"}})
+    front = {"tags": ["model-inversion", "privacy", f"defense-{defense.get('name', 'unknown')}"],
+             "model-index": [{"name": name, "results": results}]}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
+             f"- architecture: `{card.get('arch')}`, {card.get('num_classes')} classes, input "
+             f"{card.get('channels')}x{card.get('image_size')}x{card.get('image_size')}",
+             f"- defense: `{json.dumps(defense)}`",
+             f"- origin: {(card.get('origin') or {}).get('kind', 'trained by the service')}"]
+    if card.get("init_from"):
+        lines.append(f"- started from: `{card['init_from']}`")
+    if acc is not None:
+        lines.append(f"- accuracy on the held-out split (Acc): {acc:.2f} %")
+    lines += ["", "## Model inversion audits", ""]
+    if not evaluations:
+        lines.append("No attack evaluation has run against this model yet (`attack_eval` with `model`).")
+    else:
+        lines += ["| attack | AttAcc top-1 (%) | AttAcc top-5 (%) | KNN dist | judge | seeds | date | job |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for ev in evaluations:
+            lines.append(f"| {ev['attack']} | {_fmt(ev.get('attacc_top1'))} | {_fmt(ev.get('attacc_top5'))} | "
+                         f"{_fmt(ev.get('knn_dist'))} | {ev.get('judge')} | {ev.get('seeds')} | "
+                         f"{(ev.get('date') or '')[:10]} | {ev['job_id']} |")
+        lines += ["", "AttAcc: share of reconstructions an independent evaluation model (the judge) recognises "
+                  "as the attacked identity; lower is more private."]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+# --- a model trained elsewhere --------------------------------------------------------------------
+
+
+def card_limits(ctx: ServiceContext) -> Any:
+    """What an uploaded card may ask for (``MIDRE_MAX_MODEL_CLASSES``, ``MIDRE_MAX_MODEL_IMAGE_SIZE``)."""
+    from midre.models.external import CardLimits
+
+    return CardLimits(max_classes=ctx.settings.max_model_classes, max_image_size=ctx.settings.max_model_image_size,
+                      classes_hint=" (MIDRE_MAX_MODEL_CLASSES)", image_size_hint=" (MIDRE_MAX_MODEL_IMAGE_SIZE)")
+
+
+async def upload_model(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile) -> ModelCard:
+    """Check a received model (``upload``: the weights, with its ``card`` and ``name`` fields) and store it
+    as the tenant's model; the received files are deleted either way. Cheapest checks first (the quota,
+    the file type, the card alone, the file's header against the card; only then a model is built and
+    run), in one of ``MIDRE_UPLOAD_WORKERS`` threads. A refused upload stores nothing."""
+    converted = upload.path.with_name(upload.path.name + ".checked")
+    try:
+        checked = await in_check_thread(ctx.settings.upload_workers, _check_model_file, ctx, tenant, upload,
+                                        converted)
+        job = await in_thread(_store_model, ctx, tenant, checked["origin"]["name"], converted, checked)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await in_io_thread(remove_files, upload.path, converted)
+    return await in_thread(_card_view, ctx, tenant, job.id)
+
+
+def _check_upload(ctx: ServiceContext, weights: Path, card: dict[str, Any], save_to: Path) -> dict[str, Any]:
+    """The library's check (card first, then the file's header, only then a model is built); the weights
+    are written to ``save_to`` in the project's own key layout, whatever layout was uploaded."""
+    from midre.checkpoint import check_external_checkpoint
+    from midre.errors import ConfigError
+
+    try:
+        return check_external_checkpoint(weights, card, limits=card_limits(ctx), save_to=save_to)
+    except ConfigError as exc:
+        raise validation_error(exc.field, exc.message) from exc
+
+
+def _check_model_file(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFile, converted: Path) -> dict[str, Any]:
+    """The blocking part of an upload (a worker thread): quota, file type, card, then the library's check."""
+    check_upload_quota(ctx, tenant.id, upload)
+    with open(upload.path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        raise validation_error("file", "a zip archive (TorchScript?) is not accepted: upload the state dict as "
+                                       "safetensors (white-box attacks need the architecture and gradients)")
+    try:
+        card = json.loads(upload.fields.get("card") or "")
+    except json.JSONDecodeError as exc:
+        raise validation_error("card", f"a JSON object is required ({exc.msg})") from exc
+    refused = find_unstorable(card, "card")
+    if refused is not None:
+        raise validation_error(refused, UNSTORABLE)
+    checked = _check_upload(ctx, upload.path, card, converted)
+    name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
+    checked.pop("history", None)
+    checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": Path(upload.filename).name, "sha256": upload.sha256}
+    return checked
+
+
+def _store_model(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Path, card: dict[str, Any]) -> Job:
+    """Store an accepted model as a succeeded ``upload`` job with its two artifacts (one transaction)."""
+    job_id = new_id("job")
+    card_file = weights.with_suffix(".json")
+    card_file.write_text(json.dumps(card, indent=2))
+    try:
+        blobs = {"model.safetensors": ctx.store.put_file(weights), "model.json": ctx.store.put_file(card_file)}
+    finally:
+        card_file.unlink(missing_ok=True)
+    now = utcnow()
+    job = Job(id=job_id, tenant_id=tenant.id, kind=UPLOAD.name, status=jobstate.SUCCEEDED,
+              spec={"kind": UPLOAD.name, "name": name, "card": {k: v for k, v in card.items() if k != "origin"}},
+              queue="none", progress=1.0, stage="done", message="uploaded model", attempt=0,
+              cancel_requested=False, created_at=now, started_at=now, finished_at=now)
+    with ctx.sessions() as session:
+        session.add(job)
+        session.flush()
+        for artifact, blob in blobs.items():
+            kind = "application/json" if artifact.endswith(".json") else "application/octet-stream"
+            session.add(Artifact(job_id=job_id, name=artifact, size=blob.size, sha256=blob.sha256,
+                                 content_type=kind, created_at=now))
+        jobstate.add_event(session, job, "status", f"model {name!r} uploaded", stage="done",
+                           data={"status": "succeeded"})
+        session.commit()
+        session.refresh(job)
+        session.expunge(job)
+    return job
+
+
+def _card_view(ctx: ServiceContext, tenant: TenantRef, job_id: str) -> ModelCard:
+    with ctx.sessions() as session:
+        return model_card(ctx, session, tenant, job_id)
+
+
+__all__ = ["CARD_NAMES", "EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "evaluations_of",
+           "model_card", "model_readme", "readme", "upload_model"]

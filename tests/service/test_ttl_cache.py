@@ -1,4 +1,4 @@
-"""The gateway's TTL cache: concurrent misses of one key share one load (no thundering herd)."""
+"""The service's TTL cache: concurrent misses of one key share one load (no thundering herd)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from services.gateway.ttl_cache import TTLCache
+from services.ttl_cache import TTLCache
 
 
 def _counting_loader(value, delay: float = 0.05):

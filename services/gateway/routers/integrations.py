@@ -1,5 +1,5 @@
 """``/v1/integrations/mlflow``: the tenant's MLflow tracking server, where its succeeded jobs are logged
-as runs and its models registered (``admin`` scope).
+as runs and its models registered (``admin`` scope), over :mod:`services.ops.integrations`.
 
 Credentials (``token``, or ``username`` + ``password``) are write-only: stored for the hand-off and
 never shown again. The tracking URI passes the webhooks' target check (``MIDRE_MLFLOW_ALLOW_PRIVATE``
@@ -9,75 +9,15 @@ lets it be internal). The hand-off itself: ``services.db.mlflow`` (the outbox ro
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Literal
-
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.orm import Session
 
-from services.db.models import MlflowIntegration
-from services.db.types import utcnow
 from services.gateway.deps import DB, Ctx, CurrentCaller, scoped
-from services.gateway.errors import PROBLEM_RESPONSES, not_found, validation_error
-from services.integrations.mlflow import ALIAS, check_uri
-from services.integrations.webhooks import UnsafeTarget, check_target
+from services.gateway.errors import PROBLEM_RESPONSES
+from services.ops import integrations as ops
+from services.ops.integrations import MlflowPublic, MlflowSettings
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"], responses=PROBLEM_RESPONSES,
                    dependencies=scoped("admin"))
-
-
-class MlflowSettings(BaseModel):
-    """Where to log the tenant's succeeded jobs. A PUT replaces the whole configuration, credentials
-    included (send them again on every PUT)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tracking_uri: str = Field(
-        min_length=1, max_length=2000,
-        description="`http` or `https` URL of the MLflow tracking server (e.g. `https://mlflow.example.com`). Its "
-        "host must resolve to public addresses only unless the operator set `MIDRE_MLFLOW_ALLOW_PRIVATE=true`; "
-        "no credentials, query or fragment in the URL.",
-    )
-    experiment: str = Field(min_length=1, max_length=500,
-                            description="Experiment name; created on the first hand-off if missing.")
-    registered_model: str | None = Field(
-        None, min_length=1, max_length=500,
-        description=f"Registered model that gets a new version (alias `{ALIAS}`) for each job that produced a "
-        "model (train, pipeline); created if missing. Omit to log runs only.",
-    )
-    token: str | None = Field(None, min_length=1, max_length=4000,
-                              description="Bearer token for the server (write-only).")
-    username: str | None = Field(None, min_length=1, max_length=500,
-                                 description="HTTP basic auth user, with `password` (write-only).")
-    password: str | None = Field(None, min_length=1, max_length=4000,
-                                 description="HTTP basic auth password, with `username` (write-only).")
-
-
-class MlflowPublic(BaseModel):
-    """The tenant's MLflow configuration: never its credentials."""
-
-    tracking_uri: str
-    experiment: str
-    registered_model: str | None
-    alias: str = Field(description="The alias moved to each new model version.")
-    auth: Literal["none", "token", "basic"] = Field(description="Which credentials are stored (not shown).")
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-def _view(row: MlflowIntegration) -> MlflowPublic:
-    auth: Literal["none", "token", "basic"] = "token" if row.token else "basic" if row.username else "none"
-    return MlflowPublic(tracking_uri=row.tracking_uri, experiment=row.experiment,
-                        registered_model=row.registered_model, alias=ALIAS, auth=auth, created_at=row.created_at,
-                        updated_at=row.updated_at)
-
-
-def _owned(session: Session, caller: CurrentCaller) -> MlflowIntegration:
-    row = session.get(MlflowIntegration, caller.tenant.id)
-    if row is None:
-        raise not_found("integration", "mlflow")
-    return row
 
 
 @router.put("/mlflow", response_model=MlflowPublic, summary="Set the tenant's MLflow server")
@@ -86,37 +26,18 @@ def put_mlflow(ctx: Ctx, session: DB, caller: CurrentCaller, body: MlflowSetting
     server: a run with the resolved config as params, the final metrics, tags and the report and model
     files; a job that produced a model also gets a new version of `registered_model`, aliased `hardened`.
     Replaces an earlier configuration; credentials are stored and never shown again."""
-    if body.token and (body.username or body.password):
-        raise validation_error("token", "give either `token` or `username` + `password`, not both")
-    if bool(body.username) != bool(body.password):
-        raise validation_error("password" if body.username else "username",
-                               "`username` and `password` go together")
-    try:
-        uri = check_uri(body.tracking_uri, ctx.settings.mlflow_allow_private, check_target)
-    except UnsafeTarget as exc:
-        raise validation_error("tracking_uri", str(exc)) from None
-    now = utcnow()
-    row = session.get(MlflowIntegration, caller.tenant.id)
-    if row is None:
-        row = MlflowIntegration(tenant_id=caller.tenant.id, created_at=now)
-        session.add(row)
-    row.tracking_uri, row.experiment, row.registered_model = uri, body.experiment, body.registered_model
-    row.token, row.username, row.password = body.token, body.username, body.password
-    row.updated_at = now
-    session.commit()
-    return _view(row)
+    return ops.put_mlflow(session, ctx.settings, caller.tenant, body)
 
 
 @router.get("/mlflow", response_model=MlflowPublic, summary="The tenant's MLflow server")
 def get_mlflow(session: DB, caller: CurrentCaller) -> MlflowPublic:
     """The configuration without credentials (`auth` says which kind is stored); 404 when none is set."""
-    return _view(_owned(session, caller))
+    return ops.get_mlflow(session, caller.tenant)
 
 
 @router.delete("/mlflow", status_code=204, response_class=Response, summary="Stop the MLflow hand-off")
 def delete_mlflow(session: DB, caller: CurrentCaller) -> Response:
     """Delete the configuration with its credentials; hand-offs not yet made are dropped (runs already
     logged stay in MLflow)."""
-    session.delete(_owned(session, caller))
-    session.commit()
+    ops.delete_mlflow(session, caller.tenant)
     return Response(status_code=204)

@@ -1,4 +1,4 @@
-"""``/v1/keys``: mint, list and revoke the tenant's API keys (``admin`` scope).
+"""``/v1/keys``: mint, list and revoke the tenant's API keys (``admin`` scope), over :mod:`services.ops.keys`.
 
 A model owner mints a ``predict`` key (optionally limited to some models) for each consumer of a
 served model: the consumer can predict within the model's budget, which counts per key, but cannot
@@ -7,110 +7,28 @@ read or change the policy, export the model, download checkpoints, submit jobs o
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from services.db import jobs as jobstate
-from services.db.keys import SCOPES, mint_key
-from services.db.models import ApiKey, Job, Tenant
-from services.db.types import utcnow
-from services.gateway.deps import DB, Caller, Ctx, CurrentCaller, scoped
-from services.gateway.errors import PROBLEM_RESPONSES, ApiError, FieldError, not_found, validation_error
+from services.gateway.deps import DB, Ctx, CurrentCaller, scoped
+from services.gateway.errors import PROBLEM_RESPONSES
+from services.ops import keys as ops
+from services.ops.keys import KeyCreate, KeyCreated, KeyList
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=PROBLEM_RESPONSES, dependencies=scoped("admin"))
-
-Scope = Literal["admin", "jobs", "predict"]
-
-
-class KeyCreate(BaseModel):
-    """A key to mint."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200, description="What the key is for, e.g. the consumer's name.")
-    scopes: list[Scope] = Field(
-        min_length=1,
-        max_length=len(SCOPES),
-        description="`admin` (everything, mints keys), `jobs` (datasets, jobs, artifacts, models, policies, "
-        "exports, predict) and/or `predict` (predict and the served models' public metadata only).",
-    )
-    models: list[str] | None = Field(
-        None,
-        max_length=1000,
-        description="Model ids a `predict`-only key may use (default: every model of the tenant).",
-    )
-
-
-class KeyPublic(BaseModel):
-    """A key as listed: never its secret."""
-
-    id: str = Field(description="The key's public id (the part after `mk_`).")
-    name: str | None
-    scopes: list[str]
-    models: list[str] | None
-    created_at: dt.datetime
-    revoked_at: dt.datetime | None
-
-
-class KeyCreated(KeyPublic):
-    """A freshly minted key: ``key`` is the secret, shown this once."""
-
-    key: str
-
-
-class KeyList(BaseModel):
-    """The tenant's keys, newest first (revoked ones included)."""
-
-    items: list[KeyPublic]
-
-
-def _view(row: ApiKey) -> KeyPublic:
-    return KeyPublic(id=row.key_id, name=row.name, scopes=list(row.scopes or []), models=row.model_ids,
-                     created_at=row.created_at, revoked_at=row.revoked_at)
 
 
 @router.post("", status_code=201, response_model=KeyCreated, summary="Mint an API key")
 def create_key(session: DB, caller: CurrentCaller, body: KeyCreate) -> KeyCreated:
     """Mint a key for this tenant; the answer holds the secret ``key``, shown only this once."""
-    if body.models is not None:
-        if set(body.scopes) != {"predict"}:
-            raise validation_error("models", "only a `predict`-only key can be limited to some models")
-        for i, model_id in enumerate(body.models):
-            job = session.get(Job, model_id)
-            if job is None or job.tenant_id != caller.tenant.id or job.status != jobstate.SUCCEEDED:
-                raise validation_error(f"models[{i}]", f"{model_id!r} is not one of your models")
-    row, key = mint_key(session, caller.tenant.id, body.scopes, body.name, body.models)
-    session.commit()
-    return KeyCreated(**_view(row).model_dump(), key=key)
+    return ops.create_key(session, caller.tenant, body)
 
 
 @router.get("", response_model=KeyList, summary="List the tenant's API keys")
 def list_keys(session: DB, caller: CurrentCaller) -> KeyList:
     """Every key of the tenant with its scopes and model limits; secrets are never shown again."""
-    rows = session.scalars(
-        select(ApiKey).where(ApiKey.tenant_id == caller.tenant.id).order_by(ApiKey.id.desc())
-    ).all()
-    return KeyList(items=[_view(r) for r in rows])
-
-
-def _check_self_revocation(session: Session, caller: Caller, row: ApiKey, confirm: bool) -> None:
-    """A key revoking itself locks its holder out: never the tenant's last admin key, else only when confirmed."""
-    session.get(Tenant, caller.tenant.id, with_for_update=True)  # two admins revoking each other take turns
-    active = session.scalars(
-        select(ApiKey).where(ApiKey.tenant_id == caller.tenant.id, ApiKey.revoked_at.is_(None))
-    ).all()
-    if "admin" in (row.scopes or []) and not any("admin" in (k.scopes or []) for k in active if k.id != row.id):
-        message = ("this is the tenant's last admin key: without it nobody could mint or revoke keys; mint another "
-                   "admin key first (POST /v1/keys, or `midre admin create-key` on the server)")
-        raise ApiError(409, "last_admin_key", message, errors=[FieldError(field="key_id", message=message)])
-    if not confirm:
-        message = "this request would revoke the very key it is made with; repeat it with ?confirm=true"
-        raise ApiError(409, "confirm_required", message, errors=[FieldError(field="confirm", message=message)])
+    return ops.list_keys(session, caller.tenant)
 
 
 @router.delete(
@@ -125,13 +43,5 @@ def revoke_key(
     """Revoke a key: refused at once by this replica, by others within ``MIDRE_AUTH_CACHE_S`` seconds
     (the authentication cache's lifetime). Its usage records stay. A key revoking itself needs
     ``?confirm=true``, and the tenant's last admin key cannot be revoked (409 either way)."""
-    row = session.scalar(select(ApiKey).where(ApiKey.key_id == key_id))
-    if row is None or row.tenant_id != caller.tenant.id:
-        raise not_found("key", key_id)
-    if row.revoked_at is None:
-        if row.key_id == caller.key_id:
-            _check_self_revocation(session, caller, row, confirm)
-        row.revoked_at = utcnow()
-        session.commit()
-    ctx.auth_cache.forget(row.key_hash)
+    ops.revoke_key(ctx, session, caller, key_id, confirm)
     return Response(status_code=204)

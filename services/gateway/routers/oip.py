@@ -4,9 +4,9 @@ KServe and Triton clients call a served model unchanged (the tensors and the out
 :mod:`services.serving.oip`). Model names are ``/v1`` model ids (a succeeded job's id). Health and
 server metadata need no key; the model routes need a key with the ``predict`` scope, honour its
 model allow-list and charge the same per-key query budget as ``/v1`` predict (one query per image),
-sharing its dynamic batcher. Errors are the API's problem details with the protocol's ``error``
-member added (``{"error": "<detail>", "status": ..., "code": ..., ...}``), so both kinds of client
-read them.
+sharing its dynamic batcher (both over :mod:`services.ops.serving`). Errors are the API's problem
+details with the protocol's ``error`` member added (``{"error": "<detail>", "status": ..., "code": ...,
+...}``), so both kinds of client read them.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from sqlalchemy import text
 from starlette.requests import ClientDisconnect
 
 from services.gateway.about import API_VERSION
-from services.gateway.deps import Caller, Ctx, forbidden, require_scope
+from services.gateway.deps import Ctx, Runtime, require_scope
 from services.gateway.errors import PROBLEM_JSON, PROBLEM_RESPONSES, ApiError, FieldError, problem_response
-from services.gateway.routers.predict import ModelRef, Runtime, cached_ref, charge_queries, forward_within_budget
+from services.ops.context import Caller
+from services.ops.serving import charge_queries, forward_within_budget, use_model
 from services.serving.accounting import Charge
 from services.serving.cache import LoadedModel
 from services.serving.oip import (
@@ -174,19 +175,12 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "midre", "version": API_VERSION, "extensions": ["classification", "binary_tensor_data"]}
 
 
-async def _model(ctx: Ctx, rt: Runtime, caller: Caller, model_id: str) -> ModelRef:
-    ref = await cached_ref(ctx, rt, caller.tenant, model_id)
-    if not caller.may_use_model(ref.job_id):
-        raise forbidden(f"this API key may not use model {model_id!r}")
-    return ref
-
-
 @router.get("/models/{model_id}", response_model=ModelMetadata, summary="Model metadata (Open Inference Protocol)",
             responses={409: {**_PROBLEM, "description": "The job has not succeeded"}})
 async def metadata(ctx: Ctx, rt: Runtime, caller: PredictCaller, model_id: str) -> dict[str, Any]:
     """The model's input (``FP32`` ``[-1, C, S, S]``; ``BYTES`` encoded images are accepted too) and
     its output under the output policy."""
-    ref = await _model(ctx, rt, caller, model_id)
+    ref = await use_model(ctx, rt, caller, model_id)
     return model_metadata(ref.job_id, ref.card, ref.policy, ref.budget, rt.settings.default_top_k)
 
 
@@ -194,7 +188,7 @@ async def metadata(ctx: Ctx, rt: Runtime, caller: PredictCaller, model_id: str) 
             responses={409: {**_PROBLEM, "description": "The job has not succeeded"}})
 async def model_ready(ctx: Ctx, rt: Runtime, caller: PredictCaller, model_id: str) -> dict[str, Any]:
     """200 when the model can be served (it is loaded on the first infer)."""
-    ref = await _model(ctx, rt, caller, model_id)
+    ref = await use_model(ctx, rt, caller, model_id)
     return {"name": ref.job_id, "ready": True}
 
 
@@ -242,7 +236,7 @@ async def infer(request: Request, ctx: Ctx, rt: Runtime, caller: PredictCaller, 
     metadata), or ``BYTES`` ``[N]`` encoded images (base64 in JSON, raw with the binary extension)
     preprocessed as ``/v1`` predict does. Each image is one query of the calling key (429 past
     the model's budget); the outputs are what the output policy allows."""
-    ref = await _model(ctx, rt, caller, model_id)
+    ref = await use_model(ctx, rt, caller, model_id)
     settings = rt.settings
     limit = body_limit(ref.card, settings.max_images, settings.max_image_bytes, settings.max_request_bytes)
     body = await read_body(request, limit)

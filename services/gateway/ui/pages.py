@@ -1,9 +1,9 @@
-"""The dashboard's routes under ``/ui/``: server-rendered pages over the API's own functions.
+"""The dashboard's routes under ``/ui/``: server-rendered pages over the application layer.
 
-Every page calls the same functions the ``/v1`` routes call (``routers.jobs.list_jobs``,
-``routers.predict.predict_images``, ``routers.datasets.store_upload``...), with the caller the
-session's API key makes, so tenancy, scopes, validation and quotas are the API's, not a copy.
-An :class:`~services.gateway.errors.ApiError` becomes an HTML page with the same status code.
+Every page calls the same functions the ``/v1`` routes call (:mod:`services.ops`: ``jobs.list_jobs``,
+``serving.predict_images``, ``datasets.store_upload``...), with the caller the session's API key makes,
+so tenancy, scopes, validation and quotas are the API's, not a copy. An
+:class:`~services.ops.errors.ApiError` becomes an HTML page with the same status code.
 """
 
 from __future__ import annotations
@@ -21,26 +21,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Artifact, Job
-from services.gateway.deps import DB, Ctx, ServiceContext, require_scope
+from services.gateway.deps import DB, Ctx, Runtime, require_scope
+from services.gateway.downloads import download_response
 from services.gateway.errors import ApiError, FieldError
-from services.gateway.model_cards import evaluations_of
-from services.gateway.routers import artifacts as artifacts_api
-from services.gateway.routers import datasets as datasets_api
-from services.gateway.routers import models as models_api
-from services.gateway.routers import predict as predict_api
-from services.gateway.schemas import DatasetRef, JobSpec
+from services.gateway.images import read_images
 from services.gateway.ui import reports
 from services.gateway.ui.sessions import COOKIE, UiUser, csrf_ok, current, sign_in, sign_out
 from services.gateway.ui.templating import templates
 from services.gateway.uploads import receive_file
-from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import kind_names, kinds, names_where
+from services.ops import artifacts as ops_artifacts
+from services.ops import datasets as ops_datasets
 from services.ops import jobs as ops_jobs
+from services.ops import models as ops_models
+from services.ops import serving as ops_serving
+from services.ops.context import ServiceContext
+from services.ops.schemas import DatasetRef, JobSpec
+from services.ops.views import artifact_view, dataset_view, event_view, job_view, metrics_of
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import PolicyUpdate
 
@@ -192,13 +192,6 @@ def check_form(request: Request, user: UiUser, sent: object) -> None:
         raise ApiError(403, "csrf", "the form's CSRF token is missing or wrong: reload the page and try again")
 
 
-async def get_runtime(request: Request) -> ServingRuntime:
-    return request.app.state.serving
-
-
-Runtime = Annotated[ServingRuntime, Depends(get_runtime)]
-
-
 def page(request: Request, name: str, user: UiUser | None, status_code: int = 200, **context: Any) -> HTMLResponse:
     """Render template ``name`` for ``user``."""
     return templates.TemplateResponse(request, name, {"user": user, **context}, status_code=status_code)
@@ -320,7 +313,7 @@ def job_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: st
     job = ops_jobs.get_job(session, user.caller.tenant, job_id)
     view = job_view(session, job)
     events = _events(session, user, job_id, None, 1000)
-    arts = artifacts_api.list_artifacts(session, user.caller.tenant, job_id).items
+    arts = [artifact_view(a) for a in ops_artifacts.list_artifacts(session, user.caller.tenant, job_id)]
     units, _ = ops_jobs.list_units(session, user.caller.tenant, job_id)
     return page(request, "job.html", user, job=view, events=events, artifacts=arts, units=units,
                 terminal=view.status in jobstate.TERMINAL, has_report=any(a.name == "report.json" for a in arts),
@@ -396,7 +389,7 @@ def cancel(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str,
 @router.get("/jobs/{job_id}/artifacts/{name:path}")
 def download(ctx: Ctx, session: DB, user: JobsUser, job_id: str, name: str) -> FileResponse:
     """An artifact's bytes (the API's download: sha256 in ``ETag`` and ``Repr-Digest``)."""
-    return artifacts_api.download_artifact(ctx, session, user.caller.tenant, job_id, name)
+    return download_response(*ops_artifacts.stored_file(ctx, session, user.caller.tenant, job_id, name))
 
 
 # --- reports ---------------------------------------------------------------------------------------
@@ -421,17 +414,10 @@ def report_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id:
 @router.get("/jobs/{job_id}/report.html")
 def report_html(ctx: Ctx, session: DB, user: JobsUser, job_id: str) -> FileResponse:
     """The study's own ``report.html``, inline, under a CSP that sandboxes it (no script runs)."""
-    response = artifacts_api.download_artifact(ctx, session, user.caller.tenant, job_id, "report.html")
+    artifact, path = ops_artifacts.stored_file(ctx, session, user.caller.tenant, job_id, "report.html")
+    response = download_response(artifact, path)
     response.headers["content-disposition"] = "inline"
     return response
-
-
-def _studies(session: Session, user: UiUser) -> list[Job]:
-    return list(session.scalars(
-        select(Job).join(Artifact, Artifact.job_id == Job.id)
-        .where(Job.tenant_id == user.caller.tenant.id, Artifact.name == "report.json")
-        .order_by(Job.id.desc()).limit(200)
-    ))
 
 
 @router.get("/compare")
@@ -440,7 +426,8 @@ def compare_page(
 ) -> HTMLResponse:
     """Two studies side by side: verdicts, Acc / AttAcc per attack and defense with B - A, plots."""
     views = (_report(ctx, session, user, a), _report(ctx, session, user, b)) if a and b else None
-    return page(request, "compare.html", user, studies=_studies(session, user), a=a, b=b, views=views,
+    studies = ops_artifacts.jobs_with(session, user.caller.tenant, "report.json")
+    return page(request, "compare.html", user, studies=studies, a=a, b=b, views=views,
                 rows=reports.compare_rows(*views) if views else [])
 
 
@@ -471,10 +458,10 @@ def _acc(metrics: dict[str, float]) -> float | None:
 @router.get("/models")
 def models_page(request: Request, rt: Runtime, session: DB, user: PredictUser) -> HTMLResponse:
     """Servable models: origin, defense, Acc and AttAcc per attack, output policy."""
-    listing = predict_api.list_models(rt, session, user.caller, None, 200)
+    listing = ops_serving.list_models(session, rt, user.caller, None, 200)
     rows = []
     for m in listing.items:
-        evaluations = evaluations_of(session, user.caller.tenant.id, m.job_id) if user.can("jobs") else []
+        evaluations = ops_models.evaluations_of(session, user.caller.tenant, m.job_id) if user.can("jobs") else []
         rows.append({"model": m, "acc": _acc(m.metrics), "attacc": _attacc(m.metrics, evaluations)})
     attacks = sorted({a for row in rows for a in row["attacc"]})
     return page(request, "models.html", user, rows=rows, attacks=attacks)
@@ -482,7 +469,7 @@ def models_page(request: Request, rt: Runtime, session: DB, user: PredictUser) -
 
 def _model_context(ctx: ServiceContext, rt: ServingRuntime, user: UiUser, job_id: str) -> dict[str, Any]:
     with ctx.sessions() as session:
-        listing = predict_api.list_models(rt, session, user.caller, None, 200)
+        listing = ops_serving.list_models(session, rt, user.caller, None, 200)
         served = next((m for m in listing.items if m.job_id == job_id), None)
         if served is None:
             ops_jobs.get_job(session, user.caller.tenant, job_id)  # 404 for someone else's or a missing id
@@ -490,8 +477,8 @@ def _model_context(ctx: ServiceContext, rt: ServingRuntime, user: UiUser, job_id
         card = policy = None
         evaluations: list[dict[str, Any]] = []
         if user.can("jobs"):
-            card = models_api.model_card(ctx, session, user.caller.tenant, job_id)
-            policy = predict_api.get_policy(rt, session, user.caller, job_id)
+            card = ops_models.model_card(ctx, session, user.caller.tenant, job_id)
+            policy = ops_serving.get_policy(session, rt, user.caller.tenant, job_id)
             evaluations = card.evaluations
         return {"m": served, "card": card, "policy": policy, "evaluations": evaluations,
                 "card_json": json.dumps(card.card, indent=2, default=str) if card else None,
@@ -523,7 +510,7 @@ def set_policy(
                   for e in exc.errors()]
         raise ApiError(422, "validation_error", "; ".join(f"{e.field}: {e.message}" for e in errors),
                        errors=errors) from exc
-    predict_api.put_policy(rt, session, user.caller, job_id, body)
+    ops_serving.put_policy(session, rt, user.caller.tenant, job_id, body)
     return RedirectResponse(f"/ui/models/{job_id}#policy", status_code=303)
 
 
@@ -533,8 +520,8 @@ async def try_model(request: Request, ctx: Ctx, rt: Runtime, user: PredictUser, 
     output policy applies and each image counts against this key's budget)."""
     form = await request.form(max_files=rt.settings.max_images + 1)
     check_form(request, user, form.get("csrf"))
-    images, top_k = await predict_api.read_images(request, rt)
-    answer = await predict_api.predict_images(ctx, rt, user.caller, job_id, images, top_k)
+    images, top_k = await read_images(request, rt)
+    answer = await ops_serving.predict_images(ctx, rt, user.caller, job_id, images, top_k)
     context = await run_in_threadpool(_model_context, ctx, rt, user, job_id)
     return page(request, "model.html", user, answer=answer, **context)
 
@@ -544,8 +531,8 @@ async def try_model(request: Request, ctx: Ctx, rt: Runtime, user: PredictUser, 
 
 @router.get("/datasets")
 def datasets_page(request: Request, session: DB, user: JobsUser) -> HTMLResponse:
-    listing = datasets_api.list_datasets(session, user.caller.tenant, None, 200)
-    return page(request, "datasets.html", user, datasets=listing.items)
+    rows, _ = ops_datasets.list_datasets(session, user.caller.tenant, None, 200)
+    return page(request, "datasets.html", user, datasets=[dataset_view(d) for d in rows])
 
 
 @router.post("/datasets")
@@ -556,7 +543,7 @@ async def upload_dataset(request: Request, ctx: Ctx, user: JobsUser) -> Response
     # The token is checked when the file part starts (the form sends it first), before the file is read.
     upload = await receive_file(request, ctx.store.upload_dir(user.caller.tenant.id), ctx.settings.max_upload_bytes,
                                 on_file=lambda fields: check_form(request, user, fields.get("csrf")))
-    dataset = await datasets_api.store_upload(ctx, user.caller.tenant, upload)
+    dataset = await ops_datasets.store_upload(ctx, user.caller.tenant, upload)
     return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
 
 
@@ -567,20 +554,20 @@ async def register_dataset(
 ) -> Response:
     """Register the built-in ``digits`` data set under a name."""
     check_form(request, user, csrf)
-    dataset = await datasets_api._register(DatasetRef(name=name or "digits", source="digits"), ctx, user.caller.tenant)
+    dataset = await ops_datasets.register(ctx, user.caller.tenant, DatasetRef(name=name or "digits", source="digits"))
     return RedirectResponse(f"/ui/datasets/{dataset.id}", status_code=303)
 
 
 @router.get("/datasets/{dataset_id}")
 def dataset_page(request: Request, session: DB, user: JobsUser, dataset_id: str) -> HTMLResponse:
     """One dataset and its validation report (identities, images, rejected files)."""
-    dataset = datasets_api.read_dataset(session, user.caller.tenant, dataset_id)
-    return page(request, "dataset.html", user, d=dataset)
+    dataset = ops_datasets.get_dataset(session, user.caller.tenant, dataset_id)
+    return page(request, "dataset.html", user, d=dataset_view(dataset))
 
 
 @router.post("/datasets/{dataset_id}/delete")
 def delete_dataset(request: Request, ctx: Ctx, session: DB, user: JobsUser, dataset_id: str,
                    csrf: Annotated[str, Form()] = "") -> Response:
     check_form(request, user, csrf)
-    datasets_api.delete_dataset(ctx, session, user.caller.tenant, dataset_id)
+    ops_datasets.delete_dataset(ctx, session, user.caller.tenant, dataset_id)
     return RedirectResponse("/ui/datasets", status_code=303)

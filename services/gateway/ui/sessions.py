@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from services.db.keys import authenticate, effective_scopes, hash_key
 from services.db.models import ApiKey, Tenant, UiSession
 from services.db.types import utcnow
-from services.gateway.deps import Caller, TenantRef
+from services.ops.context import Caller, TenantRef
 
 #: Name of the session cookie (HttpOnly, SameSite=Strict, Path=/ui, Secure over https).
 COOKIE = "midre_session"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from fastapi.concurrency import run_in_threadpool
+import anyio
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -70,7 +70,7 @@ class TTLCache(Generic[K, V]):
 
     async def _load(self, key: K, load: Callable[[], V | None]) -> V | None:
         try:
-            value = await run_in_threadpool(load)
+            value = await anyio.to_thread.run_sync(load)
         finally:
             current = self._pending.get(key) is asyncio.current_task()  # not forgotten meanwhile
             if current:
