@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from services.gateway.deps import Ctx
-from services.gateway.schemas import Health
+from services.ops.schemas import Health
 
 router = APIRouter(tags=["health"])
 

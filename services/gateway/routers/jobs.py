@@ -9,10 +9,10 @@ from fastapi import APIRouter, Body, Header, Query, Response
 
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import PROBLEM_RESPONSES
-from services.gateway.schemas import EventPage, JobPage, JobPublic, JobSpec, UnitCounts, UnitList, UnitPublic
-from services.gateway.views import event_view, job_view, metrics_of
 from services.jobspec import MAX_INT64
 from services.ops import jobs as ops
+from services.ops.schemas import EventPage, JobPage, JobPublic, JobSpec, UnitCounts, UnitList, UnitPublic
+from services.ops.views import event_view, job_view, metrics_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
 
