@@ -253,10 +253,18 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``pipeline``, ``attack``, ``prior`` and ``evaluate`` to the ``midre`` CLI."""
+    """Add ``pipeline``, ``sweep``, ``harden``, ``attack``, ``prior`` and ``evaluate`` to the ``midre`` CLI."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    _register_pipeline(subparsers, fmt)
+    _register_sweeps(subparsers, fmt)
+    _register_attack(subparsers, fmt)
+    _register_prior(subparsers, fmt)
+    _register_evaluate(subparsers, fmt)
+
+
+def _register_pipeline(subparsers: argparse._SubParsersAction, fmt: type) -> None:
     from midre.commands.train import add_augment_arguments, add_data_arguments
 
-    fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "pipeline", help="full study: train NoDef/MIDRE targets, attack them, write the privacy report",
         formatter_class=fmt,
@@ -282,8 +290,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_attack_arguments(p, "deepinversion,gmi")
     p.set_defaults(func=run_pipeline_command)
 
-    _register_sweeps(subparsers, fmt)
 
+def _register_attack(subparsers: argparse._SubParsersAction, fmt: type) -> None:
     a = subparsers.add_parser(
         "attack", help="attack one trained model and report AttAcc, KNN distance and δ_eval",
         formatter_class=fmt,
@@ -297,6 +305,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--seeds", type=int, default=3, help="attack repetitions for mean ± std (default 3)")
     _add_attack_arguments(a, "deepinversion")
     a.set_defaults(func=run_attack_command)
+
+
+def _register_prior(subparsers: argparse._SubParsersAction, fmt: type) -> None:
+    from midre.commands.train import add_data_arguments
 
     pr = subparsers.add_parser(
         "prior", help="train a GAN prior on public images (reused by gmi / lomma+gmi)", formatter_class=fmt,
@@ -317,6 +329,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", required=True, metavar="DIR", help="cache folder to write the prior into")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=run_prior_command)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction, fmt: type) -> None:
+    from midre.commands.train import add_data_arguments
 
     ev = subparsers.add_parser(
         "evaluate", help="train (or reuse) the evaluation model of a data set", formatter_class=fmt,
