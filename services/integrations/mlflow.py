@@ -222,11 +222,7 @@ def _attach_model(handoff: Handoff, store: LocalStore, kind: str, artifacts: dic
     job's; a harden job's recommendation, when there is one) or a study's defended target.
     """
     job_kind = get_kind(kind)
-    card_file = None
-    if job_kind.mlflow_model == "root" and "model.json" in artifacts:
-        card_file = "model.json"
-    elif job_kind.mlflow_model == "target":
-        card_file = card_name([n for n in artifacts if n.startswith("targets/")])
+    card_file = card_name(kind, list(artifacts))
     weights = card_file.removesuffix("model.json") + "model.safetensors" if card_file else None
     label = card_file.split("/")[1] if card_file and card_file.startswith("targets/") else None
     if card_file and weights in artifacts:

@@ -23,7 +23,7 @@ from midre.vocabulary import normalise
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Job
 from services.db.types import new_id, utcnow
-from services.jobspec import UPLOAD, names_where
+from services.jobspec import UPLOAD, get_kind, names_where
 from services.ops.context import ServiceContext, TenantRef
 from services.ops.errors import ApiError, validation_error
 from services.ops.files import UploadedFile, check_upload_quota, in_check_thread, in_io_thread, in_thread, remove_files
@@ -32,18 +32,26 @@ from services.ops.schemas import ModelCard
 from services.ops.storable import UNSTORABLE, find_unstorable
 from services.ops.views import artifact_view, final_metrics, metrics_of
 from services.redact import server_redactor
+from services.storage import LocalStore
 
-#: Card names tried first; :func:`card_name` knows pipelines too.
-CARD_NAMES = ("model.json",)
 #: Report metrics of an evaluation, as the job records them: ``<defense>.<attack>.<name>``.
 EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist")
 
 
-def card_name(names: list[str]) -> str | None:
-    """The checkpoint a model card describes: a train job's ``model.json``; for a pipeline, the
-    defended target of its first seed (``targets/<defense>/seed<k>/model.json``, NoDef last)."""
-    if "model.json" in names:
-        return "model.json"
+def card_name(kind: str, names: list[str]) -> str | None:
+    """The ``model.json`` of the model a job of ``kind`` produced, among its artifact ``names``, or ``None``.
+
+    A kind that yields a model (:mod:`services.jobspec`): its own ``model.json`` (a train job's, an
+    uploaded model's, a harden job's recommendation, present only when it recommended one). A study
+    whose defended target MLflow registers (a pipeline): that target's first seed
+    (``targets/<defense>/seed<k>/model.json``, NoDef last). Any other job: none, so a sweep's candidates
+    or a harden search's stopped ones are never served as models.
+    """
+    job_kind = get_kind(kind)
+    if job_kind.model != "never":
+        return "model.json" if "model.json" in names else None
+    if job_kind.mlflow_model != "target":
+        return None
     targets = [n for n in names if n.startswith("targets/") and n.endswith("/model.json")]
 
     def rank(name: str) -> tuple[bool, int, str]:
@@ -51,19 +59,14 @@ def card_name(names: list[str]) -> str | None:
         seed = parts[2].removeprefix("seed") if len(parts) > 3 else ""
         return (parts[1] == "nodef", int(seed) if seed.isdigit() else 0, name)
 
-    if targets:
-        return sorted(targets, key=rank)[0]
-    return next((n for n in sorted(names) if n.endswith("model.json")), None)
+    return sorted(targets, key=rank)[0] if targets else None
 
 
-def checkpoint_artifacts(artifacts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
-    """The (card, weights) artifacts of the model a job produced, or None."""
-    names = [n for n in CARD_NAMES if n in artifacts] + sorted(n for n in artifacts if n.endswith("model.json"))
-    for name in names:
-        weights = artifacts.get(name.removesuffix("model.json") + "model.safetensors")
-        if weights is not None:
-            return artifacts[name], weights
-    return None
+def checkpoint_artifacts(kind: str, artifacts: dict[str, Artifact]) -> tuple[Artifact, Artifact] | None:
+    """The (card, weights) artifacts of the model a job of ``kind`` produced (:func:`card_name`), or None."""
+    name = card_name(kind, list(artifacts))
+    weights = artifacts.get(name.removesuffix("model.json") + "model.safetensors") if name else None
+    return (artifacts[name], weights) if name and weights is not None else None
 
 
 # --- the card and the audits ----------------------------------------------------------------------
@@ -76,7 +79,7 @@ def model_card(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id:
     if job.status != jobstate.SUCCEEDED:
         raise ApiError(409, "job_not_succeeded", f"job {job_id} is {job.status}; no model yet")
     artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
-    chosen = card_name(list(artifacts))
+    chosen = card_name(job.kind, list(artifacts))
     if chosen is None:
         raise ApiError(404, "no_model", f"job {job_id} produced no model checkpoint")
     with ctx.store.open(artifacts[chosen].sha256) as fh:
@@ -100,7 +103,7 @@ def model_card(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id:
         metrics=metrics,
         checkpoint=artifact_view(weights) if weights else None,
         card=card,
-        evaluations=evaluations_of(session, tenant, job.id),
+        evaluations=evaluations_of(session, tenant, job.id, ctx.store),
     )
 
 
@@ -110,8 +113,24 @@ def model_readme(ctx: ServiceContext, session: Session, tenant: TenantRef, job_i
     return readme(job_id, view.card, view.metrics, view.evaluations)
 
 
-def evaluations_of(session: Session, tenant: TenantRef, model_id: str) -> list[dict[str, Any]]:
-    """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack."""
+def _judges(session: Session, store: LocalStore | None, job: Job) -> str | None:
+    """The judges that pooled an audit's AttAcc, from its report (``resnet18 + densenet121``)."""
+    config = (job.resolved or {}).get("config") or {}
+    row = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == "report.json"))
+    if store is None or row is None:
+        return config.get("eval_arch")
+    try:
+        with store.open(row.sha256) as fh:
+            judges = json.load(fh).get("judges") or []
+    except (FileNotFoundError, ValueError):
+        return config.get("eval_arch")
+    return " + ".join(str(j.get("arch")) for j in judges if isinstance(j, dict)) or config.get("eval_arch")
+
+
+def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
+                   store: LocalStore | None = None) -> list[dict[str, Any]]:
+    """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack: its
+    Acc and pooled AttAcc, and (with ``store``) the judges that pooled it."""
     jobs = session.scalars(
         select(Job)
         .where(Job.tenant_id == tenant.id, Job.kind.in_(names_where(lambda k: k.audits)),
@@ -129,12 +148,13 @@ def evaluations_of(session: Session, tenant: TenantRef, model_id: str) -> list[d
             parts = name.split(".")
             if len(parts) == 3 and parts[2] in EVALUATION_METRICS:
                 per_attack.setdefault(parts[1], {})[parts[2]] = value
+        judges = _judges(session, store, job) if per_attack else None
         for attack, values in sorted(per_attack.items()):
             out.append({
                 "job_id": job.id,
                 "attack": attack,
                 **values,
-                "judge": config.get("eval_arch"),
+                "judge": judges,
                 "seeds": seeds if isinstance(seeds, int) else len(seeds or []),
                 "date": job.finished_at.isoformat() if job.finished_at else None,
             })
@@ -145,6 +165,8 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
     name = str((card.get("origin") or {}).get("name") or model_id)
     results = []
     acc = metrics.get("acc")
+    if acc is None:  # a model trained elsewhere: its accuracy as its newest audit measured it
+        acc = next((ev["acc"] for ev in evaluations if isinstance(ev.get("acc"), int | float)), None)
     if acc is not None:
         results.append({"task": {"type": "image-classification"}, "dataset": {"name": "private test split",
                         "type": "private"}, "metrics": [{"type": "accuracy", "value": round(acc, 2),
@@ -284,5 +306,5 @@ def _card_view(ctx: ServiceContext, tenant: TenantRef, job_id: str) -> ModelCard
         return model_card(ctx, session, tenant, job_id)
 
 
-__all__ = ["CARD_NAMES", "EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "evaluations_of",
+__all__ = ["EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "evaluations_of",
            "model_card", "model_readme", "readme", "upload_model"]

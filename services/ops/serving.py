@@ -78,7 +78,7 @@ def resolve_model(session: Session, rt: ServingRuntime, tenant: TenantRef, job_i
     if job.status != jobstate.SUCCEEDED:
         raise ApiError(409, "job_not_succeeded", f"job {job_id} is {job.status}; no model to serve yet")
     artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job.id))}
-    found = checkpoint_artifacts(artifacts)
+    found = checkpoint_artifacts(job.kind, artifacts)
     if found is None:
         raise ApiError(404, "no_model", f"job {job_id} produced no model checkpoint")
     card_art, weights_art = found
@@ -241,7 +241,7 @@ def list_models(session: Session, rt: ServingRuntime, caller: Caller, cursor: st
     policies = {p.job_id: p for p in session.scalars(select(ModelPolicy).where(ModelPolicy.job_id.in_(ids)))}
     items = []
     for job in page:
-        found = checkpoint_artifacts(by_job[job.id])
+        found = checkpoint_artifacts(job.kind, by_job[job.id])
         if found is None:
             continue
         items.append(_servable(job, rt.card(found[0].sha256), final_metrics(session, job.id), policies.get(job.id)))

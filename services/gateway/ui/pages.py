@@ -449,20 +449,25 @@ def _attacc(metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> dic
     return out
 
 
-def _acc(metrics: dict[str, float]) -> float | None:
+def _acc(metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> float | None:
+    """The model's Acc: its own, a study's defended target's, else as its newest audit measured it (a model
+    trained elsewhere)."""
     if "acc" in metrics:
         return metrics["acc"]
-    return next((v for k, v in sorted(metrics.items()) if k.endswith(".acc") and not k.startswith("nodef.")), None)
+    own = next((v for k, v in sorted(metrics.items()) if k.endswith(".acc") and not k.startswith("nodef.")), None)
+    return own if own is not None else next((ev["acc"] for ev in evaluations
+                                             if isinstance(ev.get("acc"), int | float)), None)
 
 
 @router.get("/models")
-def models_page(request: Request, rt: Runtime, session: DB, user: PredictUser) -> HTMLResponse:
+def models_page(request: Request, ctx: Ctx, rt: Runtime, session: DB, user: PredictUser) -> HTMLResponse:
     """Servable models: origin, defense, Acc and AttAcc per attack, output policy."""
     listing = ops_serving.list_models(session, rt, user.caller, None, 200)
     rows = []
     for m in listing.items:
-        evaluations = ops_models.evaluations_of(session, user.caller.tenant, m.job_id) if user.can("jobs") else []
-        rows.append({"model": m, "acc": _acc(m.metrics), "attacc": _attacc(m.metrics, evaluations)})
+        evaluations = (ops_models.evaluations_of(session, user.caller.tenant, m.job_id, ctx.store)
+                       if user.can("jobs") else [])
+        rows.append({"model": m, "acc": _acc(m.metrics, evaluations), "attacc": _attacc(m.metrics, evaluations)})
     attacks = sorted({a for row in rows for a in row["attacc"]})
     return page(request, "models.html", user, rows=rows, attacks=attacks)
 
@@ -482,7 +487,7 @@ def _model_context(ctx: ServiceContext, rt: ServingRuntime, user: UiUser, job_id
             evaluations = card.evaluations
         return {"m": served, "card": card, "policy": policy, "evaluations": evaluations,
                 "card_json": json.dumps(card.card, indent=2, default=str) if card else None,
-                "acc": _acc(served.metrics), "attacc": _attacc(served.metrics, evaluations)}
+                "acc": _acc(served.metrics, evaluations), "attacc": _attacc(served.metrics, evaluations)}
 
 
 @router.get("/models/{job_id}")
