@@ -125,6 +125,10 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self.request("POST", "/v1/jobs", json=spec, headers=headers)
 
+    def dry_run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Check a job spec and estimate its cost; nothing is stored (``resolved``, ``estimate``)."""
+        return self.request("POST", "/v1/jobs", json=spec, params={"dry_run": "true"})
+
     def job(self, job_id: str) -> dict[str, Any]:
         """One job."""
         return self.request("GET", f"/v1/jobs/{job_id}")

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "prints the job id alone on the last line")
     p.add_argument("spec", help="path to a JSON spec, '-' for stdin, or the JSON itself")
     p.add_argument("--idempotency-key")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the spec and print what it would run and cost; store and queue nothing")
     p.set_defaults(func=cmd_jobs_submit)
     p = jobs.add_parser("status", parents=[common], help="print a job as JSON")
     p.add_argument("job_id")
@@ -63,6 +65,8 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
     """Submit a job; prints it as JSON, a line saying what was submitted, then its id alone on the last
     line (``JOB=$(midre jobs submit spec.json | tail -n 1)``)."""
     spec = load_json_object(args.spec, "spec")
+    if args.dry_run:
+        return _dry_run(args, spec)
     with client(args) as api:
         job = api_call(lambda: api.submit(spec, args.idempotency_key))
     if job is None:
@@ -70,6 +74,23 @@ def cmd_jobs_submit(args: argparse.Namespace) -> int:
     print(json.dumps(job, indent=2))
     print(f"submitted {job['status']} {job['kind']} job:")
     print(job["id"])
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, spec: dict[str, Any]) -> int:
+    """Print what the spec would run and cost, then one line with the total."""
+    with client(args) as api:
+        answer = api_call(lambda: api.dry_run(spec))
+    if answer is None:
+        return 1
+    print(json.dumps(answer, indent=2))
+    estimate = answer.get("estimate") or {}
+    if "total_seconds" in estimate:
+        unit = "GPU-seconds" if estimate.get("gpu_seconds") is not None else "CPU-seconds"
+        print(f"dry run: a {answer['kind']} job of about {estimate['total_seconds']:.0f} {unit} on "
+              f"{estimate['device']}; nothing stored")
+    else:
+        print(f"dry run: the {answer['kind']} spec is valid; nothing stored")
     return 0
 
 

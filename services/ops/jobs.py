@@ -9,7 +9,11 @@ config and queued after the commit.
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -19,12 +23,14 @@ from sqlalchemy.orm import Session
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, JobEvent, JobUnit
 from services.db.types import new_id, utcnow
-from services.jobspec import DIGITS, SpecError, check_public_data, get_kind, kind_names, references, resolve
+from services.jobspec import DIGITS, SpecError, bind, check_public_data, get_kind, kind_names, references, resolve
 from services.ops.context import TenantRef
 from services.ops.errors import ApiError, not_found, validation_error
 from services.ops.quotas import check_job_quotas
 from services.queue.dispatch import Dispatcher
+from services.redact import server_redactor
 from services.settings import Settings
+from services.storage import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,55 @@ def _resolved(spec: dict[str, Any], dataset_id: str | None, audited: Job | None)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
     return resolved, dataset_id
+
+
+#: One cost calibration at a time per API process: a dry run times a few steps on random tensors.
+_ESTIMATING = threading.Lock()
+
+
+def dry_run(session: Session, settings: Settings, tenant: TenantRef, spec: dict[str, Any]) -> dict[str, Any]:
+    """Everything :func:`submit` checks (ids, the library's checks, quotas), and what the job would cost,
+    without storing or queueing anything: ``{"dry_run", "kind", "resolved", "estimate"}``.
+
+    The estimate (``midre.cost.estimate_study``: every judge, prior, target and attack run, cached ones at
+    zero) times a few steps on random tensors of the job's shapes, one dry run at a time per API process;
+    a train job has none (``null``), and a calibration that fails says why instead of failing the answer.
+    """
+    dataset_id, audited = check_references(session, tenant, spec)
+    resolved, dataset_id = _resolved(spec, dataset_id, audited)
+    check_job_quotas(session, settings, tenant.id, resolved)
+    estimate: dict[str, Any] | None = None
+    if get_kind(spec["kind"]).report:
+        with _ESTIMATING, tempfile.TemporaryDirectory(prefix="dry-run-") as scratch:
+            estimate = _estimate(session, settings, tenant, resolved, Path(scratch))
+    return {"dry_run": True, "kind": spec["kind"], "resolved": resolved, "estimate": estimate}
+
+
+def _estimate(session: Session, settings: Settings, tenant: TenantRef, resolved: dict[str, Any],
+              scratch: Path) -> dict[str, Any]:
+    """The cost estimate of a resolved study, its references bound to the datasets' folders and to copies
+    of the named models' cards."""
+    from midre.cost import estimate_study
+
+    store = LocalStore(settings.storage_dir)
+
+    def lookup(token: str) -> str:
+        what, _, ident = token.partition(":")
+        if what == "dataset":
+            return dataset_ref(session, tenant, ident)[0]
+        card = session.scalar(select(Artifact).where(Artifact.job_id == ident, Artifact.name == "model.json"))
+        folder = scratch / ident
+        folder.mkdir(exist_ok=True)
+        if card is not None:
+            (folder / "model.json").write_bytes(store.path(card.sha256).read_bytes())
+        return str(folder)
+
+    try:
+        config = bind(resolved, lookup, cache_dir=str(store.root / "cache" / tenant.id))
+        return server_redactor(settings).data(json.loads(json.dumps(estimate_study(config), default=str)))
+    except Exception as exc:  # noqa: BLE001 - an estimate never turns a valid spec into an error
+        log.warning("dry run: no cost estimate: %s", exc)
+        return {"error": server_redactor(settings)(str(exc))[:500] or type(exc).__name__}
 
 
 def submit(session: Session, settings: Settings, dispatcher: Dispatcher, tenant: TenantRef, spec: dict[str, Any],
@@ -206,5 +261,5 @@ def cancel(session: Session, tenant: TenantRef, job_id: str) -> Job:
     return job
 
 
-__all__ = ["cancel", "check_references", "dataset_ref", "get_job", "is_model", "list_events", "list_jobs",
+__all__ = ["cancel", "check_references", "dataset_ref", "dry_run", "get_job", "is_model", "list_events", "list_jobs",
            "list_units", "model_data", "model_job", "submit"]

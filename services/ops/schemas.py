@@ -18,6 +18,18 @@ from services import jobspec
 JobSpec = jobspec.JobSpec
 
 
+class DryRun(BaseModel):
+    """What a job would run and cost (``POST /v1/jobs?dry_run=true``); nothing was stored."""
+
+    dry_run: Literal[True]
+    kind: str
+    resolved: dict[str, Any] = Field(description="The library config it would run, as `JobPublic.resolved`.")
+    estimate: dict[str, Any] | None = Field(
+        description="Seconds and peak memory of every judge, prior, target and attack run (`midre.cost`); "
+        "`null` for a train job, `{\"error\"}` when the calibration failed."
+    )
+
+
 class JobError(BaseModel):
     """Why a job failed."""
 

@@ -6,12 +6,13 @@ import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Query, Response
+from fastapi.responses import JSONResponse
 
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import PROBLEM_RESPONSES
 from services.jobspec import MAX_INT64
 from services.ops import jobs as ops
-from services.ops.schemas import EventPage, JobPage, JobPublic, JobSpec, UnitCounts, UnitList, UnitPublic
+from services.ops.schemas import DryRun, EventPage, JobPage, JobPublic, JobSpec, UnitCounts, UnitList, UnitPublic
 from services.ops.views import event_view, job_view, metrics_of
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=PROBLEM_RESPONSES, dependencies=scoped("jobs"))
@@ -24,7 +25,8 @@ StatusFilter = Annotated[str | None, Query(description="Only jobs in this status
     status_code=201,
     response_model=JobPublic,
     summary="Submit a job",
-    responses={200: {"model": JobPublic, "description": "Replay of an earlier request (Idempotency-Key)"}},
+    responses={200: {"model": JobPublic | DryRun,
+                      "description": "Replay of an earlier request (Idempotency-Key), or a dry run's answer"}},
 )
 def submit_job(
     ctx: Ctx,
@@ -36,11 +38,18 @@ def submit_job(
         str | None,
         Header(max_length=200, description="Retrying with the same key returns the first job."),
     ] = None,
-) -> JobPublic:
+    dry_run: Annotated[bool, Query(description="Check the spec and estimate its cost; store and queue nothing "
+                                               "(200 with `resolved` and `estimate`).")] = False,
+) -> JobPublic | JSONResponse:
     """Check the spec (unknown keys, ranges, ids you own, then the library's own checks: architecture
     and input size, defense parameters, attack names and options, public data the attacks need),
     store the job with its resolved config, then queue it (after the commit). A refused spec is a 422
-    naming the field; nothing is stored."""
+    naming the field; nothing is stored. With `dry_run=true` the same checks run and the answer is what
+    would run and what it would cost (every judge, prior, target and attack run, from a short calibration
+    on the job's shapes); nothing is stored."""
+    if dry_run:
+        return JSONResponse(ops.dry_run(session, ctx.settings, tenant,
+                                        spec.model_dump(mode="json", exclude_none=False)))
     job, replayed = ops.submit(session, ctx.settings, ctx.dispatcher, tenant,
                                spec.model_dump(mode="json", exclude_none=False), idempotency_key)
     if replayed:
