@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."
     )
     reaper_interval_s: float = Field(30.0, gt=0, description="How often workers look for stale jobs.")
+    unserved_warn_s: float = Field(
+        60.0, gt=0, description="A job queued this long where no live worker listens gets a `warning` event "
+        "(`no_worker`) from any live worker's reaper.",
+    )
     redispatch_after_s: float = Field(
         300.0,
         gt=0,

@@ -339,3 +339,18 @@ class JobUnit(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerPresence(Base):
+    """A running worker and the broker queues it consumes, refreshed by its reaper every pass.
+
+    The API routes a job of device ``auto`` to a queue some live worker consumes, ``/readyz`` names the
+    queues nobody consumes, and the reaper warns about jobs queued where no worker listens.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, JobEvent, JobUnit
 from services.db.types import new_id, utcnow
+from services.db.workers import auto_queue
 from services.jobspec import DIGITS, SpecError, bind, check_public_data, get_kind, kind_names, references, resolve
 from services.ops.context import TenantRef
 from services.ops.errors import ApiError, not_found, validation_error
@@ -180,7 +181,8 @@ def submit(session: Session, settings: Settings, dispatcher: Dispatcher, tenant:
     dataset_id, audited = check_references(session, tenant, spec)
     resolved, dataset_id = _resolved(spec, dataset_id, audited)
     check_job_quotas(session, settings, tenant.id, resolved)
-    queue = settings.queue_name(dispatcher.route(spec.get("device", "auto")))
+    device = spec.get("device", "auto")
+    queue = settings.queue_name(auto_queue(session, settings) if device == "auto" else dispatcher.route(device))
     job = Job(id=new_id("job"), tenant_id=tenant.id, kind=spec["kind"], status=jobstate.QUEUED, spec=spec,
               resolved=resolved, queue=queue, idempotency_key=idempotency_key, dataset_id=dataset_id, progress=0.0,
               stage="queued", attempt=0, cancel_requested=False, created_at=utcnow())

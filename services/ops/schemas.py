@@ -196,3 +196,7 @@ class Health(BaseModel):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+    queues: dict[str, int] | None = Field(
+        None, description="`/readyz`: live workers consuming each broker queue (0: a job queued there waits until "
+        "a worker for it starts)."
+    )

@@ -17,6 +17,7 @@ from typing import Any
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from services.db.session import dispose_all
+from services.db.types import pid_host
 from services.integrations.webhooks import WebhookDeliverer
 from services.queue.celery_app import TASK_NAME, UNIT_TASK_NAME, make_celery
 from services.settings import Settings, get_settings
@@ -82,9 +83,10 @@ def _fresh_process(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _start_reaper(**_: Any) -> None:
+def _start_reaper(sender: Any = None, **_: Any) -> None:
     global _reaper, _deliverer
-    _reaper = Reaper(settings)
+    queues = sorted(q.name for q in getattr(getattr(sender, "task_consumer", None), "queues", None) or [])
+    _reaper = Reaper(settings, worker=pid_host(), queues=queues)
     _reaper.start()
     _deliverer = WebhookDeliverer(settings)  # sends the webhook outbox, next to the reaper
     _deliverer.start()

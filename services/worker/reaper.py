@@ -32,7 +32,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db import jobs as jobstate
-from services.db.models import Job, JobUnit
+from services.db import workers
+from services.db.models import Job, JobEvent, JobUnit
 from services.db.session import session_factory
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
@@ -210,11 +211,37 @@ def _clean_processed(settings: Settings) -> None:
             pass
 
 
-class Reaper:
-    """Runs :func:`reap_once` every ``settings.reaper_interval_s`` in a daemon thread."""
+def warn_unserved(settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Add a ``no_worker`` warning (once) to every job queued longer than ``unserved_warn_s`` on a queue no
+    live worker consumes (a job of device ``cuda`` on a CPU-only deployment, say); returns how many."""
+    since = utcnow() - dt.timedelta(seconds=settings.unserved_warn_s)
+    warned = 0
+    with sessions() as session:
+        live = workers.consumers(session, settings)
+        waiting = session.scalars(select(Job).where(Job.status == jobstate.QUEUED, Job.created_at < since,
+                                                    Job.queue.in_([q for q, n in live.items() if n == 0]))).all()
+        for job in waiting:
+            noted = select(JobEvent.id).where(JobEvent.job_id == job.id, JobEvent.type == "warning",
+                                              JobEvent.data["code"].as_string() == "no_worker")
+            if session.scalar(noted) is not None:
+                continue
+            listening = ", ".join(q for q, n in live.items() if n) or "none"
+            jobstate.add_event(session, job, "warning", f"no live worker listens on queue {job.queue} (queues with a "
+                               f"worker: {listening}): start one with `midre worker --queues "
+                               f"{job.queue.rsplit('-', 1)[-1]}`, or resubmit with another `device`",
+                               data={"code": "no_worker", "queue": job.queue})
+            warned += 1
+        session.commit()
+    return warned
 
-    def __init__(self, settings: Settings) -> None:
+
+class Reaper:
+    """Runs :func:`reap_once` every ``settings.reaper_interval_s`` in a daemon thread, and keeps this worker's
+    row in the ``workers`` table (its id and the queues it consumes) fresh."""
+
+    def __init__(self, settings: Settings, worker: str | None = None, queues: list[str] | None = None) -> None:
         self.settings = settings
+        self.worker, self.queues = worker, queues or []
         self.dispatcher = Dispatcher(settings)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="midre-reaper", daemon=True)
@@ -225,13 +252,31 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.worker is not None:
+            with session_factory(self.settings.db_url, self.settings.pool)() as session:
+                workers.forget(session, self.worker)
+                session.commit()
+
+    def announce(self) -> None:
+        """Write this worker's row (at start and every pass)."""
+        if self.worker is not None:
+            with session_factory(self.settings.db_url, self.settings.pool)() as session:
+                workers.announce(session, self.worker, self.queues)
+                session.commit()
 
     def _run(self) -> None:
+        self._pass(announce_only=True)
         while not self._stop.wait(self.settings.reaper_interval_s):
-            try:
+            self._pass()
+
+    def _pass(self, announce_only: bool = False) -> None:
+        try:
+            self.announce()
+            if not announce_only:
                 reap_once(self.settings, self.dispatcher)
-            except Exception:  # noqa: BLE001 - never kill the worker over a reaper pass
-                log.exception("reaper pass failed")
+                warn_unserved(self.settings, session_factory(self.settings.db_url, self.settings.pool))
+        except Exception:  # noqa: BLE001 - never kill the worker over a reaper pass
+            log.exception("reaper pass failed")
 
 
-__all__ = ["Reaper", "UNSENT_GRACE_S", "reap_once"]
+__all__ = ["Reaper", "UNSENT_GRACE_S", "reap_once", "warn_unserved"]

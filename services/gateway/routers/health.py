@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from services.db.workers import consumers
 from services.gateway.deps import Ctx
 from services.ops.schemas import Health
 
@@ -27,11 +28,15 @@ async def healthz() -> Health:
     responses={503: {"model": Health, "description": "The database or the broker is unreachable"}},
 )
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Ready when the database answers ``SELECT 1`` and the broker accepts a connection."""
+    """Ready when the database answers ``SELECT 1`` and the broker accepts a connection. Also says, per
+    broker queue, how many live workers consume it (``queues``: 0 where a job would wait until one starts;
+    the API is ready all the same)."""
+    queues: dict[str, int] = {}
 
     def check_db() -> None:
         with ctx.sessions() as session:
             session.execute(text("SELECT 1"))
+            queues.update(consumers(session, ctx.settings))
 
     checks: dict[str, str] = {}
     for name, check in (("database", check_db), ("broker", ctx.dispatcher.ping)):
@@ -41,5 +46,5 @@ async def readyz(ctx: Ctx) -> JSONResponse:
         except Exception as exc:  # noqa: BLE001 - report, do not crash
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:300]
     ok = all(v == "ok" for v in checks.values())
-    body = Health(status="ok" if ok else "unavailable", checks=checks)
+    body = Health(status="ok" if ok else "unavailable", checks=checks, queues=queues or None)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
