@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import time
@@ -48,6 +49,8 @@ from services.ops.models import card_name
 from services.redact import server_redactor
 from services.settings import Settings
 from services.storage import LocalStore
+
+log = logging.getLogger(__name__)
 
 #: The alias that moves to each new version of the tenant's registered model.
 ALIAS = "hardened"
@@ -70,7 +73,7 @@ def check_uri(uri: str, allow_private: bool, check_target: TargetCheck) -> str:
     ``allow_private``); on top of it, no user name, password, query or fragment in the URL:
     credentials go in their own fields, which are never shown again.
     """
-    check_target(uri, allow_private)
+    check_target(uri, allow_private, "MIDRE_MLFLOW_ALLOW_PRIVATE")
     parts = urlsplit(uri)
     if parts.username is not None or parts.password is not None:
         raise UnsafeTarget("put credentials in `username`/`password` or `token`, not in the URL")
@@ -271,13 +274,24 @@ def _configure_client(settings: Settings) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(settings.mlflow_timeout_s)))
 
 
+class ArtifactLocationRefused(RuntimeError):
+    """The MLflow server keeps this run's artifacts where MIDRE cannot upload them over HTTP."""
+
+
 def _artifact_root(artifact_uri: str) -> str:
-    """The run's folder under the server's artifact proxy, from ``mlflow-artifacts:/1/<run>/artifacts``."""
+    """The run's folder under the server's artifact proxy, from ``mlflow-artifacts:/1/<run>/artifacts``.
+
+    A run whose artifacts live at a path or bucket of the server's own (an experiment created while the
+    server ran with ``--default-artifact-root <path>``) is refused: MIDRE uploads through the server only
+    and never writes to a path a server names.
+    """
     parts = urlsplit(artifact_uri)
     if parts.scheme != "mlflow-artifacts":
-        raise RuntimeError(f"the server stores this run's artifacts at {parts.scheme or 'a local path'}:, "
-                           "not behind its artifact proxy; start it with artifact serving (the default of "
-                           "`mlflow server`) so MIDRE can upload through it")
+        raise ArtifactLocationRefused(
+            f"the MLflow server keeps this run's artifacts at {artifact_uri!r}, outside its artifact proxy, so "
+            "they cannot be uploaded over HTTP: start the server with `--serve-artifacts --artifacts-destination "
+            "<path or bucket>` (not `--default-artifact-root`) and configure a new experiment name (an "
+            "experiment keeps the artifact location it was created with)")
     return parts.path.strip("/")
 
 
@@ -300,8 +314,12 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
     run = _find_or_create_run(tracking, handoff)
     run_id = run.info.run_id
     stamp = _ms(handoff.finished_at)
-    _log_values(tracking, run_id, handoff, stamp)
-    _upload_files(creds, store, handoff, _artifact_root(run.info.artifact_uri))
+    try:
+        _log_values(tracking, run_id, handoff, stamp)
+        _upload_files(creds, store, handoff, _artifact_root(run.info.artifact_uri))
+    except Exception:
+        _mark_failed(tracking, run_id)  # a later try that succeeds finishes the same run
+        raise
     tracking.update_run_info(run_id, RunStatus.FINISHED, stamp, None)
     done = f"logged run {run_id} in experiment {handoff.experiment!r}"
     if handoff.registered_model and handoff.model_card is not None:
@@ -314,6 +332,16 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
         if tagged:
             done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
     return done
+
+
+def _mark_failed(tracking: Any, run_id: str) -> None:
+    """The run shows ``FAILED`` in MLflow while the hand-off waits for its next try (best effort)."""
+    from mlflow.entities import RunStatus
+
+    try:
+        tracking.update_run_info(run_id, RunStatus.FAILED, int(time.time() * 1000), None)
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+        log.warning("could not mark MLflow run %s failed: %s", run_id, exc)
 
 
 def _already_exists(exc: Any) -> bool:

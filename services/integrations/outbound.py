@@ -12,13 +12,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-#: ``check(url, allow_private) -> addresses``: resolves the URL's host and returns its addresses, or
-#: raises :class:`UnsafeTarget` (:func:`services.integrations.webhooks.check_target`).
-TargetCheck = Callable[[str, bool], list[str]]
+#: ``check(url, allow_private, setting) -> addresses``: resolves the URL's host and returns its addresses, or
+#: raises :class:`UnsafeTarget` naming ``setting`` for a private address
+#: (:func:`services.integrations.webhooks.check_target`).
+TargetCheck = Callable[..., list[str]]
 
 
 class UnsafeTarget(ValueError):
-    """A webhook URL that the service refuses to call (scheme, host, or a non-public address)."""
+    """A webhook URL that the service refuses to call (scheme, host, or a non-public address).
+
+    ``private``: the refusal is for a non-public address, which the operator's setting for that channel
+    (``MIDRE_WEBHOOKS_ALLOW_PRIVATE``, ``MIDRE_MLFLOW_ALLOW_PRIVATE``) would allow; the message names it.
+    """
+
+    def __init__(self, message: str, *, private: bool = False) -> None:
+        super().__init__(message)
+        self.private = private
+
+
+def refuse_private(problem: str, setting: str) -> UnsafeTarget:
+    """The refusal of a non-public address, naming the setting that allows it."""
+    return UnsafeTarget(f"the host resolves to {problem}, not a public address; an operator whose service may "
+                        f"call inside its network sets {setting}=true", private=True)
 
 
 @dataclass(frozen=True)

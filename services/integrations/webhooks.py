@@ -46,7 +46,7 @@ from services.db.session import session_factory
 from services.db.types import utcnow
 from services.db.webhooks import DELIVERED, FAILED, PENDING
 from services.integrations.mlflow import event_message, log_job
-from services.integrations.outbound import Result, UnsafeTarget
+from services.integrations.outbound import Result, UnsafeTarget, refuse_private
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,11 @@ def parse_target(url: str) -> tuple[str, str, int]:
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
 
 
-def check_target(url: str, allow_private: bool) -> list[str]:
+def check_target(url: str, allow_private: bool, setting: str = "MIDRE_WEBHOOKS_ALLOW_PRIVATE") -> list[str]:
     """Resolve the host of ``url`` and return its addresses, or raise :class:`UnsafeTarget`.
 
-    Every address the name resolves to must be public unless ``allow_private`` (the operator's
-    ``MIDRE_WEBHOOKS_ALLOW_PRIVATE``): otherwise a name with one public and one private address would
+    Every address the name resolves to must be public unless ``allow_private`` (the operator's ``setting``,
+    named in the refusal): otherwise a name with one public and one private address would
     let the private one through on a later lookup.
     """
     _, host, port = parse_target(url)
@@ -137,7 +137,7 @@ def check_target(url: str, allow_private: bool) -> list[str]:
         for text in addresses:
             problem = address_problem(ipaddress.ip_address(text))
             if problem is not None:
-                raise UnsafeTarget(f"the host resolves to {problem}; webhooks may only call public addresses")
+                raise refuse_private(problem, setting)
     return addresses
 
 

@@ -195,6 +195,9 @@ def test_configure_refuses_unsafe_uris_and_half_credentials(api: Api, key_a: str
     assert field(tracking_uri=PUBLIC_URI, token="t", username="ml", password="pw") == "token"
     assert field(tracking_uri=PUBLIC_URI, experiment="") == "experiment"
     assert api.client.get("/v1/integrations/mlflow", headers=api.auth(key_a)).status_code == 404
+    # a refused private address says which setting allows it
+    refused = configure(api, key_a, experiment="faces", tracking_uri="http://127.0.0.1:5000").json()
+    assert "MIDRE_MLFLOW_ALLOW_PRIVATE=true" in refused["errors"][0]["message"]
 
 
 def test_flatten_makes_dotted_params() -> None:
@@ -373,6 +376,27 @@ def test_mlflow_down_the_job_succeeds_and_the_handoff_is_retried(mlflow_api: Api
     assert api.client.delete("/v1/integrations/mlflow", headers=api.auth(key)).status_code == 204
     with sessions() as session:
         assert session.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)).all() == []
+
+
+def test_a_server_keeping_artifacts_at_its_own_path_is_refused_with_the_fix(mlflow_api: Api,
+                                                                           mlflow_server: MlflowServer) -> None:
+    """An experiment whose artifacts live at a path of the server's (``--default-artifact-root``): the
+    hand-off says how to fix it and the run shows FAILED in MLflow; MIDRE writes nothing to that path."""
+    api = mlflow_api
+    key = api.key("tenant-local-root")
+    local = api.settings.home / "server-side-artifacts"
+    created = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/experiments/create", timeout=30,
+                         json={"name": "local-root", "artifact_location": str(local)})
+    assert created.status_code == 200, created.text
+    assert configure(api, key, tracking_uri=mlflow_server.url, experiment="local-root").status_code == 200
+    job_id = run_job(api, key, SMALL_TRAIN)
+    assert deliver_due(api.settings, session_factory(api.settings.db_url)) == 1
+    (said,) = mlflow_events(api, key, job_id)
+    assert "--artifacts-destination" in said and "new experiment name" in said and "server-side-artifacts" in said
+    assert not local.exists()
+    runs = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", timeout=30,
+                      json={"experiment_ids": [created.json()["experiment_id"]]}).json()["runs"]
+    assert [r["info"]["status"] for r in runs] == ["FAILED"]
 
 
 def test_tenants_without_mlflow_queue_nothing(mlflow_api: Api) -> None:
