@@ -165,10 +165,16 @@ def _attack_settings(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: What a REST audit runs when its spec does not say: two seeds (the least that has a spread) and judges
+#: trained for 10 epochs, so the first audit of a small model takes minutes on 2 CPU cores (the judges are
+#: cached per tenant and data set, so later audits take less; see docs/service.md).
+AUDIT_DEFAULTS = {"seeds": 2, "eval_epochs": 10}
+
+
 def audit_input(spec: dict[str, Any], inherited: dict[str, Any] | None = None) -> dict[str, Any]:
     """``AttackEvalConfig`` fields of an audit of a model: the data named in the spec, or the data the
-    model's own job trained it on (``inherited``)."""
-    out = _attack_settings(spec)
+    model's own job trained it on (``inherited``); :data:`AUDIT_DEFAULTS` where the spec is silent."""
+    out = {**AUDIT_DEFAULTS, **_attack_settings(spec)}
     out["target"] = f"job:{spec.get('model') or spec['model_job']}"
     if spec.get("dataset"):
         out["data"] = _data(spec, {})

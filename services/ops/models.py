@@ -124,7 +124,8 @@ def _judges(session: Session, store: LocalStore | None, job: Job) -> str | None:
             judges = json.load(fh).get("judges") or []
     except (FileNotFoundError, ValueError):
         return config.get("eval_arch")
-    return " + ".join(str(j.get("arch")) for j in judges if isinstance(j, dict)) or config.get("eval_arch")
+    archs = dict.fromkeys(str(j.get("arch")) for j in judges if isinstance(j, dict))  # one name per architecture
+    return " + ".join(archs) or config.get("eval_arch")
 
 
 def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
