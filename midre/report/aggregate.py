@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from midre.evaluation.metrics import mean_std, summarize, tradeoff_delta
+from midre.report.intervals import attach, comparison, delta_interval
 from midre.report.verdicts import defense_name, judges_disagree, summarize_judges
 from midre.vocabulary import VOCABULARY
 
@@ -62,49 +63,92 @@ def verdict(attack: str, defense: str, nodef_runs: dict[str, list[float]],
             "attacc_drop": {"mean": drop_mean, "std": drop_std, "n": n}, "acc_cost": cost_mean}
 
 
+def variants(runs: Sequence[dict[str, Any]], attacks: Sequence[str]) -> list[tuple[str, bool]]:
+    """Each attack, then its adaptive variant when some run was adaptive (``(attack, adaptive)``)."""
+    out = []
+    for attack in attacks:
+        out.append((attack, False))
+        if any(r["attack"] == attack and r.get("adaptive") for r in runs):
+            out.append((attack, True))
+    return out
+
+
 def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attacks: Sequence[str],
                    baseline: str = "nodef") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Group per-run records by (attack, defense) into mean/std rows, Δ vs the baseline and verdicts.
+    """Group per-run records by (attack, adaptive, defense) into rows, Δ vs the baseline and verdicts.
 
-    Each run record has ``attack``, ``defense``, ``seed`` and the metrics of :data:`METRICS`; records
-    judged by a panel also carry ``judges`` (per-judge AttAcc) and :data:`PANEL_METRICS`, which
-    become ``row["judges"]`` (per-judge mean/std) and more entries of ``row["metrics"]``.
-    Returns ``(results, verdicts)``.
+    Each run record has ``attack``, ``defense``, ``seed``, the metrics of :data:`METRICS` and, when the
+    attack optimised through the defense's transform, ``adaptive``; records judged by a panel also carry
+    ``judges`` (per-judge AttAcc) and :data:`PANEL_METRICS`; records with per-identity outcomes
+    (``identities``) give each figure a 95 % interval and each defense a paired comparison with the
+    baseline (:mod:`midre.report.intervals`), which the verdict then follows. An adaptive attack is compared
+    with the baseline's standard runs (the baseline has no transform to adapt to).
+    Returns ``(results, verdicts)``; a verdict with evidence carries it as ``comparison``.
     """
     results, verdicts = [], []
-    for attack in attacks:
-        per_def: dict[str, dict[str, list[float]]] = {}
-        for defense in defenses:
-            sel = sorted((r for r in runs if r["attack"] == attack and r["defense"] == defense),
-                         key=lambda r: r["seed"])
-            if not sel:
-                continue
-            per_def[defense] = {m: [float(r[m]) for r in sel if r.get(m) is not None]
-                                for m in METRICS + PANEL_METRICS}
-            per_def[defense]["seeds"] = [r["seed"] for r in sel]
-            per_def[defense]["judges"] = summarize_judges(sel)
-        base = per_def.get(baseline)
-        rows: dict[str, dict[str, Any]] = {}
-        for defense, vals in per_def.items():
-            metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS if vals[m]}
-            row: dict[str, Any] = {"attack": attack, "defense": defense, "seeds": vals["seeds"],
-                                   "metrics": metrics, "tradeoff_delta": None}
-            if vals["judges"]:
-                row["judges"] = vals["judges"]
-            if base is not None and defense != baseline and base["acc"] and vals["acc"]:
-                row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
-                                                       metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
-                v = verdict(attack, defense, base, vals)
-                row["verdict"] = v["text"]
-                verdicts.append(v)
-            results.append(row)
-            rows[defense] = row
+    for attack, adaptive in variants(runs, attacks):
+        rows = _variant_rows(runs, defenses, attack, adaptive, baseline, verdicts)
+        results += rows.values()
         for v in verdicts:
-            if v["attack"] == attack and any(judges_disagree(rows[d]) for d in (baseline, v["defense"]) if d in rows):
+            if v["attack"] == attack and bool(v.get("adaptive")) == adaptive and any(
+                    judges_disagree(rows[d]) for d in (baseline, v["defense"]) if d in rows):
                 v["judges_disagree"] = True
                 v["text"] += " The judges disagree by more than the seed spread here: see the warnings."
                 rows[v["defense"]]["verdict"] = v["text"]
     return results, verdicts
 
 
-__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "aggregate_runs", "verdict"]
+def _select(runs: Sequence[dict[str, Any]], attack: str, defense: str, adaptive: bool) -> list[dict[str, Any]]:
+    return sorted((r for r in runs if r["attack"] == attack and r["defense"] == defense
+                   and bool(r.get("adaptive")) == adaptive), key=lambda r: r["seed"])
+
+
+def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attack: str, adaptive: bool,
+                  baseline: str, verdicts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    base_runs = _select(runs, attack, baseline, False)
+    base = _values(base_runs) if base_runs else None
+    rows: dict[str, dict[str, Any]] = {}
+    for defense in defenses:
+        sel = _select(runs, attack, defense, adaptive)
+        if not sel:
+            continue
+        vals = _values(sel)
+        metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS if vals[m]}
+        attach(metrics, sel)
+        row: dict[str, Any] = {"attack": attack, "defense": defense, "adaptive": adaptive, "seeds": vals["seeds"],
+                               "metrics": metrics, "tradeoff_delta": None}
+        if vals["judges"]:
+            row["judges"] = vals["judges"]
+        if base is not None and defense != baseline and base["acc"] and vals["acc"]:
+            row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
+                                                   metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
+            bounds = delta_interval(base_runs, sel) if isinstance(row["tradeoff_delta"], float) else None
+            if bounds is not None:
+                row["tradeoff_delta_ci"] = list(bounds)
+            v = _verdict(attack, defense, adaptive, base, vals, base_runs, sel)
+            row["verdict"] = v["text"]
+            verdicts.append(v)
+        rows[defense] = row
+    return rows
+
+
+def _values(sel: list[dict[str, Any]]) -> dict[str, Any]:
+    vals: dict[str, Any] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS + PANEL_METRICS}
+    vals["seeds"] = [r["seed"] for r in sel]
+    vals["judges"] = summarize_judges(sel)
+    return vals
+
+
+def _verdict(attack: str, defense: str, adaptive: bool, base: dict[str, Any], vals: dict[str, Any],
+             base_runs: list[dict[str, Any]], sel: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evidence verdict when the runs have per-identity outcomes, else the seed-spread verdict."""
+    v = verdict(attack, defense, base, vals)
+    found = comparison(attack, defense, adaptive, base_runs, sel, v["acc_cost"])
+    if found is not None:
+        v["status"] = {"lowers": "helped", "raises": "hurt", "no_evidence": "no_effect"}[found["verdict"]]
+        v["text"], v["comparison"] = found["text"], found
+    v["adaptive"] = adaptive
+    return v
+
+
+__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "aggregate_runs", "variants", "verdict"]
