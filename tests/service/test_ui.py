@@ -520,7 +520,9 @@ def test_attacc_per_attack_of_a_study_model() -> None:
                "midre-a_h0.4.gmi.attacc_top1": 20.0, "midre-a_h0.4.mi-face.acc": 95.0, "nodef.mi-face.acc": 97.0}
     assert _attacc(metrics, []) == {"mi-face": 30.0, "gmi": 20.0}
     assert _attacc(metrics, [{"attack": "mi-face", "attacc_top1": 12.0}])["mi-face"] == 12.0  # the newest audit
-    assert _acc(metrics) == 95.0 and _acc({"acc": 91.0, **metrics}) == 91.0
+    assert _acc(metrics, []) == 95.0 and _acc({"acc": 91.0, **metrics}, []) == 91.0
+    assert _acc({}, [{"attack": "gmi", "acc": 88.0}]) == 88.0  # a model trained elsewhere: its audit's Acc
+    assert _acc({}, []) is None
 
 
 def test_ui_routes_stay_out_of_the_openapi_document(api: Api) -> None:
