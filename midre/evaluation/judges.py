@@ -39,7 +39,14 @@ from midre.evaluation.eval_model import (
     load_evaluation_model,
     train_evaluation_model,
 )
-from midre.evaluation.metrics import delta_feature, knn_distance, nearest_identity_match, topk_hits
+from midre.evaluation import distribution
+from midre.evaluation.metrics import (
+    delta_feature,
+    knn_distance,
+    nearest_identity_match,
+    nearest_private_sq_dist,
+    topk_hits,
+)
 from midre.progress import ProgressCallback, StopCallback, scaled
 
 #: Default judge architectures: two families (a residual network and a densely connected one), both
@@ -170,7 +177,11 @@ class JudgePanel:
             Fractions in ``[0, 1]`` (see the module docstring): ``attacc_top1`` / ``attacc_top5``
             (pooled), ``knn_dist`` / ``delta_eval`` (in the first judge's features, as with one
             judge), ``judges``, ``agreement``, ``double_check``, ``double_check_per_judge``,
-            ``pixel_std``.
+            ``pixel_std``; the set metrics of :mod:`midre.evaluation.distribution` in the first judge's
+            features (``fid``, ``precision``, ``recall``, ``density``, ``coverage``, averaged over
+            identities); and ``identities``: per attacked identity, its pooled ``attacc_top1`` /
+            ``attacc_top5``, ``knn_dist`` and set metrics (the per-identity outcomes the report's
+            intervals and paired comparisons resample, :mod:`midre.evaluation.evidence`).
         """
         labels = labels.cpu()
         if labels.numel() == 0:
@@ -194,6 +205,7 @@ class JudgePanel:
             near = nearest_identity_match(feats[k], labels, priv[k][0], priv[k][1])
             checks.append(float((credited[j] & near).double().mean()))
         pf, pl = priv[0]
+        sets, set_means = distribution.summarize_sets(feats[0], labels, pf, pl)
         return {
             "attacc_top1": sum(p["attacc_top1"] for p in per_judge) / n,
             "attacc_top5": sum(p["attacc_top5"] for p in per_judge) / n,
@@ -204,7 +216,22 @@ class JudgePanel:
             "double_check": sum(checks) / n,
             "double_check_per_judge": checks,
             "pixel_std": pixel_std(pixels),
+            **set_means,
+            "identities": _per_identity(credited.double(), torch.stack(hits5).double(),
+                                        nearest_private_sq_dist(feats[0], labels, pf, pl), labels, sets),
         }
+
+
+def _per_identity(top1: Tensor, top5: Tensor, knn: Tensor, labels: Tensor,
+                  sets: dict[int, dict[str, float | None]]) -> dict[int, dict[str, Any]]:
+    """Pooled hits ``[J, N]`` and nearest distances ``[N]`` -> per-identity outcomes (fractions)."""
+    out = {}
+    for identity in labels.unique().tolist():
+        mine = labels == identity
+        out[int(identity)] = {"attacc_top1": float(top1[:, mine].mean()), "attacc_top5": float(top5[:, mine].mean()),
+                              "knn_dist": float(knn[mine].mean()), "images": int(mine.sum()),
+                              **sets.get(int(identity), {})}
+    return out
 
 
 def pixel_std(pixels: Tensor) -> float:
@@ -234,7 +261,17 @@ def record_fields(scores: dict[str, Any]) -> dict[str, Any]:
             out[key] = pct * scores[key]
     if scores.get("pixel_std") is not None:
         out["pixel_std"] = scores["pixel_std"]
+    for key in distribution.NAMES:
+        if scores.get(key) is not None:
+            out[key] = scores[key] * (1.0 if key in ("fid", "density") else pct)
+    if scores.get("identities"):
+        out["identities"] = {str(i): {k: (v * pct if k in PERCENT_FIELDS and v is not None else v)
+                                      for k, v in per.items()} for i, per in scores["identities"].items()}
     return out
+
+
+#: Per-identity fields that are shares (recorded in percent, like the figures they resample).
+PERCENT_FIELDS = ("attacc_top1", "attacc_top5", "precision", "recall", "coverage")
 
 
 def _card_seed(judge: EvaluationModel) -> int | None:
