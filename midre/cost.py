@@ -387,6 +387,7 @@ def estimate_study(config: Any, device: str | torch.device | None = None) -> dic
                               budget=config.budget_for(name), options=config.options_for(name), device=dev)
         est.update({"runs": runs, "total_seconds": est["seconds"] * runs})
         attacks[name] = est
+    attacks.update(_adaptive(config, attacks))
     judges, priors = _judges(config, study, dev), _priors(config, study, dev)
     phases = [*judges, *priors, *([training] if training else []), *attacks.values()]
     total = sum(p.get("total_seconds", p["seconds"]) for p in phases)
@@ -395,6 +396,30 @@ def estimate_study(config: Any, device: str | torch.device | None = None) -> dic
             "gpu_seconds": total if dev.type == "cuda" else None,
             "peak_bytes": max((p["peak_bytes"] for p in phases), default=0),
             "notes": study["notes"] + ["excludes data loading, surrogate training (LOMMA) and the report"]}
+
+
+def _adaptive(config: Any, attacks: dict[str, Any]) -> dict[str, Any]:
+    """The adaptive attacker's runs (``<attack>@adaptive``): the standard run's time and memory times its
+    expectation samples (an upper bound: the generator's share is not repeated), one run per seed of each
+    target whose defense has a transform."""
+    from midre.defenses import adaptive_refusal
+    from midre.study import PipelineConfig
+
+    chosen = config.adaptive_attacks()
+    if not chosen:
+        return {}
+    seeds = len(config.seed_list)
+    if isinstance(config, PipelineConfig):
+        runs = seeds * sum(adaptive_refusal(d) is None for d in config.defenses[1:])
+    else:
+        runs = seeds
+    out = {}
+    for name in chosen:
+        k = config.eot_samples_for(name)
+        base = attacks[name]
+        out[f"{name}@adaptive"] = {**base, "seconds": base["seconds"] * k, "peak_bytes": base["peak_bytes"] * k,
+                                   "eot_samples": k, "runs": runs, "total_seconds": base["seconds"] * k * runs}
+    return out
 
 
 def _fmt_bytes(n: int) -> str:

@@ -19,8 +19,9 @@ RECON_FILE = "recon.safetensors"
 METRICS_FILE = "metrics.json"
 
 
-def attack_dir(out_dir: Path, label: str, seed: int, attack: str) -> Path:
-    return Path(out_dir) / "attacks" / label / f"seed{seed}" / attack
+def attack_dir(out_dir: Path, label: str, seed: int, attack: str, adaptive: bool = False) -> Path:
+    """The folder of one attack run (``<attack>-adaptive`` for the adaptive attacker's)."""
+    return Path(out_dir) / "attacks" / label / f"seed{seed}" / (f"{attack}-adaptive" if adaptive else attack)
 
 
 def target_accuracy(out_dir: Path, label: str, seed: int) -> float | None:
@@ -47,14 +48,17 @@ def attack_record(run_dir: Path) -> dict[str, Any] | None:
 
 def collect_records(out_dir: Path, candidates: list[dict[str, Any]], seeds: list[int],
                     attacks: list[str]) -> list[dict[str, Any]]:
-    """Every finished attack run's record of the given candidates (skipped seeds/attacks are absent)."""
+    """Every finished attack run's record of the given candidates (skipped seeds/attacks are absent), on
+    ``seeds`` or, for a candidate that lists its own (a harden search's finalists), on those."""
     records = []
     for cand in candidates:
-        for seed in seeds:
+        for seed in cand.get("seeds") or seeds:
             for attack in attacks:
-                path = attack_dir(out_dir, cand["label"], seed, attack) / METRICS_FILE
-                if path.is_file():
-                    records.append({**json.loads(path.read_text()), "defense": cand["label"], "seed": seed})
+                for adaptive in (False, True):
+                    path = attack_dir(out_dir, cand["label"], seed, attack, adaptive) / METRICS_FILE
+                    if path.is_file():
+                        records.append({**json.loads(path.read_text()), "defense": cand["label"], "seed": seed,
+                                        "adaptive": adaptive})
     return records
 
 

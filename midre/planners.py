@@ -35,8 +35,8 @@ def target_key(label: str, seed: int) -> str:
     return f"target/{label}/seed{seed}"
 
 
-def attack_key(label: str, seed: int, attack: str) -> str:
-    return f"attack/{label}/seed{seed}/{attack}"
+def attack_key(label: str, seed: int, attack: str, adaptive: bool = False) -> str:
+    return f"attack/{label}/seed{seed}/{attack}{'@adaptive' if adaptive else ''}"
 
 
 def gmi_prior_config(settings: Any, attack: str) -> Any:
@@ -100,7 +100,21 @@ def candidate_units(config: Any, defense: dict[str, Any], seeds: list[int],
         for attack in attacks if attacks is not None else config.attacks:
             units.append(make_unit(attack_key(label, seed, attack), "attack", [tkey, *_attack_deps(config, attack)],
                                    label=label, defense=defense, seed=seed, attack=attack))
+        units += adaptive_units(config, defense, label, seed, attacks, [tkey])
     return units
+
+
+def adaptive_units(config: Any, defense: dict[str, Any], label: str, seed: int, attacks: list[str] | None,
+                   deps: list[str]) -> list[Unit]:
+    """The adaptive attacker's runs of one target: one per adaptive attack, none when the defense has no
+    transform to adapt to (the report says why)."""
+    from midre.defenses import adaptive_refusal
+
+    chosen = [a for a in config.adaptive_attacks() if attacks is None or a in attacks]
+    if not chosen or adaptive_refusal(defense) is not None:
+        return []
+    return [make_unit(attack_key(label, seed, attack, True), "attack", [*deps, *_attack_deps(config, attack)],
+                      label=label, defense=defense, seed=seed, attack=attack, adaptive=True) for attack in chosen]
 
 
 def candidate(defense: dict[str, Any], skipped: str | None = None, label: str | None = None) -> dict[str, Any]:
@@ -133,13 +147,16 @@ def plan_attack_eval(config: Any) -> list[Unit]:
     label = target_label(card)
     defense = card.get("defense") if isinstance(card.get("defense"), dict) else {"name": label}
     units = base_units(config)
+    if config.adaptive_attacks():
+        config.adaptive_refusal()
     for seed in config.seed_list:
         for attack in config.attacks:
             units.append(make_unit(attack_key(label, seed, attack), "attack", _attack_deps(config, attack),
                                    label=label, defense=defense, seed=seed, attack=attack))
+        units += adaptive_units(config, defense, label, seed, None, [])
     return [*units, report_unit(units, [candidate(defense, label=label)])]
 
 
-__all__ = ["attack_key", "base_units", "candidate", "candidate_units", "gmi_prior_config", "judge_key",
+__all__ = ["adaptive_units", "attack_key", "base_units", "candidate", "candidate_units", "gmi_prior_config", "judge_key",
            "plan_attack_eval", "plan_pipeline", "plan_train", "prior_key", "report_unit", "target_key",
            "target_label"]

@@ -154,16 +154,17 @@ def _run_target(study: StudyKind, config: Any, out: Path, unit: Unit, progress: 
     return {"metrics": result.card.get("metrics") or {}}, []
 
 
-def target_accuracy_of(target: Any, ctx: Any) -> float:
-    """A target's held-out accuracy (fraction): from its card, or measured when the card has none
-    (a model trained elsewhere)."""
+def target_accuracy_of(target: Any, ctx: Any, model: Any = None) -> float:
+    """A target's held-out accuracy (fraction): from its card, or measured (with ``model``, default the
+    target's) when the card has none (a model trained elsewhere)."""
     import torch
 
     from midre.train import evaluate_accuracy
 
     acc = (target.card.get("metrics") or {}).get("test_accuracy")
     if acc is None:
-        acc = evaluate_accuracy(target.model, ctx.splits.test, target.normalization, torch.device(ctx.device))
+        acc = evaluate_accuracy(model if model is not None else target.model, ctx.splits.test, target.normalization,
+                                torch.device(ctx.device))
     return float(acc)
 
 
@@ -174,26 +175,36 @@ def _run_attack(study: StudyKind, config: Any, out: Path, unit: Unit, progress: 
 
     ctx = study_context(config, out)
     p = unit.params
-    run_dir = attack_dir(out, p["label"], p["seed"], p["attack"])
+    adaptive = bool(p.get("adaptive"))
+    run_dir = attack_dir(out, p["label"], p["seed"], p["attack"], adaptive)
     record = attack_record(run_dir)
     if record is None:
         target = AttackTarget.from_checkpoint(str(config.target_dir(out, p["label"], p["seed"])), device=ctx.device)
+        if adaptive:
+            from midre.attacks.adaptive import adaptive_target
+
+            target = adaptive_target(target, p["attack"], samples=config.eot_samples_for(p["attack"]), seed=p["seed"])
         prior = None
         prior_cfg = gmi_prior_config(config, p["attack"])
         if prior_cfg is not None:  # finished by its own unit: this loads it from the cache
             prior = load_or_train_prior(prior_cfg, ctx.public, target.image_shape, cache_dir=ctx.cache_dir,
                                         device=ctx.device)
-        progress(ProgressEvent(stage="attack", fraction=0.0,
-                               message=f"{p['attack']} on {p['label']} seed {p['seed']}"))
+        progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{p['attack']}{' (adaptive)' if adaptive else ''} "
+                                                                     f"on {p['label']} seed {p['seed']}"))
         # what the attack trains for this target alone (KEDMI/PLG priors, LOMMA surrogates) is cached in the
         # unit's own folder: two attack units of one target never write the same files
-        record = attack_one(config, ctx, p["attack"], p["seed"], target, prior, run_dir, progress, should_stop)
+        record = attack_one(config, ctx, p["attack"], p["seed"], target, prior, run_dir, progress, should_stop,
+                            adaptive=adaptive)
     return {"attacc_top1": record["attacc_top1"], "acc": record["acc"]}, []
 
 
 def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior: Any, run_dir: Path,
-               progress: ProgressCallback, should_stop: StopCallback) -> dict[str, Any]:
+               progress: ProgressCallback, should_stop: StopCallback, *, adaptive: bool = False) -> dict[str, Any]:
     """Run one attack on one target, judge its reconstructions and write the run's files."""
+    import torch
+
+    from midre.train import accuracy_by_identity
+
     panel = load_judges(config, ctx)
     private = ctx.splits.train
 
@@ -208,12 +219,19 @@ def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior
                         budget=budget, options=options, seed=seed, device=ctx.device,
                         cache_dir=str(run_dir / "cache"), progress=progress, should_stop=should_stop)
     pixels = result.pixels()
-    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_accuracy_of(target, ctx),
+    plain = target.model.model if adaptive else target.model  # accuracy: the model as served, not its EOT view
+    record = {"attack": attack, "seed": seed, "acc": 100.0 * target_accuracy_of(target, ctx, plain),
+              "acc_by_identity": {str(i): list(v) for i, v in accuracy_by_identity(
+                  plain, ctx.splits.test, target.normalization, torch.device(ctx.device)).items()},
               **record_fields(score(pixels, result.labels)),
               "target_confidence": float(result.confidence.mean()), "queries": result.queries,
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
-              "images": int(result.labels.numel()), "extra": result.extra}
+              "images": int(result.labels.numel()), "extra": result.extra, "adaptive": adaptive}
+    if adaptive:
+        record["eot_samples"] = config.eot_samples_for(attack)
+    if getattr(config, "inception_weights", None):
+        record.update(inception_fields(config.inception_weights, ctx.device, pixels, result.labels, private))
     if result.checkpoints:  # query-budgeted attacks: AttAcc of the images held at each checkpoint
         record["attacc_vs_queries"] = [
             {"queries": used, "attacc_top1": 100.0 * s["attacc_top1"], "attacc_top5": 100.0 * s["attacc_top5"]}
@@ -222,6 +240,18 @@ def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior
     logger.info("%s seed %d: AttAcc top-1 %.1f%%, KNN %.1f (%.0fs)", run_dir.parent.parent.name, seed,
                 record["attacc_top1"], record["knn_dist"], result.seconds)
     return record
+
+
+def inception_fields(weights: str, device: str, pixels: Any, labels: Any, private: Any) -> dict[str, Any]:
+    """The set metrics in Inception-v3 space (``inception_fid``, ...), from the operator's weights."""
+    from midre.evaluation import distribution
+    from midre.evaluation.inception import InceptionFeatures
+
+    wanted = (private.labels[:, None] == labels.unique()[None, :]).any(1)
+    features = InceptionFeatures(weights, device=device)
+    _, means = distribution.summarize_sets(features(pixels), labels, features(private.images[wanted]),
+                                           private.labels[wanted])
+    return {f"inception_{k}": v * (1.0 if k in ("fid", "density") else 100.0) for k, v in means.items()}
 
 
 def _run_expand(study: StudyKind, config: Any, out: Path, unit: Unit, progress: ProgressCallback,

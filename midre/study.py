@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from midre.attacks import AttackBudget, list_attacks, needs_public_data, parse_options, resolve_attack_name
+from midre.attacks.adaptive import EOT_SAMPLES
 from midre.data import DatasetError, DatasetSpec
 from midre.defenses import build_defense
 from midre.errors import ConfigError
@@ -157,6 +158,8 @@ class AttackSettings:
     feature_identities: int = 3
     cache_dir: str | None = None
     device: str = "cpu"
+    adaptive: bool = False
+    inception_weights: str | None = None
     check: InitVar[bool] = True
 
     @property
@@ -206,9 +209,47 @@ class AttackSettings:
             raise exc.within("prior_options") from None
         for attack, options in self.attack_options.items():
             try:
-                parse_options(attack, options)
+                parse_options(attack, _attack_only(options))
             except ConfigError as exc:
                 raise exc.within(f"attack_options.{attack}") from None
+        self._validate_adaptive()
+        if self.inception_weights is not None and not Path(str(self.inception_weights)).is_file():
+            raise ConfigError("inception_weights", f"no such file: {self.inception_weights} (torchvision inception_v3 "
+                                                   f"weights as safetensors)")
+
+    def _validate_adaptive(self) -> None:
+        from midre.attacks.adaptive import check_white_box
+
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError("adaptive", f"must be true or false, got {self.adaptive!r}")
+        for attack, options in self.attack_options.items():
+            if not isinstance(options, dict):
+                continue
+            flag = options.get("adaptive", False)
+            if not isinstance(flag, bool):
+                raise ConfigError(f"attack_options.{attack}.adaptive", f"must be true or false, got {flag!r}")
+            samples = options.get("eot_samples", EOT_SAMPLES)
+            if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
+                raise ConfigError(f"attack_options.{attack}.eot_samples",
+                                  f"must be an integer in [1, 64], got {samples!r}")
+            if flag:
+                check_white_box(attack, f"attack_options.{attack}.adaptive")
+        if self.adaptive and not self.adaptive_attacks():
+            raise ConfigError("adaptive", f"none of the attacks ({', '.join(self.attacks)}) gets the model's gradients; "
+                                          f"an adaptive attacker needs a white-box attack")
+
+    def adaptive_attacks(self) -> list[str]:
+        """The attacks of the study that also run adaptively: every white-box attack with ``adaptive``, else
+        those with ``attack_options.<attack>.adaptive``."""
+        from midre.attacks.registry import get_attack
+
+        own = {resolve_attack_name(k): v for k, v in self.attack_options.items() if isinstance(v, dict)}
+        return [a for a in self.attacks if (own.get(a) or {}).get("adaptive")
+                or (self.adaptive and get_attack(a).access == "white-box")]
+
+    def eot_samples_for(self, attack: str) -> int:
+        own = {resolve_attack_name(k): v for k, v in self.attack_options.items() if isinstance(v, dict)}
+        return int((own.get(attack) or {}).get("eot_samples", EOT_SAMPLES))
 
     def _validate_judges(self) -> None:
         if self.eval_arch not in list_models():
@@ -232,7 +273,7 @@ class AttackSettings:
 
     def options_for(self, attack: str) -> dict[str, Any]:
         own = {resolve_attack_name(k): v for k, v in self.attack_options.items()}
-        opts = dict(own.get(attack, {}))
+        opts = _attack_only(own.get(attack, {}))
         if needs_public_data(attack):
             opts["prior"] = {**DEFAULT_PRIOR_OPTIONS, **self.prior_options, **opts.get("prior", {})}
         return opts
@@ -253,6 +294,15 @@ class AttackSettings:
         from midre.evaluation.judges import default_judge_configs
 
         return default_judge_configs(self.eval_config(), self.eval_archs, image_size)
+
+
+#: Keys of ``attack_options.<attack>`` that say how the study runs the attack, not how the attack runs.
+STUDY_OPTION_KEYS = ("adaptive", "eot_samples")
+
+
+def _attack_only(options: Any) -> Any:
+    """An attack's options without the study's own keys (:data:`STUDY_OPTION_KEYS`)."""
+    return {k: v for k, v in options.items() if k not in STUDY_OPTION_KEYS} if isinstance(options, dict) else options
 
 
 def _attack_name(name: Any, where: str) -> str:
@@ -342,6 +392,14 @@ class PipelineConfig(AttackSettings):
                 self._check_size(arch, f"judge eval_archs[{i}]")
         _check_seeds(self.seeds)
         self._validate_attack_settings()
+        if self.adaptive_attacks():
+            from midre.defenses import adaptive_refusal
+
+            reasons = [why for d in self.defenses[1:] if (why := adaptive_refusal(d)) is not None]
+            if len(reasons) == len(self.defenses[1:]):
+                raise ConfigError("adaptive", "no defense of the study has a training-time transform for an adaptive "
+                                              "attacker to optimise through" + (f": {'; '.join(reasons)}" if reasons
+                                                                                 else " (NoDef alone)"))
 
     def _check_size(self, arch: str, who: str) -> None:
         try:
@@ -405,6 +463,20 @@ class AttackEvalConfig(AttackSettings):
             dataset_spec_from(self.data)
         _check_seeds(self.seeds)
         self._validate_attack_settings()
+        if self.adaptive_attacks() and (Path(self.target) / "model.json").is_file():
+            self.adaptive_refusal()
+
+    def adaptive_refusal(self) -> None:
+        """Refuse an adaptive attack on a target whose defense has no transform to adapt to."""
+        from midre.defenses import adaptive_refusal
+
+        spec = self.card().get("defense")
+        if not isinstance(spec, dict | list) or not spec:
+            raise ConfigError("adaptive", "the target's model.json names no defense: an adaptive attacker needs to "
+                                          "know how it was trained")
+        why = adaptive_refusal(spec)
+        if why is not None:
+            raise ConfigError("adaptive", why)
 
     def card(self) -> dict[str, Any]:
         """The target's ``model.json``."""

@@ -218,20 +218,35 @@ def _shift(x: Tensor, generator: torch.Generator, fraction: float = 0.125) -> Te
 
 
 @torch.no_grad()
+def predictions(model: nn.Module, images: ImageSet, normalization: Any, device: torch.device,
+                batch_size: int = 256) -> Tensor:
+    """Top-1 predictions ``[N]`` (CPU) of ``model`` on an :class:`ImageSet` (no augmentation, no erasing)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_float(images.images[start:start + batch_size].to(device), normalization)
+            out.append(model(x).argmax(1).cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
 def evaluate_accuracy(
     model: nn.Module, images: ImageSet, normalization: Any, device: torch.device, batch_size: int = 256
 ) -> float:
     """Top-1 accuracy of ``model`` on an :class:`ImageSet` (no augmentation, no erasing)."""
     if len(images) == 0:
         return float("nan")
-    was_training = model.training
-    model.eval()
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        x = to_float(images.images[start:start + batch_size].to(device), normalization)
-        correct += int((model(x).argmax(1).cpu() == images.labels[start:start + batch_size]).sum())
-    model.train(was_training)
-    return correct / len(images)
+    return float((predictions(model, images, normalization, device, batch_size) == images.labels).double().mean())
+
+
+def accuracy_by_identity(model: nn.Module, images: ImageSet, normalization: Any,
+                         device: torch.device) -> dict[int, tuple[int, int]]:
+    """``{identity: (correct, total)}`` of ``model``'s top-1 predictions on an :class:`ImageSet`."""
+    hit = predictions(model, images, normalization, device) == images.labels
+    return {int(i): (int(hit[images.labels == i].sum()), int((images.labels == i).sum()))
+            for i in images.labels.unique().tolist()}
 
 
 def _make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from midre.defenses.base import Defense, register_defense
+from midre.defenses.base import Defense, Transform, register_defense
 
 __all__ = [
     "CutMix", "GaussianBlurDefense", "RandomCropDefense", "cutmix_box", "gaussian_blur", "gaussian_kernels1d",
@@ -96,6 +96,8 @@ class CutMix(Defense):
     """
 
     name = "cutmix"
+    no_transform = ("mixes pairs of training images and their labels: there is no per-image transform for an "
+                    "attacker to optimise a reconstruction through")
 
     def __init__(self, alpha: float = 1.0, prob: float = 1.0) -> None:
         super().__init__()
@@ -206,6 +208,9 @@ class RandomCropDefense(Defense):
         cropped = resized_crop(x, boxes)
         return torch.where(apply.to(x.device).view(-1, 1, 1, 1), cropped, x)
 
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        return lambda x, generator: self.transform(x, x.new_zeros(0), x.new_zeros(0), 0, generator)
+
 
 # --- Gaussian blur -------------------------------------------------------------------------------
 
@@ -272,3 +277,6 @@ class GaussianBlurDefense(Defense):
         sigma = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[:, 0]
         blurred = gaussian_blur(x, sigma, self.size)
         return torch.where((u[:, 1] < self.prob).to(x.device).view(-1, 1, 1, 1), blurred, x)
+
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        return lambda x, generator: self.transform(x, x.new_zeros(0), x.new_zeros(0), 0, generator)

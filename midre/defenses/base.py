@@ -79,7 +79,26 @@ class Defense:
         logits = model(x)
         return F.cross_entropy(logits, y), logits, {}
 
+    # --- what an adaptive attacker knows ----------------------------------------------------------
+    #: Why an adaptive attacker has nothing of this defense to optimise through (when
+    #: :meth:`attack_transform` gives ``None``).
+    no_transform = ("changes the training loss or the model, not its input images: there is no training-time "
+                    "transform for an attacker to optimise through")
 
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        """The training-time input transform as an attacker who knows the defense applies it to a
+        reconstruction: ``(x, generator) -> x'`` on a normalised model-input batch, differentiable in ``x``
+        and drawn afresh on every call (an expectation over it is what an adaptive attack optimises);
+        ``None`` when the defense has none (:attr:`no_transform` says why).
+
+        Args:
+            normalization: the target's input normalisation (``None``: ``[0, 1]`` pixels).
+        """
+        return None
+
+
+#: ``(batch, generator) -> batch``: a defense's input transform as an attacker applies it.
+Transform = Callable[[Tensor, torch.Generator], Tensor]
 DefenseFactory = Callable[..., Defense]
 _REGISTRY: dict[str, DefenseFactory] = {}
 
@@ -94,6 +113,15 @@ def register_defense(name: str) -> Callable[[DefenseFactory], DefenseFactory]:
         return factory
 
     return add
+
+
+def adaptive_refusal(spec: str | Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str | None:
+    """Why an adaptive attacker cannot adapt to the defense ``spec`` (``None``: it has a training-time
+    transform to optimise through)."""
+    defense = build_defense(spec)
+    if defense.attack_transform(None) is not None:
+        return None
+    return f"{defense_label(defense.spec()) if isinstance(spec, Mapping) else defense.name} {defense.no_transform}"
 
 
 def defense_names() -> list[str]:
@@ -208,6 +236,22 @@ class ComposedDefense(Defense):
         for p in self.parts:
             x = p.transform(x, y, indices, epoch, generator)
         return x
+
+    @property
+    def no_transform(self) -> str:  # type: ignore[override]
+        return "; ".join(f"{p.name} {p.no_transform}" for p in self.parts)
+
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        steps = [t for p in self.parts if (t := p.attack_transform(normalization)) is not None]
+        if not steps:
+            return None
+
+        def chained(x: Tensor, generator: torch.Generator) -> Tensor:
+            for step in steps:
+                x = step(x, generator)
+            return x
+
+        return chained
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor, dict[str, float]]:
         if self._loss_owner is None:

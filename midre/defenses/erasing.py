@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from midre.defenses.base import Defense, TrainContext, register_defense
-from midre.erasing import EntireErasing, FixedErasing, RandomErasing
+from midre.defenses.base import Defense, TrainContext, Transform, register_defense
+from midre.erasing import EntireErasing, FixedErasing, RandomErasing, fill_value
 
 
 @register_defense("nodef")
@@ -25,6 +25,14 @@ class NoDefense(Defense):
     """Standard training, the baseline every defense is compared with."""
 
     name = "nodef"
+    no_transform = "is the baseline: the standard attack is already the one that knows its training"
+
+
+def _erasing_transform(a_h: float, a_l: float, a_e: float | None, fill: Any, normalization: Any) -> Transform:
+    """Fresh random squares of the defense's area law on every call (differentiable outside the squares)."""
+    eraser = RandomErasing(a_h=a_h, a_l=a_l, a_e=a_e, fill=fill, normalization=normalization,
+                           normalized=normalization is not None)
+    return lambda x, generator: eraser(x, generator=generator)
 
 
 @register_defense("midre")
@@ -60,6 +68,10 @@ class MIDRE(Defense):
 
     def transform(self, x: Tensor, y: Tensor, indices: Tensor, epoch: int, generator: torch.Generator) -> Tensor:
         return self.eraser(x, generator=generator, inplace=True)  # x is a fresh batch
+
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        e = self.eraser
+        return _erasing_transform(e.a_h, e.a_l, e.a_e, e.fill, normalization)
 
 
 @register_defense("fixed-erasing")
@@ -97,6 +109,10 @@ class FixedErasingDefense(Defense):
         assert self.eraser is not None, "setup() was not called"
         return self.eraser(x, indices)
 
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        # the fixed squares belong to the training images; a reconstruction gets fresh ones of the same law
+        return _erasing_transform(self.a_h, self.a_l, self.a_e, self.fill, normalization)
+
 
 @register_defense("entire-erasing")
 class EntireErasingDefense(Defense):
@@ -133,3 +149,16 @@ class EntireErasingDefense(Defense):
     def transform(self, x: Tensor, y: Tensor, indices: Tensor, epoch: int, generator: torch.Generator) -> Tensor:
         assert self.eraser is not None, "setup() was not called"
         return self.eraser(x, indices, epoch)
+
+    def attack_transform(self, normalization: Any) -> Transform | None:
+        """Each image erased entirely with probability ``share`` (in either mode: what a training image
+        met). Its expectation is the standard objective on the kept draws: the adaptive attack is the
+        standard one with fewer effective samples per step, which the report can show is no stronger."""
+        share = self.share
+
+        def whole(x: Tensor, generator: torch.Generator) -> Tensor:
+            hit = torch.rand(x.shape[0], generator=generator, device=generator.device) < share
+            value = fill_value("imagenet-mean", x.shape[1], normalization).to(x.device, x.dtype)
+            return torch.where(hit.to(x.device).view(-1, 1, 1, 1), value.view(1, -1, 1, 1), x)
+
+        return whole
