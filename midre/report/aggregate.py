@@ -18,6 +18,11 @@ METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval", "queri
 #: Figures of a judge panel, aggregated like :data:`METRICS` when the runs carry them: agreement and
 #: double-check share in percent, pixel std in ``[0, 1]`` pixel units.
 PANEL_METRICS = ("agreement", "double_check", "pixel_std")
+#: The reconstructions as a set against the private images, in the first judge's features
+#: (:mod:`midre.evaluation.distribution`): FID and density in their own units, the others in percent.
+SET_METRICS = ("fid", "precision", "recall", "density", "coverage")
+#: The same in Inception-v3 space, when the operator gave its weights (:mod:`midre.evaluation.inception`).
+INCEPTION_METRICS = tuple(f"inception_{name}" for name in SET_METRICS)
 #: Label, direction and unit of each report metric, from the one vocabulary (:mod:`midre.vocabulary`).
 METRIC_INFO = {
     name: {"label": VOCABULARY[name].label, "higher_is_better": VOCABULARY[name].higher_is_better,
@@ -95,7 +100,37 @@ def aggregate_runs(runs: Sequence[dict[str, Any]], defenses: Sequence[str], atta
                 v["judges_disagree"] = True
                 v["text"] += " The judges disagree by more than the seed spread here: see the warnings."
                 rows[v["defense"]]["verdict"] = v["text"]
+    _against_adaptive(verdicts)
     return results, verdicts
+
+
+def _against_adaptive(verdicts: list[dict[str, Any]]) -> None:
+    """Where an attack also ran adaptively, the standard verdict takes the stronger attacker's outcome and
+    says whether the defense holds against an attacker who knows it."""
+    adaptive = {(v["attack"], v["defense"]): v for v in verdicts if v.get("adaptive")}
+    for v in verdicts:
+        other = adaptive.get((v["attack"], v["defense"])) if not v.get("adaptive") else None
+        if other is None:
+            continue
+        holds = other["status"] == "helped"
+        if v["status"] == "helped":
+            v["text"] += (" It holds against an adaptive attacker." if holds else
+                          " It helps only against a non-adaptive attacker: the adaptive attacker "
+                          f"({other['status'].replace('_', ' ')}) is not stopped.")
+        v["against_adaptive"] = "holds" if holds else "fails"
+        worse = _stronger(v, other)
+        if worse is other:
+            v["status"] = other["status"]
+
+
+def _stronger(standard: dict[str, Any], adaptive: dict[str, Any]) -> dict[str, Any]:
+    """The verdict of the attacker that leaves the defense higher AttAcc (the paired difference, else the
+    mean drop)."""
+    def leak(v: dict[str, Any]) -> float:
+        c = v.get("comparison")
+        return float(c["diff"]) if c else -float(v["attacc_drop"]["mean"])
+
+    return adaptive if leak(adaptive) > leak(standard) else standard
 
 
 def _select(runs: Sequence[dict[str, Any]], attack: str, defense: str, adaptive: bool) -> list[dict[str, Any]]:
@@ -113,7 +148,7 @@ def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attac
         if not sel:
             continue
         vals = _values(sel)
-        metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS if vals[m]}
+        metrics = {m: summarize(vals[m]) for m in METRICS + PANEL_METRICS + SET_METRICS + INCEPTION_METRICS if vals[m]}
         attach(metrics, sel)
         row: dict[str, Any] = {"attack": attack, "defense": defense, "adaptive": adaptive, "seeds": vals["seeds"],
                                "metrics": metrics, "tradeoff_delta": None}
@@ -133,7 +168,7 @@ def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attac
 
 
 def _values(sel: list[dict[str, Any]]) -> dict[str, Any]:
-    vals: dict[str, Any] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS + PANEL_METRICS}
+    vals: dict[str, Any] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS + PANEL_METRICS + SET_METRICS + INCEPTION_METRICS}
     vals["seeds"] = [r["seed"] for r in sel]
     vals["judges"] = summarize_judges(sel)
     return vals
@@ -151,4 +186,4 @@ def _verdict(attack: str, defense: str, adaptive: bool, base: dict[str, Any], va
     return v
 
 
-__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "aggregate_runs", "variants", "verdict"]
+__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "SET_METRICS", "aggregate_runs", "variants", "verdict"]

@@ -16,6 +16,8 @@ from typing import Any
 
 from midre.checkpoint import write_json_atomic
 from midre.report.aggregate import aggregate_runs
+from midre.report.identities import identities_picture, leaking_identities
+from midre.report.intervals import SETTINGS
 from midre.report.model import Plot, Report, plot_for
 from midre.report.render import render_html, stat
 from midre.report.verdicts import defense_name, leakage_statements, recommendation_caveats, report_warnings
@@ -47,6 +49,7 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
                                             "resolved_num_private": ctx.num_private})
     labels = [c["label"] for c in candidates]
     records = collect_records(out, candidates, seeds, config.attacks)
+    seeds = sorted({s for c in candidates for s in c.get("seeds") or []} | set(seeds))
     targets = {(lbl, s): AttackTarget.from_checkpoint(str(config.target_dir(out, lbl, s)), device="cpu")
                for lbl in labels for s in seeds if (config.target_dir(out, lbl, s) / "model.json").is_file()
                and (config.target_dir(out, lbl, s) / "model.safetensors").is_file()}
@@ -69,17 +72,40 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
                      "per_identity": config.per_identity, "identities": len(ctx.ids)} for a in config.attacks],
         "seeds": seeds, "results": results, "verdicts": verdicts, "runs": records, "device": ctx.device,
     }
+    report.update(_evidence(config, verdicts, candidates))
     grids: dict[str, Any] = {}
     features: dict[str, Any] = {}
+    images: dict[str, bytes] = {}
     if kept:
         grids, features, report["feature_space"] = _grids_and_features(config, kept, out, targets, ctx, finished)
-    images: dict[str, bytes] = {}
+        report["identities"] = leaking_identities(kept, finished, list(ctx.splits.class_names))
+        picture = identities_picture(report["identities"], out, finished, min(r["seed"] for r in kept),
+                                     config.attacks[0], ctx.splits.train) if report["identities"] else None
+        if picture is not None:
+            images["identities.png"] = picture
     if study.report is not None:  # sweeps and harden: the frontier, its plots and the recommendation
         section = dict(study.report(config, candidates, records, out))
         images.update(section.pop("images", {}))
         report.update(section)
     report["timings"] = _timings(out, time.monotonic() - t0)
     return write_report(report, out, images=images, grids=grids, feature_results=features)
+
+
+def _evidence(config: Any, verdicts: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's ``comparisons`` (one per defense, attack and attacker with per-identity outcomes),
+    ``intervals`` (how they were made) and ``adaptive`` (which attacks adapted; defenses with nothing to
+    adapt to, and why)."""
+    from midre.defenses import adaptive_refusal
+
+    comparisons = [v["comparison"] for v in verdicts if v.get("comparison")]
+    adaptive_attacks = config.adaptive_attacks()
+    out: dict[str, Any] = {"comparisons": comparisons, "intervals": dict(SETTINGS) if comparisons else {}}
+    if adaptive_attacks:
+        refused = {c["label"]: why for c in candidates[1:] if (why := adaptive_refusal(c["defense"])) is not None}
+        out["adaptive"] = {"attacks": adaptive_attacks,
+                           "eot_samples": {a: config.eot_samples_for(a) for a in adaptive_attacks},
+                           "not_applicable": refused}
+    return out
 
 
 def target_summary(config: Any, candidates: list[dict[str, Any]], targets: dict[tuple[str, int], Any],
@@ -252,7 +278,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, images: dict[st
 
 
 def _ordered(pictures: dict[str, bytes]) -> list[str]:
-    order = {"summary": 0, "tradeoff": 1, "frontier": 2, "grid": 3, "features": 4}
+    order = {"summary": 0, "tradeoff": 1, "frontier": 2, "grid": 3, "features": 4, "identities": 5}
     return sorted(pictures, key=lambda name: (order.get(plot_for(name).kind, 5), name))
 
 

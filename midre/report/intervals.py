@@ -1,9 +1,9 @@
 """The report's evidence: 95 % intervals on its figures and the paired comparison of each defense with
 NoDef, from the per-identity outcomes every attack run stores (:mod:`midre.evaluation.evidence`).
 
-An attack run's record carries ``identities``: ``{identity: {"attacc_top1", "attacc_top5", "knn_dist",
-"correct", "total"}}`` (AttAcc in percent; ``correct`` / ``total`` the target's held-out predictions of that
-identity). Runs without them (older reports) get no interval and their verdict falls back to the seed
+An attack run's record carries ``identities``: ``{identity: {"attacc_top1", "attacc_top5", "knn_dist", ...}}``
+(AttAcc in percent, per attacked identity) and ``acc_by_identity``: ``{identity: [correct, total]}`` (the
+target's held-out predictions of every private identity). Runs without them (older reports) get no interval and their verdict falls back to the seed
 spread (:func:`midre.report.aggregate.verdict`).
 """
 
@@ -27,15 +27,24 @@ SETTINGS = {"method": METHOD, "resamples": RESAMPLES, "seed": 0, "level": LEVEL,
 
 def by_seed(runs: Sequence[dict[str, Any]], field: str) -> dict[int, np.ndarray]:
     """``{seed: per-identity values}`` of one figure, identities in one order for every seed (NaN where a
-    run lacks one); empty when the runs carry no per-identity outcomes."""
-    ids = sorted({int(i) for r in runs for i in (r.get("identities") or {})})
+    run lacks one); empty when the runs carry no per-identity outcomes. ``field`` ``correct`` / ``total``
+    read ``acc_by_identity``, the others ``identities``."""
+    source = "acc_by_identity" if field in ("correct", "total") else "identities"
+    ids = sorted({int(i) for r in runs for i in (r.get(source) or {})})
     if not ids:
         return {}
     out = {}
     for r in runs:
-        per = r.get("identities") or {}
-        out[int(r["seed"])] = np.array([float((per.get(str(i)) or {}).get(field, np.nan)) for i in ids])
+        per = r.get(source) or {}
+        out[int(r["seed"])] = np.array([_value(per.get(str(i)), field) for i in ids])
     return out
+
+
+def _value(entry: Any, field: str) -> float:
+    if isinstance(entry, list | tuple):  # acc_by_identity: [correct, total]
+        return float(entry[0 if field == "correct" else 1])
+    value = (entry or {}).get(field)
+    return float("nan") if value is None else float(value)
 
 
 def attach(metrics: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]]) -> None:
@@ -44,18 +53,25 @@ def attach(metrics: dict[str, dict[str, Any]], runs: Sequence[dict[str, Any]]) -
         values = by_seed(runs, field)
         bounds = interval(list(values.values())) if values and name in metrics else None
         if bounds is not None:
-            metrics[name]["ci_low"], metrics[name]["ci_high"] = _clamp(metrics[name]["mean"], bounds)
+            metrics[name]["ci_low"], metrics[name]["ci_high"] = _clamp(metrics[name]["mean"], bounds, name)
     correct, total = by_seed(runs, "correct"), by_seed(runs, "total")
     if correct and "acc" in metrics and not any(np.isnan(v).any() for v in total.values()):
         bounds = interval([100 * v for v in correct.values()], list(total.values()))
         if bounds is not None:
-            metrics["acc"]["ci_low"], metrics["acc"]["ci_high"] = _clamp(metrics["acc"]["mean"], bounds)
+            metrics["acc"]["ci_low"], metrics["acc"]["ci_high"] = _clamp(metrics["acc"]["mean"], bounds, "acc")
 
 
-def _clamp(mean: float, bounds: tuple[float, float]) -> tuple[float, float]:
-    """An interval always holds its figure (the mean over seeds of held-out accuracy can sit a hair outside
-    a percentile interval built from identity-weighted draws)."""
-    return min(bounds[0], mean), max(bounds[1], mean)
+#: Where each figure can lie: shares in percent, distances from 0 up.
+SUPPORT = {"acc": (0.0, 100.0), "attacc_top1": (0.0, 100.0), "attacc_top5": (0.0, 100.0),
+           "knn_dist": (0.0, float("inf")), "delta_eval": (0.0, float("inf"))}
+
+
+def _clamp(mean: float, bounds: tuple[float, float], name: str) -> tuple[float, float]:
+    """An interval within the figure's support (the seed-level scaling can push a bound past 0 or 100) that
+    always holds its figure (the mean over seeds of held-out accuracy can sit a hair outside a percentile
+    interval built from identity-weighted draws)."""
+    low, high = SUPPORT.get(name, (-float("inf"), float("inf")))
+    return max(low, min(bounds[0], mean)), min(high, max(bounds[1], mean))
 
 
 def delta_interval(base: Sequence[dict[str, Any]], defended: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
@@ -106,6 +122,10 @@ def _sentence(attack: str, defense: str, adaptive: bool, result: Any, acc_cost: 
     if result.verdict == "raises":
         return (f"{defense_name(defense)} RAISES {who} top-1 AttAcc by {result.diff:.1f} points ({ci}; {basis}) "
                 f"{cost}.")
+    if result.ci_low == result.ci_high == 0:
+        # every pair agrees: the defended and the undefended targets leaked exactly the same identities
+        return (f"{defense_name(defense)}: no change in {who} top-1 AttAcc: the same identities were recovered with "
+                f"and without it in every seed ({basis}) {cost}.")
     return (f"{defense_name(defense)}: no evidence of a change in {who} top-1 AttAcc ({result.diff:+.1f} points, "
             f"{ci}; {basis}) {cost}: more seeds or identities would narrow it.")
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Version of ``report.json``. 2: judges without their cache folders, ``plots`` with titles, the
-#: target named in ``models.target.label``.
-SCHEMA_VERSION = 2
+#: target named in ``models.target.label``. 3: 95 % intervals on figures (``ci_low`` / ``ci_high``),
+#: ``comparisons``, ``intervals``, ``identities``, adaptive rows (``adaptive``) and ``adaptive``.
+SCHEMA_VERSION = 3
 
 
 def _number(value: Any) -> float | None:
@@ -70,12 +71,16 @@ OMIT = {"omit_none": True}
 
 @dataclass
 class Stat:
-    """A figure over seeds: mean, sample std, the per-seed values and how many there are."""
+    """A figure over seeds: mean, sample std, the per-seed values and how many there are, and its 95 %
+    interval (``ci_low`` / ``ci_high``) when the runs stored per-identity outcomes
+    (:mod:`midre.report.intervals`)."""
 
     mean: float
     std: float = 0.0
     n: int = 1
     runs: list[float] = field(default_factory=list)
+    ci_low: float | None = None
+    ci_high: float | None = None
 
     @classmethod
     def parse(cls, value: Any) -> Stat | None:
@@ -87,16 +92,26 @@ class Stat:
             if mean is None:
                 return None
             return cls(mean, _number(value.get("std")) or 0.0, int(value.get("n") or 1),
-                       [float(v) for v in value.get("runs") or [] if _number(v) is not None])
+                       [float(v) for v in value.get("runs") or [] if _number(v) is not None],
+                       _number(value.get("ci_low")), _number(value.get("ci_high")))
         number = _number(value)
         return None if number is None else cls(number)
 
+    @property
+    def has_interval(self) -> bool:
+        return self.ci_low is not None and self.ci_high is not None
+
     def text(self, digits: int = 2) -> str:
-        """``mean ± std`` over seeds, ``mean`` alone for one run."""
+        """``mean [low, high]`` with a 95 % interval, else ``mean ± std`` over seeds, ``mean`` alone for one run."""
+        if self.has_interval:
+            return f"{self.mean:.{digits}f} [{self.ci_low:.{digits}f}, {self.ci_high:.{digits}f}]"
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}" if self.n > 1 else f"{self.mean:.{digits}f}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "runs": list(self.runs), "n": self.n}
+        out: dict[str, Any] = {"mean": self.mean, "std": self.std, "runs": list(self.runs), "n": self.n}
+        if self.has_interval:
+            out["ci_low"], out["ci_high"] = self.ci_low, self.ci_high
+        return out
 
 
 def _stats(values: Any) -> dict[str, Stat]:
@@ -131,6 +146,8 @@ class ResultRow:
     tradeoff_delta: float | str | None = None
     judges: list[JudgeScore] = field(default_factory=list)
     verdict: str | None = field(default=None, metadata=OMIT)
+    adaptive: bool = False
+    tradeoff_delta_ci: list[float] | None = field(default=None, metadata=OMIT)
 
     def __post_init__(self) -> None:
         self.metrics = _stats(self.metrics)
@@ -151,6 +168,9 @@ class Verdict:
     attacc_drop: dict[str, Any] = field(default_factory=dict)
     acc_cost: float | None = None
     judges_disagree: bool | None = field(default=None, metadata=OMIT)
+    adaptive: bool = False
+    comparison: dict[str, Any] | None = field(default=None, metadata=OMIT)
+    against_adaptive: str | None = field(default=None, metadata=OMIT)
 
 
 @dataclass
@@ -197,7 +217,7 @@ class Warning:  # noqa: A001 - the report's own word for it
 class Plot:
     """A picture of the report: its file next to ``report.json`` and its caption.
 
-    ``kind``: ``tradeoff``, ``frontier``, ``grid``, ``features`` or ``summary`` (the one-picture
+    ``kind``: ``tradeoff``, ``frontier``, ``grid``, ``features``, ``identities`` or ``summary`` (the one-picture
     summary for sharing; the pages show the tables instead).
     """
 
@@ -235,6 +255,10 @@ class Report:
     recommendation: dict[str, Any] | None = field(default=None, metadata=OMIT)
     recommendation_note: str | None = field(default=None, metadata=OMIT)
     max_accuracy_drop: float | None = field(default=None, metadata=OMIT)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    intervals: dict[str, Any] = field(default_factory=dict)
+    identities: list[dict[str, Any]] = field(default_factory=list)
+    adaptive: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -275,6 +299,10 @@ class Report:
         return list(dict.fromkeys(j.name for row in self.results for j in row.judges))
 
     @property
+    def adaptive_rows(self) -> list[ResultRow]:
+        return [r for r in self.results if r.adaptive]
+
+    @property
     def panel_rows(self) -> list[ResultRow]:
         """Rows with per-judge figures (a judge panel scored them)."""
         return [r for r in self.results if r.judges or any(m in r.metrics for m in ("agreement", "double_check"))]
@@ -297,6 +325,9 @@ def plot_for(file: str) -> Plot:
         return Plot(file, f"Feature space: {stem[9:].replace('__', ', ').replace('_', ' ').strip()}", "features")
     if stem.startswith("frontier_"):
         return Plot(file, f"Privacy-utility frontier: {stem[9:]}", "frontier")
+    if stem == "identities":
+        return Plot(file, "The identities that leak most under the baseline: a real private image above each defense's "
+                          "reconstruction (first seed, first attack)", "identities")
     if stem == "summary":
         return Plot(file, "The report in one picture", "summary")
     return Plot(file, "Privacy-utility trade-off" if stem == "tradeoff" else stem, "tradeoff")

@@ -15,6 +15,7 @@ TINY = {"data": "digits", "image_size": 32, "channels": 1, "epochs": 1, "seeds":
         "eval_archs": ["resnet18", "cnn-small"],
         "eval_epochs": 1, "feature_identities": 2,
         "attack_budgets": {"deepinversion": {"steps": 2}, "gmi": {"steps": 2, "restarts": 1, "prior_steps": 1}},
+        "attack_options": {"deepinversion": {"adaptive": True, "eot_samples": 2}},
         "prior_options": {"width": 8, "batch_size": 8}}
 
 
@@ -69,13 +70,26 @@ def test_pipeline_writes_report(pipeline_run):
     out, report, events = pipeline_run
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     data = json.loads((out / "report.json").read_text())
-    assert data["schema_version"] == 2 and data["seeds"] == [0, 1]
-    rows = {(r["attack"], r["defense"]): r for r in data["results"]}
-    assert set(rows) == {(a, d) for a in ("deepinversion", "gmi") for d in ("nodef", "midre")}
+    assert data["schema_version"] == 3 and data["seeds"] == [0, 1]
+    rows = {(r["attack"], r["defense"], r["adaptive"]): r for r in data["results"]}
+    assert set(rows) == {(a, d, False) for a in ("deepinversion", "gmi") for d in ("nodef", "midre")} | {
+        ("deepinversion", "midre", True)}  # NoDef is the baseline: nothing of it to adapt to
     for row in rows.values():
         for metric in ("acc", "attacc_top1", "attacc_top5", "knn_dist", "delta_eval"):
             assert row["metrics"][metric]["n"] == 2
-    assert len(data["verdicts"]) == 2 and all(v["text"] for v in data["verdicts"])
+        top1 = row["metrics"]["attacc_top1"]
+        assert 0 <= top1["ci_low"] <= top1["mean"] <= top1["ci_high"] <= 100
+        assert {"fid", "precision", "recall", "density", "coverage"} <= set(row["metrics"])
+    assert len(data["verdicts"]) == 3 and all(v["text"] for v in data["verdicts"])
+    assert {(c["attack"], c["adaptive"]) for c in data["comparisons"]} == {
+        ("deepinversion", False), ("deepinversion", True), ("gmi", False)}
+    for c in data["comparisons"]:
+        assert c["defense"] == "midre" and c["metric"] == "attacc_top1" and 0 <= c["p_value"] <= 1
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"]
+        assert c["verdict"] == ("lowers" if c["ci_high"] < 0 else "raises" if c["ci_low"] > 0 else "no_evidence")
+    assert data["intervals"]["resamples"] > 0 and data["adaptive"]["attacks"] == ["deepinversion"]
+    assert len(data["identities"]) == 3 and set(data["identities"][0]["recovered"]) == {"nodef", "midre"}
+    assert (out / "identities.png").is_file()
     assert data["dataset"]["public_note"]  # digits: the last identities became the public set
     assert data["models"]["evaluation"]["arch"] == "resnet18"
     assert "prior_gmi_1_steps" in data["timings"] and data["timings"]["total"] > 0
