@@ -202,20 +202,26 @@ class HardenConfig(SweepConfig):
 
     The search trains seed 0 of every coarse candidate, drops the ones whose accuracy drop is
     clearly beyond the budget, refines a_h around the strongest MIDRE candidate within budget,
-    attacks seed 0 of the candidates within budget, drops the clearly dominated ones, and runs
-    the remaining seeds of at most ``finalists`` candidates (see docs/studies.md).
+    attacks seed 0 of the candidates within budget, drops the clearly dominated ones (by 95 %
+    intervals), runs the remaining seeds of the finalists, and adds seeds to a finalist whose paired
+    comparison with NoDef is still undecided, up to ``max_seeds`` (see :mod:`midre.harden`,
+    docs/studies.md). Added seeds continue after the largest seed used.
 
     Attributes:
         max_accuracy_drop: accuracy budget in points (default 1.0).
         candidates: the coarse grid (default ``midre:a_h=0.2..0.8/0.2``).
         refine: refine a_h around the best MIDRE candidate of the coarse grid.
-        finalists: candidates that go on to every seed after the seed-0 screening.
+        finalists: candidates that go on to every seed after the seed-0 screening (and any whose
+            seed-0 interval overlaps the best one's).
+        max_seeds: a finalist whose paired comparison with NoDef is undecided gets one more seed at a
+            time, up to this many (``seeds`` = ``max_seeds``: no sequential seeds).
     """
 
     candidates: Any = DEFAULT_HARDEN_CANDIDATES
     max_accuracy_drop: float | None = 1.0
     refine: bool = True
     finalists: int = 2
+    max_seeds: int = 5
     defenses: list[Any] = field(default_factory=lambda: ["nodef"])
 
     def __post_init__(self, check: bool = True) -> None:
@@ -224,6 +230,11 @@ class HardenConfig(SweepConfig):
         if check and (isinstance(self.finalists, bool) or not isinstance(self.finalists, int) or self.finalists < 1):
             raise ConfigError("finalists", f"must be an integer >= 1, got {self.finalists!r}")
         super().__post_init__(check)
+        if check and (isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int)
+                      or not len(self.seed_list) <= self.max_seeds <= 50):
+            raise ConfigError("max_seeds", f"must be an integer from the number of seeds ({len(self.seed_list)}) to "
+                                           f"50, got {self.max_seeds!r}")
+
 
 
 # --------------------------------------------------------------------------- frontier and recommendation
@@ -334,9 +345,107 @@ def _no_recommendation(frontier: list[dict[str, Any]], within: list[dict[str, An
             "spread.")
 
 
-def recommend(frontier: list[dict[str, Any]], attacks: list[str],
-              max_accuracy_drop: float) -> tuple[dict[str, Any] | None, str]:
+def candidate_evidence(frontier: list[dict[str, Any]], records: list[dict[str, Any]],
+                       attacks: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{candidate: {attack or attack@adaptive: comparison}}``: each candidate against the baseline (the
+    first entry), paired by seed and identity (:func:`midre.report.intervals.comparison`); empty for runs
+    without per-identity outcomes."""
+    from midre.report.intervals import comparison
+
+    if not frontier:
+        return {}
+    base_label = frontier[0]["defense"]
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for entry in frontier[1:]:
+        for attack in attacks:
+            base = [r for r in records if r["defense"] == base_label and r["attack"] == attack
+                    and not r.get("adaptive")]
+            for adaptive in (False, True):
+                own = [r for r in records if r["defense"] == entry["defense"] and r["attack"] == attack
+                       and bool(r.get("adaptive")) == adaptive]
+                found = comparison(attack, entry["defense"], adaptive, base, own, entry["acc_drop"] or 0.0) \
+                    if base and own else None
+                if found is not None:
+                    out.setdefault(entry["defense"], {})[f"{attack}{'@adaptive' if adaptive else ''}"] = found
+    return out
+
+
+def _deciding(found: dict[str, dict[str, Any]], attack: str) -> dict[str, Any] | None:
+    """The comparison that decides an attack: the adaptive attacker's when it leaves the defense more
+    AttAcc than the standard one."""
+    standard, adaptive = found.get(attack), found.get(f"{attack}@adaptive")
+    if standard is None or adaptive is None:
+        return standard or adaptive
+    return adaptive if adaptive["diff"] > standard["diff"] else standard
+
+
+def _ci(c: dict[str, Any]) -> str:
+    who = f"{c['attack']}{' (adaptive)' if c['adaptive'] else ''}"
+    return (f"{-c['diff']:.1f} points against {who} (95 % CI {-c['ci_high']:.1f} to {-c['ci_low']:.1f}, "
+            f"p = {c['p_value']:.3f})")
+
+
+def recommend_with_evidence(frontier: list[dict[str, Any]], attacks: list[str], max_accuracy_drop: float,
+                            evidence: dict[str, dict[str, dict[str, Any]]]) -> tuple[dict[str, Any] | None, str]:
+    """The recommendation when the runs have per-identity outcomes: a candidate within the budget qualifies
+    when, on every attack, its paired comparison with NoDef says ``lowers`` (for an attack also run
+    adaptively, the stronger attacker decides); the largest mean reduction wins (ties: the smaller
+    accuracy drop). The reason, or the note when nothing qualifies, cites the intervals."""
+    within = [e for e in frontier[1:] if e["acc_drop"] is not None and e["acc_drop"] <= max_accuracy_drop
+              and not e["skipped"]]
+    decided = []
+    for e in within:
+        deciding = {a: _deciding(evidence.get(e["defense"], {}), a) for a in attacks}
+        if any(c is None for c in deciding.values()):
+            continue
+        decided.append((e, deciding))
+    qualified = [(e, d) for e, d in decided if len(e["seeds"]) >= 2 and all(c["verdict"] == "lowers"
+                                                                             for c in d.values())]
+    if not qualified:
+        return None, _no_evidence_note(frontier, within, decided, max_accuracy_drop)
+    qualified.sort(key=lambda q: (sum(c["diff"] for c in q[1].values()), q[0]["acc_drop"]))
+    best, deciding = qualified[0]
+    cost = (f"costs {best['acc_drop']:.1f} accuracy points" if best["acc_drop"] > 0
+            else f"gains {-best['acc_drop']:.1f} accuracy points")
+    among = ("the only candidate that qualifies" if len(qualified) == 1
+             else f"the largest reduction among the {len(qualified)} candidates that qualify")
+    adaptive = [a for a in attacks if f"{a}@adaptive" in evidence.get(best["defense"], {})]
+    holds = f" It holds against the adaptive attacker on {', '.join(adaptive)}." if adaptive else ""
+    reason = (f"{_pretty(best)} lowers top-1 AttAcc by {' and '.join(_ci(c) for c in deciding.values())} over "
+              f"{len(best['seeds'])} seeds, and {cost}, within the {max_accuracy_drop:g}-point budget: {among}.{holds}")
+    chosen = {**{k: best[k] for k in ("defense", "spec", "params", "acc", "acc_drop", "attacc", "seeds")},
+              "reason": reason, "evidence": list(evidence.get(best["defense"], {}).values())}
+    return chosen, reason
+
+
+def _no_evidence_note(frontier: list[dict[str, Any]], within: list[dict[str, Any]],
+                      decided: list[tuple[dict[str, Any], dict[str, Any]]], max_accuracy_drop: float) -> str:
+    if not within:
+        return _no_recommendation(frontier, within, [], max_accuracy_drop)
+    if not decided:
+        return ("No candidate within the budget has a paired comparison with NoDef on every attack: nothing is "
+                "recommended.")
+    closest, deciding = min(decided, key=lambda q: max(c["ci_high"] for c in q[1].values()))
+    worst = max(deciding.values(), key=lambda c: c["ci_high"])
+    what = {"raises": "raises", "no_evidence": "shows no evidence of a change in",
+            "lowers": "lowers"}[worst["verdict"]]
+    seeds = len(closest["seeds"])
+    more = (" with only 1 seed the seed-to-seed spread is not measured; run at least 2" if seeds < 2 else
+            " more seeds (--max-seeds) or identities would narrow the interval" if worst["verdict"] == "no_evidence"
+            else " try other defenses rather than a larger budget")
+    return (f"No candidate within the {max_accuracy_drop:g}-point budget lowers top-1 AttAcc on every attack with a "
+            f"95 % interval below 0 ({len(within)} of {len(frontier) - 1} within the budget). The closest, "
+            f"{_pretty(closest)}, {what} {worst['attack']}{' (adaptive)' if worst['adaptive'] else ''} top-1 AttAcc: "
+            f"{worst['diff']:+.1f} points (95 % CI {worst['ci_low']:+.1f} to {worst['ci_high']:+.1f}) over {seeds} "
+            f"seed{'s' if seeds != 1 else ''}. Nothing is recommended; keep NoDef, or{more}.")
+
+
+def recommend(frontier: list[dict[str, Any]], attacks: list[str], max_accuracy_drop: float,
+              evidence: dict[str, dict[str, dict[str, Any]]] | None = None) -> tuple[dict[str, Any] | None, str]:
     """The recommended candidate (with ``reason``) or ``None``, and one plain sentence either way.
+
+    With ``evidence`` (:func:`candidate_evidence`, runs with per-identity outcomes) the paired intervals
+    decide (:func:`recommend_with_evidence`). Without it (older runs):
 
     A candidate qualifies when (a) it has at least two seeds, (b) its mean accuracy is at most
     ``max_accuracy_drop`` points below NoDef's, (c) it lowers top-1 AttAcc below NoDef's by more
@@ -347,6 +456,8 @@ def recommend(frontier: list[dict[str, Any]], attacks: list[str],
     if not frontier or not frontier[0].get("acc"):
         return None, "No NoDef baseline was trained, so nothing can be compared: no recommendation."
     base = frontier[0]
+    if evidence:
+        return recommend_with_evidence(frontier, attacks, max_accuracy_drop, evidence)
     if len(base["seeds"]) < 2:
         return None, ("Only one seed: there is no seed spread to tell a lower leakage from noise, so nothing is "
                       "recommended; run at least 2 seeds.")
@@ -385,14 +496,20 @@ def frontier_section(config: Any, candidates: list[dict[str, Any]], records: lis
     checkpoint is copied to ``recommended/``)."""
     from midre.report.frontier import frontier_plot
 
-    candidates = [{**c, "target_acc": {s: acc for s in config.seed_list
+    candidates = [{**c, "target_acc": {s: acc for s in c.get("seeds") or config.seed_list
                                        if (acc := target_accuracy(out, c["label"], s)) is not None}}
                   for c in candidates]
     frontier = build_frontier(candidates, records, config.attacks)
+    evidence = candidate_evidence(frontier, records, config.attacks)
+    for entry in frontier:
+        entry["comparisons"] = evidence.get(entry["defense"], {})
+        note = next((c.get("evidence") for c in candidates if c["label"] == entry["defense"]), None)
+        if note:
+            entry["evidence"] = note
     section: dict[str, Any] = {"frontier": frontier, "recommendation": None, "recommendation_note": None,
                                "max_accuracy_drop": config.max_accuracy_drop}
     if config.max_accuracy_drop is not None:
-        chosen, note = recommend(frontier, config.attacks, float(config.max_accuracy_drop))
+        chosen, note = recommend(frontier, config.attacks, float(config.max_accuracy_drop), evidence)
         section["recommendation"], section["recommendation_note"] = chosen, note
         if chosen is not None:
             section["recommendation"]["checkpoint"] = export_recommended(out, chosen["defense"], chosen["seeds"][0])

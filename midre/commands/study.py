@@ -55,6 +55,10 @@ def _add_attack_arguments(p: argparse.ArgumentParser, default_attacks: str) -> N
                    help='per-attack budget overrides, e.g. \'{"gmi": {"steps": 300, "restarts": 3}}\'')
     g.add_argument("--attack-options", default=None, metavar="JSON",
                    help='per-attack options, e.g. \'{"deepinversion": {"bn_weight": 0.05}}\'')
+    g.add_argument("--adaptive", action="store_true",
+                   help="also run every white-box attack adaptively: it optimises through the defense's training-time "
+                        "transform (an expectation over random erasing for MIDRE); adaptive rows appear beside the "
+                        "standard ones. One attack only: --attack-options '{\"gmi\": {\"adaptive\": true}}'")
     g.add_argument("--public-data", default=None, metavar="PATH",
                    help="public images for GAN priors / LOMMA surrogates (an ImageFolder or archive), e.g. "
                         "extended_yale_b_cropped when att_faces is private")
@@ -103,7 +107,16 @@ def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
             "eval_archs": [a.strip() for a in args.eval_archs.split(",") if a.strip()] if args.eval_archs else None,
             "eval_epochs": args.eval_epochs,
             "eval_all_images": args.eval_all_images, "feature_identities": args.feature_identities,
-            "cache_dir": args.cache, "device": args.device}
+            "cache_dir": args.cache, "device": args.device, "adaptive": bool(getattr(args, "adaptive", False))}
+
+
+def _figure(stat: dict[str, Any] | None) -> str:
+    """``mean [95 % interval]`` when the report has one, else ``mean±std``."""
+    stat = stat or {}
+    mean = stat.get("mean", float("nan"))
+    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
+        return f"{mean:6.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
+    return f"{mean:6.2f}±{stat.get('std', 0):.2f}"
 
 
 def _print_summary(report: dict[str, Any], out: str) -> None:
@@ -111,11 +124,9 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
 
     for row in report.get("results", []):
         m = row["metrics"]
-        att = m.get("attacc_top1", {})
-        acc = m.get("acc", {})
-        print(f"{row['attack']:>14} {row['defense']:>12}  Acc {acc.get('mean', float('nan')):6.2f}±"
-              f"{acc.get('std', 0):.2f}  AttAcc@1 {att.get('mean', float('nan')):6.2f}±{att.get('std', 0):.2f}  "
-              f"Δ {format_delta(row.get('tradeoff_delta'))}  "
+        attack = f"{row['attack']}{' (adaptive)' if row.get('adaptive') else ''}"
+        print(f"{attack:>25} {row['defense']:>12}  Acc {_figure(m.get('acc'))}  AttAcc@1 {_figure(m.get('attacc_top1'))}"
+              f"  Δ {format_delta(row.get('tradeoff_delta'))}  "
               f"queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
         print("verdict:", v["text"])
@@ -133,7 +144,7 @@ def _study_data(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size, "lr": args.lr, "augment": list(augment_from_args(args)),
         "seeds": args.seeds, **_attack_settings(args),
     }
-    for name in ("defenses", "candidates", "max_accuracy_drop", "init_from", "finalists"):
+    for name in ("defenses", "candidates", "max_accuracy_drop", "init_from", "finalists", "max_seeds"):
         if getattr(args, name, None) is not None:
             data[name] = getattr(args, name)
     if getattr(args, "no_refine", False):
@@ -407,7 +418,11 @@ def _register_sweeps(subparsers: argparse._SubParsersAction, fmt: type) -> None:
     t.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="POINTS",
                    help="accuracy budget: largest accepted drop from NoDef, in points (default 1.0)")
     t.add_argument("--finalists", type=int, default=None, metavar="N",
-                   help="candidates that go on to every seed after the seed-0 screening (default 2)")
+                   help="candidates that go on to every seed after the seed-0 screening (default 2; a candidate "
+                        "whose seed-0 interval overlaps the best one's always goes on)")
+    t.add_argument("--max-seeds", type=int, default=None, metavar="N",
+                   help="a finalist whose paired comparison with NoDef is undecided gets one more seed at a time, "
+                        "up to N (default 5; --seeds N: none added)")
     t.add_argument("--no-refine", action="store_true", help="do not refine a_h around the best coarse candidate")
     _add_attack_arguments(h, "deepinversion,gmi")
     h.set_defaults(func=run_sweep_command, kind="harden")

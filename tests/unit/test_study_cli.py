@@ -21,10 +21,11 @@ def _capture(monkeypatch, name):
 def test_pipeline_flags_reach_the_config(monkeypatch, tmp_path):
     seen = _capture(monkeypatch, "run_pipeline")
     rc = main(["pipeline", "--data", "digits", "--defenses", "nodef,midre", "--attacks", "deepinversion,gmi",
-               "--seeds", "2", "--steps", "7", "--budget", '{"gmi": {"restarts": 3}}', "--quiet",
+               "--seeds", "2", "--steps", "7", "--budget", '{"gmi": {"restarts": 3}}', "--quiet", "--adaptive",
                "--out", str(tmp_path)])
     assert rc == 0
     cfg = seen["config"]
+    assert cfg.adaptive and cfg.adaptive_attacks() == ["deepinversion", "gmi"]
     assert cfg.image_size == 32 and cfg.seed_list == [0, 1]
     assert cfg.defenses == [{"name": "nodef"}, {"name": "midre"}]
     assert cfg.budget_for("deepinversion").steps == 7

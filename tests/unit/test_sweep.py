@@ -120,7 +120,7 @@ def test_harden_end_to_end_through_the_cli(tmp_path, capsys):
                "--seeds", "2", "--batch-size", "128", "--attacks", "deepinversion", "--steps", "2",
                "--per-identity", "1", "--identities", "2", "--eval-archs", "resnet18,cnn-small", "--eval-epochs", "1",
                "--feature-identities", "0", "--candidates", "midre:a_h=0.3|0.6", "--max-accuracy-drop", "1.0",
-               "--quiet", "--out", str(out)])
+               "--max-seeds", "3", "--quiet", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "recommendation:" in printed
@@ -138,10 +138,15 @@ def test_harden_end_to_end_through_the_cli(tmp_path, capsys):
     else:
         assert rec["reason"] and (out / "recommended" / "model.safetensors").is_file()
         assert (out / "recommended" / "model.json").is_file()
-    # the search ran fewer training/attack units than the full grid of the candidates it looked at
+    # the search never runs more training/attack units than the full grid of its candidates at the cap
+    # (with 1-epoch targets every interval overlaps the best one's, so screening may stop none)
     ran = [p for p in (out / "units").rglob("*.json")
            if json.loads(p.read_text())["kind"] in ("target", "attack")]
-    assert len(ran) < len(frontier) * 2 * (1 + 1)
+    assert len(ran) <= len(frontier) * 3 * (1 + 1)
+    # every finalist says how its evidence ended, and no candidate ran more seeds than the cap
+    finalists = [e for e in frontier[1:] if e.get("evidence")]
+    assert finalists and all(len(e["seeds"]) <= 3 for e in frontier)
+    assert all(e["evidence"].startswith(("decided after", "undecided at the cap of 3")) for e in finalists)
 
 
 def test_sweep_and_harden_flags_reach_the_config(monkeypatch, tmp_path, capsys):
@@ -174,10 +179,13 @@ def _fake_target(out, label, seed, acc):
     (path / "model.json").write_text(json.dumps({"metrics": {"test_accuracy": acc}}))
 
 
-def _fake_attack(out, label, seed, attacc):
+def _fake_attack(out, label, seed, attacc, identities=None):
     path = out / "attacks" / label / f"seed{seed}" / "deepinversion"
     path.mkdir(parents=True, exist_ok=True)
-    (path / "metrics.json").write_text(json.dumps({"attacc_top1": attacc}))
+    record = {"attack": "deepinversion", "attacc_top1": attacc}
+    if identities is not None:  # per-identity top-1 AttAcc (percent)
+        record["identities"] = {str(i): {"attacc_top1": v} for i, v in enumerate(identities)}
+    (path / "metrics.json").write_text(json.dumps(record))
 
 
 def test_harden_stages_screen_refine_and_stop_dominated_candidates(tmp_path):
@@ -210,6 +218,59 @@ def test_harden_stages_screen_refine_and_stop_dominated_candidates(tmp_path):
     assert result["finalists"] == ["midre-a_h0.4"]
     assert "dominated by midre-a_h0.4" in result["skipped"]["midre-a_h0.2"]
     assert "dominated by midre-a_h0.4" in result["skipped"]["midre-a_h0.3"]
-    assert [u.key for u in new] == ["target/midre-a_h0.4/seed1", "attack/midre-a_h0.4/seed1/deepinversion", "report"]
+    assert [u.key for u in new] == ["target/midre-a_h0.4/seed1", "attack/midre-a_h0.4/seed1/deepinversion",
+                                    "expand/decide-1"]
+    _fake_target(tmp_path, "midre-a_h0.4", 1, 0.895)
+    _fake_attack(tmp_path, "midre-a_h0.4", 1, 31.0)
+    result, new = run_expand(cfg, tmp_path, new[-1])  # expand/decide: no per-identity outcomes here
+    assert [u.key for u in new] == ["report"]
+    assert result["decided"] == {"midre-a_h0.4": "no per-identity outcomes: the seed spread decides"}
     report = new[-1]
     assert {c["label"]: bool(c["skipped"]) for c in report.params["candidates"]}["midre-a_h0.4"] is False
+
+
+def _decide_unit(cfg, labels_and_specs, seeds):
+    from midre.planners import candidate
+    from midre.units import make_unit
+
+    cands = [candidate(spec) for spec in labels_and_specs]
+    for c in cands:
+        c["seeds"], c["finalist"] = list(seeds), c is not cands[0]
+    return make_unit("expand/decide-1", "expand", [], stage="decide", candidates=cands)
+
+
+def test_harden_adds_seeds_to_an_undecided_finalist_up_to_the_cap(tmp_path):
+    from midre.harden import run_expand
+
+    cfg = HardenConfig.from_dict({"data": "digits", "attacks": ["deepinversion"], "seeds": 2, "max_seeds": 3,
+                                  "eval_archs": ["resnet18"]})
+    unit = _decide_unit(cfg, [{"name": "nodef"}, {"name": "midre", "a_h": 0.4}], [0, 1])
+    noisy = {0: [0, 100, 0, 100, 100, 0], 1: [100, 0, 100, 0, 0, 100], 2: [0, 100, 100, 0, 100, 0]}
+    for seed in (0, 1, 2):
+        for label in ("nodef", "midre-a_h0.4"):
+            _fake_target(tmp_path, label, seed, 0.90)
+            _fake_attack(tmp_path, label, seed, 50.0, noisy[seed] if label == "nodef" else noisy[(seed + 1) % 3])
+    result, new = run_expand(cfg, tmp_path, unit)  # same mean, identity outcomes disagree: undecided
+    assert result == {"more_seeds": {"midre-a_h0.4": 2}}
+    assert [u.key for u in new] == ["target/nodef/seed2", "attack/nodef/seed2/deepinversion",
+                                    "target/midre-a_h0.4/seed2", "attack/midre-a_h0.4/seed2/deepinversion",
+                                    "expand/decide-2"]
+    result, new = run_expand(cfg, tmp_path, new[-1])  # still undecided at 3 seeds: the cap
+    assert [u.key for u in new] == ["report"]
+    assert result["decided"]["midre-a_h0.4"] == "undecided at the cap of 3 seeds (--max-seeds)"
+    assert new[0].params["candidates"][0]["seeds"] == [0, 1, 2]
+
+
+def test_harden_stops_adding_seeds_once_the_interval_decides(tmp_path):
+    from midre.harden import run_expand
+
+    cfg = HardenConfig.from_dict({"data": "digits", "attacks": ["deepinversion"], "seeds": 2, "max_seeds": 4,
+                                  "eval_archs": ["resnet18"]})
+    unit = _decide_unit(cfg, [{"name": "nodef"}, {"name": "midre", "a_h": 0.4}], [0, 1])
+    for seed in (0, 1):
+        _fake_target(tmp_path, "nodef", seed, 0.90)
+        _fake_target(tmp_path, "midre-a_h0.4", seed, 0.90)
+        _fake_attack(tmp_path, "nodef", seed, 80.0, [100, 100, 100, 0, 100, 100] * 3)
+        _fake_attack(tmp_path, "midre-a_h0.4", seed, 10.0, [0, 0, 0, 0, 100, 0] * 3)
+    result, new = run_expand(cfg, tmp_path, unit)
+    assert [u.key for u in new] == ["report"] and result["decided"]["midre-a_h0.4"] == "decided after 2 seeds"
