@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         description="torch threads of each job a worker runs; default the machine's cores divided by the worker "
         "processes on it (`midre serve --workers N`; a lone `midre worker`: by its --concurrency), at least 1.",
     )
+    inception_weights: Path | None = Field(
+        None, description="torchvision inception_v3 weights (safetensors) the workers use to add FID and "
+        "precision/recall/density/coverage in Inception-v3 space to every audit; unset: judge features only.",
+    )
     heartbeat_s: float = Field(10.0, gt=0, description="How often a running job writes its heartbeat.")
     stale_after_s: float = Field(
         120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."

@@ -121,7 +121,7 @@ _EVALUATION_KEYS = {
     "feature_identities": "feature_identities",
     "archs": "eval_archs",
 }
-_STUDY_PASS = ("attacks", "seeds", "attack_options", "prior_options", "device", "public_fraction")
+_STUDY_PASS = ("attacks", "seeds", "attack_options", "prior_options", "device", "public_fraction", "adaptive")
 _STUDY_TRAINING_KEYS = ("epochs", "batch_size", "lr", "augment")
 #: DatasetSpec fields an attack evaluation takes from the target's card, not from a data spec.
 _CARD_DATA_FIELDS = ("image_size", "channels", "normalize")
@@ -207,7 +207,7 @@ def pipeline_input(spec: dict[str, Any], inherited: dict[str, Any] | None = None
 def grid_input(spec: dict[str, Any], inherited: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fields of a study over a grid of candidate defenses (a sweep, a harden search)."""
     out = _trained_study_input(spec)
-    for key in ("max_accuracy_drop", "refine", "finalists"):
+    for key in ("max_accuracy_drop", "refine", "finalists", "max_seeds"):
         if spec.get(key) is not None:
             out[key] = spec[key]
     candidates = spec.get("candidates")
@@ -300,21 +300,6 @@ def _refuse_generator_files(spec: dict[str, Any]) -> None:
                                 "work with the library and `midre pipeline`)")
 
 
-#: Attack options that name a generator file or size a random one: library and CLI only. A request never
-#: reaches a server path, and a random generator's size is not bounded by anything a tenant pays for.
-GENERATOR_OPTIONS = ("stylegan2", "stylegan2_random")
-
-
-def _refuse_generator_files(spec: dict[str, Any]) -> None:
-    for attack, options in (spec.get("attack_options") or {}).items():
-        for name in GENERATOR_OPTIONS:
-            if isinstance(options, dict) and name in options:
-                raise SpecError(f"attack_options.{attack}.{name}",
-                                "the service takes no generator files or random generators: the high-resolution "
-                                "attacks use the GAN prior it trains on the public identities (StyleGAN2 weights "
-                                "work with the library and `midre pipeline`)")
-
-
 def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a spec against the library and return what the worker will run.
 
@@ -343,6 +328,7 @@ def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) 
     config = _build(kind, kind.library(spec, inherited), spec).to_dict()
     if kind.report:
         config.pop("cache_dir", None)
+        config.pop("inception_weights", None)
     return {"version": SPEC_VERSION, "kind": kind.name, "config": config, "refs": _ref_paths(config, tokens)}
 
 
@@ -357,10 +343,11 @@ def _set_path(doc: Any, path: str, value: Any) -> None:
         doc[last] = value
 
 
-def bind(resolved: dict[str, Any], lookup: Callable[[str], str], cache_dir: str | None = None) -> Any:
+def bind(resolved: dict[str, Any], lookup: Callable[[str], str], cache_dir: str | None = None,
+         inception_weights: Any = None) -> Any:
     """The library config of a resolved job, with each reference replaced by ``lookup(token)`` (the
-    worker's folder for that dataset or job) and the study cache at ``cache_dir``; built as it was
-    resolved, without checking it again."""
+    worker's folder for that dataset or job), the study cache at ``cache_dir`` and the operator's
+    Inception-v3 weights (``MIDRE_INCEPTION_WEIGHTS``); built as it was resolved, without checking it again."""
     if resolved.get("version") != SPEC_VERSION:
         raise SpecError("resolved", f"version {resolved.get('version')!r} is not {SPEC_VERSION}: resubmit the job")
     kind = get_kind(resolved["kind"])
@@ -369,6 +356,7 @@ def bind(resolved: dict[str, Any], lookup: Callable[[str], str], cache_dir: str 
         _set_path(config, path, lookup(token))
     if kind.report:
         config["cache_dir"] = cache_dir
+        config["inception_weights"] = str(inception_weights) if inception_weights else None
     return _build(kind, config, check=False)
 
 

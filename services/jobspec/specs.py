@@ -133,9 +133,14 @@ class _StudyFields(_Strict):
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams)
     attack_budgets: dict[str, BudgetSpec] | None = Field(None, description="Per-attack budget overrides.")
     attack_options: dict[str, dict[str, Any]] | None = Field(
-        None, description="Per-attack options (checked against each attack's options before queueing)."
+        None, description="Per-attack options (checked against each attack's options before queueing); "
+                          "`adaptive: true` (and `eot_samples`, default 4) runs the attack adaptively as well."
     )
     prior_options: dict[str, Any] | None = Field(None, description="GAN prior options (`width`, `resolution`...).")
+    adaptive: bool | None = Field(
+        None, description="Also run every white-box attack adaptively (it optimises through the defense's "
+                          "training-time transform); one attack only: `attack_options.<attack>.adaptive`.",
+    )
     device: Device = "auto"
 
 
@@ -256,3 +261,7 @@ class HardenJobSpec(_GridFields):
     )
     refine: bool | None = Field(None, description="Refine a_h around the best MIDRE candidate (default true).")
     finalists: int | None = Field(None, ge=1, le=20, description="Candidates that run every seed after screening.")
+    max_seeds: int | None = Field(
+        None, ge=1, le=50, description="Seeds a finalist may reach when its comparison with NoDef is undecided "
+                                       "(one more at a time; default 5).",
+    )

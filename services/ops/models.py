@@ -36,6 +36,8 @@ from services.storage import LocalStore
 
 #: Report metrics of an evaluation, as the job records them: ``<defense>.<attack>.<name>``.
 EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist")
+#: The same with their 95 % interval bounds, as a report with per-identity outcomes gives them.
+EVALUATION_FIELDS = EVALUATION_METRICS + tuple(f"{m}_{b}" for m in EVALUATION_METRICS for b in ("ci_low", "ci_high"))
 
 
 def card_name(kind: str, names: list[str]) -> str | None:
@@ -147,7 +149,7 @@ def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
         per_attack: dict[str, dict[str, float]] = {}
         for name, value in metrics[job.id].items():
             parts = name.split(".")
-            if len(parts) == 3 and parts[2] in EVALUATION_METRICS:
+            if len(parts) == 3 and parts[2] in EVALUATION_FIELDS:
                 per_attack.setdefault(parts[1], {})[parts[2]] = value
         judges = _judges(session, store, job) if per_attack else None
         for attack, values in sorted(per_attack.items()):
@@ -200,16 +202,23 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
         lines += ["| attack | AttAcc top-1 (%) | AttAcc top-5 (%) | KNN dist | judge | seeds | date | job |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for ev in evaluations:
-            lines.append(f"| {ev['attack']} | {_fmt(ev.get('attacc_top1'))} | {_fmt(ev.get('attacc_top5'))} | "
-                         f"{_fmt(ev.get('knn_dist'))} | {ev.get('judge')} | {ev.get('seeds')} | "
+            lines.append(f"| {ev['attack']} | {_fmt(ev, 'attacc_top1')} | {_fmt(ev, 'attacc_top5')} | "
+                         f"{_fmt(ev, 'knn_dist')} | {ev.get('judge')} | {ev.get('seeds')} | "
                          f"{(ev.get('date') or '')[:10]} | {ev['job_id']} |")
         lines += ["", "AttAcc: share of reconstructions an independent evaluation model (the judge) recognises "
-                  "as the attacked identity; lower is more private."]
+                  "as the attacked identity; lower is more private. [low, high]: the 95 % interval from a bootstrap "
+                  "over seeds and identities (how far the figure would move with other seeds and identities; not a "
+                  "bias every seed shares)."]
     return "\n".join(lines) + "\n"
 
 
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.2f}"
+def _fmt(ev: dict[str, Any], name: str) -> str:
+    """``mean [low, high]`` with the 95 % interval when the audit measured one, else the mean."""
+    value = ev.get(name)
+    if value is None:
+        return ""
+    low, high = ev.get(f"{name}_ci_low"), ev.get(f"{name}_ci_high")
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]" if low is not None and high is not None else f"{value:.2f}"
 
 
 # --- a model trained elsewhere --------------------------------------------------------------------

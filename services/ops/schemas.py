@@ -187,7 +187,9 @@ class ModelCard(BaseModel):
     evaluations: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Every attack evaluation (attack_eval) that ran against this model, newest first: attack, "
-        "acc, attacc_top1, attacc_top5 (%), knn_dist, judge (evaluation model), seeds, date, job_id.",
+        "acc, attacc_top1, attacc_top5 (%), knn_dist, each with `<name>_ci_low` / `<name>_ci_high` (95 % interval "
+        "over seeds and identities) when the audit measured one, judge (evaluation model), seeds, date, job_id; "
+        "an adaptive attacker's rows have attack `<attack>-adaptive`.",
     )
 
 

@@ -142,7 +142,8 @@ def job_config(settings: Settings, sessions: sessionmaker[Session], job: Job) ->
             return dataset.source
         return str(materialize_model(sessions, store, job.tenant_id, ident, store.work_dir(job.id) / "refs" / ident))
 
-    config = jobspec.bind(job.resolved, lookup, cache_dir=str(store.root / "cache" / job.tenant_id))
+    config = jobspec.bind(job.resolved, lookup, cache_dir=str(store.root / "cache" / job.tenant_id),
+                          inception_weights=settings.inception_weights)
     if len(_CONFIGS) >= 8:  # a worker runs a few jobs at a time: keep a handful
         _CONFIGS.pop(next(iter(_CONFIGS)))
     _CONFIGS[key] = config

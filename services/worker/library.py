@@ -66,18 +66,23 @@ def report_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """Headline numbers of a study report: Acc / AttAcc / KNN per defense and attack, and Δ.
+    """Headline numbers of a study report: Acc / AttAcc / KNN per defense and attack, and Δ, each with its
+    95 % interval (``<name>_ci_low`` / ``<name>_ci_high``) when the report has one.
 
-    ``midre.report`` rows are ``{"attack", "defense", "metrics": {name: {"mean", "std", "n"}},
-    "tradeoff_delta"}``; percentages stay percentages.
+    ``midre.report`` rows are ``{"attack", "defense", "adaptive", "metrics": {name: {"mean", "std", "n",
+    "ci_low"?, "ci_high"?}}, "tradeoff_delta"}``; an adaptive row's attack is ``<attack>-adaptive``;
+    percentages stay percentages.
     """
     metrics: dict[str, float] = {}
     for row in report.get("results") or []:
-        prefix = f"{row.get('defense')}.{row.get('attack')}"
+        prefix = f"{row.get('defense')}.{row.get('attack')}{'-adaptive' if row.get('adaptive') else ''}"
         for name in REPORT_METRICS:
             stat = (row.get("metrics") or {}).get(name)
             if isinstance(stat, dict) and isinstance(stat.get("mean"), int | float):
                 metrics[f"{prefix}.{name}"] = float(stat["mean"])
+                for bound in ("ci_low", "ci_high"):
+                    if isinstance(stat.get(bound), int | float):
+                        metrics[f"{prefix}.{name}_{bound}"] = float(stat[bound])
         delta = row.get("tradeoff_delta")
         if isinstance(delta, int | float) and not isinstance(delta, bool) and delta == delta:
             metrics[f"{prefix}.tradeoff_delta"] = float(delta)

@@ -83,3 +83,19 @@ class _Client:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_the_adaptive_attacker_over_rest(api: Api, key_a: str) -> None:
+    spec = {**PIPELINE, "attacks": ["mi-face"], "attack_options": {"mi-face": {"adaptive": True, "eot_samples": 2}},
+            "data": {"channels": 1, "num_private": 7, "max_images_per_identity": 12}}
+    r = dry_run(api, key_a, spec)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["resolved"]["config"]["attack_options"]["mi-face"]["adaptive"] is True
+    adaptive = answer["estimate"]["attacks"]["mi-face@adaptive"]
+    assert adaptive["eot_samples"] == 2 and adaptive["seconds"] > answer["estimate"]["attacks"]["mi-face"]["seconds"]
+    # an attack that only queries the model cannot adapt; a study without a transform to adapt to neither
+    bad = dry_run(api, key_a, {**spec, "attacks": ["rlb-mi"], "attack_options": {"rlb-mi": {"adaptive": True}}})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "attack_options.rlb-mi.adaptive"
+    bad = dry_run(api, key_a, {**spec, "defense": {"name": "nls"}, "adaptive": True, "attack_options": None})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "adaptive", bad.text
