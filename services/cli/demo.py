@@ -68,12 +68,20 @@ def metric_lines(metrics: dict[str, float]) -> list[str]:
         return ["metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))]
     lines = []
     for (attack, defense), values in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] != "nodef", kv[0][1])):
-        text = f"{attack:>14} vs {defense:<14} Acc {values.get('acc', float('nan')):6.2f}%  " \
-               f"AttAcc top-1 {values.get('attacc_top1', float('nan')):6.2f}%"
+        text = f"{attack:>14} vs {defense:<14} Acc {_with_interval(values, 'acc')}  " \
+               f"AttAcc top-1 {_with_interval(values, 'attacc_top1')}"
         if "tradeoff_delta" in values:
             text += f"  Δ {values['tradeoff_delta']:.2f}"
         lines.append(text)
     return lines
+
+
+def _with_interval(values: dict[str, float], name: str) -> str:
+    """``88.33% [80.00, 95.00]``: a figure with its 95 % interval where the study measured one."""
+    text = f"{values.get(name, float('nan')):6.2f}%"
+    if f"{name}_ci_low" in values and f"{name}_ci_high" in values:
+        text += f" [{values[f'{name}_ci_low']:.2f}, {values[f'{name}_ci_high']:.2f}]"
+    return text
 
 
 def free_port() -> int:

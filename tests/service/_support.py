@@ -90,6 +90,14 @@ class WorkerProcess:
         self.proc.wait(timeout=30)
         self._log.close()
 
+    def terminate(self) -> None:
+        """Ask for a warm shutdown and return at once (``stop`` waits for it)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown, then SIGKILL if it takes longer than ``grace``."""
         if self.proc.poll() is None:
@@ -304,20 +312,20 @@ class InlineDispatcher:
 
 def run_job_inline(settings: Settings, job_id: str, library: Any = None, worker: str | None = None) -> str:
     """Run a job through the worker's own engine in this process: plan it, then every unit as the engine sends
-    it. Returns the job's status afterwards, or ``skipped`` when this call did not take it."""
+    it. Returns the job's status afterwards, or ``skipped`` when this call did not plan it."""
     from services.worker.engine import execute_unit, plan_job
     from services.worker.library import StudyLibrary
 
     library = library or StudyLibrary()
     dispatcher = InlineDispatcher(settings)
     planned = plan_job(settings, job_id, library, worker=worker, dispatcher=dispatcher)
-    if planned == "skipped":
-        return planned
     done = 0
+    # the units this call sent are its messages: a late delivery of a planned job may be the one that sends
+    # them, and a worker would receive them
     while done < len(dispatcher.units):
         execute_unit(settings, job_id, dispatcher.units[done], library, worker=worker, dispatcher=dispatcher)
         done += 1
-    return str(job_row(settings, job_id).status)
+    return planned if planned == "skipped" else str(job_row(settings, job_id).status)
 
 
 class OneUnitLibrary:

@@ -290,3 +290,12 @@ def test_rest_commands_run_without_torch(service: Service, tmp_path: Path) -> No
         imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert "services.cli.rest" in imported, args  # importtime lists the modules the command loaded
         assert not [name for name in imported if name.split(".")[0] in ("torch", "torchvision")], args
+
+
+def test_the_demo_table_shows_each_figure_with_its_interval() -> None:
+    from services.cli.demo import metric_lines
+
+    lines = metric_lines({"nodef.gmi.acc": 90.0, "nodef.gmi.acc_ci_low": 85.0, "nodef.gmi.acc_ci_high": 95.0,
+                          "midre.gmi.attacc_top1": 20.0, "midre.gmi.acc": 88.0, "midre.gmi.tradeoff_delta": 1.5})
+    assert lines[0].split() == ["gmi", "vs", "nodef", "Acc", "90.00%", "[85.00,", "95.00]", "AttAcc", "top-1", "nan%"]
+    assert "Acc  88.00%  AttAcc top-1  20.00%  Δ 1.50" in lines[1]  # no interval stored: none printed

@@ -88,6 +88,8 @@ class Service:
 
     def stop(self) -> None:
         self.http.close()
+        for worker in self.workers:  # both shut down at once
+            worker.terminate()
         for worker in self.workers:
             worker.stop()
         self.api.stop()
@@ -147,6 +149,7 @@ def test_two_workers_share_a_study_and_a_killed_worker_loses_only_its_unit(servi
     assert "seconds" in estimate["message"] and str(service.settings.storage_dir) not in str(estimate)
 
 
+@pytest.mark.slow  # the same graph cancel runs in-process in test_worker_units.py
 def test_cancel_stops_the_whole_graph(service: Service) -> None:
     job_id = service.submit(PIPELINE)
     wait_for(lambda: any(u["status"] == "running" for u in service.units(job_id)), 240, 0.2, "a running unit")
@@ -173,6 +176,7 @@ def test_cancel_stops_the_whole_graph(service: Service) -> None:
     assert wait_for(lambda: service.finished(train), 180, 0.5, "a train job")["status"] == "succeeded"
 
 
+@pytest.mark.slow  # the recommendation-as-model path runs in-process in test_worker_units.py
 def test_harden_recommends_a_model_of_its_own(service: Service) -> None:
     spec = {"kind": "harden", **STUDY, "candidates": ["midre:a_h=0.4|0.8"], "max_accuracy_drop": 5.0,
             "refine": False, "finalists": 1}

@@ -122,6 +122,7 @@ def test_concurrent_submissions_and_uploads_on_sqlite(sqlite_settings: Settings,
 
 
 @pytest.mark.service
+@pytest.mark.slow  # the SQLite variant of the same load runs by default
 def test_concurrent_submissions_and_uploads_on_postgres(pg_databases: PgDatabases, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", database_url=pg_databases.create(), max_upload_bytes=1024 * 1024)
     check(run_against(settings, tmp_path))

@@ -327,6 +327,7 @@ def test_bad_requests_are_4xx_naming_the_field(api: Api, key_a: str, model_id: s
     assert api.client.get(f"/v1/models/{model_id}/policy", headers=api.auth(key_a)).json()["usage"] == []
 
 
+@pytest.mark.slow  # interop with the tritonclient package; the OIP routes are tested by default
 def test_tritonclient_against_a_real_server(api: Api, key_a: str, model_id: str, tmp_path: Path) -> None:  # noqa: F811
     """Triton's own HTTP client (binary tensors by default, JSON on request) against ``midre serve``."""
     httpclient = pytest.importorskip("tritonclient.http")

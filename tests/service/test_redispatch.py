@@ -208,7 +208,9 @@ def test_the_late_original_and_the_copy_run_the_job_once(settings: Settings) -> 
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert sorted(outcomes) == ["skipped", "succeeded"]
+    # one delivery planned the job; the other found it planned (which of them sent and ran its one unit
+    # depends on timing, so the job is checked below, not the first delivery's answer)
+    assert len(outcomes) == 2 and "skipped" in outcomes and "failed" not in outcomes
     # A third copy after the end is dropped too.
     assert run_job_inline(settings, job_id, QUICK, "three:3") == "skipped"
     row = job_row(settings, job_id)
@@ -307,6 +309,7 @@ def test_redis_lost_message(pg_databases: PgDatabases, redis_prefix: str, tmp_pa
 
 
 @pytest.mark.service
+@pytest.mark.slow  # the Redis variant runs by default
 def test_rabbitmq_lost_message(amqp_url: str, tmp_path: Path) -> None:
     prefix = f"midre-test-{secrets.token_hex(4)}-"
     settings = make_settings(tmp_path / "home", broker_url=amqp_url, broker_prefix=prefix,
@@ -324,6 +327,7 @@ def test_rabbitmq_lost_message(amqp_url: str, tmp_path: Path) -> None:
         delete_queues(dispatcher, settings)
 
 
+@pytest.mark.slow  # the Redis variant runs by default
 def test_file_broker_lost_message(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", redispatch_after_s=REDISPATCH_S)
     with TestClient(create_app(settings), raise_server_exceptions=False) as http:

@@ -402,6 +402,7 @@ def test_several_deliverers_never_double_send_postgresql(tmp_path: Path, pg_data
 
 
 # -- end to end: real processes ------------------------------------------------------------------
+@pytest.mark.slow  # retry and back-off run by default; this adds an API restart
 def test_500_twice_then_200_across_an_api_restart(tmp_path: Path, receiver: Receiver) -> None:
     """The third try delivers and verifies; the API is restarted after the first try and the new
     process's deliverer sends the rest from the database."""

@@ -95,6 +95,7 @@ def test_wheel_ships_migrations_and_entry_point(wheel: Path) -> None:
     assert not any(n.startswith(("tests/", "migrations/")) for n in names)
 
 
+@pytest.mark.slow  # builds and installs a wheel in a fresh venv
 def test_wheel_with_service_extra_serves(wheel: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     bin_dir = make_venv(wheel, tmp_path / "venv", service=True)
@@ -130,6 +131,7 @@ def test_wheel_with_service_extra_serves(wheel: Path, tmp_path: Path) -> None:
     print(f"service venv ready in {installed:.1f}s; served in {time.monotonic() - started:.1f}s")
 
 
+@pytest.mark.slow  # builds and installs a wheel in a fresh venv
 def test_core_only_install_imports_science_and_explains_service(wheel: Path, tmp_path: Path) -> None:
     bin_dir = make_venv(wheel, tmp_path / "venv", service=False)
     python = str(bin_dir / "python")

@@ -22,6 +22,7 @@ def ping(env: dict[str, str], node: str, timeout: float = 3.0) -> subprocess.Com
                           timeout=120)
 
 
+@pytest.mark.slow  # starts a Redis worker to ping; /readyz's live-worker list is tested by default
 def test_ping_answers_for_a_live_worker_only(redis_prefix: str, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", broker_url=REDIS_URL, broker_prefix=redis_prefix)
     settings.ensure_dirs()

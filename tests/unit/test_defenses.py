@@ -284,6 +284,7 @@ def test_mi_rad_refuses_non_resnet_and_tts_switches_once():
     assert {b.skip_scale for b in reload.backbone.body.layer4} == {0.0}  # no setup: the released architecture
 
 
+@pytest.mark.slow  # trains a ResNet under MI-RAD; its model surgery is tested by default
 def test_mi_rad_trains_and_reloads_with_identical_predictions(tmp_path):
     result = train(quick({"name": "mi-rad", "variant": "tts"}, data=DIGITS32, arch="resnet18", epochs=2), tmp_path)
     model, card = load_checkpoint(tmp_path)

@@ -158,6 +158,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two study processes on one folder; idempotent units and any-order runs are tested by default
 def test_two_processes_share_one_out_dir(sequential, tmp_path):
     _, report = sequential
     cfg = study_config("pipeline", TINY)
