@@ -223,14 +223,17 @@ def _summary_pictures(report: dict[str, Any]) -> dict[str, bytes]:
     """The trade-off plot and the one-picture summary, from the results rows."""
     from midre.report import plots
 
-    rows = [{"attack": r["attack"], "defense": defense_name(r["defense"]), "acc": r["metrics"]["acc"],
+    def label(r: dict[str, Any]) -> str:
+        return defense_name(r["defense"]) + (" (adaptive)" if r.get("adaptive") else "")
+
+    rows = [{"attack": r["attack"], "defense": label(r), "acc": r["metrics"]["acc"],
              "attacc": r["metrics"]["attacc_top1"]} for r in report.get("results", [])
             if "acc" in r["metrics"] and "attacc_top1" in r["metrics"]]
     if not rows:
         return {}
     from midre.report.render import delta
 
-    cells = [[r["attack"], defense_name(r["defense"]), stat(m.get("acc"), 1), stat(m.get("attacc_top1"), 1),
+    cells = [[r["attack"], label(r), stat(m.get("acc"), 1), stat(m.get("attacc_top1"), 1),
               stat(m.get("attacc_top5"), 1), delta(r.get("tradeoff_delta"))]
              for r in report.get("results", []) for m in (r["metrics"],)]
     return {"tradeoff.png": plots.tradeoff_plot(rows), "summary.png": plots.summary_card(report, cells, rows)}

@@ -43,6 +43,13 @@ def tradeoff_plot(rows: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+def _bar(stat: dict[str, Any]) -> Any:
+    """An error bar: the 95 % interval where the figure has one, else ± its std over seeds."""
+    if "ci_low" in stat and "ci_high" in stat:
+        return [[stat["mean"] - stat["ci_low"]], [stat["ci_high"] - stat["mean"]]]
+    return stat["std"]
+
+
 def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
     attacks = sorted({r["attack"] for r in rows})
     defenses = sorted({r["defense"] for r in rows})
@@ -51,7 +58,7 @@ def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
     for r in rows:
         ci = attacks.index(r["attack"]) % len(colors)
         mi = defenses.index(r["defense"]) % len(markers)
-        ax.errorbar(r["acc"]["mean"], r["attacc"]["mean"], xerr=r["acc"]["std"], yerr=r["attacc"]["std"],
+        ax.errorbar(r["acc"]["mean"], r["attacc"]["mean"], xerr=_bar(r["acc"]), yerr=_bar(r["attacc"]),
                     fmt=markers[mi], color=colors[ci], capsize=3, markersize=8)
     for a in attacks:  # connect NoDef -> defense per attack
         pts = [(r["acc"]["mean"], r["attacc"]["mean"]) for r in rows if r["attack"] == a]
@@ -69,7 +76,9 @@ def _tradeoff_axes(plt: Any, ax: Any, rows: list[dict[str, Any]]) -> None:
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # error bars fill the axes
     ax.set_xlabel("Acc (%) on held-out private images  (utility, higher is better)")
     ax.set_ylabel("top-1 AttAcc (%)  (leakage, lower is better)")
-    ax.set_title("Privacy-utility trade-off (mean ± std over seeds)")
+    intervals = all("ci_low" in r[k] for r in rows for k in ("acc", "attacc"))
+    ax.set_title("Privacy-utility trade-off (mean, 95 % interval)" if intervals
+                 else "Privacy-utility trade-off (mean ± std over seeds)")
     ax.grid(alpha=0.3)
 
 

@@ -113,6 +113,7 @@ def sqlite_settings(tmp_path: Path) -> Iterator[Settings]:
     yield make_settings(tmp_path / "home", max_upload_bytes=1024 * 1024)
 
 
+@pytest.mark.slow  # 64-way load; single submissions and uploads are tested by default
 def test_concurrent_submissions_and_uploads_on_sqlite(sqlite_settings: Settings, tmp_path: Path) -> None:
     result = run_against(sqlite_settings, tmp_path)
     check(result)
@@ -122,7 +123,7 @@ def test_concurrent_submissions_and_uploads_on_sqlite(sqlite_settings: Settings,
 
 
 @pytest.mark.service
-@pytest.mark.slow  # the SQLite variant of the same load runs by default
+@pytest.mark.slow  # 64-way load on PostgreSQL; single submissions and uploads are tested by default
 def test_concurrent_submissions_and_uploads_on_postgres(pg_databases: PgDatabases, tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", database_url=pg_databases.create(), max_upload_bytes=1024 * 1024)
     check(run_against(settings, tmp_path))

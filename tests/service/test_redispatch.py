@@ -281,6 +281,7 @@ def assert_ran_once(settings: Settings, job_id: str) -> None:
 
 
 @pytest.mark.service
+@pytest.mark.slow  # a lost message end to end on Redis; the reaper's resend rules run in-process by default
 def test_redis_lost_message(pg_databases: PgDatabases, redis_prefix: str, tmp_path: Path) -> None:
     import redis
 
@@ -309,7 +310,7 @@ def test_redis_lost_message(pg_databases: PgDatabases, redis_prefix: str, tmp_pa
 
 
 @pytest.mark.service
-@pytest.mark.slow  # the Redis variant runs by default
+@pytest.mark.slow  # a lost message end to end on RabbitMQ; the resend rules run in-process by default
 def test_rabbitmq_lost_message(amqp_url: str, tmp_path: Path) -> None:
     prefix = f"midre-test-{secrets.token_hex(4)}-"
     settings = make_settings(tmp_path / "home", broker_url=amqp_url, broker_prefix=prefix,
@@ -327,7 +328,7 @@ def test_rabbitmq_lost_message(amqp_url: str, tmp_path: Path) -> None:
         delete_queues(dispatcher, settings)
 
 
-@pytest.mark.slow  # the Redis variant runs by default
+@pytest.mark.slow  # a lost message end to end on the file broker; the resend rules run in-process by default
 def test_file_broker_lost_message(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "home", redispatch_after_s=REDISPATCH_S)
     with TestClient(create_app(settings), raise_server_exceptions=False) as http:

@@ -463,6 +463,7 @@ def test_500_twice_then_200_across_an_api_restart(tmp_path: Path, receiver: Rece
         dispose_all()
 
 
+@pytest.mark.slow  # a worker's deliverer end to end; outbox, signing and retries run in-process by default
 def test_a_worker_delivers_what_its_job_produced(tmp_path: Path) -> None:
     """No deliverer in any API: the worker that failed the job sends ``job.failed`` from its own thread."""
     settings = make_settings(tmp_path / "home", webhooks_allow_private=True, webhooks_in_api=False, **QUICK)
