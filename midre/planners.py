@@ -157,6 +157,6 @@ def plan_attack_eval(config: Any) -> list[Unit]:
     return [*units, report_unit(units, [candidate(defense, label=label)])]
 
 
-__all__ = ["adaptive_units", "attack_key", "base_units", "candidate", "candidate_units", "gmi_prior_config", "judge_key",
-           "plan_attack_eval", "plan_pipeline", "plan_train", "prior_key", "report_unit", "target_key",
+__all__ = ["adaptive_units", "attack_key", "base_units", "candidate", "candidate_units", "gmi_prior_config",
+           "judge_key", "plan_attack_eval", "plan_pipeline", "plan_train", "prior_key", "report_unit", "target_key",
            "target_label"]

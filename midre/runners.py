@@ -189,8 +189,8 @@ def _run_attack(study: StudyKind, config: Any, out: Path, unit: Unit, progress: 
         if prior_cfg is not None:  # finished by its own unit: this loads it from the cache
             prior = load_or_train_prior(prior_cfg, ctx.public, target.image_shape, cache_dir=ctx.cache_dir,
                                         device=ctx.device)
-        progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{p['attack']}{' (adaptive)' if adaptive else ''} "
-                                                                     f"on {p['label']} seed {p['seed']}"))
+        who = f"{p['attack']}{' (adaptive)' if adaptive else ''}"
+        progress(ProgressEvent(stage="attack", fraction=0.0, message=f"{who} on {p['label']} seed {p['seed']}"))
         # what the attack trains for this target alone (KEDMI/PLG priors, LOMMA surrogates) is cached in the
         # unit's own folder: two attack units of one target never write the same files
         record = attack_one(config, ctx, p["attack"], p["seed"], target, prior, run_dir, progress, should_stop,

@@ -235,7 +235,8 @@ class AttackSettings:
             if flag:
                 check_white_box(attack, f"attack_options.{attack}.adaptive")
         if self.adaptive and not self.adaptive_attacks():
-            raise ConfigError("adaptive", f"none of the attacks ({', '.join(self.attacks)}) gets the model's gradients; "
+            names = ", ".join(self.attacks)
+            raise ConfigError("adaptive", f"none of the attacks ({names}) gets the model's gradients; "
                                           f"an adaptive attacker needs a white-box attack")
 
     def adaptive_attacks(self) -> list[str]:

@@ -125,7 +125,8 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
     for row in report.get("results", []):
         m = row["metrics"]
         attack = f"{row['attack']}{' (adaptive)' if row.get('adaptive') else ''}"
-        print(f"{attack:>25} {row['defense']:>12}  Acc {_figure(m.get('acc'))}  AttAcc@1 {_figure(m.get('attacc_top1'))}"
+        print(f"{attack:>25} {row['defense']:>12}  Acc {_figure(m.get('acc'))}  "
+              f"AttAcc@1 {_figure(m.get('attacc_top1'))}"
               f"  Δ {format_delta(row.get('tradeoff_delta'))}  "
               f"queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
@@ -202,6 +203,10 @@ def _print_frontier(report: dict[str, Any], out: str) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from midre.plan import run_study, study_config
 
+    if getattr(args, "estimate_only", False):
+        raise ValueError(f"--estimate-only: a {args.kind} has no up-front estimate (its search decides how many "
+                         "targets, seeds and attack runs it trains); estimate one candidate with `midre pipeline "
+                         "--defenses 'nodef;midre:a_h=0.4' ... --estimate-only` and scale by the grid")
     config = study_config(args.kind, _study_data(args))
     report = run_study(config, args.out, progress=None if args.quiet else ProgressBar())
     _print_frontier(report, args.out)

@@ -14,9 +14,9 @@ from midre.defenses import skip as _skip  # noqa: F401  (registers mi-rad)
 from midre.defenses import transfer as _transfer  # noqa: F401  (registers tl-dmi)
 from midre.defenses.base import (
     Defense,
+    TrainContext,
     Transform,
     adaptive_refusal,
-    TrainContext,
     build_defense,
     defense_label,
     defense_names,
@@ -24,5 +24,5 @@ from midre.defenses.base import (
     register_defense,
 )
 
-__all__ = ["Defense", "TrainContext", "Transform", "adaptive_refusal", "build_defense", "defense_label", "defense_names", "defense_path_params",
-           "register_defense"]
+__all__ = ["Defense", "TrainContext", "Transform", "adaptive_refusal", "build_defense", "defense_label",
+           "defense_names", "defense_path_params", "register_defense"]

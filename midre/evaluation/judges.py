@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from midre.errors import ConfigError
+from midre.evaluation import distribution
 from midre.evaluation.eval_model import (
     EvalModelConfig,
     EvaluationModel,
@@ -39,7 +40,6 @@ from midre.evaluation.eval_model import (
     load_evaluation_model,
     train_evaluation_model,
 )
-from midre.evaluation import distribution
 from midre.evaluation.metrics import (
     delta_feature,
     knn_distance,

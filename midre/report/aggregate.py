@@ -168,7 +168,8 @@ def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attac
 
 
 def _values(sel: list[dict[str, Any]]) -> dict[str, Any]:
-    vals: dict[str, Any] = {m: [float(r[m]) for r in sel if r.get(m) is not None] for m in METRICS + PANEL_METRICS + SET_METRICS + INCEPTION_METRICS}
+    vals: dict[str, Any] = {m: [float(r[m]) for r in sel if r.get(m) is not None]
+                            for m in METRICS + PANEL_METRICS + SET_METRICS + INCEPTION_METRICS}
     vals["seeds"] = [r["seed"] for r in sel]
     vals["judges"] = summarize_judges(sel)
     return vals

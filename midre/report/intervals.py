@@ -3,8 +3,8 @@ NoDef, from the per-identity outcomes every attack run stores (:mod:`midre.evalu
 
 An attack run's record carries ``identities``: ``{identity: {"attacc_top1", "attacc_top5", "knn_dist", ...}}``
 (AttAcc in percent, per attacked identity) and ``acc_by_identity``: ``{identity: [correct, total]}`` (the
-target's held-out predictions of every private identity). Runs without them (older reports) get no interval and their verdict falls back to the seed
-spread (:func:`midre.report.aggregate.verdict`).
+target's held-out predictions of every private identity). Runs without them (older reports) get no
+interval and their verdict falls back to the seed spread (:func:`midre.report.aggregate.verdict`).
 """
 
 from __future__ import annotations

@@ -48,3 +48,14 @@ def test_help_is_available(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert exc.value.code == 0
     assert "--out" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["harden", "sweep"])
+def test_a_search_refuses_estimate_only_instead_of_running(command, tmp_path, capsys):
+    args = [command, "--data", "digits", "--out", str(tmp_path / "out"), "--estimate-only"]
+    if command == "sweep":
+        args += ["--candidates", "nodef;midre:a_h=0.2..0.4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--estimate-only" in err and "midre pipeline" in err
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
