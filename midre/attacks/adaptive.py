@@ -77,7 +77,6 @@ def adaptive_target(target: Any, attack: str, *, samples: int = EOT_SAMPLES, see
     Raises:
         ConfigError: ``adaptive``: the attack does not get the model, or the defense has no transform.
     """
-    from midre.attacks.registry import get_attack
     from midre.defenses import build_defense
 
     check_white_box(attack)
@@ -90,7 +89,6 @@ def adaptive_target(target: Any, attack: str, *, samples: int = EOT_SAMPLES, see
     if transform is None:
         raise ConfigError("adaptive", f"{defense.name} {defense.no_transform}")
     wrapped = ExpectationOverTransform(target.model, transform, samples=samples, seed=seed).eval()
-    get_attack(attack)  # a known attack (check_white_box resolved it)
     return dataclasses.replace(target, model=wrapped)
 
 

@@ -111,12 +111,10 @@ def _attack_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _figure(stat: dict[str, Any] | None) -> str:
-    """``mean [95 % interval]`` when the report has one, else ``mean±std``."""
-    stat = stat or {}
-    mean = stat.get("mean", float("nan"))
-    if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
-        return f"{mean:6.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
-    return f"{mean:6.2f}±{stat.get('std', 0):.2f}"
+    """A report figure as the report shows it (:meth:`midre.report.model.Stat.text`), right-aligned."""
+    from midre.report.render import stat as text
+
+    return text(stat).rjust(6)
 
 
 def _print_summary(report: dict[str, Any], out: str) -> None:

@@ -100,15 +100,12 @@ class WorkerProcess:
 
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown, then SIGKILL if it takes longer than ``grace``."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill()
-                return
-            except ProcessLookupError:
-                pass
+        self.terminate()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return
         self._log.close()
 
 
