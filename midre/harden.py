@@ -148,11 +148,12 @@ def _decide(config: Any, out: Path, unit: Unit, cands: list[dict[str, Any]]) -> 
     """Add a seed to every finalist within budget whose comparison with NoDef is undecided (up to
     ``max_seeds``), or hand over to the report."""
     base = cands[0]
+    base_runs = collect_records(out, [base], base["seeds"], config.attacks)  # read once for every finalist
     undecided = []
     for c in cands[1:]:
         if not c.get("finalist") or c["skipped"]:
             continue
-        verdicts = _verdicts(config, out, base, c)
+        verdicts = _verdicts(config, out, base_runs, c)
         if not verdicts:
             c["evidence"] = "no per-identity outcomes: the seed spread decides"
         elif any(v == "no_evidence" for v in verdicts.values()) and _within_budget(config, out, base, c):
@@ -179,9 +180,8 @@ def _decide(config: Any, out: Path, unit: Unit, cands: list[dict[str, Any]]) -> 
     return {"more_seeds": {c["label"]: seed for c in undecided}}, [*new_units, nxt]
 
 
-def _verdicts(config: Any, out: Path, base: dict[str, Any], cand: dict[str, Any]) -> dict[str, str]:
-    """``{attack (or attack@adaptive): lowers | raises | no_evidence}`` of a candidate against NoDef."""
-    base_runs = collect_records(out, [base], base["seeds"], config.attacks)
+def _verdicts(config: Any, out: Path, base_runs: list[dict[str, Any]], cand: dict[str, Any]) -> dict[str, str]:
+    """``{attack (or attack@adaptive): lowers | raises | no_evidence}`` of a candidate against NoDef's runs."""
     own = collect_records(out, [cand], cand["seeds"], config.attacks)
     found = {}
     for attack in config.attacks:
