@@ -63,18 +63,23 @@ def collect_records(out_dir: Path, candidates: list[dict[str, Any]], seeds: list
 
 
 def save_attack_run(run_dir: Path, record: dict[str, Any], pixels: torch.Tensor, labels: torch.Tensor,
-                    confidence: torch.Tensor) -> None:
-    """Write an attack run: its reconstructions (uint8 pixels, labels, target confidence), then its record."""
+                    confidence: torch.Tensor, judge_top1: torch.Tensor | None = None) -> None:
+    """Write an attack run: its reconstructions (uint8 pixels, labels, target confidence and, when given,
+    ``judge_top1``: each judge's top-1 identity per image, ``[J, N]``), then its record."""
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"pixels": (pixels.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
-               "labels": labels.contiguous(), "confidence": confidence.float().contiguous()}, str(run_dir / RECON_FILE))
+    tensors = {"pixels": (pixels.clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
+               "labels": labels.contiguous(), "confidence": confidence.float().contiguous()}
+    if judge_top1 is not None:
+        tensors["judge_top1"] = judge_top1.to(torch.int64).contiguous()
+    save_file(tensors, str(run_dir / RECON_FILE))
     write_json_atomic(run_dir / METRICS_FILE, record)
 
 
 def load_reconstructions(run_dir: Path) -> dict[str, torch.Tensor]:
-    """``pixels`` (uint8), ``labels`` and ``confidence`` of a finished attack run."""
+    """``pixels`` (uint8), ``labels``, ``confidence`` (and ``judge_top1`` where recorded) of a finished
+    attack run."""
     from safetensors.torch import load_file
 
     return load_file(str(run_dir / RECON_FILE))

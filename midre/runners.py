@@ -219,11 +219,12 @@ def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior
                         budget=budget, options=options, seed=seed, device=ctx.device,
                         cache_dir=str(run_dir / "cache"), progress=progress, should_stop=should_stop)
     pixels = result.pixels()
+    scores = score(pixels, result.labels)
     plain = target.model.model if adaptive else target.model  # accuracy: the model as served, not its EOT view
     record = {"attack": attack, "seed": seed, "acc": 100.0 * target_accuracy_of(target, ctx, plain),
               "acc_by_identity": {str(i): list(v) for i, v in accuracy_by_identity(
                   plain, ctx.splits.test, target.normalization, torch.device(ctx.device)).items()},
-              **record_fields(score(pixels, result.labels)),
+              **record_fields(scores),
               "target_confidence": float(result.confidence.mean()), "queries": result.queries,
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
@@ -236,7 +237,7 @@ def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior
         record["attacc_vs_queries"] = [
             {"queries": used, "attacc_top1": 100.0 * s["attacc_top1"], "attacc_top5": 100.0 * s["attacc_top5"]}
             for used, snap in result.checkpoints for s in (score(snap, result.labels),)]
-    save_attack_run(run_dir, record, pixels, result.labels, result.confidence)
+    save_attack_run(run_dir, record, pixels, result.labels, result.confidence, judge_top1=scores["top1"])
     logger.info("%s seed %d: AttAcc top-1 %.1f%%, KNN %.1f (%.0fs)", run_dir.parent.parent.name, seed,
                 record["attacc_top1"], record["knn_dist"], result.seconds)
     return record

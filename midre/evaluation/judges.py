@@ -181,14 +181,16 @@ class JudgePanel:
             features (``fid``, ``precision``, ``recall``, ``density``, ``coverage``, averaged over
             identities); and ``identities``: per attacked identity, its pooled ``attacc_top1`` /
             ``attacc_top5``, ``knn_dist`` and set metrics (the per-identity outcomes the report's
-            intervals and paired comparisons resample, :mod:`midre.evaluation.evidence`).
+            intervals and paired comparisons resample, :mod:`midre.evaluation.evidence`); ``top1``:
+            ``[J, N]`` each judge's top-1 identity per image (what human review compares people with).
         """
         labels = labels.cpu()
         if labels.numel() == 0:
             raise ValueError("labels: no reconstructions to judge")
-        hits1, hits5, feats, priv = [], [], [], []
+        hits1, hits5, feats, priv, top1 = [], [], [], [], []
         for judge in self.judges:
             logits, f = judge.logits_and_features(pixels)
+            top1.append(logits.argmax(1).cpu())
             hits1.append(topk_hits(logits, labels, 1))
             hits5.append(topk_hits(logits, labels, 5))
             feats.append(f)
@@ -219,6 +221,7 @@ class JudgePanel:
             **set_means,
             "identities": _per_identity(credited.double(), torch.stack(hits5).double(),
                                         nearest_private_sq_dist(feats[0], labels, pf, pl), labels, sets),
+            "top1": torch.stack(top1),
         }
 
 

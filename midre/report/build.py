@@ -40,6 +40,7 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
     from midre.attacks import AttackTarget
     from midre.context import load_judges, study_context
     from midre.outputs import collect_records
+    from midre.report.review import write_review_material
 
     t0 = time.monotonic()
     out = Path(out_dir)
@@ -57,7 +58,8 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
     finished = [c["label"] for c in candidates if not c.get("skipped")]
     kept = [r for r in records if r["defense"] in finished]
     results, verdicts = aggregate_runs(kept, finished, config.attacks, baseline=labels[0])
-    judges = [{k: v for k, v in j.items() if k != "dir"} for j in load_judges(config, ctx).describe()]
+    panel = load_judges(config, ctx)
+    judges = [{k: v for k, v in j.items() if k != "dir"} for j in panel.describe()]
     report: dict[str, Any] = {
         "kind": study.name,
         "dataset": {**ctx.spec.to_dict(), "identities": len(ctx.splits.class_names),
@@ -77,6 +79,7 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
     features: dict[str, Any] = {}
     images: dict[str, bytes] = {}
     if kept:
+        write_review_material(out, ctx.splits, list(ctx.ids), panel.judges[0])
         grids, features, report["feature_space"] = _grids_and_features(config, kept, out, targets, ctx, finished)
         report["identities"] = leaking_identities(kept, finished, list(ctx.splits.class_names))
         picture = identities_picture(report["identities"], out, finished, min(r["seed"] for r in kept),

@@ -19,7 +19,8 @@ from typing import Any
 #: Version of ``report.json``. 2: judges without their cache folders, ``plots`` with titles, the
 #: target named in ``models.target.label``. 3: 95 % intervals on figures (``ci_low`` / ``ci_high``),
 #: ``comparisons``, ``intervals``, ``identities``, adaptive rows (``adaptive``) and ``adaptive``.
-SCHEMA_VERSION = 3
+#: 4: ``human``, the review figures, when people reviewed the reconstructions (:mod:`midre.report.human`).
+SCHEMA_VERSION = 4
 
 
 def _number(value: Any) -> float | None:
@@ -259,6 +260,7 @@ class Report:
     intervals: dict[str, Any] = field(default_factory=dict)
     identities: list[dict[str, Any]] = field(default_factory=list)
     adaptive: dict[str, Any] = field(default_factory=dict)
+    human: dict[str, Any] | None = field(default=None, metadata=OMIT)
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -269,6 +271,8 @@ class Report:
         self.leakage = _list(Leakage, self.leakage)
         self.warnings = _list(Warning, self.warnings)
         self.plots = _list(Plot, self.plots)
+        if not isinstance(self.human, dict):  # the renderer reads it as a dict or not at all
+            self.human = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

@@ -15,7 +15,7 @@ from typing import Any
 from services.cli.rest import api_call, client, connection_options, print_created, print_list, when
 
 #: Scopes a key can carry (services.ops.keys.Scope).
-SCOPES = ("admin", "jobs", "predict")
+SCOPES = ("admin", "jobs", "predict", "review")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,7 +34,7 @@ def _register_keys(subparsers: argparse._SubParsersAction, common: argparse.Argu
                         help="mint a scoped key; prints the secret alone on the last line (shown once)")
     p.add_argument("--name", required=True, help="what the key is for, e.g. the consumer's name")
     p.add_argument("--scope", dest="scopes", action="append", choices=SCOPES, required=True,
-                   help="admin, jobs or predict (repeatable)")
+                   help="admin, jobs or predict (repeatable), or review alone (a person reviewing reconstructions)")
     p.add_argument("--model", dest="models", action="append", metavar="MODEL",
                    help="a model a predict-only key may use (repeatable; default: every model of the tenant)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON (the secret included)")

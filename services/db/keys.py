@@ -27,11 +27,13 @@ PREFIX = "mk"
 
 #: ``admin``: everything of the tenant, mints and revokes keys. ``jobs``: datasets, jobs, artifacts,
 #: model cards, policies and exports (and predict). ``predict``: predict and the public metadata of
-#: served models only, optionally limited to listed models.
-SCOPES = ("admin", "jobs", "predict")
+#: served models only, optionally limited to listed models. ``review``: only the blind review sessions
+#: the key was invited to (no reports, labels or downloads; see :mod:`services.ops.reviews`).
+SCOPES = ("admin", "jobs", "predict", "review")
 
 #: What each scope includes besides itself.
-IMPLIED = {"admin": frozenset(SCOPES), "jobs": frozenset({"jobs", "predict"}), "predict": frozenset({"predict"})}
+IMPLIED = {"admin": frozenset(SCOPES), "jobs": frozenset({"jobs", "predict"}), "predict": frozenset({"predict"}),
+           "review": frozenset({"review"})}
 
 
 def effective_scopes(scopes: Iterable[str]) -> frozenset[str]:

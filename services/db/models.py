@@ -1,6 +1,7 @@
 """ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts, model_policies,
 model_usage, webhooks, webhook_deliveries (the outbox of webhooks and MLflow hand-offs), webhook_attempts,
-mlflow_integrations, ui_sessions (dashboard sign-ins), job_units (the task graph of a fanned-out study).
+mlflow_integrations, ui_sessions (dashboard sign-ins), job_units (the task graph of a fanned-out study),
+review_sessions and review_trials (people reviewing a study's reconstructions blind).
 
 Every schema change is an Alembic migration in ``migrations/versions`` (a test checks the two agree).
 """
@@ -354,3 +355,54 @@ class WorkerPresence(Base):
     queues: Mapped[list[str]] = mapped_column(JSONType, default=list)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ReviewSession(Base):
+    """One reviewer's blind review of one study's reconstructions: the trials it was drawn, in order.
+
+    ``reviewer`` is the public id of the ``review``-scoped key that answers it (only that key sees it);
+    ``settings`` keeps how the trials were drawn (trials, controls, candidates, seed).
+    """
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(32), index=True)
+    invited_by: Mapped[str] = mapped_column(String(32))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    total: Mapped[int] = mapped_column(Integer)
+    answered: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class ReviewTrial(Base):
+    """One trial of a review session: an image (a reconstruction or a control) and candidate identities.
+
+    ``id`` is random and says nothing; what the trial is (``kind``, ``source``, ``attack``, ``defense``,
+    ``seed``, ``identity``, the candidates' identities and which one is right, the judges' answers)
+    stays here and is never sent to the reviewer. ``choice`` is the candidate id answered (``none`` for
+    "none of these").
+    """
+
+    __tablename__ = "review_trials"
+    __table_args__ = (UniqueConstraint("session_id", "position"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("review_sessions.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20))  # reconstruction | control_real | control_blank
+    source: Mapped[str] = mapped_column(String(500))  # the attack run's artifact, or what the control shows
+    item: Mapped[int] = mapped_column(Integer)  # the image's index in that file
+    attack: Mapped[str | None] = mapped_column(String(100))
+    defense: Mapped[str | None] = mapped_column(String(200))
+    seed: Mapped[int | None] = mapped_column(Integer)
+    identity: Mapped[int | None] = mapped_column(Integer)
+    candidates: Mapped[list[int]] = mapped_column(JSONType, default=list)
+    right: Mapped[str | None] = mapped_column(String(8))  # the right candidate id; None: "none" is right
+    judge_hits: Mapped[list[bool] | None] = mapped_column(JSONType)
+    choice: Mapped[str | None] = mapped_column(String(8))
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -27,6 +27,8 @@ metadata only, optionally limited to some models). Each operation names the scop
 OPENAPI_TAGS = [
     {"name": "datasets", "description": "Upload or register training data."},
     {"name": "jobs", "description": "Train / attack-evaluate / pipeline jobs."},
+    {"name": "reviews", "description": "Blind human review of a study's reconstructions: invite reviewers "
+                                       "(jobs scope), answer trials (review scope), human AttAcc."},
     {"name": "artifacts", "description": "Checkpoints, reports and plots of a job."},
     {"name": "models", "description": "Model cards."},
     {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},

@@ -34,6 +34,7 @@ from services.gateway.routers import (
     models,
     oip,
     predict,
+    reviews,
     webhooks,
 )
 from services.gateway.strings import refuse_unstorable
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 #: The routers in the order their operations appear in the OpenAPI document.
-ROUTERS = (health, keys, datasets, jobs, artifacts, models, predict, oip, webhooks, integrations)
+ROUTERS = (health, keys, datasets, jobs, reviews, artifacts, models, predict, oip, webhooks, integrations)
 
 
 def service_context(settings: Settings) -> ServiceContext:

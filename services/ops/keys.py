@@ -22,7 +22,7 @@ from services.db.types import utcnow
 from services.ops.context import Caller, ServiceContext, TenantRef
 from services.ops.errors import ApiError, FieldError, not_found, validation_error
 
-Scope = Literal["admin", "jobs", "predict"]
+Scope = Literal["admin", "jobs", "predict", "review"]
 
 
 class KeyCreate(BaseModel):
@@ -35,7 +35,8 @@ class KeyCreate(BaseModel):
         min_length=1,
         max_length=len(SCOPES),
         description="`admin` (everything, mints keys), `jobs` (datasets, jobs, artifacts, models, policies, "
-        "exports, predict) and/or `predict` (predict and the served models' public metadata only).",
+        "exports, predict) and/or `predict` (predict and the served models' public metadata only); or `review` "
+        "alone: a person who reviews reconstructions blind, seeing only the review sessions it is invited to.",
     )
     models: list[str] | None = Field(
         None,
@@ -75,6 +76,9 @@ def _view(row: ApiKey) -> KeyPublic:
 def create_key(session: Session, tenant: TenantRef, body: KeyCreate) -> KeyCreated:
     """Mint a key for ``tenant``; the answer holds the secret ``key``, shown only this once. A key limited
     to some models must be ``predict``-only and name succeeded jobs of the tenant (422 otherwise)."""
+    if "review" in body.scopes and set(body.scopes) != {"review"}:
+        raise validation_error("scopes", "`review` cannot be combined with other scopes: a reviewer must not see "
+                               "reports, labels or downloads of the study it reviews")
     if body.models is not None:
         if set(body.scopes) != {"predict"}:
             raise validation_error("models", "only a `predict`-only key can be limited to some models")

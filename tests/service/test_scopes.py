@@ -18,7 +18,7 @@ from PIL import Image
 from tests.service._support import TRAIN_SPEC, run_job_inline
 from tests.service.conftest import Api
 
-SCOPE_ORDER = ("admin", "jobs", "predict")
+SCOPE_ORDER = ("admin", "jobs", "predict", "review")
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def operations(api: Api) -> list[tuple[str, str, str]]:
 
 def test_every_route_answers_403_exactly_to_keys_without_its_scope(api: Api, key_a: str, model_id: str) -> None:
     keys = {scope: mint(api, key_a, scopes=[scope])["key"] for scope in SCOPE_ORDER}
-    grants = {"admin": set(SCOPE_ORDER), "jobs": {"jobs", "predict"}, "predict": {"predict"}}
+    grants = {"admin": set(SCOPE_ORDER), "jobs": {"jobs", "predict"}, "predict": {"predict"}, "review": {"review"}}
     ops = operations(api)
     assert len(ops) >= 20
     for method, path, needed in ops:

@@ -61,7 +61,7 @@ def test_write_report_files_and_html(tmp_path):
                            "seeds": [0, 1, 2], "results": results, "verdicts": verdicts, "timings": {"total": 1.0}},
                           tmp_path, grids=grids)
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema_version"] == 3 and data["results"][1]["metrics"]["acc"]["runs"] == [97.0, 96.0, 98.0]
+    assert data["schema_version"] == 4 and data["results"][1]["metrics"]["acc"]["runs"] == [97.0, 96.0, 98.0]
     html = (tmp_path / "report.html").read_text()
     assert "<table>" in html and "AttAcc top-1" in html and "Δ" in html
     assert "did not lower AttAcc for deepinversion" in html

@@ -70,7 +70,7 @@ def test_pipeline_writes_report(pipeline_run):
     out, report, events = pipeline_run
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     data = json.loads((out / "report.json").read_text())
-    assert data["schema_version"] == 3 and data["seeds"] == [0, 1]
+    assert data["schema_version"] == 4 and data["seeds"] == [0, 1]
     rows = {(r["attack"], r["defense"], r["adaptive"]): r for r in data["results"]}
     assert set(rows) == {(a, d, False) for a in ("deepinversion", "gmi") for d in ("nodef", "midre")} | {
         ("deepinversion", "midre", True)}  # NoDef is the baseline: nothing of it to adapt to
