@@ -7,6 +7,10 @@ trained model, registers the built-in digits as a dataset, then signs in with Ch
 minutes on two shared CPU cores::
 
     uv run python scripts/ui_screenshots.py [--out docs/img] [--chromium /usr/bin/chromium]
+
+``--only review`` runs just one study and captures the review pages: the trial a reviewer answers (at
+1280 px and at phone width, ``ui-review.png`` / ``ui-review-phone.png``) and the study's review section
+as its owner sees it (``ui-job-reviews.png``); about 2 minutes.
 """
 
 from __future__ import annotations
@@ -108,6 +112,44 @@ def capture(url: str, key: str, ids: dict[str, str], out: Path, chromium: str) -
     return written
 
 
+def capture_review(url: str, key: str, out: Path, chromium: str) -> list[Path]:
+    """Run one study, invite a reviewer, and capture the reviewer's trial page and the owner's review section."""
+    from playwright.sync_api import sync_playwright
+
+    with Client(url, key) as client:
+        study = client.submit(PIPELINES[0])["id"]
+        if follow(client, study, timeout=3600)["status"] != "succeeded":
+            raise SystemExit(f"study {study} did not succeed")
+        reviewer = client.request("POST", "/v1/keys", json={"name": "Reviewer One", "scopes": ["review"]})
+        client.request("POST", f"/v1/jobs/{study}/reviews", json={"reviewer": reviewer["id"], "trials": 16})
+    written = []
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(
+            profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900}, device_scale_factor=1,
+        )
+        try:
+            page = browser.new_page()
+            for who, secret in (("owner", key), ("reviewer", reviewer["key"])):
+                browser.clear_cookies()
+                page.goto(f"{url}/ui/login")
+                page.fill("#key", secret)
+                page.click("button[type=submit]")
+                page.wait_for_load_state("networkidle")
+                if who == "owner":
+                    page.goto(f"{url}/ui/jobs/{study}#h-reviews")
+                    written.append(save(page, out / "ui-job-reviews.png"))
+                    continue
+                page.click("text=Start")
+                page.wait_for_selector("#answer-form")
+                written.append(save(page, out / "ui-review.png"))
+                page.set_viewport_size({"width": 390, "height": 844})
+                written.append(save(page, out / "ui-review-phone.png"))
+        finally:
+            browser.close()
+    return written
+
+
 def save(page: Any, path: Path) -> Path:
     path.write_bytes(shrink(page.screenshot(full_page=False)))
     print(f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path} ({path.stat().st_size // 1024} kB)")
@@ -118,6 +160,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--only", choices=("all", "review"), default="all",
+                        help="review: only the review pages (one small study)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="midre-ui-") as home:
@@ -135,8 +179,12 @@ def main() -> int:
 
             with session_scope(f"sqlite:///{home}/midre.sqlite3") as session:
                 key = create_api_key(session, "acme")
-            ids = run_jobs(url, key)
-            capture(url, key, ids, args.out, args.chromium)
+            if args.only == "review":
+                capture_review(url, key, args.out, args.chromium)
+            else:
+                ids = run_jobs(url, key)
+                capture(url, key, ids, args.out, args.chromium)
+                capture_review(url, key, args.out, args.chromium)
         finally:
             stop_group(server, grace=15)
     return 0

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from services.db.models import Artifact, Job, Metric, ReviewSession, ReviewTrial
 from services.db.types import utcnow
-from services.ops.context import ServiceContext, TenantRef
+from services.ops import reviews
+from services.ops.context import Caller, ServiceContext, TenantRef
 from services.ops.jobs import get_job
-from services.ops.reviews import RECON_RUN, load_tensors, png_data_url
+from services.ops.reviews import RECON_RUN, AnswerIn, load_tensors, png_data_url
 
 #: Metric names the human figures are stored under (``<defense>.<attack>.<name>``).
 HUMAN_METRICS = ("human_attacc_top1", "human_attacc_top1_ci_low", "human_attacc_top1_ci_high", "human_kappa")
@@ -193,6 +194,16 @@ def _store_metrics(session: Session, job: Job, summary: dict[str, Any]) -> None:
                                    created_at=utcnow()))
 
 
+def record_answer(ctx: ServiceContext, session: Session, caller: Caller, review_id: str,
+                  body: AnswerIn) -> tuple[dict[str, Any], bool]:
+    """Record a reviewer's answer (:func:`services.ops.reviews.answer`); the answer that finishes a session
+    writes the figures into the study's report (:func:`refresh_report`)."""
+    view, created = reviews.answer(session, caller, review_id, body)
+    if created and view["done"]:
+        refresh_report(ctx, session, reviews.own_session(session, caller, review_id).job_id)
+    return view, created
+
+
 def refresh_report(ctx: ServiceContext, session: Session, job_id: str) -> None:
     """Write the job's human figures into its report (``report.json``, ``report.html``) and its metrics;
     called when a reviewer finishes a session. Commits."""
@@ -208,4 +219,4 @@ def refresh_report(ctx: ServiceContext, session: Session, job_id: str) -> None:
 
 
 __all__ = ["HUMAN_METRICS", "HumanEvaluation", "HumanResult", "Interval", "answers_of", "human_evaluation",
-           "judge_names", "refresh_report", "summary_of"]
+           "judge_names", "record_answer", "refresh_report", "summary_of"]

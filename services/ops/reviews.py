@@ -273,6 +273,13 @@ def job_sessions(session: Session, tenant: TenantRef, job_id: str) -> list[Revie
     return [progress_view(session, r, names.get(r.reviewer)) for r in rows]
 
 
+def review_keys(session: Session, tenant: TenantRef) -> list[ApiKey]:
+    """The tenant's active ``review``-only keys (whom a study's owner can invite), newest first."""
+    keys = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id, ApiKey.revoked_at.is_(None))
+                           .order_by(ApiKey.id.desc())).all()
+    return [k for k in keys if list(k.scopes or []) == ["review"]]
+
+
 def png_data_url(pixels: Any) -> str:
     """A ``[C, H, W]`` uint8 image as a PNG data URL (no text chunks: nothing but pixels)."""
     import io
@@ -362,4 +369,5 @@ def _answer_view(row: ReviewSession, trial: ReviewTrial) -> dict[str, Any]:
 
 
 __all__ = ["AnswerIn", "Material", "ReviewInvite", "ReviewProgress", "ReviewPublic", "answer", "draw_trials",
-           "invite", "job_sessions", "my_sessions", "next_trial", "own_session", "png_data_url", "reviewable_job"]
+           "invite", "job_sessions", "my_sessions", "next_trial", "own_session", "png_data_url", "review_keys",
+           "reviewable_job"]

@@ -213,6 +213,7 @@ class ApiProcess:
     with ``worker=True`` the API and its worker process, as a user starts it."""
 
     def __init__(self, settings: Settings, log_path: Path, worker: bool = False) -> None:
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = settings_env(settings)

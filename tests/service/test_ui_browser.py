@@ -41,6 +41,14 @@ AUDIT: dict[str, Any] = {
     "attack_budgets": {"mi-face": {"steps": 2}},
 }
 JOB_TIMEOUT_MS = 300_000
+#: A tiny NoDef-vs-MIDRE study whose 16 reconstructions a reviewer answers (plus controls).
+STUDY: dict[str, Any] = {
+    "kind": "pipeline", "dataset": "digits", "arch": "cnn-small", "attacks": ["mi-face"], "seeds": 1,
+    "defense": {"name": "midre", "a_h": 0.4}, "training": {"epochs": 1, "image_size": 16, "batch_size": 64},
+    "data": {"channels": 1, "max_images_per_identity": 16},
+    "evaluation": {"arch": "cnn-small", "epochs": 2, "per_identity": 2, "identities": 4, "feature_identities": 0},
+    "attack_budgets": {"mi-face": {"steps": 2}},
+}
 
 
 def launch(playwright: Any, user_data: Path) -> Any:
@@ -200,3 +208,91 @@ def test_dashboard_in_a_browser(service: tuple[ApiProcess, str, str], tmp_path: 
             assert outside == []  # no request left the service
         finally:
             browser.close()
+
+
+def wait_job(api: ApiProcess, key: str, job_id: str, timeout: float = 300.0) -> str:
+    """Poll ``GET /v1/jobs/{id}`` until the job finishes; its status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(f"{api.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"}).json()["status"]
+        if status in ("succeeded", "failed", "cancelled"):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+def sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(f"{url}/ui/login")
+    page.fill("#key", key)
+    page.click("button[type=submit]")
+
+
+def test_a_reviewer_answers_by_keyboard_and_the_report_shows_human_attacc(
+        service: tuple[ApiProcess, str, str], tmp_path: Path) -> None:
+    """The owner invites a ``review`` key from the job page; the reviewer answers every trial with the
+    keyboard at phone width, reaches nothing else, and the study's report then has human AttAcc with its
+    interval and kappa."""
+    from playwright.sync_api import expect, sync_playwright
+    from sqlalchemy import select
+
+    from services.db.models import ReviewTrial
+
+    api, key_a, _ = service
+    url, admin = api.url, {"Authorization": f"Bearer {key_a}"}
+    job = httpx.post(f"{url}/v1/jobs", json=STUDY, headers=admin).json()
+    reviewer = httpx.post(f"{url}/v1/keys", json={"name": "Reviewer One", "scopes": ["review"]}, headers=admin).json()
+    assert wait_job(api, key_a, job["id"]) == "succeeded", api.log()[-3000:]
+
+    def right_answer(trial_id: str) -> tuple[str, str | None]:
+        with session_scope(api.settings.db_url) as session:
+            row = session.scalar(select(ReviewTrial).where(ReviewTrial.id == trial_id))
+            return row.kind, row.right
+
+    with sync_playwright() as pw:
+        browser = launch(pw, tmp_path / "profile")
+        try:
+            page = browser.new_page()
+            sign_in(page, url, key_a)
+            page.goto(f"{url}/ui/jobs/{job['id']}")
+            page.select_option("#reviewer", reviewer["id"])
+            page.fill("#trials", "16")
+            page.click("#h-reviews ~ form button[type=submit]")
+            expect(page.locator("#h-reviews ~ div table")).to_contain_text("Reviewer One")
+            browser.clear_cookies()
+
+            page.set_viewport_size({"width": 390, "height": 844})
+            sign_in(page, url, reviewer["key"])
+            expect(page).to_have_url(f"{url}/ui/reviews")
+            page.click("text=Start")
+            answered = 0
+            while page.locator("#answer-form").count():
+                kind, right = right_answer(page.input_value("input[name=trial]"))
+                assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+                # controls answered truly; reconstructions: the true person on every other trial, else "none"
+                key = (right or "0") if kind != "reconstruction" or answered % 2 == 0 else "0"
+                with page.expect_navigation():
+                    page.keyboard.press(key)
+                answered += 1
+            expect(page.locator("main")).to_contain_text("trials are answered")
+            assert answered == 16 + 4
+            # the review key reaches no other page of the dashboard
+            for path in ["/ui/jobs", "/ui/jobs/new", "/ui/models", "/ui/datasets", "/ui/compare",
+                         f"/ui/jobs/{job['id']}", f"/ui/jobs/{job['id']}/report", f"/ui/jobs/{job['id']}/report.html",
+                         f"/ui/jobs/{job['id']}/artifacts/report.json", f"/ui/models/{job['id']}"]:
+                assert page.goto(f"{url}{path}").status in (403, 404), path
+            browser.clear_cookies()
+
+            page.set_viewport_size({"width": 1280, "height": 900})
+            sign_in(page, url, key_a)
+            page.goto(f"{url}/ui/jobs/{job['id']}/report")
+            section = page.locator("table", has=page.locator("th", has_text="Human AttAcc"))
+            expect(section).to_contain_text("[")  # the interval
+            expect(page.locator("main")).to_contain_text("κ")
+        finally:
+            browser.close()
+    human = httpx.get(f"{url}/v1/jobs/{job['id']}/human-evaluation", headers=admin).json()
+    assert human["answers"] == 20 and human["reviewers"] == 1 and human["included"] == 1
+    for row in human["results"]:
+        assert row["attacc_top1"]["ci_low"] <= row["attacc_top1"]["mean"] <= row["attacc_top1"]["ci_high"]

@@ -85,7 +85,5 @@ def next_trial(ctx: Ctx, session: DB, caller: Reviewer, review_id: str) -> Respo
 def answer(ctx: Ctx, session: DB, caller: Reviewer, review_id: str, body: AnswerIn) -> JSONResponse:
     """Record your answer to a trial (idempotent: the same answer again is 200; answers are final, a
     different one is 409). The answer that finishes the session writes the figures into the study's report."""
-    view, created = ops.answer(session, caller, review_id, body)
-    if created and view["done"]:
-        human.refresh_report(ctx, session, ops.own_session(session, caller, review_id).job_id)
+    view, created = human.record_answer(ctx, session, caller, review_id, body)
     return JSONResponse(view, status_code=201 if created else 200, headers=NO_STORE)

@@ -37,6 +37,7 @@ from services.ops import artifacts as ops_artifacts
 from services.ops import datasets as ops_datasets
 from services.ops import jobs as ops_jobs
 from services.ops import models as ops_models
+from services.ops import reviews as ops_reviews
 from services.ops import serving as ops_serving
 from services.ops.context import ServiceContext
 from services.ops.schemas import DatasetRef, JobSpec
@@ -209,8 +210,9 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/")
 async def home(request: Request, user: User) -> RedirectResponse:
-    """The jobs list, or the models list for a key that may only predict."""
-    return RedirectResponse("/ui/jobs" if user.can("jobs") else "/ui/models", status_code=303)
+    """The jobs list; the models list for a key that may only predict; a reviewer's review sessions."""
+    target = "/ui/jobs" if user.can("jobs") else "/ui/models" if user.can("predict") else "/ui/reviews"
+    return RedirectResponse(target, status_code=303)
 
 
 @router.get("/login")
@@ -315,9 +317,12 @@ def job_page(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: st
     events = _events(session, user, job_id, None, 1000)
     arts = [artifact_view(a) for a in ops_artifacts.list_artifacts(session, user.caller.tenant, job_id)]
     units, _ = ops_jobs.list_units(session, user.caller.tenant, job_id)
+    reviewable = any(a.name == "review.safetensors" for a in arts) and view.status == jobstate.SUCCEEDED
     return page(request, "job.html", user, job=view, events=events, artifacts=arts, units=units,
                 terminal=view.status in jobstate.TERMINAL, has_report=any(a.name == "report.json" for a in arts),
-                last_event=events[-1].id if events else 0)
+                last_event=events[-1].id if events else 0, reviewable=reviewable,
+                reviews=ops_reviews.job_sessions(session, user.caller.tenant, job_id) if reviewable else [],
+                review_keys=ops_reviews.review_keys(session, user.caller.tenant) if reviewable else [])
 
 
 def _state(ctx: ServiceContext, user: UiUser, job_id: str, after: int | None) -> dict[str, Any]:

@@ -121,7 +121,25 @@
     });
   }
 
+  // Review page: keys 1-9 pick a candidate, 0 "none of these"; one answer per page.
+  function reviewKeys(form) {
+    var sent = false;
+    form.addEventListener("submit", function (ev) {
+      if (sent) { ev.preventDefault(); }
+      sent = true;
+    });
+    document.addEventListener("keydown", function (ev) {
+      if (sent || ev.ctrlKey || ev.metaKey || ev.altKey || !/^[0-9]$/.test(ev.key)) { return; }
+      var button = form.querySelector('button[data-key="' + ev.key + '"]');
+      if (!button) { return; }
+      ev.preventDefault();
+      form.requestSubmit(button);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var answer = document.getElementById("answer-form");
+    if (answer) { reviewKeys(answer); }
     var live = document.getElementById("live");
     if (live && live.dataset.terminal === "false") { followJob(live); }
     var jobs = document.getElementById("jobs");
