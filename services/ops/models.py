@@ -35,9 +35,11 @@ from services.redact import server_redactor
 from services.storage import LocalStore
 
 #: Report metrics of an evaluation, as the job records them: ``<defense>.<attack>.<name>``.
-EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist")
-#: The same with their 95 % interval bounds, as a report with per-identity outcomes gives them.
-EVALUATION_FIELDS = EVALUATION_METRICS + tuple(f"{m}_{b}" for m in EVALUATION_METRICS for b in ("ci_low", "ci_high"))
+EVALUATION_METRICS = ("acc", "attacc_top1", "attacc_top5", "knn_dist", "human_attacc_top1")
+#: The same with their 95 % interval bounds, as a report with per-identity outcomes gives them, and the
+#: agreement of human review with the first judge (``services.ops.human``).
+EVALUATION_FIELDS = (EVALUATION_METRICS + tuple(f"{m}_{b}" for m in EVALUATION_METRICS for b in ("ci_low", "ci_high"))
+                     + ("human_kappa",))
 
 
 def card_name(kind: str, names: list[str]) -> str | None:
@@ -180,6 +182,9 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
         if "attacc_top5" in ev:
             values.append({"type": "attack-accuracy-top5", "value": round(ev["attacc_top5"], 2),
                            "name": f"AttAcc top-5 (%) under {ev['attack']}"})
+        if "human_attacc_top1" in ev:
+            values.append({"type": "human-attack-accuracy-top1", "value": round(ev["human_attacc_top1"], 2),
+                           "name": f"Human AttAcc top-1 (%) under {ev['attack']} (blind human review)"})
         if values:
             results.append({"task": {"type": "model-inversion", "name": ev["attack"]},
                             "dataset": {"name": "private identities", "type": "private"}, "metrics": values,
@@ -199,16 +204,19 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
     if not evaluations:
         lines.append("No attack evaluation has run against this model yet (`attack_eval` with `model`).")
     else:
-        lines += ["| attack | AttAcc top-1 (%) | AttAcc top-5 (%) | KNN dist | judge | seeds | date | job |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| attack | AttAcc top-1 (%) | AttAcc top-5 (%) | KNN dist | human AttAcc top-1 (%) | kappa | judge "
+                  "| seeds | date | job |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for ev in evaluations:
+            kappa = f"{ev['human_kappa']:.2f}" if isinstance(ev.get("human_kappa"), float) else ""
             lines.append(f"| {ev['attack']} | {_fmt(ev, 'attacc_top1')} | {_fmt(ev, 'attacc_top5')} | "
-                         f"{_fmt(ev, 'knn_dist')} | {ev.get('judge')} | {ev.get('seeds')} | "
-                         f"{(ev.get('date') or '')[:10]} | {ev['job_id']} |")
+                         f"{_fmt(ev, 'knn_dist')} | {_fmt(ev, 'human_attacc_top1')} | {kappa} | {ev.get('judge')} | "
+                         f"{ev.get('seeds')} | {(ev.get('date') or '')[:10]} | {ev['job_id']} |")
         lines += ["", "AttAcc: share of reconstructions an independent evaluation model (the judge) recognises "
                   "as the attacked identity; lower is more private. [low, high]: the 95 % interval from a bootstrap "
                   "over seeds and identities (how far the figure would move with other seeds and identities; not a "
-                  "bias every seed shares)."]
+                  "bias every seed shares). Human AttAcc: the share of the same reconstructions that people, reviewing "
+                  "blind, identified (interval over identities and reviewers); kappa: their agreement with the judge "
+                  "(docs/human-review.md); empty until people reviewed the audit."]
     return "\n".join(lines) + "\n"
 
 

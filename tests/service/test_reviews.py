@@ -232,3 +232,18 @@ def test_review_material_holds_decoys_by_judge_similarity(study: tuple[Api, str,
         assert identity not in material["decoys"][row].tolist()
     assert set(material["decoys"].flatten().tolist()) <= set(material["identities"].tolist())
     assert material["portraits"].shape[0] == len(material["identities"]) and bool(material["has_control"].all())
+
+
+def test_the_model_card_carries_the_human_figures_of_an_audit() -> None:
+    import yaml
+
+    from services.ops.models import readme
+
+    evaluation = {"job_id": "job_x", "attack": "gmi", "attacc_top1": 40.0, "attacc_top1_ci_low": 30.0,
+                  "attacc_top1_ci_high": 50.0, "human_attacc_top1": 12.5, "human_attacc_top1_ci_low": 5.0,
+                  "human_attacc_top1_ci_high": 20.0, "human_kappa": 0.25, "judge": "resnet18", "seeds": 1}
+    text = readme("job_m", {"arch": "resnet18", "defense": {"name": "midre"}}, {"acc": 90.0}, [evaluation])
+    front = yaml.safe_load(text.split("---")[1])
+    metrics = {m["type"]: m["value"] for r in front["model-index"][0]["results"] for m in r["metrics"]}
+    assert metrics["human-attack-accuracy-top1"] == 12.5 and metrics["attack-accuracy-top1"] == 40.0
+    assert "| 12.50 [5.00, 20.00] | 0.25 |" in text
