@@ -22,10 +22,14 @@ from services.jobspec import get_kind
 CHANNEL = "mlflow"
 #: The ``event_type`` of a hand-off row.
 EVENT = "mlflow.run"
+#: The ``event_type`` of a follow-up: people reviewed the job's reconstructions; its human figures and
+#: refreshed report go to the job's run (``services.ops.human``).
+HUMAN_EVENT = "mlflow.human"
 
 
-def enqueue_job_end(session: Session, job: Job) -> int:
-    """Queue the hand-off of ``job`` if it succeeded and its tenant has MLflow (not committed); 0 or 1."""
+def enqueue_job_end(session: Session, job: Job, event: str = EVENT) -> int:
+    """Queue the hand-off of ``job`` if it succeeded and its tenant has MLflow (not committed); 0 or 1.
+    ``event``: :data:`EVENT` (the job's run) or :data:`HUMAN_EVENT` (its human figures, later)."""
     if job.status != "succeeded" or not get_kind(job.kind).mlflow:  # an uploaded model ran nothing
         return 0
     if session.get(MlflowIntegration, job.tenant_id) is None:
@@ -33,7 +37,7 @@ def enqueue_job_end(session: Session, job: Job) -> int:
     now = utcnow()
     session.add(WebhookDelivery(
         id=new_id("msg"), channel=CHANNEL, webhook_id=None, mlflow_tenant_id=job.tenant_id, job_id=job.id,
-        event_type=EVENT, payload=json.dumps({"type": EVENT, "job_id": job.id, "kind": job.kind}),
+        event_type=event, payload=json.dumps({"type": event, "job_id": job.id, "kind": job.kind}),
         state=PENDING, attempts=0, next_attempt_at=now, created_at=now,
     ))
     return 1

@@ -24,6 +24,12 @@ One try, with the ``mlflow`` package's REST stores (``mlflow-skinny``, the ``mlf
 5. the run is marked ``FINISHED``; with a ``registered_model``, a new version of it points at the
    run's ``model`` folder, tagged with the defense, ``a_h`` and AttAcc per attack, and the alias
    ``hardened`` moves to it.
+
+When people finish reviewing a study's reconstructions (``services.ops.human``), a follow-up row
+(``mlflow.human``) adds the human figures (``<defense>.<attack>.human_attacc_top1`` with its interval,
+``human_kappa``) and the refreshed ``report.json`` / ``report.html`` to the job's existing run (found by
+its ``midre.job_id`` tag; retried until that run exists), registers nothing, and puts
+``human_attacc.<attack>`` on the audited model's version for an ``attack_eval`` job.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from services.db.mlflow import HUMAN_EVENT
 from services.db.models import Artifact, Job, Metric, MlflowIntegration, WebhookDelivery
 from services.integrations.outbound import Result, TargetCheck, UnsafeTarget
 from services.jobspec import get_kind
@@ -142,6 +149,8 @@ class Handoff:
     #: An ``attack_eval`` job: the model it attacked, and the AttAcc tags its registered version gets.
     attacked_job: str | None = None
     attacked_tags: dict[str, str] = field(default_factory=dict)
+    #: A follow-up with the human figures (:data:`services.db.mlflow.HUMAN_EVENT`): to the job's own run.
+    human: bool = False
 
 
 def _defense(card: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
@@ -177,6 +186,11 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     if found is None:
         return None
     handoff, job, artifacts, resolved_config = found
+    if handoff.human:  # only what people added: their figures and the report that now holds them
+        handoff.metrics = {k: v for k, v in handoff.metrics.items() if ".human_" in k}
+        handoff.files = [(artifacts[name], name) for name in ("report.html", "report.json") if name in artifacts]
+        _tag(handoff, job, resolved_config, None)
+        return handoff
     redact = server_redactor(settings)
     handoff.params = {mlflow_key(k): redact(v)[:6000] for k, v in flatten(resolved_config).items()}
     handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
@@ -211,7 +225,7 @@ def _read(sessions: sessionmaker[Session], message_id: str
             message_id=message_id, job_id=job.id, kind=job.kind, started_at=job.started_at,
             finished_at=job.finished_at, tracking_uri=config.tracking_uri, experiment=config.experiment,
             registered_model=config.registered_model, token=config.token, username=config.username,
-            password=config.password, params={}, metrics=metrics, files=[],
+            password=config.password, params={}, metrics=metrics, files=[], human=row.event_type == HUMAN_EVENT,
         )
         facts = _JobFacts(job.id, job.kind, dict(job.spec or {}))
         return handoff, facts, artifacts, (job.resolved or {}).get("config") or {}
@@ -257,6 +271,8 @@ def _tag(handoff: Handoff, job: _JobFacts, resolved_config: dict[str, Any], labe
         owner, _, rest = name.rpartition(".")[0].rpartition(".")  # a defense label may hold dots (a_h0.8)
         if name.endswith(".attacc_top1") and owner and (label is None or owner == label):
             attacc[mlflow_key(f"attacc.{rest}")] = f"{value:g}"
+        elif name.endswith(".human_attacc_top1") and owner and (label is None or owner == label):
+            attacc[mlflow_key(f"human_attacc.{rest}")] = f"{value:g}"
     if get_kind(job.kind).audits:
         handoff.attacked_job = job.spec.get("model") or job.spec.get("model_job")
         handoff.attacked_tags = attacc
@@ -311,6 +327,8 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
                             username=None if handoff.token else handoff.username,
                             password=None if handoff.token else handoff.password)
     tracking = TrackingStore(lambda: creds)
+    if handoff.human:
+        return _send_human(tracking, RegistryStore(lambda: creds), creds, store, handoff)
     run = _find_or_create_run(tracking, handoff)
     run_id = run.info.run_id
     stamp = _ms(handoff.finished_at)
@@ -331,6 +349,28 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
         tagged = _tag_attacked(RegistryStore(lambda: creds), handoff)
         if tagged:
             done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
+    return done
+
+
+def _send_human(tracking: Any, registry: Any, creds: Any, store: LocalStore, handoff: Handoff) -> str:
+    """A follow-up: the human figures and the refreshed report into the job's own run (no new run, no
+    new version); for an audit, ``human_attacc.<attack>`` on the audited model's version."""
+    from mlflow.entities import ViewType
+
+    experiment = tracking.get_experiment_by_name(handoff.experiment)
+    found = tracking.search_runs([experiment.experiment_id], f"tags.`midre.job_id` = '{handoff.job_id}'",
+                                 ViewType.ACTIVE_ONLY, max_results=1) if experiment is not None else []
+    if not found:
+        raise RuntimeError(f"the run of job {handoff.job_id} is not in experiment {handoff.experiment!r} yet "
+                           "(its own hand-off has not succeeded); the human figures follow it")
+    run = found[0]
+    _log_values(tracking, run.info.run_id, handoff, int(time.time() * 1000))
+    _upload_files(creds, store, handoff, _artifact_root(run.info.artifact_uri))
+    done = f"added the human review figures to run {run.info.run_id}"
+    if handoff.registered_model and handoff.attacked_job and handoff.attacked_tags:
+        tagged = _tag_attacked(registry, handoff)
+        if tagged:
+            done += f"; human AttAcc tagged on {handoff.registered_model!r} version {tagged}"
     return done
 
 

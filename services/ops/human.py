@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.db.mlflow import HUMAN_EVENT, enqueue_job_end
 from services.db.models import Artifact, Job, Metric, ReviewSession, ReviewTrial
 from services.db.types import utcnow
 from services.ops import reviews
@@ -215,6 +216,7 @@ def refresh_report(ctx: ServiceContext, session: Session, job_id: str) -> None:
     report["human"] = summary
     _store_json_and_html(ctx, session, job, report)
     _store_metrics(session, job, summary)
+    enqueue_job_end(session, job, HUMAN_EVENT)  # the tenant's MLflow, when it has one
     session.commit()
 
 

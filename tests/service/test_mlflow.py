@@ -25,6 +25,7 @@ from sqlalchemy import select
 from services import jobspec
 from services.db import jobs as jobstate
 from services.db.keys import create_api_key, hash_key
+from services.db.mlflow import HUMAN_EVENT, enqueue_job_end
 from services.db.models import ApiKey, Artifact, Job, Metric, WebhookAttempt, WebhookDelivery
 from services.db.session import dispose_all, session_factory, session_scope
 from services.db.types import new_id, utcnow
@@ -319,6 +320,21 @@ def test_succeeded_train_jobs_are_logged_and_registered(mlflow_api: Api, mlflow_
     attack_tags = {t["key"]: t["value"] for t in attack_run["data"]["tags"]}
     assert (attack_tags["midre.kind"], attack_tags["midre.model_job"]) == ("attack_eval", jobs[0])
     assert {m["key"]: m["value"] for m in attack_run["data"]["metrics"]}["midre.mi-face.attacc_top1"] == 12.5
+
+    # people reviewed the audit: a follow-up adds the human figures to the same run and the audited version
+    with session_scope(api.settings.db_url) as session:
+        session.add(Metric(job_id=attack_job, name="midre.mi-face.human_attacc_top1", value=6.25, epoch=None))
+        assert enqueue_job_end(session, session.get(Job, attack_job), HUMAN_EVENT) == 1
+    assert deliver_due(api.settings, sessions) == 1
+    said = mlflow_events(api, key, attack_job)
+    assert any("added the human review figures to run" in m and "human AttAcc tagged on" in m for m in said), said
+    runs_after = httpx.post(f"{mlflow_server.url}/api/2.0/mlflow/runs/search", timeout=30,
+                            json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]
+    assert len(runs_after) == len(runs), "no new run"
+    attack_run = next(r for r in runs_after if r["info"]["run_name"] == attack_job)
+    assert {m["key"]: m["value"] for m in attack_run["data"]["metrics"]}["midre.mi-face.human_attacc_top1"] == 6.25
+    first = mlflow_server.api("model-versions/get", name="digits-hardened", version="1")["model_version"]
+    assert {t["key"]: t["value"] for t in first["tags"]}["human_attacc.mi-face"] == "6.25"
 
     # the consumer's side, as docs/integrations.md shows it: the `hardened` model loads with midre
     from mlflow import MlflowClient
