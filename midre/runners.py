@@ -180,6 +180,7 @@ def _run_attack(study: StudyKind, config: Any, out: Path, unit: Unit, progress: 
     record = attack_record(run_dir)
     if record is None:
         target = AttackTarget.from_checkpoint(str(config.target_dir(out, p["label"], p["seed"])), device=ctx.device)
+        target.deployment = config.deployment_view() if hasattr(config, "deployment_view") else None
         if adaptive:
             from midre.attacks.adaptive import adaptive_target
 

@@ -440,6 +440,9 @@ class AttackEvalConfig(AttackSettings):
             cache) the judges for the target's data spec.
         seeds: attack repetitions (seeds 0..N-1 or a list); the report gives mean ± std over them.
         public_data: public images for GAN attacks when the target's data has no public identities.
+        deployment: audit the target as it is served (:class:`midre.deployment.Deployment` fields:
+            ``policy``, ``budget``, ``default_k``, ``model``): the query attacks see only what a client
+            under that output policy sees, within its query budget; white-box attacks are refused.
         (the other fields as in :class:`PipelineConfig`)
     """
 
@@ -447,6 +450,7 @@ class AttackEvalConfig(AttackSettings):
     data: dict[str, Any] | None = None
     eval_model: str | None = None
     seeds: int | list[int] = 3
+    deployment: dict[str, Any] | None = None
 
     def __post_init__(self, check: bool = True) -> None:
         if check:
@@ -464,8 +468,33 @@ class AttackEvalConfig(AttackSettings):
             dataset_spec_from(self.data)
         _check_seeds(self.seeds)
         self._validate_attack_settings()
+        if self.deployment is not None:
+            self._validate_deployment()
         if self.adaptive_attacks() and (Path(self.target) / "model.json").is_file():
             self.adaptive_refusal()
+
+    def deployment_view(self) -> Any:
+        """The :class:`midre.deployment.Deployment` the attacks query (``None``: the model itself)."""
+        from midre.deployment import Deployment
+
+        return None if self.deployment is None else Deployment.from_dict(self.deployment)
+
+    def _validate_deployment(self) -> None:
+        """A deployment answers queries only: every attack must be a query attack its policy can feed."""
+        from midre.attacks.registry import get_attack
+
+        try:
+            deployment = self.deployment_view()
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise ConfigError(field, message) from None
+        for i, name in enumerate(self.attacks):
+            why = deployment.refusal(name, get_attack(name).access)
+            if why is not None:
+                raise ConfigError(f"attacks[{i}]", why)
+        if self.adaptive:
+            raise ConfigError("adaptive", "an adaptive attacker optimises through the model; a deployment answers "
+                                          "queries only")
 
     def adaptive_refusal(self) -> None:
         """Refuse an adaptive attack on a target whose defense has no transform to adapt to."""

@@ -80,6 +80,9 @@ class AttackTarget:
     num_classes: int | None = None
     key: str = ""
     card: dict[str, Any] = field(default_factory=dict)
+    #: The model as served (:class:`midre.deployment.Deployment`): query attacks then see what a client
+    #: of the deployment sees, within its budget. ``None``: the model itself.
+    deployment: Any = None
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3:

@@ -72,7 +72,7 @@ def _make_forward(target: AttackTarget, device: torch.device, batch: int) -> Cal
 class _Oracle:
     """Query counting shared by both oracles; subclasses add the one answer they allow."""
 
-    __slots__ = ("_forward", "_budget", "_queries", "_calls", "num_classes", "image_shape")
+    __slots__ = ("_forward", "_budget", "_queries", "_calls", "_view", "num_classes", "image_shape")
 
     def __init__(self, target: AttackTarget, budget: int | None = None, device: str | torch.device = "cpu",
                  batch: int = 512) -> None:
@@ -81,6 +81,10 @@ class _Oracle:
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 0):
             raise ValueError(f"budget must be a non-negative integer or None, got {budget!r}")
         self._forward = _make_forward(target, torch.device(device), batch)
+        deployment = target.deployment
+        if deployment is not None and deployment.budget is not None:
+            budget = deployment.budget if budget is None else min(budget, deployment.budget)
+        self._view = _client_view(deployment)
         self._budget = budget
         self._queries = 0
         self._calls = 0
@@ -124,15 +128,32 @@ class _Oracle:
         raise TypeError(f"{type(self).__name__} cannot be pickled (it would copy the model)")
 
 
+def _client_view(deployment: Any) -> Callable[[Tensor], Tensor]:
+    """What a client of ``deployment`` is told, as a dense score matrix (the model's softmax when the
+    target is not a deployment). The same function builds the service's predict answers."""
+    if deployment is None:
+        return lambda probs: probs
+    from midre.deployment import client_probabilities
+
+    policy, default_k = deployment.policy, deployment.default_k
+    return lambda probs: client_probabilities(probs, policy, default_k)
+
+
 class ProbabilityOracle(_Oracle):
     """Black-box access: ``predict_proba(x01) -> [N, K]`` softmax probabilities, nothing else."""
 
     __slots__ = ()
 
+    def __init__(self, target: AttackTarget, budget: int | None = None, device: str | torch.device = "cpu",
+                 batch: int = 512) -> None:
+        if target.deployment is not None and not target.deployment.policy.gives_scores:
+            raise ValueError(target.deployment.refusal("a black-box attack", "probabilities"))
+        super().__init__(target, budget, device, batch)
+
     def predict_proba(self, x01: Tensor) -> Tensor:
         """Softmax vector of every ``[0, 1]`` image in ``x01`` (a fresh tensor without ``grad_fn``)."""
         with torch.no_grad():
-            return self._logits(x01).softmax(1).detach().clone()
+            return self._view(self._logits(x01).softmax(1)).detach().clone()
 
 
 class LabelOracle(_Oracle):
@@ -177,6 +198,7 @@ def run_query_attack(request: AttackRequest, oracle_class: type[_Oracle],
     # the GMI prior is target-independent: trained on public images only, no target access
     prior, extra = attack_prior(request, "gmi", scaled(progress, 0.0, prep_end), target_aware=False)
     generator = prior.generator
+    budget, capped = _deployment_budget(target, budget)
     oracle = oracle_class(target, budget.queries, device)
     attack = attack_class(oracle, generator, request.options, seed=request.seed, device=device)
     t0 = time.monotonic()
@@ -187,6 +209,9 @@ def run_query_attack(request: AttackRequest, oracle_class: type[_Oracle],
     extra["search_seconds"] = time.monotonic() - t0
     extra.update(out["extra"])
     extra["query_budget"] = budget.queries
+    if target.deployment is not None:  # what the audit of a deployment reports
+        extra["deployment"] = {**target.deployment.to_dict(), "queries_used": oracle.queries,
+                               "budget_stopped": capped and bool(out["extra"].get("budget_exhausted", True))}
     codec = PixelCodec(target.normalization, target.image_shape[0], device)
     pixels = out["pixels"].to(device)
     images = codec.to_input(pixels)
@@ -198,6 +223,17 @@ def run_query_attack(request: AttackRequest, oracle_class: type[_Oracle],
                           seconds=time.monotonic() - start, normalization=target.normalization, attack=name,
                           extra=extra, checkpoints=[(int(q), px.cpu()) for q, px in out["checkpoints"]])
     return result
+
+
+def _deployment_budget(target: AttackTarget, budget: Any) -> tuple[Any, bool]:
+    """The attack's budget within a deployment's (a client's) query budget, and whether it had to be cut:
+    the attack's own settings asked for more queries than the deployment answers one client."""
+    import dataclasses
+
+    cap = target.deployment.budget if target.deployment is not None else None
+    if cap is None or (budget.queries is not None and budget.queries <= cap):
+        return budget, False
+    return dataclasses.replace(budget, queries=cap), True
 
 
 __all__ = ["LabelOracle", "ProbabilityOracle", "QueryBudgetExceeded", "checkpoint_queries", "run_query_attack"]

@@ -197,7 +197,9 @@ class BREPMI:
         extra = {"iterations": it, "initial_queries": init_queries, "initial_found": float(found.float().mean()),
                  "mean_radius": float(radius[found].mean()) if bool(found.any()) else 0.0,
                  "max_radius_reached": float(radius.max()), "accepted_steps": accepted,
-                 "proposed_steps": proposed, "walks_finished": int((found & ~active).sum())}
+                 "proposed_steps": proposed, "walks_finished": int((found & ~active).sum()),
+                 # walks still going when the queries ran out: the budget, not the walks, ended the attack
+                 "budget_exhausted": limit is not None and bool(active.any())}
         return {"pixels": pixels, "labels": labels, "checkpoints": snapshots, "extra": extra}
 
     def _affordable(self, active: Tensor, gen: torch.Generator) -> Tensor | None:

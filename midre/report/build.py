@@ -75,6 +75,8 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
         "seeds": seeds, "results": results, "verdicts": verdicts, "runs": records, "device": ctx.device,
     }
     report.update(_evidence(config, verdicts, candidates))
+    if getattr(config, "deployment", None):
+        report["deployment"] = deployment_section(config.deployment_view(), kept, results)
     grids: dict[str, Any] = {}
     features: dict[str, Any] = {}
     images: dict[str, bytes] = {}
@@ -92,6 +94,30 @@ def build_report(study: Any, config: Any, out_dir: Path, candidates: list[dict[s
         report.update(section)
     report["timings"] = _timings(out, time.monotonic() - t0)
     return write_report(report, out, images=images, grids=grids, feature_results=features)
+
+
+def deployment_section(deployment: Any, records: list[dict[str, Any]], results: list[dict[str, Any]]
+                       ) -> dict[str, Any]:
+    """``deployment`` of an audit of a served model: its policy and budget, and per attack the queries it
+    used (most over seeds), whether the budget stopped it (on any seed) and the leakage statement."""
+    attacks = []
+    for row in results:
+        runs = [r for r in records if r.get("attack") == row.get("attack")]
+        if not runs:
+            continue
+        seen = [(r.get("extra") or {}).get("deployment") or {} for r in runs]
+        used = max(int(s.get("queries_used", r.get("queries") or 0)) for s, r in zip(seen, runs, strict=True))
+        stopped = any(bool(s.get("budget_stopped")) for s in seen)
+        stat = (row.get("metrics") or {}).get("attacc_top1") or {}
+        interval = (f" (95 % CI {stat['ci_low']:.1f}-{stat['ci_high']:.1f})"
+                    if stat.get("ci_low") is not None and stat.get("ci_high") is not None else "")
+        statement = (f"A client under policy {deployment.describe()} recovers {stat.get('mean', 0.0):.1f} %"
+                     f"{interval} of the identities with {row['attack']} (AttAcc top-1), using {used:,} queries"
+                     + ("; the budget stopped the attack." if stopped else "."))
+        row["queries_used"] = used
+        attacks.append({"attack": row["attack"], "queries_used": used, "budget_stopped": stopped,
+                        "attacc_top1": stat or None, "statement": statement})
+    return {**deployment.to_dict(), "attacks": attacks}
 
 
 def _evidence(config: Any, verdicts: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,7 +19,9 @@ from typing import Any
 #: Version of ``report.json``. 2: judges without their cache folders, ``plots`` with titles, the
 #: target named in ``models.target.label``. 3: 95 % intervals on figures (``ci_low`` / ``ci_high``),
 #: ``comparisons``, ``intervals``, ``identities``, adaptive rows (``adaptive``) and ``adaptive``.
-#: 4: ``human``, the review figures, when people reviewed the reconstructions (:mod:`midre.report.human`).
+#: 4: ``human``, the review figures, when people reviewed the reconstructions (:mod:`midre.report.human`);
+#: ``deployment`` (policy, budget, per attack ``queries_used`` / ``budget_stopped`` / ``statement``) for an
+#: audit of a model as it is served.
 SCHEMA_VERSION = 4
 
 
@@ -261,6 +263,7 @@ class Report:
     identities: list[dict[str, Any]] = field(default_factory=list)
     adaptive: dict[str, Any] = field(default_factory=dict)
     human: dict[str, Any] | None = field(default=None, metadata=OMIT)
+    deployment: dict[str, Any] | None = field(default=None, metadata=OMIT)
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -273,6 +276,8 @@ class Report:
         self.plots = _list(Plot, self.plots)
         if not isinstance(self.human, dict):  # the renderer reads it as a dict or not at all
             self.human = None
+        if not isinstance(self.deployment, dict):
+            self.deployment = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

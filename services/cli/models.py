@@ -53,9 +53,10 @@ def _register_models(subparsers: argparse._SubParsersAction, common: argparse.Ar
     p = models.add_parser("policy", parents=[common],
                           help="show a model's output policy and budget, or change the fields given")
     p.add_argument("model", metavar="MODEL", help="job id of the trained model")
-    p.add_argument("--policy", choices=("full", "top-k", "label-only", "rounded"),
-                   help="what answers reveal")
-    p.add_argument("--top-k", type=int, help="most identities a top-k / rounded answer lists")
+    p.add_argument("--policy", choices=("full", "top-k", "label-only", "rounded", "shield"),
+                   help="what answers reveal (shield: the serving-time defense, docs/serving.md)")
+    p.add_argument("--top-k", type=int, help="most identities a top-k / rounded / shield answer lists")
+    p.add_argument("--strength", type=float, help="strength of the shield policy, in [0, 1) (default 0.8)")
     p.add_argument("--decimals", type=int, help="rounding of a rounded answer")
     p.add_argument("--budget", type=_budget, metavar="N|unlimited", default=argparse.SUPPRESS,
                    help="most images one API key may submit ('unlimited' removes the budget)")
@@ -145,6 +146,7 @@ def _policy_text(view: dict[str, Any]) -> str:
     lines = [f"model {view['job_id']}: policy {view['policy']}"
              + (f", top_k {view['top_k']}" if view.get("top_k") is not None else "")
              + (f", decimals {view['decimals']}" if view.get("decimals") is not None else "")
+             + (f", strength {view['strength']}" if view.get("strength") is not None else "")
              + f", budget {'unlimited' if view.get('budget') is None else view['budget']}"]
     for usage in view.get("usage") or []:
         lines.append("  " + ", ".join(f"{k} {v}" for k, v in usage.items()))
@@ -154,7 +156,7 @@ def _policy_text(view: dict[str, Any]) -> str:
 def cmd_models_policy(args: argparse.Namespace) -> int:
     """Show the policy, or ``PATCH`` only the options given (the rest keep their values)."""
     changes: dict[str, Any] = {}
-    for field in ("policy", "top_k", "decimals"):
+    for field in ("policy", "top_k", "decimals", "strength"):
         if getattr(args, field) is not None:
             changes[field] = getattr(args, field)
     if "budget" in vars(args):  # given (SUPPRESS default): a count, or None for unlimited

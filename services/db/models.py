@@ -177,9 +177,10 @@ class Artifact(Base):
 class ModelPolicy(Base):
     """How a served model answers (set by its owner) and its optional query budget per API key.
 
-    ``policy``: ``full`` | ``top-k`` | ``rounded`` | ``label-only``; ``top_k`` caps the identities a
-    ``top-k``/``rounded`` answer may list, ``decimals`` is the rounding of ``rounded``; ``budget`` is
-    the most images one API key may submit to this model (None: unlimited).
+    ``policy``: ``full`` | ``top-k`` | ``rounded`` | ``label-only`` | ``shield``; ``top_k`` caps the
+    identities a ``top-k``/``rounded``/``shield`` answer may list, ``decimals`` is the rounding of
+    ``rounded``, ``strength`` the shield's (:mod:`midre.deployment`); ``budget`` is the most images one
+    API key may submit to this model (None: unlimited).
     """
 
     __tablename__ = "model_policies"
@@ -188,6 +189,7 @@ class ModelPolicy(Base):
     policy: Mapped[str] = mapped_column(String(20), default="full")
     top_k: Mapped[int | None] = mapped_column(Integer)
     decimals: Mapped[int | None] = mapped_column(Integer)
+    strength: Mapped[float | None] = mapped_column(Float)
     budget: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 

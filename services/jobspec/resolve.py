@@ -86,6 +86,9 @@ def references(spec: dict[str, Any]) -> list[Ref]:
     for field in ("model", "model_job", "init_from"):
         if spec.get(field):
             refs.append(Ref(field, "job", spec[field]))
+    if isinstance(spec.get("deployment"), dict) and spec["deployment"].get("model") and not (
+            spec.get("model") or spec.get("model_job")):
+        refs.append(Ref("deployment.model", "job", spec["deployment"]["model"]))
     if spec.get("defense"):
         refs.extend(_defense_refs(spec["defense"], "defense"))
     candidates = spec.get("candidates")
@@ -175,7 +178,7 @@ def audit_input(spec: dict[str, Any], inherited: dict[str, Any] | None = None) -
     """``AttackEvalConfig`` fields of an audit of a model: the data named in the spec, or the data the
     model's own job trained it on (``inherited``); :data:`AUDIT_DEFAULTS` where the spec is silent."""
     out = {**AUDIT_DEFAULTS, **_attack_settings(spec)}
-    out["target"] = f"job:{spec.get('model') or spec['model_job']}"
+    out["target"] = f"job:{spec.get('model') or spec.get('model_job') or spec['deployment']['model']}"
     if spec.get("dataset"):
         out["data"] = _data(spec, {})
     elif inherited:
@@ -300,7 +303,8 @@ def _refuse_generator_files(spec: dict[str, Any]) -> None:
                                 "work with the library and `midre pipeline`)")
 
 
-def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) -> dict[str, Any]:
+def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None,
+            deployment: dict[str, Any] | None = None) -> dict[str, Any]:
     """Check a spec against the library and return what the worker will run.
 
     Args:
@@ -308,6 +312,8 @@ def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) 
         inherited_data: for an audit without ``dataset``, the resolved data spec of the job that made the
             model (its source a ``dataset:<id>`` token or ``digits``), so the worker binds the data by id
             instead of reading a server path back from the model's card.
+        deployment: for an audit of a served model (``deployment`` in the spec), how it is served now
+            (:class:`midre.deployment.Deployment` fields: its policy and a client's query budget).
 
     Returns:
         ``{"version", "kind", "config", "refs"}``: ``config`` is the library config's ``to_dict()``
@@ -325,7 +331,10 @@ def resolve(spec: dict[str, Any], inherited_data: dict[str, Any] | None = None) 
     inherited = inherited_data if kind.audits and not spec.get("dataset") else None
     if inherited and str(inherited.get("source", "")).startswith("dataset:"):
         tokens.add(inherited["source"])
-    config = _build(kind, kind.library(spec, inherited), spec).to_dict()
+    fields = kind.library(spec, inherited)
+    if deployment is not None:
+        fields["deployment"] = deployment
+    config = _build(kind, fields, spec).to_dict()
     if kind.report:
         config.pop("cache_dir", None)
         config.pop("inception_weights", None)

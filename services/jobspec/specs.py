@@ -159,6 +159,16 @@ class TrainJobSpec(_Strict):
     device: Device = "auto"
 
 
+class DeploymentTarget(BaseModel):
+    """Audit a model as it is served: through its output policy, within one client's query budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Id = Field(description="Id of one of your served models (what `GET /v1/models` lists).")
+    budget: int | None = Field(None, ge=1, le=2**63 - 1, description="Queries the attacker may make, as one "
+                               "predict key (default: the model's budget per key; none: unlimited).")
+
+
 class AttackEvalJobSpec(_StudyFields):
     """Attack a model of yours (trained by the service or uploaded) and write the privacy report."""
 
@@ -171,10 +181,20 @@ class AttackEvalJobSpec(_StudyFields):
         "uploaded model; a model trained by the service knows its own.",
     )
     data: DataOptions = Field(default_factory=DataOptions, description="Split of `dataset` (with `dataset` only).")
+    deployment: DeploymentTarget | None = Field(
+        None, description="Attack the model as it is served: the black-box and label-only attacks query it "
+        "through its current output policy and a client's query budget; white-box attacks are refused. "
+        "`model` may then be left out.")
 
     @model_validator(mode="after")
     def _one_model(self) -> AttackEvalJobSpec:
-        if (self.model is None) == (self.model_job is None):
+        given = [m for m in (self.model, self.model_job) if m is not None]
+        if self.deployment is not None and not given:
+            self.model = self.deployment.model  # the served model is the audited one
+            given = [self.model]
+        elif self.deployment is not None and self.deployment.model != given[0]:
+            raise ValueError("deployment.model: the audited model is `model`; leave one of them out")
+        if len(given) != 1:
             raise ValueError("give the model to attack as `model` (or its older name `model_job`), once")
         if self.dataset is None and self.data.model_fields_set:
             raise ValueError("`data` options need `dataset`")

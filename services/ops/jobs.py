@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import Artifact, Dataset, Job, JobEvent, JobUnit
+from services.db.models import Artifact, Dataset, Job, JobEvent, JobUnit, ModelPolicy
 from services.db.types import new_id, utcnow
 from services.db.workers import auto_queue
 from services.jobspec import DIGITS, SpecError, bind, check_public_data, get_kind, kind_names, references, resolve
@@ -30,6 +30,8 @@ from services.ops.errors import ApiError, not_found, validation_error
 from services.ops.quotas import check_job_quotas
 from services.queue.dispatch import Dispatcher
 from services.redact import server_redactor
+from services.serving.config import ServingSettings
+from services.serving.policy import policy_of
 from services.settings import Settings
 from services.storage import LocalStore
 
@@ -96,12 +98,26 @@ def check_references(session: Session, tenant: TenantRef, spec: dict[str, Any]) 
             dataset_id = dataset_ref(session, tenant, ref.id)[1]
         else:
             job = model_job(session, tenant, ref.field, ref.id)
-            if ref.field in ("model", "model_job"):
+            if ref.field in ("model", "model_job", "deployment.model"):
                 audited = job
     return dataset_id, audited
 
 
-def _resolved(spec: dict[str, Any], dataset_id: str | None, audited: Job | None) -> tuple[dict[str, Any], str | None]:
+def deployment_of(session: Session, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """How the model an audit names in ``deployment`` is served now: its output policy, and the query budget
+    of one client (the spec's ``deployment.budget``, else the model's own budget per key)."""
+    dep = spec.get("deployment")
+    if not isinstance(dep, dict):
+        return None
+    model = spec.get("model") or spec.get("model_job") or dep["model"]
+    policy, budget = policy_of(session.get(ModelPolicy, model))
+    return {"model": model, "policy": policy.describe(),
+            "budget": dep.get("budget") if dep.get("budget") is not None else budget,
+            "default_k": ServingSettings().default_top_k}
+
+
+def _resolved(session: Session, spec: dict[str, Any], dataset_id: str | None,
+              audited: Job | None) -> tuple[dict[str, Any], str | None]:
     """The spec resolved against the library (``inherited``: the data an audited model was trained on,
     by id) and the dataset the job uses; 422 naming the field when the library refuses it."""
     inherited = None
@@ -113,7 +129,7 @@ def _resolved(spec: dict[str, Any], dataset_id: str | None, audited: Job | None)
         if get_kind(audited.kind).model_data == "resolved":  # its data, by id (a server path stays on the server)
             inherited, dataset_id = data, audited.dataset_id
     try:
-        resolved = resolve(spec, inherited)
+        resolved = resolve(spec, inherited, deployment_of(session, spec))
         check_public_data(spec, model_data(audited) if audited is not None else None)
     except SpecError as exc:
         raise validation_error(exc.field, exc.message) from exc
@@ -133,7 +149,7 @@ def dry_run(session: Session, settings: Settings, tenant: TenantRef, spec: dict[
     a train job has none (``null``), and a calibration that fails says why instead of failing the answer.
     """
     dataset_id, audited = check_references(session, tenant, spec)
-    resolved, dataset_id = _resolved(spec, dataset_id, audited)
+    resolved, dataset_id = _resolved(session, spec, dataset_id, audited)
     check_job_quotas(session, settings, tenant.id, resolved)
     estimate: dict[str, Any] | None = None
     if get_kind(spec["kind"]).report:
@@ -179,7 +195,7 @@ def submit(session: Session, settings: Settings, dispatcher: Dispatcher, tenant:
         if existing is not None:
             return _replay(existing, spec), True
     dataset_id, audited = check_references(session, tenant, spec)
-    resolved, dataset_id = _resolved(spec, dataset_id, audited)
+    resolved, dataset_id = _resolved(session, spec, dataset_id, audited)
     check_job_quotas(session, settings, tenant.id, resolved)
     device = spec.get("device", "auto")
     queue = settings.queue_name(auto_queue(session, settings) if device == "auto" else dispatcher.route(device))

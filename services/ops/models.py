@@ -132,6 +132,19 @@ def _judges(session: Session, store: LocalStore | None, job: Job) -> str | None:
     return " + ".join(archs) or config.get("eval_arch")
 
 
+def _deployed(config: dict[str, Any]) -> str | None:
+    """``top-k (top_k=3), budget 60 queries`` for an audit of the model as served, else ``None``."""
+    from midre.deployment import Deployment
+
+    data = config.get("deployment")
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Deployment.from_dict(data).describe()
+    except ValueError:
+        return None
+
+
 def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
                    store: LocalStore | None = None) -> list[dict[str, Any]]:
     """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack: its
@@ -154,10 +167,12 @@ def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
             if len(parts) == 3 and parts[2] in EVALUATION_FIELDS:
                 per_attack.setdefault(parts[1], {})[parts[2]] = value
         judges = _judges(session, store, job) if per_attack else None
+        deployed = _deployed(config)
         for attack, values in sorted(per_attack.items()):
             out.append({
                 "job_id": job.id,
-                "attack": attack,
+                "attack": f"{attack} (deployed)" if deployed else attack,
+                **({"deployment": deployed} if deployed else {}),
                 **values,
                 "judge": judges,
                 "seeds": seeds if isinstance(seeds, int) else len(seeds or []),
@@ -208,7 +223,8 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
                   "| seeds | date | job |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for ev in evaluations:
             kappa = f"{ev['human_kappa']:.2f}" if isinstance(ev.get("human_kappa"), float) else ""
-            lines.append(f"| {ev['attack']} | {_fmt(ev, 'attacc_top1')} | {_fmt(ev, 'attacc_top5')} | "
+            attack = f"{ev['attack']}: {ev['deployment']}" if ev.get("deployment") else ev["attack"]
+            lines.append(f"| {attack} | {_fmt(ev, 'attacc_top1')} | {_fmt(ev, 'attacc_top5')} | "
                          f"{_fmt(ev, 'knn_dist')} | {_fmt(ev, 'human_attacc_top1')} | {kappa} | {ev.get('judge')} | "
                          f"{ev.get('seeds')} | {(ev.get('date') or '')[:10]} | {ev['job_id']} |")
         lines += ["", "AttAcc: share of reconstructions an independent evaluation model (the judge) recognises "
@@ -216,7 +232,9 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
                   "over seeds and identities (how far the figure would move with other seeds and identities; not a "
                   "bias every seed shares). Human AttAcc: the share of the same reconstructions that people, reviewing "
                   "blind, identified (interval over identities and reviewers); kappa: their agreement with the judge "
-                  "(docs/human-review.md); empty until people reviewed the audit."]
+                  "(docs/human-review.md); empty until people reviewed the audit. An attack marked (deployed) queried "
+                  "the model as it is served, through the output policy and within the query budget named beside it "
+                  "(docs/serving.md); the others attacked the model itself."]
     return "\n".join(lines) + "\n"
 
 

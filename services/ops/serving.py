@@ -31,7 +31,7 @@ from services.ops.views import final_metrics
 from services.serving.accounting import Charge, charge, reset
 from services.serving.cache import LoadedModel
 from services.serving.export import FORMATS
-from services.serving.policy import OutputPolicy, apply_policy
+from services.serving.policy import OutputPolicy, apply_policy, policy_of
 from services.serving.preprocess import InputError, RawImage, preprocess
 from services.serving.runtime import ServingRuntime
 from services.serving.schemas import (
@@ -62,11 +62,13 @@ class ModelRef:
     budget: int | None
 
 
-def policy_of(row: ModelPolicy | None) -> tuple[OutputPolicy, int | None]:
-    """A model's output policy and budget (the defaults, ``full`` and no budget, without a row)."""
-    if row is None:
-        return OutputPolicy(), None
-    return OutputPolicy(row.policy, row.top_k, row.decimals), row.budget
+#: Policies that list the most likely identities and may cap how many.
+TAKES_TOP_K = ("top-k", "rounded", "shield")
+#: What the serving-time defense costs, shown with the policy (checked by tests on random scores; its
+#: effect on confidence and on black-box attacks is measured in docs/results.md).
+SHIELD_COST = ("accuracy unchanged: the predicted identity and the order of the top list are the model's for every "
+               "input; the probabilities are pulled toward a fixed template of the predicted identity, so confidence "
+               "says less about the input (to users and attackers alike)")
 
 
 # --- resolving a model ----------------------------------------------------------------------------
@@ -256,7 +258,9 @@ def _policy_view(session: Session, job_id: str) -> PolicyView:
         policy=policy.name,  # type: ignore[arg-type]
         top_k=policy.top_k,
         decimals=policy.decimals,
+        strength=policy.shield_strength if policy.name == "shield" else None,
         budget=budget,
+        cost=SHIELD_COST if policy.name == "shield" else None,
         usage=[KeyUsage(key_id=u.key_id, queries=u.queries, rejected=u.rejected, last_at=u.last_at) for u in usage],
     )
 
@@ -272,7 +276,7 @@ def get_policy(session: Session, rt: ServingRuntime, tenant: TenantRef, job_id: 
 def put_policy(session: Session, rt: ServingRuntime, tenant: TenantRef, job_id: str, body: PolicyUpdate) -> PolicyView:
     """Replace the whole policy: fields left out take their defaults (no budget included)."""
     ref = resolve_model(session, rt, tenant, job_id)
-    values = body.model_dump(include={"policy", "top_k", "decimals", "budget"})
+    values = body.model_dump(include={"policy", "top_k", "decimals", "strength", "budget"})
     return _set_policy(session, rt, tenant, ref, values, body.reset_usage)
 
 
@@ -282,13 +286,15 @@ def patch_policy(session: Session, rt: ServingRuntime, tenant: TenantRef, job_id
     ref = resolve_model(session, rt, tenant, job_id)
     current, budget = policy_of(session.get(ModelPolicy, ref.job_id))
     values: dict[str, Any] = {"policy": current.name, "top_k": current.top_k, "decimals": current.decimals,
-                              "budget": budget}
+                              "strength": current.strength, "budget": budget}
     given = body.model_dump(include=body.model_fields_set - {"reset_usage"})
     if "policy" in given:
-        if given["policy"] not in ("top-k", "rounded"):
+        if given["policy"] not in TAKES_TOP_K:
             values["top_k"] = None
         if given["policy"] != "rounded":
             values["decimals"] = None
+        if given["policy"] != "shield":
+            values["strength"] = None
     values.update(given)
     return _set_policy(session, rt, tenant, ref, values, body.reset_usage)
 
@@ -300,15 +306,18 @@ def _set_policy(
     on this replica at once (its cached reference is dropped), on others within :data:`REF_TTL_S`."""
     if values["decimals"] is not None and values["policy"] != "rounded":
         raise validation_error("decimals", "only the `rounded` policy rounds")
-    if values["top_k"] is not None and values["policy"] not in ("top-k", "rounded"):
-        raise validation_error("top_k", "only the `top-k` and `rounded` policies take top_k")
+    if values["top_k"] is not None and values["policy"] not in TAKES_TOP_K:
+        raise validation_error("top_k", "only the `top-k`, `rounded` and `shield` policies take top_k")
+    if values.get("strength") is not None and values["policy"] != "shield":
+        raise validation_error("strength", "only the `shield` policy takes a strength")
     if values["policy"] == "top-k" and values["top_k"] is None:
         raise validation_error("top_k", "the `top-k` policy needs top_k")
     row = session.get(ModelPolicy, ref.job_id)
     if row is None:
         row = ModelPolicy(job_id=ref.job_id)
         session.add(row)
-    row.policy, row.top_k, row.decimals, row.budget = (values[k] for k in ("policy", "top_k", "decimals", "budget"))
+    row.policy, row.top_k, row.decimals, row.strength, row.budget = (
+        values.get(k) for k in ("policy", "top_k", "decimals", "strength", "budget"))
     row.updated_at = utcnow()
     # Write this process's counted queries first: a new budget then sees them, a reset zeroes them.
     rt.flush_usage()

@@ -69,5 +69,5 @@ class ServingSettings(BaseSettings):
         return str(resolve_device(self.device))
 
 
-PolicyName = Literal["full", "top-k", "rounded", "label-only"]
-POLICIES: tuple[str, ...] = ("full", "top-k", "rounded", "label-only")
+PolicyName = Literal["full", "top-k", "rounded", "label-only", "shield"]
+POLICIES: tuple[str, ...] = ("full", "top-k", "rounded", "label-only", "shield")

@@ -7,7 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-PolicyName = Literal["full", "top-k", "rounded", "label-only"]
+PolicyName = Literal["full", "top-k", "rounded", "label-only", "shield"]
+STRENGTH = ("Strength s of the `shield` policy, in [0, 1) (default 0.8): every answer becomes (1 - s) p + s t, t a "
+            "fixed template of its predicted identity; the prediction and the order of the top list never change.")
 
 
 class TopEntry(BaseModel):
@@ -34,6 +36,7 @@ class PolicyApplied(BaseModel):
     name: PolicyName
     top_k: int | None = None
     decimals: int | None = None
+    strength: float | None = None
 
 
 class Usage(BaseModel):
@@ -78,8 +81,10 @@ class PolicyUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: PolicyName = "full"
-    top_k: int | None = Field(None, ge=1, le=MAX_COUNT, description="Most identities a `top-k`/`rounded` answer lists.")
+    top_k: int | None = Field(None, ge=1, le=MAX_COUNT,
+                              description="Most identities a `top-k`/`rounded`/`shield` answer lists.")
     decimals: int | None = Field(None, ge=0, le=8, description="Rounding of `rounded` (default 2).")
+    strength: float | None = Field(None, ge=0, lt=1, description=STRENGTH)
     budget: int | None = Field(
         None, ge=0, le=MAX_COUNT, description="Most images one API key may submit; null: unlimited."
     )
@@ -92,8 +97,10 @@ class PolicyPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: PolicyName | None = None
-    top_k: int | None = Field(None, ge=1, le=MAX_COUNT, description="Most identities a `top-k`/`rounded` answer lists.")
+    top_k: int | None = Field(None, ge=1, le=MAX_COUNT,
+                              description="Most identities a `top-k`/`rounded`/`shield` answer lists.")
     decimals: int | None = Field(None, ge=0, le=8, description="Rounding of `rounded` (default 2).")
+    strength: float | None = Field(None, ge=0, lt=1, description=STRENGTH)
     budget: int | None = Field(
         None, ge=0, le=MAX_COUNT, description="Most images one API key may submit; null: unlimited."
     )
@@ -122,7 +129,10 @@ class PolicyView(BaseModel):
     policy: PolicyName
     top_k: int | None
     decimals: int | None
+    strength: float | None = None
     budget: int | None
+    cost: str | None = Field(None, description="What the policy costs the model's users (the serving-time "
+                             "defense `shield`: accuracy unchanged, confidence less informative).")
     usage: list[KeyUsage]
 
 

@@ -197,7 +197,7 @@ def test_api_keys_are_hashed_and_checked(settings: Settings) -> None:
         stored = session.scalar(select(ApiKey))
         assert key not in (stored.key_hash, stored.key_id) and len(stored.key_hash) == 64
         owner = authenticate(session, key)
-        assert owner.tenant_name == "acme" and owner.scopes == {"admin", "jobs", "predict"}
+        assert owner.tenant_name == "acme" and owner.scopes == {"admin", "jobs", "predict", "review"}
         for wrong in (key[:-1] + ("A" if key[-1] != "A" else "B"), "mk__x", "garbage", ""):
             assert authenticate(session, wrong) is None
         stored.revoked_at = utcnow()

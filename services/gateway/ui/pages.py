@@ -507,12 +507,14 @@ def set_policy(
     request: Request, rt: Runtime, session: DB, user: JobsUser, job_id: str,
     csrf: Annotated[str, Form()] = "", policy: Annotated[str, Form()] = "full",
     top_k: Annotated[str, Form(max_length=20)] = "", decimals: Annotated[str, Form(max_length=20)] = "",
+    strength: Annotated[str, Form(max_length=20)] = "",
     budget: Annotated[str, Form(max_length=20)] = "", reset_usage: Annotated[str | None, Form()] = None,
 ) -> Response:
     """Replace the output policy and budget (``PUT /v1/models/{id}/policy``); empty fields: none."""
     check_form(request, user, csrf)
     values = {"policy": policy, "top_k": top_k.strip() or None, "decimals": decimals.strip() or None,
-              "budget": budget.strip() or None, "reset_usage": reset_usage is not None}
+              "strength": strength.strip() or None, "budget": budget.strip() or None,
+              "reset_usage": reset_usage is not None}
     try:
         body = PolicyUpdate.model_validate(values)
     except ValidationError as exc:
