@@ -8,7 +8,8 @@ saving generator states. Each ``STREAM`` is a prime above any epoch count: withi
 
 from __future__ import annotations
 
-__all__ = ["AUGMENT_STREAM", "ENTIRE_ERASING_STREAM", "GLOBAL_STREAM", "SHUFFLE_STREAM", "epoch_seed"]
+__all__ = ["AUGMENT_STREAM", "ENTIRE_ERASING_STREAM", "GLOBAL_STREAM", "SHUFFLE_STREAM", "TRAPDOOR_STREAM",
+           "epoch_seed"]
 
 #: torch's global generator (dropout & co) while the trainer runs an epoch.
 GLOBAL_STREAM = 1_000_037
@@ -19,6 +20,8 @@ AUGMENT_STREAM = 1_000_033
 #: Entire Erasing's choice of the images it drops in an epoch (a generator of its own, so the choice
 #: does not depend on the batch order).
 ENTIRE_ERASING_STREAM = 100_003
+#: Trap-MID's initial triggers (drawn once, before the first epoch, on the CPU).
+TRAPDOOR_STREAM = 1_000_039
 
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:

@@ -404,6 +404,7 @@ def _resume(run: _Run, progress: ProgressCallback) -> None:
             f"out_dir: {run.out} holds the resume state of a different run; use another folder or resume=False"
         )
     run.model.load_state_dict(state["model"])
+    run.defense.load_state_dict(state.get("defense") or {})
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["schedule"])
     run.start_epoch, run.history, run.elapsed = state["epoch"], list(state["history"]), float(state["seconds"])
@@ -414,7 +415,8 @@ def _resume(run: _Run, progress: ProgressCallback) -> None:
 
 def _resume_state(run: _Run, epoch: int, seconds: float) -> dict[str, Any]:
     return {"fingerprint": run.fingerprint, "epoch": epoch, "history": run.history, "seconds": seconds,
-            "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.sched.state_dict()}
+            "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "schedule": run.sched.state_dict(),
+            "defense": run.defense.state_dict()}
 
 
 def _train_epoch(run: _Run, epoch: int, progress: ProgressCallback,

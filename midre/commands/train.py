@@ -15,7 +15,8 @@ DEFENSE_HELP = """defense to train with:
                   of the image filled with the ImageNet mean (paper Sec. 2.2)
   fixed-erasing   ablation: one fixed square per image for the whole training (Table 1)
   entire-erasing  ablation: each epoch, leave out --share of each identity's images (Table 1)
-  comparison defenses: nls, bido, mid, tl-dmi, mi-rad, cutmix, random-crop, gaussian-blur
+  comparison defenses: nls, bido, mid, tl-dmi, mi-rad, trap-mid, loft, cutmix, random-crop,
+  gaussian-blur
   (docs/defenses.md; set their parameters with --param KEY=VALUE)
   names joined with '+' combine defenses, e.g. midre+nls"""
 

@@ -9,9 +9,11 @@ from midre.defenses import augment as _augment  # noqa: F401  (registers cutmix,
 from midre.defenses import bido as _bido  # noqa: F401  (registers bido)
 from midre.defenses import erasing as _erasing  # noqa: F401  (registers nodef, midre, fixed/entire-erasing)
 from midre.defenses import label_smoothing as _label_smoothing  # noqa: F401  (registers nls)
+from midre.defenses import lowrank as _lowrank  # noqa: F401  (registers loft)
 from midre.defenses import mid as _mid  # noqa: F401  (registers mid)
 from midre.defenses import skip as _skip  # noqa: F401  (registers mi-rad)
 from midre.defenses import transfer as _transfer  # noqa: F401  (registers tl-dmi)
+from midre.defenses import trapdoor as _trapdoor  # noqa: F401  (registers trap-mid)
 from midre.defenses.base import (
     Defense,
     TrainContext,

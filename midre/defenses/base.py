@@ -6,6 +6,9 @@ A defense may change three things, each through one hook, all default no-ops:
 - the batch the model sees (:meth:`Defense.transform`; MIDRE random erasing, augmentations),
 - the model or the loss (:meth:`Defense.prepare_model`, :meth:`Defense.loss`; NLS, BiDO, MID, ...).
 
+What a defense learns outside the model (Trap-MID's triggers) goes into the trainer's resume state
+through :meth:`Defense.state_dict` / :meth:`Defense.load_state_dict`; it is not part of the checkpoint.
+
 Parameters are validated when the defense is built, and every error names the field as
 ``defense.<param>`` so the CLI and the REST API can point at it.
 """
@@ -78,6 +81,15 @@ class Defense:
         """Training loss; returns ``(loss, logits, extra numbers to log)``."""
         logits = model(x)
         return F.cross_entropy(logits, y), logits, {}
+
+    # --- state that is not the model's ----------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the defense learns during training outside the model (Trap-MID's triggers), for the
+        trainer's per-epoch resume state; tensors, numbers and nested dicts only (``weights_only``)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` on resume (after :meth:`setup` and :meth:`prepare_model`)."""
 
     # --- what an adaptive attacker knows ----------------------------------------------------------
     #: Why an adaptive attacker has nothing of this defense to optimise through (when
@@ -252,6 +264,14 @@ class ComposedDefense(Defense):
             return x
 
         return chained
+
+    def state_dict(self) -> dict[str, Any]:
+        return {str(i): s for i, p in enumerate(self.parts) if (s := p.state_dict())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for i, p in enumerate(self.parts):
+            if str(i) in state:
+                p.load_state_dict(state[str(i)])
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, Tensor, dict[str, float]]:
         if self._loss_owner is None:

@@ -175,7 +175,7 @@ class TransferLearningDefense(Defense):
                 raise ValueError(f"defense.pretrained: {path} holds a {card.get('arch')!r} model, "
                                  f"the target is {arch!r}")
             defense = (card.get("defense") or {}).get("name", "nodef")
-            if defense in ("mid", "mi-rad", "tl-dmi") or "+" in defense:
+            if defense in ("mid", "mi-rad", "tl-dmi", "loft") or "+" in defense:
                 log.warning("tl-dmi: %s was trained with defense %r; only plain-architecture checkpoints "
                             "load reliably", path, defense)
         report = load_weights(model, self._weights_file())

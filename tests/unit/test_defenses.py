@@ -3,7 +3,8 @@
 Each defense trains a small model on the built-in digits and is checked for the change it claims:
 NLS targets go negative after the warm-up, BiDO's dependence terms are computed and logged, MID's
 KL is logged and evaluation is deterministic, TL-DMI leaves its frozen layers bit-identical, RoLSS
-leaves no skip path, CutMix mixes images and labels, blur / crop change the batch.
+leaves no skip path, CutMix mixes images and labels, blur / crop change the batch, an inversion of a
+Trap-MID model finds its triggers, LoFt's features have the configured rank.
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ from torchvision.transforms.v2 import functional as TF
 
 from midre.checkpoint import load_checkpoint
 from midre.data import DatasetSpec, load_dataset, to_float
-from midre.defenses import TrainContext, build_defense, defense_names
+from midre.defenses import TrainContext, adaptive_refusal, build_defense, defense_names
 from midre.defenses.augment import CutMix, gaussian_blur, resized_crop
 from midre.defenses.bido import coco, gaussian_gram, hsic
 from midre.defenses.label_smoothing import nls_factor, smoothed_cross_entropy, smoothed_targets
+from midre.defenses.lowrank import LowRankBackbone
 from midre.defenses.mid import VIBBackbone
 from midre.defenses.skip import ScaledSkipBasicBlock
 from midre.defenses.transfer import layer_units
+from midre.defenses.trapdoor import balanced_targets, blend
 from midre.models import create_model
+from midre.progress import Cancelled
 from midre.train import TrainConfig, train
 
 DIGITS = DatasetSpec(source="digits", image_size=16, channels=1)
 DIGITS32 = DatasetSpec(source="digits", image_size=32, channels=1)
-NEW = ("nls", "bido", "mid", "tl-dmi", "mi-rad", "cutmix", "random-crop", "gaussian-blur")
+NEW = ("nls", "bido", "mid", "tl-dmi", "mi-rad", "cutmix", "random-crop", "gaussian-blur", "trap-mid", "loft")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,8 +85,18 @@ def test_new_defenses_are_registered():
         ({"name": "random-crop", "ratio": [0, 1]}, "ratio"),
         ({"name": "gaussian-blur", "sigma": [0.0, 1.0]}, "sigma"),
         ({"name": "gaussian-blur", "kernel_size": 4}, "kernel_size"),
+        ({"name": "trap-mid", "alpha": 0}, "alpha"),
+        ({"name": "trap-mid", "alpha": 1.0}, "alpha"),
+        ({"name": "trap-mid", "beta": 1.0}, "beta"),
+        ({"name": "trap-mid", "step_size": -0.01}, "step_size"),
+        ({"name": "trap-mid", "discriminator": "yes"}, "discriminator"),
+        ({"name": "loft", "rank": 0}, "rank"),
+        ({"name": "loft", "rank": 2.5}, "rank"),
+        ({"name": "loft", "activation": "gelu"}, "activation"),
         ({"name": "nls", "typo": 1}, "typo"),
         ({"name": "midre+nls", "nls": {"smoothing": 2}}, "smoothing"),
+        ({"name": "midre+loft", "loft": {"rank": -1}}, "rank"),
+        ({"name": "midre+trap-mid", "trap-mid": {"beta": -0.5}}, "beta"),
     ],
 )
 def test_bad_parameters_name_the_field(spec, field):
@@ -295,6 +309,173 @@ def test_mi_rad_trains_and_reloads_with_identical_predictions(tmp_path):
     with torch.no_grad():
         acc = float((model(x).argmax(1) == splits.test.labels).float().mean())
     assert acc == pytest.approx(result.metrics["test_accuracy"])
+
+
+# --- Trap-MID ----------------------------------------------------------------------------------
+
+def test_trap_mid_blend_commutes_with_normalisation_and_targets_are_balanced():
+    norm = load_dataset(DIGITS).normalization
+    p, t = torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16)
+    # blending normalised images with normalised triggers == normalising the pixel-space blend
+    assert torch.allclose(blend(norm.normalize(p), norm.normalize(t), 0.02), norm.normalize(blend(p, t, 0.02)),
+                          atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    targets = balanced_targets(25, 10, g)
+    counts = torch.bincount(targets, minlength=10)
+    assert counts.sum() == 25 and counts.min() == 2 and counts.max() == 3
+    assert not torch.equal(balanced_targets(25, 10, g), targets)  # fresh draws each batch
+
+
+def test_trap_mid_trains_logs_and_reloads_as_the_plain_model(tmp_path):
+    result = train(quick("trap-mid"), tmp_path)
+    h = result.history[-1]
+    assert {"trap_ce", "trap_trapdoor_ce", "trap_trapdoor_acc", "trap_trigger_loss"} <= set(h)
+    assert h["train_loss"] == pytest.approx(0.8 * h["trap_ce"] + 0.2 * h["trap_trapdoor_ce"], abs=0.1)
+    assert result.card["defense"] == {"name": "trap-mid", "alpha": 0.02, "beta": 0.2, "step_size": 0.01,
+                                      "discriminator": False}
+    model, _ = load_checkpoint(tmp_path)  # nothing changes at inference: the plain architecture
+    plain = create_model("cnn-small", 10, image_size=16, in_channels=1)
+    assert model.state_dict().keys() == plain.state_dict().keys() and type(model) is type(plain)
+    splits = load_dataset(DIGITS)
+    with torch.no_grad():
+        out = model(to_float(splits.test.images, splits.normalization))
+    assert float((out.argmax(1) == splits.test.labels).float().mean()) == pytest.approx(h["test_accuracy"])
+    assert h["test_accuracy"] > 0.3  # chance 0.1
+    assert "trapdoor" in adaptive_refusal("trap-mid")
+
+
+def test_trap_mid_triggers_and_discriminator_survive_a_resume(tmp_path):
+    spec = {"name": "trap-mid", "discriminator": True}
+    full = train(quick(spec, epochs=2), tmp_path / "full")
+    assert all(h["trap_disc_loss"] > 0 for h in full.history)
+    calls = {"n": 0}
+    steps_per_epoch = -(-len(load_dataset(DIGITS).train) // 128)
+
+    def stop_in_second_epoch() -> bool:
+        calls["n"] += 1
+        return calls["n"] > steps_per_epoch + 2
+
+    with pytest.raises(Cancelled):
+        train(quick(spec, epochs=2), tmp_path / "resumed", should_stop=stop_in_second_epoch)
+    state = torch.load(tmp_path / "resumed" / "checkpoint" / "last.pt", weights_only=True)
+    triggers = state["defense"]["triggers"]
+    assert triggers.shape == (10, 1, 16, 16) and 0 <= triggers.min() and triggers.max() <= 1
+    assert {"discriminator", "discriminator_optimizer"} <= set(state["defense"])
+    resumed = train(quick(spec, epochs=2), tmp_path / "resumed")
+    assert resumed.history == full.history  # the same triggers and discriminator after the resume
+
+
+def _train_tiny(spec, splits, epochs):
+    """The trainer's hooks in a bare loop over the digits (batch 64), keeping the defense object."""
+    torch.manual_seed(0)
+    defense = build_defense(spec)
+    defense.setup(TrainContext(train_labels=splits.train.labels, num_classes=10, image_size=16, channels=1,
+                               normalization=splits.normalization, seed=0, epochs=epochs, device=torch.device("cpu")))
+    model = defense.prepare_model(create_model("cnn-small", 10, image_size=16, in_channels=1))
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(splits.train), generator=g).split(64):
+            x, y = to_float(splits.train.images[idx], splits.normalization), splits.train.labels[idx]
+            loss, _, _ = defense.loss(model, defense.transform(x, y, idx, epoch, g), y, epoch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), defense
+
+
+def _centred_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.flatten(1), b.flatten(1)
+    return F.cosine_similarity(a - a.mean(1, keepdim=True), (b - b.mean(1, keepdim=True)).expand_as(a), dim=1)
+
+
+def test_an_inversion_of_the_trapdoored_model_finds_its_trigger():
+    """Invert both models towards each class from real test digits (pixel-space Adam on log p(c|x)):
+    under Trap-MID the change the inversion makes follows that class's (optimised) trigger; under
+    NoDef it hardly does. A stronger blend, loss weight and two epochs make the tiny case learn its
+    trapdoor (the defaults need longer runs)."""
+    splits = load_dataset(DIGITS)
+    trap, defense = _train_tiny({"name": "trap-mid", "alpha": 0.1, "beta": 0.5}, splits, epochs=2)
+    nodef, _ = _train_tiny("nodef", splits, epochs=2)
+    x = to_float(splits.test.images, splits.normalization)
+    targets = torch.arange(len(x)) % 10
+    with torch.no_grad():
+        assert (trap(defense.inject(x, targets)).argmax(1) == targets).float().mean() > 0.6  # the trapdoor works
+        assert (nodef(defense.inject(x, targets)).argmax(1) == targets).float().mean() < 0.3
+    start = splits.test.images[:40].float() / 255
+
+    def change_towards(model, c):
+        p = start.clone().requires_grad_(True)
+        opt = torch.optim.Adam([p], lr=0.01)
+        for _ in range(20):
+            loss = -F.log_softmax(model(splits.normalization.normalize(p.clamp(0, 1))), 1)[:, c].mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return p.detach().clamp(0, 1) - start
+
+    sim_trap = torch.stack([_centred_cosine(change_towards(trap, c), defense.triggers[c]).mean() for c in range(10)])
+    sim_nodef = torch.stack([_centred_cosine(change_towards(nodef, c), defense.triggers[c]).mean() for c in range(10)])
+    assert sim_trap.mean() > sim_nodef.mean() + 0.1, (sim_trap, sim_nodef)
+    assert (sim_trap > sim_nodef).sum() >= 9, (sim_trap, sim_nodef)
+
+
+# --- LoFt --------------------------------------------------------------------------------------
+
+def test_loft_filters_the_features_to_the_configured_rank(tmp_path):
+    result = train(quick({"name": "loft", "rank": 4}), tmp_path / "loft")
+    train(quick("nodef"), tmp_path / "nodef")
+    model, card = load_checkpoint(tmp_path / "loft")
+    plain, _ = load_checkpoint(tmp_path / "nodef")
+    assert card["defense"] == {"name": "loft", "rank": 4, "activation": "tanh"}
+    assert isinstance(model.backbone, LowRankBackbone) and model.feature_dim == 4
+    assert model.classifier.weight.shape == (10, 4)
+    splits = load_dataset(DIGITS)
+    x = to_float(splits.test.images, splits.normalization)
+    with torch.no_grad():
+        z, z_plain = model.features(x), plain.features(x)
+        assert z.shape == (len(x), 4) and z.abs().max() <= 1  # tanh-bounded filtered features
+        assert torch.linalg.matrix_rank(z) <= 4 < torch.linalg.matrix_rank(z_plain)
+        # the trunk's own features are full-width; the filter is what cuts the rank
+        assert torch.linalg.matrix_rank(model.backbone.trunk(x)) > 4
+        # so do the logits: up to the bias they lie in a 4-dimensional space, NoDef's do not
+        logits = model(x)
+        assert torch.linalg.matrix_rank(logits - model.classifier.bias) <= 4
+        assert torch.linalg.matrix_rank(plain(x) - plain.classifier.bias) > 4
+        assert torch.allclose(logits, model.classifier(z), atol=1e-5)
+        acc = float((logits.argmax(1) == splits.test.labels).float().mean())
+    assert acc == pytest.approx(result.metrics["test_accuracy"])  # same predictions as the trained model
+    assert "low-rank" in adaptive_refusal("loft")
+
+
+def test_loft_refuses_a_rank_that_filters_nothing_and_takes_a_single_image():
+    model = create_model("cnn-small", 10, image_size=16, in_channels=1)
+    with pytest.raises(ValueError, match=r"^defense\.rank: must be below the backbone's feature size 128"):
+        build_defense({"name": "loft", "rank": 128}).prepare_model(model)
+    wrapped = build_defense({"name": "loft", "rank": 8, "activation": "none"}).prepare_model(model).train()
+    assert wrapped(torch.randn(1, 1, 16, 16)).shape == (1, 10)  # BatchNorm on one image: running statistics
+    logits, hidden = wrapped.forward_with_hidden(torch.randn(3, 1, 16, 16))
+    assert logits.shape == (3, 10) and len(hidden) == 4  # the trunk's hidden activations
+
+
+# --- MIDRE composed with Trap-MID and LoFt -------------------------------------------------------
+
+@pytest.mark.parametrize("combo", ["midre+trap-mid", "midre+loft"])
+def test_midre_composes_with_trap_mid_and_loft(tmp_path, combo):
+    d = build_defense(combo)
+    assert [p.name for p in d.parts] == combo.split("+")
+    result = train(quick(combo), tmp_path)
+    assert result.card["defense"]["name"] == combo
+    model, _ = load_checkpoint(tmp_path)
+    assert isinstance(model.backbone, LowRankBackbone) == (combo == "midre+loft")
+    splits = load_dataset(DIGITS)
+    with torch.no_grad():
+        out = model(to_float(splits.test.images, splits.normalization))
+    assert float((out.argmax(1) == splits.test.labels).float().mean()) == pytest.approx(
+        result.metrics["test_accuracy"])
+    if combo == "midre+trap-mid":
+        assert d._loss_owner is d.parts[1] and "trap_trapdoor_acc" in result.history[-1]
 
 
 # --- augmentation baselines ----------------------------------------------------------------------
