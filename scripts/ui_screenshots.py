@@ -79,6 +79,14 @@ def run_jobs(url: str, key: str) -> dict[str, str]:
     return {"train": train, "pipeline": studies[0], "pipeline_b": studies[1], "audit": audit, "dataset": dataset}
 
 
+def launch(pw: Any, profile: str, chromium: str) -> Any:
+    """Debian's Chromium at 1280 px on a fresh profile (Playwright downloads no browser)."""
+    return pw.chromium.launch_persistent_context(
+        profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 900}, device_scale_factor=1,
+    )
+
+
 def capture(url: str, key: str, ids: dict[str, str], out: Path, chromium: str) -> list[Path]:
     """Sign in and save one screenshot per page."""
     from playwright.sync_api import sync_playwright
@@ -92,10 +100,7 @@ def capture(url: str, key: str, ids: dict[str, str], out: Path, chromium: str) -
     ]
     written = []
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, device_scale_factor=1,
-        )
+        browser = launch(pw, profile, chromium)
         try:
             page = browser.new_page()
             page.goto(f"{url}/ui/login")
@@ -124,10 +129,7 @@ def capture_review(url: str, key: str, out: Path, chromium: str) -> list[Path]:
         client.request("POST", f"/v1/jobs/{study}/reviews", json={"reviewer": reviewer["id"], "trials": 16})
     written = []
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
-        browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900}, device_scale_factor=1,
-        )
+        browser = launch(pw, profile, chromium)
         try:
             page = browser.new_page()
             for who, secret in (("owner", key), ("reviewer", reviewer["key"])):

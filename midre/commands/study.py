@@ -129,6 +129,8 @@ def _print_summary(report: dict[str, Any], out: str) -> None:
               f"queries {m.get('queries', {}).get('mean', float('nan')):.0f}")
     for v in report.get("verdicts", []):
         print("verdict:", v["text"])
+    for a in (report.get("deployment") or {}).get("attacks", []):
+        print("as deployed:", a["statement"])
     print(f"report: {out}/report.html")
 
 
@@ -216,12 +218,23 @@ def run_attack_command(args: argparse.Namespace) -> int:
     from midre.study import AttackEvalConfig
 
     config = AttackEvalConfig.from_dict({"target": args.target, "eval_model": args.eval_model, "seeds": args.seeds,
-                                         **_attack_settings(args)})
+                                         **_attack_settings(args), **_deployment(args)})
     if _estimate(config, args):
         return 0
     report = run_attack_eval(config, args.out, progress=None if args.quiet else ProgressBar())
     _print_summary(report, args.out)
     return 0
+
+
+def _deployment(args: argparse.Namespace) -> dict[str, Any]:
+    """``deployment`` of an audit of the model as it would be served (``--policy`` given), else nothing."""
+    if args.policy is None:
+        if args.query_budget is not None or args.top_k is not None or args.strength is not None:
+            raise ValueError("--query-budget / --top-k / --strength: audit a deployment with --policy NAME")
+        return {}
+    policy = {"name": args.policy, "top_k": args.top_k, "strength": args.strength}
+    return {"deployment": {"policy": {k: v for k, v in policy.items() if v is not None},
+                           "budget": args.query_budget, "model": args.target}}
 
 
 def run_prior_command(args: argparse.Namespace) -> int:
@@ -318,6 +331,13 @@ def _register_attack(subparsers: argparse._SubParsersAction, fmt: type) -> None:
                    help="folder of an evaluation model (`midre evaluate`); default: train/reuse one in the cache")
     a.add_argument("--seeds", type=int, default=3, help="attack repetitions for mean ± std (default 3)")
     _add_attack_arguments(a, "deepinversion")
+    d = a.add_argument_group("as deployed (query attacks only: rlb-mi, brep-mi; docs/serving.md)")
+    d.add_argument("--policy", choices=("full", "top-k", "rounded", "label-only", "shield"), default=None,
+                   help="attack the model as served under this output policy")
+    d.add_argument("--top-k", type=int, default=None, help="the policy's top_k (top-k, rounded, shield)")
+    d.add_argument("--strength", type=float, default=None, help="the shield's strength in [0, 1) (default 0.8)")
+    d.add_argument("--query-budget", type=int, default=None, metavar="N",
+                   help="queries one client may make (default: unlimited)")
     a.set_defaults(func=run_attack_command)
 
 

@@ -86,8 +86,12 @@ def test_top_k_with_a_budget_never_answers_more_and_full_leaks_at_least_as_much(
     free = audit(api, headers, model, "rlb-mi")["attacks"][0]
     assert free["queries_used"] == 240 and free["budget_stopped"] is False
     assert free["attacc_top1"]["mean"] >= budgeted["attacc_top1"]["mean"]
-    # a budget in the spec overrides the model's own (what one client would have)
-    assert audit(api, headers, model, "rlb-mi", budget=30)["attacks"][0]["queries_used"] <= 30
+    # a budget in the spec overrides the model's own (what one client would have), read when submitted
+    set_policy(api, headers, model, policy="top-k", top_k=3, budget=60)
+    spec = {**AUDIT, "attacks": ["rlb-mi"], "deployment": {"model": model, "budget": 30}}
+    dry = api.client.post("/v1/jobs", params={"dry_run": "true"}, json=spec, headers=headers).json()
+    assert dry["resolved"]["config"]["deployment"]["budget"] == 30
+    assert dry["resolved"]["config"]["deployment"]["policy"] == {"name": "top-k", "top_k": 3}
     card = api.client.get(f"/v1/models/{model}/README.md", headers=headers).text
     assert "| rlb-mi (deployed): top-k (top_k=3), budget 60 queries |" in card
     assert "| rlb-mi (deployed): full, no query budget |" in card

@@ -33,6 +33,7 @@ from midre.defenses.trapdoor import balanced_targets, blend
 from midre.models import create_model
 from midre.progress import Cancelled
 from midre.train import TrainConfig, train
+from tests.unit.test_train import stop_in_second_epoch
 
 DIGITS = DatasetSpec(source="digits", image_size=16, channels=1)
 DIGITS32 = DatasetSpec(source="digits", image_size=32, channels=1)
@@ -348,15 +349,8 @@ def test_trap_mid_triggers_and_discriminator_survive_a_resume(tmp_path):
     spec = {"name": "trap-mid", "discriminator": True}
     full = train(quick(spec, epochs=2), tmp_path / "full")
     assert all(h["trap_disc_loss"] > 0 for h in full.history)
-    calls = {"n": 0}
-    steps_per_epoch = -(-len(load_dataset(DIGITS).train) // 128)
-
-    def stop_in_second_epoch() -> bool:
-        calls["n"] += 1
-        return calls["n"] > steps_per_epoch + 2
-
     with pytest.raises(Cancelled):
-        train(quick(spec, epochs=2), tmp_path / "resumed", should_stop=stop_in_second_epoch)
+        train(quick(spec, epochs=2), tmp_path / "resumed", should_stop=stop_in_second_epoch())
     state = torch.load(tmp_path / "resumed" / "checkpoint" / "last.pt", weights_only=True)
     triggers = state["defense"]["triggers"]
     assert triggers.shape == (10, 1, 16, 16) and 0 <= triggers.min() and triggers.max() <= 1

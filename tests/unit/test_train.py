@@ -54,17 +54,22 @@ def test_seeded_runs_are_identical(tmp_path):
     assert c.history[0]["train_loss"] != a.history[0]["train_loss"]
 
 
-def test_cancel_then_resume_matches_an_uninterrupted_run(tmp_path):
-    full = train(quick({"name": "midre"}, epochs=2), tmp_path / "full")
+def stop_in_second_epoch(batch_size: int = 128):
+    """A ``should_stop`` that turns true a few steps into the second epoch of a digits run."""
     calls = {"n": 0}
-    steps_per_epoch = -(-len(load_dataset(DIGITS).train) // 128)
+    steps_per_epoch = -(-len(load_dataset(DIGITS).train) // batch_size)
 
-    def stop_in_second_epoch() -> bool:
+    def stop() -> bool:
         calls["n"] += 1
         return calls["n"] > steps_per_epoch + 2
 
+    return stop
+
+
+def test_cancel_then_resume_matches_an_uninterrupted_run(tmp_path):
+    full = train(quick({"name": "midre"}, epochs=2), tmp_path / "full")
     with pytest.raises(Cancelled):
-        train(quick({"name": "midre"}, epochs=2), tmp_path / "resumed", should_stop=stop_in_second_epoch)
+        train(quick({"name": "midre"}, epochs=2), tmp_path / "resumed", should_stop=stop_in_second_epoch())
     assert (tmp_path / "resumed" / "checkpoint" / "last.pt").is_file()
     events = []
     resumed = train(quick({"name": "midre"}, epochs=2), tmp_path / "resumed", progress=events.append)
