@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from midre.attacks import run_attack
+from midre.attacks import attack_id, run_attack
 from midre.checkpoint import write_json_atomic
 from midre.context import load_judges, study_context
 from midre.evaluation.judges import record_fields
@@ -228,6 +228,7 @@ def attack_one(config: Any, ctx: Any, attack: str, seed: int, target: Any, prior
               **record_fields(scores),
               "target_confidence": float(result.confidence.mean()), "queries": result.queries,
               "attack_seconds": result.seconds, "budget": budget.to_dict(),
+              "attack_id": attack_id(attack, budget, config.options_for(attack)),  # the prior's settings included
               "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()},
               "images": int(result.labels.numel()), "extra": result.extra, "adaptive": adaptive}
     if adaptive:

@@ -44,6 +44,7 @@ from midre.attacks.base import (
 from midre.attacks.registry import (
     ATTACKS,
     AttackInfo,
+    attack_id,
     get_attack,
     list_attacks,
     needs_public_data,
@@ -71,6 +72,7 @@ __all__ = [
     "AttackResult",
     "AttackTarget",
     "PixelCodec",
+    "attack_id",
     "get_attack",
     "list_attacks",
     "max_margin_loss",

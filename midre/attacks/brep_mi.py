@@ -250,7 +250,7 @@ class BREPMI:
 
 
 @register_attack("brep-mi", options=BREPMIOptions, needs="gmi", access="labels", paper="Kahla et al., CVPR 2022",
-                 aliases=("brepmi",))
+                 aliases=("brepmi",), version=1)
 def run_brep_mi(request: AttackRequest) -> AttackResult:
     """BREP-MI through a :class:`~midre.attacks.blackbox.LabelOracle` in a GMI prior's latent space."""
     return run_query_attack(request, LabelOracle, BREPMI)

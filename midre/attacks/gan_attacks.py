@@ -97,29 +97,32 @@ class IdentityLoss:
         return total / len(self.models)
 
 
-def _register(name: str, kind: str, *, lomma: bool, paper: str, summary: str,
+def _register(name: str, kind: str, *, lomma: bool, paper: str, summary: str, version: int,
               aliases: tuple[str, ...] = ()) -> Callable[[AttackRequest], AttackResult]:
-    """Register the GAN attack ``name``: the latent search of prior ``kind``, with LOMMA on top or not."""
+    """Register the GAN attack ``name``: the latent search of prior ``kind``, with LOMMA on top or not
+    (``version``: see :func:`midre.attacks.registry.attack_id`)."""
 
     def run(request: AttackRequest) -> AttackResult:
         return _run_gan_attack(request, kind, lomma=lomma)
 
     run.__name__ = run.__qualname__ = "run_" + name.replace("+", "_").replace("-", "_")
     run.__doc__ = summary
-    return register_attack(name, options=GanAttackOptions, needs=kind, paper=paper, aliases=aliases)(run)
+    return register_attack(name, options=GanAttackOptions, needs=kind, paper=paper, aliases=aliases,
+                           version=version)(run)
 
 
-run_gmi = _register("gmi", "gmi", lomma=False, paper="Zhang et al., CVPR 2020",
+run_gmi = _register("gmi", "gmi", lomma=False, version=1, paper="Zhang et al., CVPR 2020",
                     summary="GMI: latent search in a GAN prior trained on public images.")
-run_kedmi = _register("kedmi", "kedmi", lomma=False, paper="Chen et al., ICCV 2021",
+run_kedmi = _register("kedmi", "kedmi", lomma=False, version=1, paper="Chen et al., ICCV 2021",
                       summary="KEDMI: a latent distribution per identity in a target-aware GAN prior.")
-run_lomma_gmi = _register("lomma+gmi", "gmi", lomma=True, paper="Nguyen et al., CVPR 2023",
+run_lomma_gmi = _register("lomma+gmi", "gmi", lomma=True, version=1, paper="Nguyen et al., CVPR 2023",
                           aliases=("lomma", "gmi+lomma"),
                           summary="LOMMA's logit loss and model augmentation on top of GMI.")
-run_lomma_kedmi = _register("lomma+kedmi", "kedmi", lomma=True, paper="Nguyen et al., CVPR 2023",
+run_lomma_kedmi = _register("lomma+kedmi", "kedmi", lomma=True, version=1, paper="Nguyen et al., CVPR 2023",
                             aliases=("kedmi+lomma",),
                             summary="LOMMA's logit loss and model augmentation on top of KEDMI.")
-run_plg_mi = _register("plg-mi", "plg", lomma=False, paper="Yuan et al., AAAI 2023", aliases=("plgmi", "plg"),
+run_plg_mi = _register("plg-mi", "plg", lomma=False, version=1, paper="Yuan et al., AAAI 2023",
+                       aliases=("plgmi", "plg"),
                        summary="PLG-MI: class-conditional latent search in a prior trained on pseudo-labelled "
                                "public images.")
 

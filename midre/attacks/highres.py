@@ -550,19 +550,20 @@ def _mirror_batch(gen: ImageGenerator, scorer: _Scorer, w_init: Tensor, y: Tenso
 
 
 @register_attack("ppa", options=PPAOptions, needs="gmi", paper="Struppek et al., ICML 2022",
-                 aliases=("plug-and-play",))
+                 aliases=("plug-and-play",), version=1)
 def run_ppa(request: AttackRequest) -> AttackResult:
     """PPA: W search with the Poincaré loss on augmented images, candidates and final selection by confidence."""
     return _run(request, "ppa")
 
 
-@register_attack("if-gmi", options=IFGMIOptions, needs="gmi", paper="Qiu et al., ECCV 2024", aliases=("ifgmi",))
+@register_attack("if-gmi", options=IFGMIOptions, needs="gmi", paper="Qiu et al., ECCV 2024", aliases=("ifgmi",),
+                 version=1)
 def run_if_gmi(request: AttackRequest) -> AttackResult:
     """IF-GMI: PPA's W stage, then the generator's intermediate features block by block in l1 balls."""
     return _run(request, "if-gmi")
 
 
-@register_attack("mirror", options=MirrorOptions, needs="gmi", paper="An et al., NDSS 2022")
+@register_attack("mirror", options=MirrorOptions, needs="gmi", paper="An et al., NDSS 2022", version=1)
 def run_mirror(request: AttackRequest) -> AttackResult:
     """MIRROR (white-box): W search from the most confident samples, clipped into the prior's P-space range."""
     return _run(request, "mirror")

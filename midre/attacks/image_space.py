@@ -196,7 +196,8 @@ class _PixelSearch:
                             attack=request.name, extra={"final_identity_loss": float(self.final_loss[best].mean())})
 
 
-@register_attack("mi-face", options=MIFaceOptions, paper="Fredrikson et al., CCS 2015", aliases=("miface",))
+@register_attack("mi-face", options=MIFaceOptions, paper="Fredrikson et al., CCS 2015", aliases=("miface",),
+                 version=1)
 def run_mi_face(request: AttackRequest) -> AttackResult:
     """MI-Face: gradient descent on the pixels of every reconstruction, from the mean image (Alg. 1)."""
     options: MIFaceOptions = request.options
@@ -237,7 +238,8 @@ def _di_optimizer(x: Tensor, lr: float, options: DeepInversionOptions, steps: in
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps)) if options.cosine else None
 
 
-@register_attack("deepinversion", options=DeepInversionOptions, paper="Yin et al., CVPR 2020", aliases=("di",))
+@register_attack("deepinversion", options=DeepInversionOptions, paper="Yin et al., CVPR 2020", aliases=("di",),
+                 version=1)
 def run_deepinversion(request: AttackRequest) -> AttackResult:
     """DeepInversion: pixels from noise matching the target's BatchNorm statistics (Eq. 2-4)."""
     options: DeepInversionOptions = request.options

@@ -4,16 +4,24 @@ Each attack module registers its entry points with :func:`register_attack`; they
 called through :func:`run_attack`, which validates the common arguments once and hands the attack
 one :class:`AttackRequest`, so an attack function can assume a valid target, identities and options.
 
+Every attack carries an implementation ``version``; :func:`attack_id` names a run's attack as
+``name@version+hash`` (the hash of the settings it ran with), so two results are comparable when their
+ids are equal. Bump ``version`` when a change to the attack's code or to its options' defaults changes
+what it reconstructs for the same settings (a refactor that leaves results alone keeps it).
+
 Example:
-    >>> @register_attack("my-attack", options=MyOptions, paper="Someone et al., 2024")
+    >>> @register_attack("my-attack", options=MyOptions, paper="Someone et al., 2024", version=1)
     ... def my_attack(request: AttackRequest) -> AttackResult:
     ...     ...
+    >>> attack_id("my-attack", AttackBudget(steps=50), {"scale": 2.0})  # 'my-attack@1+' and 8 hex digits
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,10 +39,12 @@ __all__ = [
     "ATTACKS",
     "AttackInfo",
     "AttackRequest",
+    "attack_id",
     "get_attack",
     "list_attacks",
     "needs_public_data",
     "options_from_dict",
+    "parse_attack_id",
     "parse_options",
     "register_attack",
     "resolve_attack_name",
@@ -65,6 +75,8 @@ class AttackInfo:
         paper: short citation.
         aliases: other accepted spellings.
         summary: first line of the function's docstring.
+        version: the implementation version (see :func:`attack_id`): bumped when a change to the code or
+            to the options' defaults changes results for the same settings.
     """
 
     name: str
@@ -75,6 +87,7 @@ class AttackInfo:
     paper: str
     aliases: tuple[str, ...]
     summary: str
+    version: int = 1
 
 
 _REGISTRY: dict[str, AttackInfo] = {}
@@ -90,7 +103,7 @@ def _key(name: str) -> str:
 
 
 def register_attack(name: str, *, options: type, needs: str | None = None, access: str = "white-box",
-                    paper: str = "", aliases: Sequence[str] = ()) -> Callable[[F], F]:
+                    paper: str = "", aliases: Sequence[str] = (), version: int = 1) -> Callable[[F], F]:
     """Register ``run(request: AttackRequest) -> AttackResult`` under ``name`` (decorator).
 
     Args:
@@ -100,9 +113,12 @@ def register_attack(name: str, *, options: type, needs: str | None = None, acces
         access: one of :data:`ACCESS`.
         paper: short citation shown by ``midre attack --help`` and the service.
         aliases: other spellings :func:`resolve_attack_name` accepts.
+        version: the implementation version, from 1; bump it when a change to the attack's code or to its
+            options' defaults changes results for the same settings (it is part of :func:`attack_id`).
 
     Raises:
-        ValueError: the name or an alias is taken, or ``needs`` / ``access`` is not a known value.
+        ValueError: the name or an alias is taken, ``needs`` / ``access`` is not a known value, or
+            ``version`` is not a positive integer.
         TypeError: ``options`` is not a dataclass or the function does not take one request.
     """
     if _key(name) != name:
@@ -111,6 +127,8 @@ def register_attack(name: str, *, options: type, needs: str | None = None, acces
         raise ValueError(f"needs must be None or one of {PRIOR_KINDS}, got {needs!r}")
     if access not in ACCESS:
         raise ValueError(f"access must be one of {ACCESS}, got {access!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version of {name!r} must be a positive integer, got {version!r}")
     if not (isinstance(options, type) and dataclasses.is_dataclass(options)):
         raise TypeError(f"options of {name!r} must be a dataclass, got {options!r}")
 
@@ -123,7 +141,7 @@ def register_attack(name: str, *, options: type, needs: str | None = None, acces
         doc = inspect.getdoc(run) or ""
         _REGISTRY[name] = AttackInfo(name=name, run=run, options=options, needs=needs, access=access,
                                      paper=paper, aliases=tuple(map(_key, aliases)),
-                                     summary=doc.splitlines()[0] if doc else "")
+                                     summary=doc.splitlines()[0] if doc else "", version=version)
         _ALIASES.update({alias: name for alias in map(_key, aliases)})
         ATTACKS[name] = {"prior": needs, "paper": paper, **({} if access == "white-box" else {"access": access})}
         return run
@@ -157,6 +175,66 @@ def resolve_attack_name(name: str) -> str:
 def needs_public_data(name: str) -> bool:
     """True for the attacks that need a GAN prior (trained on public data) or surrogate models."""
     return get_attack(name).needs is not None
+
+
+def attack_id(name: str, budget: AttackBudget | dict[str, Any] | None = None,
+              options: dict[str, Any] | None = None) -> str:
+    """The versioned id of an attack as it ran: ``<name>@<version>+<8 hex>``, e.g. ``gmi@1+5d41402a``.
+
+    The hash is over the effective settings: the budget's and the options' fields that differ from their
+    class defaults (canonical JSON, sorted keys), so spelling a default out or adding a new option with a
+    default leaves the id as it was, while any setting that changes the run changes it. What the defaults
+    themselves do is covered by the attack's ``version`` (see :func:`register_attack`). Aliases resolve
+    to the canonical name first (``lomma`` -> ``lomma+gmi@1+...``).
+
+    Raises:
+        ValueError: unknown attack or budget field; :class:`ConfigError` for an unknown or invalid option.
+    """
+    info = get_attack(name)
+    if not isinstance(budget, AttackBudget):
+        budget = AttackBudget.from_dict(dict(budget or {}))
+    settings = {"budget": _non_default(budget), "options": _non_default(parse_options(info.name, options))}
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{info.name}@{info.version}+{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def parse_attack_id(value: str) -> tuple[str, int, str] | None:
+    """``(name, version, hash)`` of an id from :func:`attack_id`; ``None`` for anything else."""
+    name, _, rest = str(value).rpartition("@")
+    version, _, digest = rest.partition("+")
+    if not name or not version.isdigit() or len(digest) != 8:
+        return None
+    return name, int(version), digest
+
+
+def _non_default(obj: Any) -> dict[str, Any]:
+    """The fields of dataclass ``obj`` whose values differ from the field's default, as plain JSON values."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        if value != default:
+            out[f.name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with tuples as lists, dataclasses as dicts and whole floats as ints, so equal settings give
+    equal JSON (``2`` and ``2.0`` alike)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def options_from_dict(cls: type, data: dict[str, Any] | None) -> Any:

@@ -373,7 +373,7 @@ class RLBMI:
 
 
 @register_attack("rlb-mi", options=RLBMIOptions, needs="gmi", access="probabilities", paper="Han et al., CVPR 2023",
-                 aliases=("rlbmi",))
+                 aliases=("rlbmi",), version=1)
 def run_rlb_mi(request: AttackRequest) -> AttackResult:
     """RLB-MI through a :class:`~midre.attacks.blackbox.ProbabilityOracle` in a GMI prior's latent space."""
     return run_query_attack(request, ProbabilityOracle, RLBMI)

@@ -154,6 +154,7 @@ def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attac
                                "metrics": metrics, "tradeoff_delta": None}
         if vals["judges"]:
             row["judges"] = vals["judges"]
+        row.update(attack_ids(sel))
         if base is not None and defense != baseline and base["acc"] and vals["acc"]:
             row["tradeoff_delta"] = tradeoff_delta(mean_std(base["acc"])[0], mean_std(base["attacc_top1"])[0],
                                                    metrics["acc"]["mean"], metrics["attacc_top1"]["mean"])
@@ -165,6 +166,19 @@ def _variant_rows(runs: Sequence[dict[str, Any]], defenses: Sequence[str], attac
             verdicts.append(v)
         rows[defense] = row
     return rows
+
+
+def attack_ids(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The versioned attack id of a row from its runs (:func:`midre.attacks.registry.attack_id`).
+
+    ``{"attack_id": id}`` when every run carries the same one; ``{"attack_ids": [...]}`` (sorted, a run
+    without one counted as ``"unrecorded"``) when they differ, so a row pooling runs of different code or
+    settings says so; ``{}`` when no run carries one (runs written before ids existed).
+    """
+    ids = {str(r["attack_id"]) if r.get("attack_id") else "unrecorded" for r in runs}
+    if ids <= {"unrecorded"}:
+        return {}
+    return {"attack_id": ids.pop()} if len(ids) == 1 else {"attack_ids": sorted(ids)}
 
 
 def _values(sel: list[dict[str, Any]]) -> dict[str, Any]:
@@ -187,4 +201,5 @@ def _verdict(attack: str, defense: str, adaptive: bool, base: dict[str, Any], va
     return v
 
 
-__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "SET_METRICS", "aggregate_runs", "variants", "verdict"]
+__all__ = ["METRICS", "METRIC_INFO", "PANEL_METRICS", "SET_METRICS", "aggregate_runs", "attack_ids", "variants",
+           "verdict"]

@@ -21,7 +21,8 @@ from typing import Any
 #: ``comparisons``, ``intervals``, ``identities``, adaptive rows (``adaptive``) and ``adaptive``.
 #: 4: ``human``, the review figures, when people reviewed the reconstructions (:mod:`midre.report.human`);
 #: ``deployment`` (policy, budget, per attack ``queries_used`` / ``budget_stopped`` / ``statement``) for an
-#: audit of a model as it is served.
+#: audit of a model as it is served. Added within 4 (optional, older readers ignore them): ``attack_id`` /
+#: ``attack_ids`` on result rows (:func:`midre.attacks.registry.attack_id`).
 SCHEMA_VERSION = 4
 
 
@@ -151,6 +152,10 @@ class ResultRow:
     verdict: str | None = field(default=None, metadata=OMIT)
     adaptive: bool = False
     tradeoff_delta_ci: list[float] | None = field(default=None, metadata=OMIT)
+    #: The versioned attack id its runs share (``gmi@1+5d41402a``); absent in reports written before ids.
+    attack_id: str | None = field(default=None, metadata=OMIT)
+    #: The differing ids when its runs do not share one (then ``attack_id`` is absent and a warning says so).
+    attack_ids: list[str] | None = field(default=None, metadata=OMIT)
 
     def __post_init__(self) -> None:
         self.metrics = _stats(self.metrics)

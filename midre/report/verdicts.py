@@ -310,6 +310,20 @@ def _disagreement_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _attack_id_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """``attack_id_differs``: rows of one attack (or the runs of one row) ran different attack code or settings
+    (their versioned ids, :func:`midre.attacks.registry.attack_id`, differ), so they are not like for like."""
+    ids: dict[str, set[str]] = {}
+    for row in report.get("results") or []:
+        found = [row["attack_id"]] if row.get("attack_id") else list(row.get("attack_ids") or [])
+        ids.setdefault(str(row.get("attack")), set()).update(str(i) for i in found)
+    return [{"code": "attack_id_differs", "attack": attack,
+             "message": f"The runs of {attack_name(attack)} do not share one attack id ({', '.join(sorted(found))}): "
+                        f"they ran different attack versions or settings, so their rows are not like for like. "
+                        f"Re-run them with one version and one set of settings before comparing."}
+            for attack, found in ids.items() if len(found) > 1]
+
+
 def recommendation_caveats(report: dict[str, Any]) -> list[str]:
     """What limits a sweep's or harden search's recommendation: judges below their accuracy floor, judges
     that disagree by more than the effect the recommendation rests on, and few seeds."""
@@ -344,11 +358,11 @@ def report_warnings(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Every warning that applies to ``report``: ``[{"code", "message", "attack"?, "defense"?}]``.
 
     Codes: ``judge_below_floor``, ``attack_at_chance`` (a failed attack, flat reconstructions
-    included), ``target_near_chance``, ``single_seed``, ``judges_disagree``.
+    included), ``target_near_chance``, ``single_seed``, ``judges_disagree``, ``attack_id_differs``.
     """
     chance = chance_level(report)
     return (_judge_warnings(report) + _attack_warnings(report, chance) + _target_warnings(report, chance)
-            + _seed_warnings(report) + _disagreement_warnings(report))
+            + _seed_warnings(report) + _disagreement_warnings(report) + _attack_id_warnings(report))
 
 
 def train_warnings(metrics: dict[str, Any], num_classes: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from importlib.util import find_spec
 
-from services.cli import access, demo, jobs, models, processes
+from services.cli import access, demo, jobs, models, policies, processes
 
 #: Import names of the ``service`` extra's packages (pyproject ``[project.optional-dependencies]``).
 SERVICE_MODULES = (
@@ -33,7 +33,7 @@ SERVICE_MODULES = (
 
 #: The groups' ``register`` functions, in the order ``midre --help`` lists their commands.
 GROUPS = (processes.register, demo.register, processes.register_admin, jobs.register, models.register,
-          access.register)
+          access.register, policies.register)
 
 
 def missing_service_modules() -> list[str]:

@@ -56,7 +56,7 @@ def _register_webhooks(subparsers: argparse._SubParsersAction, common: argparse.
     p.add_argument("target", metavar="URL", help="http(s) URL that receives a POST per event")
     p.add_argument("--event", dest="events", action="append", required=True, metavar="TYPE",
                    help="event type to receive (repeatable): job.succeeded, job.failed, job.cancelled, "
-                        "model.evaluated")
+                        "model.evaluated, audit.completed, audit.regressed")
     p.add_argument("--json", action="store_true", help="print the answer as JSON (the secret included)")
     p.set_defaults(func=cmd_webhooks_create)
     p = hooks.add_parser("list", parents=[common], help="list the tenant's webhooks (never their secrets)")

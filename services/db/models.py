@@ -1,7 +1,8 @@
 """ORM classes: tenants, api_keys, datasets, jobs, job_events, metrics, artifacts, model_policies,
 model_usage, webhooks, webhook_deliveries (the outbox of webhooks and MLflow hand-offs), webhook_attempts,
 mlflow_integrations, ui_sessions (dashboard sign-ins), job_units (the task graph of a fanned-out study),
-review_sessions and review_trials (people reviewing a study's reconstructions blind).
+review_sessions and review_trials (people reviewing a study's reconstructions blind), audit_policies
+(audits started by an event, e.g. a model upload).
 
 Every schema change is an Alembic migration in ``migrations/versions`` (a test checks the two agree).
 """
@@ -129,6 +130,9 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: What started the job when nobody submitted it: ``{"policy": id, "event": "model_upload", "model": id,
+    #: "model_name": ...}`` for an audit an audit policy created (and, once it finished, ``regressed``).
+    trigger: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class JobEvent(Base):
@@ -408,3 +412,18 @@ class ReviewTrial(Base):
     choice: Mapped[str | None] = mapped_column(String(8))
     correct: Mapped[bool | None] = mapped_column(Boolean)
     answered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditPolicy(Base):
+    """An audit that runs by itself: on ``trigger`` (``model_upload``: every model uploaded to the tenant)
+    an ``attack_eval`` job of ``spec`` (without ``model``) is created for the new model."""
+
+    __tablename__ = "audit_policies"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    trigger: Mapped[str] = mapped_column(String(40))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -20,7 +20,7 @@ from services.db.types import new_id, utcnow
 from services.jobspec import get_kind
 
 #: Every event type a webhook can subscribe to.
-EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled", "model.evaluated")
+EVENT_TYPES = ("job.succeeded", "job.failed", "job.cancelled", "model.evaluated", "audit.completed", "audit.regressed")
 #: States of an outbox row.
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 _FINAL = ("succeeded", "failed", "cancelled")

@@ -31,6 +31,7 @@ OPENAPI_TAGS = [
                                        "(jobs scope), answer trials (review scope), human AttAcc."},
     {"name": "artifacts", "description": "Checkpoints, reports and plots of a job."},
     {"name": "models", "description": "Model cards."},
+    {"name": "audit policies", "description": "Audits that run by themselves when a model is uploaded (jobs scope)."},
     {"name": "serving", "description": "Predict with a trained model; output policy, budget, export."},
     {"name": "keys", "description": "Mint, list and revoke scoped API keys (admin scope)."},
     {"name": "webhooks", "description": "Signed webhooks (Standard Webhooks) for job events (admin scope)."},

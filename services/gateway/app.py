@@ -26,6 +26,7 @@ from services.gateway.limits import BodyLimitMiddleware, route_limits
 from services.gateway.metrics import install_metrics
 from services.gateway.routers import (
     artifacts,
+    audit_policies,
     datasets,
     health,
     integrations,
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 #: The routers in the order their operations appear in the OpenAPI document.
-ROUTERS = (health, keys, datasets, jobs, reviews, artifacts, models, predict, oip, webhooks, integrations)
+ROUTERS = (health, keys, datasets, jobs, reviews, artifacts, models, audit_policies, predict, oip, webhooks,
+           integrations)
 
 
 def service_context(settings: Settings) -> ServiceContext:

@@ -186,9 +186,10 @@ def _estimate(session: Session, settings: Settings, tenant: TenantRef, resolved:
 
 
 def submit(session: Session, settings: Settings, dispatcher: Dispatcher, tenant: TenantRef, spec: dict[str, Any],
-           idempotency_key: str | None = None) -> tuple[Job, bool]:
+           idempotency_key: str | None = None, trigger: dict[str, Any] | None = None) -> tuple[Job, bool]:
     """Check, store and queue a job; ``(job, replayed)``: ``replayed`` when an earlier request with the same
-    ``idempotency_key`` made it (the same body, else 422)."""
+    ``idempotency_key`` made it (the same body, else 422). ``trigger``: what started a job nobody submitted
+    (an audit policy)."""
     if idempotency_key:
         existing = session.scalar(select(Job).where(Job.tenant_id == tenant.id,
                                                     Job.idempotency_key == idempotency_key))
@@ -201,7 +202,7 @@ def submit(session: Session, settings: Settings, dispatcher: Dispatcher, tenant:
     queue = settings.queue_name(auto_queue(session, settings) if device == "auto" else dispatcher.route(device))
     job = Job(id=new_id("job"), tenant_id=tenant.id, kind=spec["kind"], status=jobstate.QUEUED, spec=spec,
               resolved=resolved, queue=queue, idempotency_key=idempotency_key, dataset_id=dataset_id, progress=0.0,
-              stage="queued", attempt=0, cancel_requested=False, created_at=utcnow())
+              stage="queued", attempt=0, cancel_requested=False, created_at=utcnow(), trigger=trigger)
     session.add(job)
     jobstate.add_event(session, job, "status", f"queued on {queue}", stage="queued", data={"status": "queued"})
     try:

@@ -21,13 +21,15 @@ from sqlalchemy.orm import Session
 
 from midre.vocabulary import normalise
 from services.db import jobs as jobstate
-from services.db.models import Artifact, Job
+from services.db.models import Artifact, Dataset, Job
 from services.db.types import new_id, utcnow
 from services.jobspec import UPLOAD, get_kind, names_where
+from services.ops.audit_policies import on_model_upload
 from services.ops.context import ServiceContext, TenantRef
 from services.ops.errors import ApiError, validation_error
 from services.ops.files import UploadedFile, check_upload_quota, in_check_thread, in_io_thread, in_thread, remove_files
 from services.ops.jobs import get_job
+from services.ops.model_index import model_accuracy, model_index, model_name
 from services.ops.schemas import ModelCard
 from services.ops.storable import UNSTORABLE, find_unstorable
 from services.ops.views import artifact_view, final_metrics, metrics_of
@@ -114,22 +116,63 @@ def model_card(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id:
 def model_readme(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id: str) -> str:
     """The model card as Markdown (Hugging Face model-card form, see :func:`readme`)."""
     view = model_card(ctx, session, tenant, job_id)
-    return readme(job_id, view.card, view.metrics, view.evaluations)
+    return readme(job_id, view.card, view.metrics, view.evaluations,
+                  dataset_name(session, tenant, job_id, view.evaluations))
 
 
-def _judges(session: Session, store: LocalStore | None, job: Job) -> str | None:
-    """The judges that pooled an audit's AttAcc, from its report (``resnet18 + densenet121``)."""
-    config = (job.resolved or {}).get("config") or {}
-    row = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == "report.json"))
+def dataset_name(session: Session, tenant: TenantRef, model_id: str, evaluations: list[dict[str, Any]]) -> str | None:
+    """The name of the private data set the model was trained on (its job's ``dataset``), else the one its
+    newest audit names: the tenant's name for its data set, or a built-in's name; never a server path."""
+    for job_id in dict.fromkeys([model_id, *(str(ev["job_id"]) for ev in evaluations)]):
+        job = session.get(Job, job_id)
+        ref = (job.spec or {}).get("dataset") if job is not None and job.tenant_id == tenant.id else None
+        if not isinstance(ref, str) or not ref:
+            continue
+        row = session.get(Dataset, ref)
+        if row is not None and row.tenant_id == tenant.id:
+            return row.name
+        if "/" not in ref and "\\" not in ref:
+            return ref
+    return None
+
+
+def job_report(session: Session, store: LocalStore | None, job_id: str) -> dict[str, Any]:
+    """A job's ``report.json`` (``{}`` without a store, before it was written, or when it cannot be read)."""
+    row = session.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == "report.json"))
     if store is None or row is None:
-        return config.get("eval_arch")
+        return {}
     try:
         with store.open(row.sha256) as fh:
-            judges = json.load(fh).get("judges") or []
+            report = json.load(fh)
     except (FileNotFoundError, ValueError):
-        return config.get("eval_arch")
-    archs = dict.fromkeys(str(j.get("arch")) for j in judges if isinstance(j, dict))  # one name per architecture
-    return " + ".join(archs) or config.get("eval_arch")
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def _judges(report: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The judges that pooled an audit's AttAcc (one name per architecture), else the configured one."""
+    archs = dict.fromkeys(str(j.get("arch")) for j in report.get("judges") or [] if isinstance(j, dict))
+    return list(archs) or ([str(config["eval_arch"])] if config.get("eval_arch") else [])
+
+
+def _attack_facts(report: dict[str, Any], defense: str, attack: str) -> dict[str, Any]:
+    """What an audit's report says of one attack (``gmi``, or ``gmi-adaptive`` as its metrics name the adaptive
+    attacker): its versioned ``attack_id`` (or the differing ``attack_ids``), its ``leakage`` statement and the
+    ``warnings`` that apply to it (its own and the report's general ones)."""
+    name = attack.removesuffix("-adaptive")
+    out: dict[str, Any] = {}
+    for row in report.get("results") or []:
+        if (isinstance(row, dict) and row.get("attack") == name and row.get("defense") == defense
+                and bool(row.get("adaptive")) == (name != attack)):
+            out.update({k: row[k] for k in ("attack_id", "attack_ids") if row.get(k)})
+    leakage = [w.get("text") for w in report.get("leakage") or [] if isinstance(w, dict) and w.get("attack") == name]
+    if leakage and leakage[0]:
+        out["leakage"] = str(leakage[0])
+    warnings = [str(w["message"]) for w in report.get("warnings") or []
+                if isinstance(w, dict) and w.get("message") and w.get("attack") in (None, name)]
+    if warnings:
+        out["warnings"] = warnings
+    return out
 
 
 def _deployed(config: dict[str, Any]) -> str | None:
@@ -148,7 +191,9 @@ def _deployed(config: dict[str, Any]) -> str | None:
 def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
                    store: LocalStore | None = None) -> list[dict[str, Any]]:
     """Every succeeded audit (``attack_eval``) of ``model_id`` (newest first), one entry per attack: its
-    Acc and pooled AttAcc, and (with ``store``) the judges that pooled it."""
+    Acc and pooled AttAcc with their intervals, the model's label in the audit (``defense``) and, with
+    ``store``, from the audit's report: the judges that pooled it, the versioned ``attack_id``, the
+    ``leakage`` statement and the ``warnings`` that apply (without ``store``: the configured judge)."""
     jobs = session.scalars(
         select(Job)
         .where(Job.tenant_id == tenant.id, Job.kind.in_(names_where(lambda k: k.audits)),
@@ -161,51 +206,40 @@ def evaluations_of(session: Session, tenant: TenantRef, model_id: str,
     for job in jobs:
         config = (job.resolved or {}).get("config") or {}
         seeds = config.get("seeds")
-        per_attack: dict[str, dict[str, float]] = {}
+        per_attack: dict[tuple[str, str], dict[str, float]] = {}
         for name, value in metrics[job.id].items():
-            parts = name.split(".")
+            parts = name.rsplit(".", 2)  # a label may hold dots (``midre-a_h0.4``, an uploaded ``face-id.v3``)
             if len(parts) == 3 and parts[2] in EVALUATION_FIELDS:
-                per_attack.setdefault(parts[1], {})[parts[2]] = value
-        judges = _judges(session, store, job) if per_attack else None
+                per_attack.setdefault((parts[1], parts[0]), {})[parts[2]] = value
+        report = job_report(session, store, job.id) if per_attack else {}
+        judges = _judges(report, config)
         deployed = _deployed(config)
-        for attack, values in sorted(per_attack.items()):
+        for (attack, defense), values in sorted(per_attack.items()):
             out.append({
                 "job_id": job.id,
                 "attack": f"{attack} (deployed)" if deployed else attack,
                 **({"deployment": deployed} if deployed else {}),
                 **values,
-                "judge": judges,
+                "judge": " + ".join(judges) or None,
+                "judges": judges,
+                "defense": defense,
                 "seeds": seeds if isinstance(seeds, int) else len(seeds or []),
                 "date": job.finished_at.isoformat() if job.finished_at else None,
+                **_attack_facts(report, defense, attack),
             })
     return out
-def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evaluations: list[dict[str, Any]]) -> str:
-    """The model card as Markdown with ``model-index`` front matter (Acc and AttAcc per attack, in %)."""
+
+
+def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evaluations: list[dict[str, Any]],
+           dataset: str | None = None) -> str:
+    """The model card as Markdown with ``model-index`` front matter (:mod:`services.ops.model_index`: Acc and,
+    per audit and attack, AttAcc in %) that ``huggingface_hub`` parses; ``dataset`` names the private data."""
     defense = card.get("defense") or {}
-    name = str((card.get("origin") or {}).get("name") or model_id)
-    results = []
-    acc = metrics.get("acc")
-    if acc is None:  # a model trained elsewhere: its accuracy as its newest audit measured it
-        acc = next((ev["acc"] for ev in evaluations if isinstance(ev.get("acc"), int | float)), None)
-    if acc is not None:
-        results.append({"task": {"type": "image-classification"}, "dataset": {"name": "private test split",
-                        "type": "private"}, "metrics": [{"type": "accuracy", "value": round(acc, 2),
-                                                         "name": "Acc (%)"}]})
-    for ev in evaluations:
-        values = [{"type": "attack-accuracy-top1", "value": round(ev["attacc_top1"], 2),
-                   "name": f"AttAcc top-1 (%) under {ev['attack']}"}] if "attacc_top1" in ev else []
-        if "attacc_top5" in ev:
-            values.append({"type": "attack-accuracy-top5", "value": round(ev["attacc_top5"], 2),
-                           "name": f"AttAcc top-5 (%) under {ev['attack']}"})
-        if "human_attacc_top1" in ev:
-            values.append({"type": "human-attack-accuracy-top1", "value": round(ev["human_attacc_top1"], 2),
-                           "name": f"Human AttAcc top-1 (%) under {ev['attack']} (blind human review)"})
-        if values:
-            results.append({"task": {"type": "model-inversion", "name": ev["attack"]},
-                            "dataset": {"name": "private identities", "type": "private"}, "metrics": values,
-                            "source": {"name": f"MIDRE attack_eval {ev['job_id']}"}})
-    front = {"tags": ["model-inversion", "privacy", f"defense-{defense.get('name', 'unknown')}"],
-             "model-index": [{"name": name, "results": results}]}
+    name = model_name(model_id, card)
+    acc = model_accuracy(metrics, evaluations)
+    front = {"pipeline_tag": "image-classification",
+             "tags": ["model-inversion", "privacy", f"defense-{defense.get('name', 'unknown')}"],
+             "model-index": model_index(name, acc, evaluations, dataset)}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name}", "",
              f"- architecture: `{card.get('arch')}`, {card.get('num_classes')} classes, input "
              f"{card.get('channels')}x{card.get('image_size')}x{card.get('image_size')}",
@@ -220,13 +254,14 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
         lines.append("No attack evaluation has run against this model yet (`attack_eval` with `model`).")
     else:
         lines += ["| attack | AttAcc top-1 (%) | AttAcc top-5 (%) | KNN dist | human AttAcc top-1 (%) | kappa | judge "
-                  "| seeds | date | job |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| seeds | date | job | attack id |", "|" + " --- |" * 11]
         for ev in evaluations:
             kappa = f"{ev['human_kappa']:.2f}" if isinstance(ev.get("human_kappa"), float) else ""
             attack = f"{ev['attack']}: {ev['deployment']}" if ev.get("deployment") else ev["attack"]
             lines.append(f"| {attack} | {_fmt(ev, 'attacc_top1')} | {_fmt(ev, 'attacc_top5')} | "
                          f"{_fmt(ev, 'knn_dist')} | {_fmt(ev, 'human_attacc_top1')} | {kappa} | {ev.get('judge')} | "
-                         f"{ev.get('seeds')} | {(ev.get('date') or '')[:10]} | {ev['job_id']} |")
+                         f"{ev.get('seeds')} | {(ev.get('date') or '')[:10]} | {ev['job_id']} | "
+                         f"{ev.get('attack_id') or ', '.join(ev.get('attack_ids') or [])} |")
         lines += ["", "AttAcc: share of reconstructions an independent evaluation model (the judge) recognises "
                   "as the attacked identity; lower is more private. [low, high]: the 95 % interval from a bootstrap "
                   "over seeds and identities (how far the figure would move with other seeds and identities; not a "
@@ -234,7 +269,8 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
                   "blind, identified (interval over identities and reviewers); kappa: their agreement with the judge "
                   "(docs/human-review.md); empty until people reviewed the audit. An attack marked (deployed) queried "
                   "the model as it is served, through the output policy and within the query budget named beside it "
-                  "(docs/serving.md); the others attacked the model itself."]
+                  "(docs/serving.md); the others attacked the model itself. Attack id: the attack's version and a "
+                  "hash of its settings (docs/attacks.md); figures are like for like only where the ids match."]
     return "\n".join(lines) + "\n"
 
 
@@ -271,6 +307,7 @@ async def upload_model(ctx: ServiceContext, tenant: TenantRef, upload: UploadedF
     finally:
         with anyio.CancelScope(shield=True):
             await in_io_thread(remove_files, upload.path, converted)
+    await in_thread(on_model_upload, ctx, tenant, job)  # the tenant's audit policies
     return await in_thread(_card_view, ctx, tenant, job.id)
 
 
@@ -342,5 +379,5 @@ def _card_view(ctx: ServiceContext, tenant: TenantRef, job_id: str) -> ModelCard
         return model_card(ctx, session, tenant, job_id)
 
 
-__all__ = ["EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "evaluations_of",
-           "model_card", "model_readme", "readme", "upload_model"]
+__all__ = ["EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "dataset_name", "evaluations_of",
+           "job_report", "model_card", "model_readme", "readme", "upload_model"]

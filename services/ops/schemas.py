@@ -74,6 +74,10 @@ class JobPublic(BaseModel):
     units: UnitCounts | None = Field(
         None, description="A study (pipeline, sweep, harden) once planned: its units by status (null otherwise)."
     )
+    trigger: dict[str, Any] | None = Field(
+        None, description="What started a job nobody submitted: the audit policy (`policy`), the event, the model "
+        "and its name; once the audit finished, `previous` (the last audit of a model of that name) and `regressed` "
+        "(the attacks that leak more than there, beyond its interval).")
 
 
 class UnitPublic(BaseModel):
@@ -188,8 +192,10 @@ class ModelCard(BaseModel):
         default_factory=list,
         description="Every attack evaluation (attack_eval) that ran against this model, newest first: attack, "
         "acc, attacc_top1, attacc_top5 (%), knn_dist, each with `<name>_ci_low` / `<name>_ci_high` (95 % interval "
-        "over seeds and identities) when the audit measured one, judge (evaluation model), seeds, date, job_id; "
-        "an adaptive attacker's rows have attack `<attack>-adaptive`.",
+        "over seeds and identities) when the audit measured one, judge (evaluation models, joined) and judges "
+        "(their list), defense (the model's label in the audit), seeds, date, job_id; from the audit's report: "
+        "attack_id (the versioned attack id, `gmi@1+<hash>`; attack_ids when its runs differ), leakage (the "
+        "report's statement) and warnings; an adaptive attacker's rows have attack `<attack>-adaptive`.",
     )
 
 

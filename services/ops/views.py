@@ -60,6 +60,7 @@ def job_view(session: Session, job: Job, metrics: dict[str, float] | None = None
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        trigger=job.trigger,
     )
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from midre.vocabulary import normalise
 from services.db import jobs as jobstate
+from services.db.audits import after_audit
 from services.db.models import Artifact, Job, JobUnit, Metric
 from services.db.types import utcnow
 from services.jobspec import get_kind
@@ -135,8 +136,10 @@ def finish_job(settings: Settings, sessions: sessionmaker[Session], job: Job, un
         if jobstate.transition(session, row, list(jobstate.ACTIVE_RUN), jobstate.SUCCEEDED,
                                stage="done", message=f"{count} artifacts stored"):
             session.execute(delete(Metric).where(Metric.job_id == job.id, Metric.epoch.is_(None)))
-            for name, value in normalise(outcome.metrics).items():
+            metrics = normalise(outcome.metrics)
+            for name, value in metrics.items():
                 session.add(Metric(job_id=job.id, name=name, value=value, epoch=None))
+            after_audit(session, row, metrics)  # a policy's audit: audit.completed / audit.regressed
             warning_events(session, row, outcome.warnings, redact)
             took = (utcnow() - row.started_at).total_seconds() if row.started_at else elapsed
             jobstate.add_event(session, row, "status", f"succeeded in {took:.1f}s", stage="done",

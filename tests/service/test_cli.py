@@ -299,3 +299,18 @@ def test_the_demo_table_shows_each_figure_with_its_interval() -> None:
                           "midre.gmi.attacc_top1": 20.0, "midre.gmi.acc": 88.0, "midre.gmi.tradeoff_delta": 1.5})
     assert lines[0].split() == ["gmi", "vs", "nodef", "Acc", "90.00%", "[85.00,", "95.00]", "AttAcc", "top-1", "nan%"]
     assert "Acc  88.00%  AttAcc top-1  20.00%  Δ 1.50" in lines[1]  # no interval stored: none printed
+
+
+def test_audit_policies_create_list_delete(service: Service, tmp_path: Path) -> None:
+    spec = tmp_path / "audit.json"
+    spec.write_text(json.dumps({"dataset": "digits", "attacks": ["mi-face"], "seeds": 1}))
+    created = service.cli("audit-policies", "create", "--name", "every upload", "--spec", str(spec))
+    assert created.returncode == 0, created.stderr
+    policy_id = created.stdout.split()[3]
+    (listed,) = json.loads(service.cli("audit-policies", "list", "--json").stdout)
+    assert (listed["id"], listed["trigger"], listed["audits"]) == (policy_id, "model_upload", 0)
+    spec.write_text(json.dumps({"attacks": ["mi-face"], "model": "job_x"}))
+    bad = service.cli("audit-policies", "create", "--name", "x", "--spec", str(spec))
+    assert one_line_error(bad).startswith("error: 422") and "spec.model" in bad.stderr
+    assert service.cli("audit-policies", "delete", policy_id).returncode == 0
+    assert service.cli("audit-policies", "list").stdout.strip() == "no audit policies"

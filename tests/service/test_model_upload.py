@@ -86,6 +86,10 @@ def test_upload_audit_and_harden_a_model_trained_elsewhere(
     (model_index,) = front["model-index"]
     assert model_index["name"] == "their-model"
     assert any(r["task"].get("name") == "mi-face" for r in model_index["results"]), model_index
+    from huggingface_hub import ModelCard  # the Hub's own parser: the real audit is an attacc_top1 result
+
+    (top1,) = [r for r in ModelCard(card_md.text).data.eval_results if r.metric_type == "attacc_top1"]
+    assert top1.metric_config.startswith("mi-face@1+") and top1.metric_args["audit"] == audit.json()["id"]
     assert "| mi-face |" in card_md.text
     # Without the data set the worker could not know the private data: refused before queueing.
     r = submit(api, key_a, {"kind": "attack_eval", "model": model_id, **STUDY})

@@ -245,5 +245,8 @@ def test_the_model_card_carries_the_human_figures_of_an_audit() -> None:
     text = readme("job_m", {"arch": "resnet18", "defense": {"name": "midre"}}, {"acc": 90.0}, [evaluation])
     front = yaml.safe_load(text.split("---")[1])
     metrics = {m["type"]: m["value"] for r in front["model-index"][0]["results"] for m in r["metrics"]}
-    assert metrics["human-attack-accuracy-top1"] == 12.5 and metrics["attack-accuracy-top1"] == 40.0
+    assert metrics["human_attacc_top1"] == 12.5 and metrics["attacc_top1"] == 40.0
+    human = next(m for r in front["model-index"][0]["results"] for m in r["metrics"]
+                 if m["type"] == "human_attacc_top1")
+    assert (human["args"]["kappa"], human["args"]["ci_low"], human["args"]["ci_high"]) == (0.25, 5.0, 20.0)
     assert "| 12.50 [5.00, 20.00] | 0.25 |" in text

@@ -92,3 +92,35 @@ def test_registration_is_checked(scratch_registry):
         reg.register_attack("Mixed", options=_Options)
     with pytest.raises(ValueError, match="known attacks: mi-face, deepinversion"):
         get_attack("nope")
+
+
+def test_attack_id_is_name_at_version_plus_a_stable_hash_of_the_effective_settings(scratch_registry):
+    from midre.attacks import AttackBudget, attack_id
+
+    assert all(get_attack(name).version == 1 for name in list_attacks())
+    first = attack_id("gmi", AttackBudget(steps=50), {"prior": {"width": 8}})
+    name, version, digest = reg.parse_attack_id(first)
+    assert (name, version) == ("gmi", 1) and len(digest) == 8 and int(digest, 16) >= 0
+    assert first == attack_id("gmi", {"steps": 50}, {"prior": {"width": 8}})  # stable, whatever the spelling
+    assert first == attack_id("GMI", AttackBudget(steps=50, restarts=1), {"prior": {"width": 8}, "momentum": 0.9,
+                                                                          "surrogates": ["cnn-small"]})
+    assert attack_id("gmi", None, {"clip_latent": 2.0}) == attack_id("gmi", None, {"clip_latent": 2})
+    assert attack_id("mi-face") == attack_id("miface", AttackBudget(), {})  # defaults spelled out: the same id
+    changed = {attack_id("gmi", AttackBudget(steps=51), {"prior": {"width": 8}}),
+               attack_id("gmi", AttackBudget(steps=50), {"prior": {"width": 16}}),
+               attack_id("lomma", AttackBudget(steps=50), {"prior": {"width": 8}})}
+    assert first not in changed and len(changed) == 3
+    assert attack_id("lomma").startswith("lomma+gmi@1+")
+
+    @reg.register_attack("echo2", options=_Options, version=3)
+    def echo(request):
+        """Echo."""
+        return request
+
+    assert attack_id("echo2", None, {"scale": 2.0}).startswith("echo2@3+")
+    assert attack_id("echo2", None, {"scale": 2.0}) != attack_id("echo2")
+    with pytest.raises(ValueError, match="version"):
+        reg.register_attack("x", options=_Options, version=0)
+    with pytest.raises(ConfigError):
+        attack_id("echo2", None, {"scal": 2.0})
+    assert reg.parse_attack_id("gmi") is None and reg.parse_attack_id("gmi@x+12345678") is None

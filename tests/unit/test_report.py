@@ -163,3 +163,32 @@ def test_attack_only_report_gets_a_leakage_statement(tmp_path):
     assert "No defense to compare" not in html
     assert "high: DeepInversion recovers 52 % of identities, 5.2x chance (10.0 %)" in html
     assert "<h2>Verdict</h2>" not in html and "AttAcc per judge" not in html  # nothing to compare, no panel
+
+
+def test_rows_carry_their_attack_id_and_differing_ids_are_warned(tmp_path):
+    from midre.report import Report
+
+    runs = _runs((90.0, 92.0, 88.0), (60.0, 70.0, 65.0))
+    for run in runs:
+        run["attack_id"] = "deepinversion@1+aaaaaaaa"
+    runs[-1]["attack_id"] = "deepinversion@2+aaaaaaaa"  # midre, seed 2: another version of the attack
+    results, verdicts = aggregate_runs(runs, ["nodef", "midre"], ["deepinversion"])
+    nodef, midre = results
+    assert nodef["attack_id"] == "deepinversion@1+aaaaaaaa" and "attack_ids" not in nodef
+    assert midre["attack_ids"] == ["deepinversion@1+aaaaaaaa", "deepinversion@2+aaaaaaaa"] and "attack_id" not in midre
+    write_report({"dataset": {"source": "digits", "identities": 10, "image_size": 8},
+                  "models": {"target": {"arch": "cnn-small"}, "evaluation": {"arch": "resnet18", "accuracy": 97.5}},
+                  "seeds": [0, 1, 2], "results": results, "verdicts": verdicts, "runs": runs}, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["results"][0]["attack_id"] == "deepinversion@1+aaaaaaaa"
+    assert data["results"][1]["attack_ids"] == midre["attack_ids"]
+    (warning,) = [w for w in data["warnings"] if w["code"] == "attack_id_differs"]
+    assert warning["attack"] == "deepinversion" and "deepinversion@2+aaaaaaaa" in warning["message"]
+    # a report written before attack ids loads, and writes no id back
+    for row in data["results"]:
+        row.pop("attack_id", None)
+        row.pop("attack_ids", None)
+    old = Report.from_dict(data)
+    assert old.results[0].attack_id is None and "attack_id" not in old.to_dict()["results"][0]
+    plain, _ = aggregate_runs(_runs((90.0, 92.0, 88.0), (60.0, 70.0, 65.0)), ["nodef", "midre"], ["deepinversion"])
+    assert "attack_id" not in plain[0] and "attack_ids" not in plain[0]

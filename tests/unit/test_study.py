@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from midre.attacks import attack_id
 from midre.plan import run_attack_eval, run_pipeline
 from midre.study import AttackEvalConfig, PipelineConfig, parse_defense
 
@@ -80,6 +82,12 @@ def test_pipeline_writes_report(pipeline_run):
         top1 = row["metrics"]["attacc_top1"]
         assert 0 <= top1["ci_low"] <= top1["mean"] <= top1["ci_high"] <= 100
         assert {"fid", "precision", "recall", "density", "coverage"} <= set(row["metrics"])
+        assert re.fullmatch(rf"{re.escape(row['attack'])}@1\+[0-9a-f]{{8}}", row["attack_id"]), row.get("attack_id")
+    # one attack, one set of settings: every row of it carries the same id, so no warning
+    assert len({r["attack_id"] for r in data["results"] if r["attack"] == "gmi"}) == 1
+    assert rows[("gmi", "nodef", False)]["attack_id"] == attack_id("gmi", PipelineConfig.from_dict(TINY).budget_for(
+        "gmi"), PipelineConfig.from_dict(TINY).options_for("gmi"))
+    assert "attack_id_differs" not in {w["code"] for w in data["warnings"]}
     assert len(data["verdicts"]) == 3 and all(v["text"] for v in data["verdicts"])
     assert {(c["attack"], c["adaptive"]) for c in data["comparisons"]} == {
         ("deepinversion", False), ("deepinversion", True), ("gmi", False)}
@@ -120,4 +128,5 @@ def test_attack_eval_on_pipeline_target(pipeline_run, tmp_path):
                                       "attack_budgets": {"mi-face": {"steps": 2}}})
     report = run_attack_eval(cfg, tmp_path)
     assert report["kind"] == "attack_eval" and report["results"][0]["defense"] == "midre"
+    assert report["results"][0]["attack_id"].startswith("mi-face@1+")
     assert (tmp_path / "report.html").is_file()

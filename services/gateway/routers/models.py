@@ -1,14 +1,15 @@
-"""``/v1/models``: a model's card and README, and the upload of a model trained elsewhere (over
+"""``/v1/models``: a model's card, README and CycloneDX ML-BOM, and the upload of a model trained elsewhere (over
 :mod:`services.ops.models`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
 from services.gateway.errors import NO_MODEL_YET, PROBLEM_RESPONSES, ApiError
 from services.gateway.uploads import MAX_CARD_BYTES, multipart_body, precheck_quota, receive_file
+from services.ops import bom
 from services.ops import models as ops
 from services.ops.schemas import ModelCard
 
@@ -35,6 +36,23 @@ def model_readme(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> P
     matter (`model-index`) that model hubs and registries read."""
     text = ops.model_readme(ctx, session, tenant, job_id)
     return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
+
+
+@router.get(
+    "/{job_id}/bom.json",
+    summary="The model as a CycloneDX 1.6 ML-BOM",
+    response_class=Response,
+    responses={200: {"content": {bom.MEDIA_TYPE: {"schema": {"type": "object"}}},
+                     "description": "A CycloneDX 1.6 JSON document whose subject is the model"},
+               **NO_MODEL_YET},
+)
+def model_bom(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str) -> JSONResponse:
+    """The model as a machine-learning-model component (its id as version and bom-ref, the SHA-256 of its
+    weights) with a CycloneDX `modelCard`: supervised classification, its architecture, the private data
+    set by name; Acc and, per audit and attack, AttAcc top-1 / top-5 with the 95 % interval (the slice names
+    the versioned attack id and the defense); the training study's verdicts, the audits' leakage statements
+    and warnings as considerations. Built from the same records as the model card, when asked."""
+    return JSONResponse(bom.model_bom(ctx, session, tenant, job_id), media_type=bom.MEDIA_TYPE)
 
 
 _UPLOAD_BODY = multipart_body(
