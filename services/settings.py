@@ -69,6 +69,8 @@ class Settings(BaseSettings):
         120.0, gt=0, description="A running job whose heartbeat is older than this is re-queued."
     )
     reaper_interval_s: float = Field(30.0, gt=0, description="How often workers look for stale jobs.")
+    audit_poll_s: float = Field(60.0, gt=0, description="How often workers read the MLflow model registries that "
+                                "audit policies watch (trigger mlflow_model_version) for new versions.")
     unserved_warn_s: float = Field(
         60.0, gt=0, description="A job queued this long where no live worker listens gets a `warning` event "
         "(`no_worker`) from any live worker's reaper.",

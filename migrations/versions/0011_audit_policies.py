@@ -27,6 +27,8 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('trigger', sa.String(length=40), nullable=False),
     sa.Column('spec', services.db.types.JSONType, nullable=False),
+    sa.Column('registered_model', sa.String(length=200), nullable=True),
+    sa.Column('state', services.db.types.JSONType, nullable=True),
     sa.Column('created_by', sa.String(length=32), nullable=False),
     sa.Column('created_at', services.db.types.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_audit_policies_tenant_id_tenants'),

@@ -1,4 +1,5 @@
-"""``midre audit-policies ACTION``: audits that run by themselves when a model is uploaded (REST, jobs key)."""
+"""``midre audit-policies ACTION``: audits that run by themselves when a model is uploaded or a new version is
+registered in MLflow (REST, jobs key)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                                   "(jobs key)").add_subparsers(dest="policies_command", metavar="ACTION")
     p = group.add_parser("create", parents=[common], help="audit every model uploaded from now on with SPEC")
     p.add_argument("--name", required=True, help="what the policy is for")
-    p.add_argument("--trigger", choices=("model_upload",), default="model_upload",
-                   help="model_upload: every model uploaded to POST /v1/models")
+    p.add_argument("--trigger", choices=("model_upload", "mlflow_model_version"), default="model_upload",
+                   help="model_upload: every model uploaded to POST /v1/models; mlflow_model_version: every new "
+                        "version of --registered-model in your MLflow")
+    p.add_argument("--registered-model", default=None, help="the MLflow registered model to watch")
     p.add_argument("--spec", required=True, metavar="FILE",
                    help="JSON file of an attack_eval job spec without `model` (the trigger gives it)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
@@ -38,7 +41,9 @@ def cmd_create(args: argparse.Namespace) -> int:
         return 2
     with client(args) as api:
         made = api_call(lambda: api.request("POST", "/v1/audit-policies",
-                                            json={"name": args.name, "trigger": args.trigger, "spec": spec}))
+                                            json={"name": args.name, "trigger": args.trigger, "spec": spec,
+                                                  **({"registered_model": args.registered_model}
+                                                     if args.registered_model else {})}))
     if made is None:
         return 1
     print(json.dumps(made, indent=2) if args.json else f"created audit policy {made['id']} ({made['trigger']})")

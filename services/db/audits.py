@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.db.mlflow import AUDIT_EVENT, enqueue_job_end
 from services.db.models import Job, Metric
 from services.db.webhooks import enqueue
 
@@ -79,7 +80,10 @@ def after_audit(session: Session, job: Job, metrics: dict[str, float]) -> int:
             events.append(("audit.regressed", {**data, "previous": previous.id, "regressed": worse}))
         else:
             job.trigger = {**trigger, "previous": previous.id, "regressed": []}
-    return enqueue(session, job.tenant_id, events, job.id)
+    added = enqueue(session, job.tenant_id, events, job.id)
+    if trigger.get("event") == "mlflow_model_version":  # the verdict goes back onto the MLflow version
+        added += enqueue_job_end(session, job, AUDIT_EVENT)
+    return added
 
 
 __all__ = ["after_audit", "attacc_by_attack", "previous_audit", "regressions"]

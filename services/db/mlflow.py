@@ -25,6 +25,9 @@ EVENT = "mlflow.run"
 #: The ``event_type`` of a follow-up: people reviewed the job's reconstructions; its human figures and
 #: refreshed report go to the job's run (``services.ops.human``).
 HUMAN_EVENT = "mlflow.human"
+#: The ``event_type`` of an audit's write-back onto the registered version it audited (an audit policy
+#: watching the tenant's registry started it): version tags, no run.
+AUDIT_EVENT = "mlflow.audit"
 
 
 def enqueue_job_end(session: Session, job: Job, event: str = EVENT) -> int:

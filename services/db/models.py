@@ -415,8 +415,10 @@ class ReviewTrial(Base):
 
 
 class AuditPolicy(Base):
-    """An audit that runs by itself: on ``trigger`` (``model_upload``: every model uploaded to the tenant)
-    an ``attack_eval`` job of ``spec`` (without ``model``) is created for the new model."""
+    """An audit that runs by itself: on ``trigger`` (``model_upload``: every model uploaded to the tenant;
+    ``mlflow_model_version``: every new version of ``registered_model`` in the tenant's MLflow) an
+    ``attack_eval`` job of ``spec`` (without ``model``) is created for the new model. ``state`` keeps what
+    the registry watcher has seen (``versions``)."""
 
     __tablename__ = "audit_policies"
 
@@ -425,5 +427,7 @@ class AuditPolicy(Base):
     name: Mapped[str] = mapped_column(String(200))
     trigger: Mapped[str] = mapped_column(String(40))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    registered_model: Mapped[str | None] = mapped_column(String(200))
+    state: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -48,7 +48,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.db.mlflow import HUMAN_EVENT
+from services.db.mlflow import AUDIT_EVENT, HUMAN_EVENT
 from services.db.models import Artifact, Job, Metric, MlflowIntegration, WebhookDelivery
 from services.integrations.outbound import Result, TargetCheck, UnsafeTarget
 from services.jobspec import get_kind
@@ -151,6 +151,9 @@ class Handoff:
     attacked_tags: dict[str, str] = field(default_factory=dict)
     #: A follow-up with the human figures (:data:`services.db.mlflow.HUMAN_EVENT`): to the job's own run.
     human: bool = False
+    #: An audit of a registered version (:data:`services.db.mlflow.AUDIT_EVENT`): ``(model, version)`` and
+    #: the tags it gets.
+    audited_version: tuple[str, str] | None = None
 
 
 def _defense(card: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +189,9 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     if found is None:
         return None
     handoff, job, artifacts, resolved_config = found
+    if handoff.audited_version is not None:
+        handoff.version_tags = audit_tags(handoff.job_id, handoff.metrics, handoff.attacked_tags)
+        return handoff
     if handoff.human:  # only what people added: their figures and the report that now holds them
         handoff.metrics = {k: v for k, v in handoff.metrics.items() if ".human_" in k}
         handoff.files = [(artifacts[name], name) for name in ("report.html", "report.json") if name in artifacts]
@@ -227,6 +233,10 @@ def _read(sessions: sessionmaker[Session], message_id: str
             registered_model=config.registered_model, token=config.token, username=config.username,
             password=config.password, params={}, metrics=metrics, files=[], human=row.event_type == HUMAN_EVENT,
         )
+        trigger = job.trigger or {}
+        if row.event_type == AUDIT_EVENT and trigger.get("mlflow_version"):
+            handoff.audited_version = (str(trigger.get("model_name")), str(trigger["mlflow_version"]))
+            handoff.attacked_tags = {"regressed": json.dumps(trigger.get("regressed") or [])}
         facts = _JobFacts(job.id, job.kind, dict(job.spec or {}))
         return handoff, facts, artifacts, (job.resolved or {}).get("config") or {}
 
@@ -327,6 +337,8 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
                             username=None if handoff.token else handoff.username,
                             password=None if handoff.token else handoff.password)
     tracking = TrackingStore(lambda: creds)
+    if handoff.audited_version is not None:
+        return _tag_version(RegistryStore(lambda: creds), handoff)
     if handoff.human:
         return _send_human(tracking, RegistryStore(lambda: creds), creds, store, handoff)
     run = _find_or_create_run(tracking, handoff)
@@ -350,6 +362,29 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
         if tagged:
             done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
     return done
+
+
+def audit_tags(job_id: str, metrics: dict[str, float], extra: dict[str, str]) -> dict[str, str]:
+    """The tags an audited registered version gets: ``midre.attacc_top1.<attack>`` (pooled, %), the job and
+    ``midre.verdict``: ``regressed: <attacks>`` or ``audited``."""
+    tags = {"midre.audit_job": job_id}
+    for name, value in metrics.items():
+        if name.endswith(".attacc_top1"):
+            attack = name[: -len(".attacc_top1")].rpartition(".")[2]
+            tags[mlflow_key(f"midre.attacc_top1.{attack}")] = f"{value:g}"
+    regressed = [r.get("attack") for r in json.loads(extra.get("regressed") or "[]")]
+    tags["midre.verdict"] = f"regressed: {', '.join(regressed)}" if regressed else "audited"
+    return tags
+
+
+def _tag_version(registry: Any, handoff: Handoff) -> str:
+    """Put an audit's figures and verdict on the registered version it audited."""
+    from mlflow.entities.model_registry import ModelVersionTag
+
+    name, version = handoff.audited_version  # type: ignore[misc]
+    for key, value in handoff.version_tags.items():
+        registry.set_model_version_tag(name, version, ModelVersionTag(key, value))
+    return f"tagged {name!r} version {version}: {handoff.version_tags.get('midre.verdict')}"
 
 
 def _send_human(tracking: Any, registry: Any, creds: Any, store: LocalStore, handoff: Handoff) -> str:

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
-from services.db.models import AuditPolicy, Job
+from services.db.models import AuditPolicy, Job, MlflowIntegration
 from services.db.types import new_id, utcnow
 from services.jobspec.specs import AttackEvalJobSpec
 from services.ops.context import Caller, ServiceContext, TenantRef
@@ -31,7 +31,7 @@ from services.ops.jobs import submit
 log = logging.getLogger(__name__)
 
 #: Events a policy can react to.
-TRIGGERS = ("model_upload",)
+TRIGGERS = ("model_upload", "mlflow_model_version")
 _AUDIT = TypeAdapter(AttackEvalJobSpec)
 
 
@@ -41,8 +41,12 @@ class AuditPolicyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    trigger: Literal["model_upload"] = Field(description="`model_upload`: every model uploaded to POST /v1/models.")
+    trigger: Literal["model_upload", "mlflow_model_version"] = Field(
+        description="`model_upload`: every model uploaded to POST /v1/models; `mlflow_model_version`: every new "
+        "version of `registered_model` in your MLflow (PUT /v1/integrations/mlflow), polled by the workers.")
     spec: dict[str, Any] = Field(description="An `attack_eval` job spec without `model` (the trigger gives it).")
+    registered_model: str | None = Field(None, min_length=1, max_length=200,
+                                         description="The registered model to watch (`mlflow_model_version`).")
 
 
 class AuditPolicyPublic(BaseModel):
@@ -54,6 +58,9 @@ class AuditPolicyPublic(BaseModel):
     spec: dict[str, Any]
     created_at: dt.datetime
     audits: int = 0
+    registered_model: str | None = None
+    state: dict[str, Any] | None = Field(None, description="What the registry watcher has seen: per MLflow "
+                                         "version, the imported model and its audit, or why it was not imported.")
 
 
 def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -77,13 +84,22 @@ def _view(session: Session, row: AuditPolicy) -> AuditPolicyPublic:
     count = session.scalar(select(func.count()).select_from(Job).where(
         Job.tenant_id == row.tenant_id, Job.trigger["policy"].as_string() == row.id)) or 0
     return AuditPolicyPublic(id=row.id, name=row.name, trigger=row.trigger, spec=row.spec,
-                             created_at=row.created_at, audits=int(count))
+                             created_at=row.created_at, audits=int(count), registered_model=row.registered_model,
+                             state=row.state)
 
 
 def create_policy(session: Session, caller: Caller, body: AuditPolicyCreate) -> AuditPolicyPublic:
     """Store a policy (201); its spec is checked now as far as it can be without a model."""
+    if body.trigger == "mlflow_model_version":
+        if not body.registered_model:
+            raise validation_error("registered_model", "the mlflow_model_version trigger watches a registered model")
+        if session.get(MlflowIntegration, caller.tenant.id) is None:
+            raise validation_error("trigger", "configure your MLflow server first (PUT /v1/integrations/mlflow)")
+    elif body.registered_model is not None:
+        raise validation_error("registered_model", "only the mlflow_model_version trigger watches a registered model")
     row = AuditPolicy(id=new_id("pol"), tenant_id=caller.tenant.id, name=body.name, trigger=body.trigger,
-                      spec=_check_spec(body.spec), created_by=caller.key_id, created_at=utcnow())
+                      spec=_check_spec(body.spec), registered_model=body.registered_model, state={},
+                      created_by=caller.key_id, created_at=utcnow())
     session.add(row)
     session.commit()
     return _view(session, row)
@@ -123,20 +139,30 @@ def on_model_upload(ctx: ServiceContext, tenant: TenantRef, model: Job) -> list[
         for policy in policies:
             name = str((model.spec or {}).get("name") or model.id)
             trigger = {"policy": policy.id, "event": "model_upload", "model": model.id, "model_name": name}
-            try:
-                job, _ = submit(session, ctx.settings, ctx.dispatcher, tenant, {**policy.spec, "model": model.id},
-                                trigger=trigger)
-                started.append(job.id)
-            except ApiError as exc:
-                session.rollback()
-                row = session.get(Job, model.id)
-                jobstate.add_event(session, row, "warning", f"audit policy {policy.name!r} started no audit: "
-                                   f"{exc.detail or exc.code}"[:1000], stage=row.stage,
-                                   data={"code": "audit_not_started", "policy": policy.id})
-                session.commit()
-                log.info("audit policy %s: no audit of %s (%s)", policy.id, model.id, exc.detail)
+            job = start_audit(ctx, session, tenant, policy, model.id, trigger)
+            started += [job] if job else []
     return started
 
 
+def start_audit(ctx: ServiceContext, session: Session, tenant: TenantRef, policy: AuditPolicy, model_id: str,
+                trigger: dict[str, Any]) -> str | None:
+    """Submit ``policy``'s audit of ``model_id``; its job id, or ``None`` when the spec does not fit the model
+    (a ``warning`` event on the model says why)."""
+    try:
+        job, _ = submit(session, ctx.settings, ctx.dispatcher, tenant, {**policy.spec, "model": model_id},
+                        trigger=trigger)
+        return job.id
+    except ApiError as exc:
+        session.rollback()
+        row = session.get(Job, model_id)
+        if row is not None:
+            jobstate.add_event(session, row, "warning", f"audit policy {policy.name!r} started no audit: "
+                               f"{exc.detail or exc.code}"[:1000], stage=row.stage,
+                               data={"code": "audit_not_started", "policy": policy.id})
+            session.commit()
+        log.info("audit policy %s: no audit of %s (%s)", policy.id, model_id, exc.detail)
+        return None
+
+
 __all__ = ["TRIGGERS", "AuditPolicyCreate", "AuditPolicyPublic", "create_policy", "delete_policy", "get_policy",
-           "list_policies", "on_model_upload"]
+           "list_policies", "on_model_upload", "start_audit"]

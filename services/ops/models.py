@@ -303,7 +303,7 @@ async def upload_model(ctx: ServiceContext, tenant: TenantRef, upload: UploadedF
     try:
         checked = await in_check_thread(ctx.settings.upload_workers, _check_model_file, ctx, tenant, upload,
                                         converted)
-        job = await in_thread(_store_model, ctx, tenant, checked["origin"]["name"], converted, checked)
+        job = await in_thread(store_model, ctx, tenant, checked["origin"]["name"], converted, checked)
     finally:
         with anyio.CancelScope(shield=True):
             await in_io_thread(remove_files, upload.path, converted)
@@ -311,7 +311,7 @@ async def upload_model(ctx: ServiceContext, tenant: TenantRef, upload: UploadedF
     return await in_thread(_card_view, ctx, tenant, job.id)
 
 
-def _check_upload(ctx: ServiceContext, weights: Path, card: dict[str, Any], save_to: Path) -> dict[str, Any]:
+def check_upload(ctx: ServiceContext, weights: Path, card: dict[str, Any], save_to: Path) -> dict[str, Any]:
     """The library's check (card first, then the file's header, only then a model is built); the weights
     are written to ``save_to`` in the project's own key layout, whatever layout was uploaded."""
     from midre.checkpoint import check_external_checkpoint
@@ -338,14 +338,14 @@ def _check_model_file(ctx: ServiceContext, tenant: TenantRef, upload: UploadedFi
     refused = find_unstorable(card, "card")
     if refused is not None:
         raise validation_error(refused, UNSTORABLE)
-    checked = _check_upload(ctx, upload.path, card, converted)
+    checked = check_upload(ctx, upload.path, card, converted)
     name = (upload.fields.get("name") or Path(upload.filename).stem or "model")[:200]
     checked.pop("history", None)
     checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": Path(upload.filename).name, "sha256": upload.sha256}
     return checked
 
 
-def _store_model(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Path, card: dict[str, Any]) -> Job:
+def store_model(ctx: ServiceContext, tenant: TenantRef, name: str, weights: Path, card: dict[str, Any]) -> Job:
     """Store an accepted model as a succeeded ``upload`` job with its two artifacts (one transaction)."""
     job_id = new_id("job")
     card_file = weights.with_suffix(".json")
@@ -380,4 +380,4 @@ def _card_view(ctx: ServiceContext, tenant: TenantRef, job_id: str) -> ModelCard
 
 
 __all__ = ["EVALUATION_METRICS", "card_limits", "card_name", "checkpoint_artifacts", "dataset_name", "evaluations_of",
-           "job_report", "model_card", "model_readme", "readme", "upload_model"]
+           "check_upload", "job_report", "model_card", "model_readme", "readme", "store_model", "upload_model"]

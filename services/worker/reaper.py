@@ -70,9 +70,34 @@ def reap_once(settings: Settings, dispatcher: Dispatcher) -> dict[str, int]:
     if settings.embedded:
         _clean_processed(settings)
     sweep_store(settings, sessions)  # partial uploads of dead API processes, unreferenced blobs
+    audits = _watch_registries(settings, sessions, dispatcher)
+    if audits:
+        log.info("reaper: %d audits of new registered model versions started", audits)
     if any(counts.values()):
         log.info("reaper: %s", dict(counts))
     return dict(counts)
+
+
+_LAST_WATCH: dict[str, float] = {}
+
+
+def _watch_registries(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher) -> int:
+    """New versions in the MLflow registries that audit policies watch, every ``audit_poll_s`` seconds at most
+    (per process); how many audits started."""
+    now = time.monotonic()
+    if now - _LAST_WATCH.get(settings.db_url, -1e18) < settings.audit_poll_s:
+        return 0
+    _LAST_WATCH[settings.db_url] = now
+    from services.integrations.mlflow_watch import watch
+    from services.integrations.webhooks import check_target
+    from services.ops.context import ServiceContext
+    from services.storage import LocalStore
+
+    ctx = ServiceContext(settings, sessions, LocalStore(settings.storage_dir), dispatcher)
+    try:
+        return len(watch(ctx, check_target))
+    except ImportError:  # the mlflow extra is not installed: nothing to watch with
+        return 0
 
 
 def _reap_planning(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher,

@@ -501,3 +501,60 @@ def test_a_redirecting_server_fails_the_try_and_is_not_followed(mlflow_api: Api)
             if server is not None:
                 server.shutdown()
                 server.server_close()
+
+
+# -- continuous audit: every new registered version audited and tagged ---------------------------
+#: The policy's audit: DeepInversion on the ten digits the models were trained on.
+WATCH_AUDIT = {"dataset": "digits", "data": {"max_images_per_identity": 40}, "attacks": ["deepinversion"],
+               "seeds": 1, "device": "cpu", "attack_budgets": {"deepinversion": {"steps": 100}},
+               "evaluation": {"arch": "cnn-small", "epochs": 4, "per_identity": 2, "identities": 10,
+                              "feature_identities": 0}}
+#: Two versions of one model, the second clearly leakier: barely trained, then trained well.
+VERSIONS = ({"training": {"epochs": 1, "image_size": 16, "lr": 1e-5}},
+            {"training": {"epochs": 8, "image_size": 16}})
+
+
+def test_a_new_registered_version_is_audited_and_tagged_and_a_leakier_one_regresses(
+        tmp_path: Path, mlflow_server: MlflowServer) -> None:
+    from services.queue.dispatch import Dispatcher
+    from services.worker.reaper import reap_once
+
+    settings = make_settings(tmp_path / "home", mlflow_allow_private=True, webhooks_in_api=False,
+                             webhooks_allow_private=True, audit_poll_s=0.01, **QUICK)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        api = Api(settings, client)
+        key = api.key("registry")
+        assert configure(api, key, tracking_uri=mlflow_server.url, experiment="watched",
+                         registered_model="face-id").status_code == 200
+        hook = client.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/h", "events": ["audit.regressed"]},
+                           headers=api.auth(key))
+        assert hook.status_code == 201, hook.text
+        policy = client.post("/v1/audit-policies", json={"name": "registry", "trigger": "mlflow_model_version",
+                                                         "registered_model": "face-id", "spec": WATCH_AUDIT},
+                             headers=api.auth(key)).json()
+        sessions = session_factory(settings.db_url)
+        tags = []
+        for version, training in enumerate(VERSIONS, start=1):
+            spec = {**SMALL_TRAIN, "data": {"channels": 1, "max_images_per_identity": 40}, **training,
+                    "training": {**SMALL_TRAIN["training"], **training["training"]}}
+            run_job(api, key, spec)
+            assert deliver_due(settings, sessions) == 1  # the hand-off registers the new version
+            reap_once(settings, Dispatcher(settings))  # what every worker's reaper does: sees it, starts an audit
+            audits = [j for j in client.get("/v1/jobs", params={"kind": "attack_eval"},
+                                            headers=api.auth(key)).json()["items"] if j.get("trigger")]
+            assert len(audits) == version and audits[0]["trigger"]["mlflow_version"] == str(version)
+            assert run_job_inline(settings, audits[0]["id"]) == "succeeded"
+            while deliver_due(settings, sessions):  # the audit's own run, the version's tags, webhooks
+                pass
+            got = mlflow_server.api("model-versions/get", name="face-id", version=str(version))["model_version"]
+            tags.append({t["key"]: t["value"] for t in got["tags"]})
+        assert tags[0]["midre.verdict"] == "audited" and "midre.attacc_top1.deepinversion" in tags[0]
+        assert tags[1]["midre.verdict"] == "regressed: deepinversion", tags
+        assert float(tags[1]["midre.attacc_top1.deepinversion"]) > float(tags[0]["midre.attacc_top1.deepinversion"])
+        state = client.get(f"/v1/audit-policies/{policy['id']}", headers=api.auth(key)).json()["state"]
+        assert set(state["versions"]) == {"1", "2"}
+        with sessions() as session:
+            sent = session.scalars(select(WebhookDelivery.event_type).where(
+                WebhookDelivery.channel == "webhook")).all()
+        assert sent == ["audit.regressed"]
+    dispose_all()
