@@ -127,3 +127,23 @@ def test_an_upload_is_audited_by_itself_and_a_leakier_version_regresses(
     assert job["trigger"]["previous"] == audit["id"] and worse["attack"] == "deepinversion"
     assert worse["attacc_top1"] > worse["previous_ci_high"]
     assert api.client.get(f"/v1/audit-policies/{policy['id']}", headers=headers).json()["audits"] == 2
+
+
+def test_the_dashboard_lists_creates_and_deletes_policies(api: Api) -> None:
+    from tests.service.test_ui import sign_in
+
+    key = api.key("dash")
+    csrf = sign_in(api, key)
+    form = {"csrf": csrf, "name": "uploads", "trigger": "model_upload", "spec": json.dumps(POLICY_SPEC)}
+    made = api.client.post("/ui/audit-policies", data=form, follow_redirects=False)
+    assert made.status_code == 303
+    page = api.client.get("/ui/audit-policies").text
+    assert "uploads" in page and "model_upload" in page
+    bad = api.client.post("/ui/audit-policies", data={**form, "spec": "{not json"})
+    assert bad.status_code == 422 and "spec" in bad.text
+    no_mlflow = api.client.post("/ui/audit-policies", data={**form, "trigger": "mlflow_model_version",
+                                                           "registered_model": "m"})
+    assert no_mlflow.status_code == 422 and "integrations/mlflow" in no_mlflow.text
+    (policy,) = api.client.get("/v1/audit-policies", headers=api.auth(key)).json()
+    gone = api.client.post(f"/ui/audit-policies/{policy['id']}/delete", data={"csrf": csrf}, follow_redirects=False)
+    assert gone.status_code == 303 and api.client.get("/v1/audit-policies", headers=api.auth(key)).json() == []

@@ -10,6 +10,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway.ui.pages import router
+from services.gateway.ui.policy_pages import router as policy_router
 from services.gateway.ui.review_pages import router as review_router
 from services.gateway.ui.templating import STATIC
 
@@ -25,6 +26,7 @@ def install_ui(app: FastAPI) -> None:
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC), name="ui-static")
     app.include_router(router)
     app.include_router(review_router)
+    app.include_router(policy_router)
 
     @app.get("/", include_in_schema=False)
     async def root(request: Request) -> RedirectResponse:
