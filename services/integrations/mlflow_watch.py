@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from services.db.models import AuditPolicy, MlflowIntegration
 from services.integrations.outbound import TargetCheck
+from services.jobspec import UPLOAD
 from services.ops.audit_policies import start_audit
 from services.ops.context import ServiceContext, TenantRef
 from services.ops.errors import ApiError
@@ -89,7 +90,7 @@ def _import_version(ctx: ServiceContext, creds: Any, tenant: TenantRef, name: st
         card = {k: full[k] for k in CARD_FIELDS if k in full and k != "defense"}
         checked = check_upload(ctx, folder / "model.safetensors", card, folder / "checked.safetensors")
         checked.pop("history", None)
-        checked["origin"] = {"kind": "upload", "name": name, "file": "model.safetensors",
+        checked["origin"] = {"kind": UPLOAD.name, "name": name, "file": "model.safetensors",
                              "mlflow": {"registered_model": name, "version": str(version.version)}}
         if isinstance(full.get("defense"), dict):
             checked["defense"] = full["defense"]
