@@ -189,8 +189,9 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     if found is None:
         return None
     handoff, job, artifacts, resolved_config = found
+    ids = attack_id_tags(store, artifacts)
     if handoff.audited_version is not None:
-        handoff.version_tags = audit_tags(handoff.job_id, handoff.metrics, handoff.attacked_tags)
+        handoff.version_tags = {**audit_tags(handoff.job_id, handoff.metrics, handoff.attacked_tags), **ids}
         return handoff
     if handoff.human:  # only what people added: their figures and the report that now holds them
         handoff.metrics = {k: v for k, v in handoff.metrics.items() if ".human_" in k}
@@ -202,6 +203,7 @@ def load(sessions: sessionmaker[Session], store: LocalStore, settings: Settings,
     handoff.files = [(artifacts[name], name) for name in RUN_ARTIFACTS if name in artifacts]
     label = _attach_model(handoff, store, job.kind, artifacts)
     _tag(handoff, job, resolved_config, label)
+    handoff.tags.update(ids)  # which implementation and settings made each AttAcc
     return handoff
 
 
@@ -362,6 +364,19 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
         if tagged:
             done += f"; AttAcc tagged on {handoff.registered_model!r} version {tagged}"
     return done
+
+
+def attack_id_tags(store: LocalStore, artifacts: dict[str, str]) -> dict[str, str]:
+    """``midre.attack_id.<attack>``: the versioned id of each attack of the job's report (none without one)."""
+    if "report.json" not in artifacts:
+        return {}
+    try:
+        with store.open(artifacts["report.json"]) as fh:
+            rows = json.load(fh).get("results") or []
+    except (OSError, ValueError):
+        return {}
+    return {mlflow_key(f"midre.attack_id.{row['attack']}"): str(row["attack_id"]) for row in rows
+            if isinstance(row, dict) and row.get("attack_id") and row.get("attack")}
 
 
 def audit_tags(job_id: str, metrics: dict[str, float], extra: dict[str, str]) -> dict[str, str]:

@@ -271,7 +271,20 @@ def readme(model_id: str, card: dict[str, Any], metrics: dict[str, float], evalu
                   "the model as it is served, through the output policy and within the query budget named beside it "
                   "(docs/serving.md); the others attacked the model itself. Attack id: the attack's version and a "
                   "hash of its settings (docs/attacks.md); figures are like for like only where the ids match."]
+        lines += differing_ids(evaluations)
     return "\n".join(lines) + "\n"
+
+
+def differing_ids(evaluations: list[dict[str, Any]]) -> list[str]:
+    """A warning per attack whose audits ran with different attack ids (another version or other settings):
+    their figures are not like for like."""
+    ids: dict[str, set[str]] = {}
+    for ev in evaluations:
+        name = str(ev["attack"]).removesuffix(" (deployed)")
+        ids.setdefault(name, set()).update([ev["attack_id"]] if ev.get("attack_id") else ev.get("attack_ids") or [])
+    return [f"\n**Warning:** the audits of {name} ran with different attack ids ({', '.join(sorted(found))}): "
+            "another implementation version or other settings; compare their figures with care."
+            for name, found in sorted(ids.items()) if len(found) > 1]
 
 
 def _fmt(ev: dict[str, Any], name: str) -> str:

@@ -549,6 +549,7 @@ def test_a_new_registered_version_is_audited_and_tagged_and_a_leakier_one_regres
             got = mlflow_server.api("model-versions/get", name="face-id", version=str(version))["model_version"]
             tags.append({t["key"]: t["value"] for t in got["tags"]})
         assert tags[0]["midre.verdict"] == "audited" and "midre.attacc_top1.deepinversion" in tags[0]
+        assert tags[0]["midre.attack_id.deepinversion"].startswith("deepinversion@")
         assert tags[1]["midre.verdict"] == "regressed: deepinversion", tags
         assert float(tags[1]["midre.attacc_top1.deepinversion"]) > float(tags[0]["midre.attacc_top1.deepinversion"])
         state = client.get(f"/v1/audit-policies/{policy['id']}", headers=api.auth(key)).json()["state"]

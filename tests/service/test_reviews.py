@@ -250,3 +250,14 @@ def test_the_model_card_carries_the_human_figures_of_an_audit() -> None:
                  if m["type"] == "human_attacc_top1")
     assert (human["args"]["kappa"], human["args"]["ci_low"], human["args"]["ci_high"]) == (0.25, 5.0, 20.0)
     assert "| 12.50 [5.00, 20.00] | 0.25 |" in text
+
+
+def test_the_card_warns_when_audits_of_one_attack_ran_with_different_ids() -> None:
+    from services.ops.models import readme
+
+    audits = [{"job_id": f"job_{i}", "attack": "gmi", "attacc_top1": 40.0, "attack_id": aid, "seeds": 1}
+              for i, aid in enumerate(("gmi@1+aaaaaaaa", "gmi@2+aaaaaaaa"))]
+    text = readme("job_m", {"arch": "resnet18", "defense": {"name": "midre"}}, {"acc": 90.0}, audits)
+    assert "the audits of gmi ran with different attack ids (gmi@1+aaaaaaaa, gmi@2+aaaaaaaa)" in text
+    same = readme("job_m", {"arch": "resnet18", "defense": {"name": "midre"}}, {"acc": 90.0}, audits[:1])
+    assert "different attack ids" not in same
