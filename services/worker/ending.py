@@ -10,6 +10,7 @@ the other ways.
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import shutil
@@ -147,7 +148,37 @@ def finish_job(settings: Settings, sessions: sessionmaker[Session], job: Job, un
                                      "callback_seconds": round(callback_seconds, 4),
                                      **jobstate.unit_counts(session, job.id)})
         session.commit()
+    if get_kind(job.kind).model != "never":
+        store_bom(settings, sessions, store, job.id)
     shutil.rmtree(store.work_dir(job.id), ignore_errors=True)
+
+
+def store_bom(settings: Settings, sessions: sessionmaker[Session], store: LocalStore, job_id: str) -> bool:
+    """Keep the CycloneDX ML-BOM of the model a job produced as its artifact ``bom.json`` (what the model was
+    when it was made; ``GET /v1/models/{id}/bom.json`` gives it with every later audit). A job that produced
+    no model (a harden search that recommended nothing) or a BOM that cannot be built keeps none."""
+    from services.ops.bom import model_bom
+    from services.ops.context import ServiceContext, TenantRef
+    from services.ops.errors import ApiError
+
+    ctx = ServiceContext(settings, sessions, store, None)  # type: ignore[arg-type]  # nothing is dispatched
+    with sessions() as session:
+        row = session.get(Job, job_id)
+        if row is None or session.scalar(select(Artifact).where(Artifact.job_id == job_id,
+                                                                Artifact.name == "bom.json")) is not None:
+            return False
+        try:
+            bom = model_bom(ctx, session, TenantRef(row.tenant_id, ""), job_id)
+        except ApiError:
+            return False
+        path = store.work_dir(job_id) / "bom.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(bom, indent=2))
+        blob = store.put_file(path)
+        session.add(Artifact(job_id=job_id, name="bom.json", size=blob.size, sha256=blob.sha256,
+                             content_type="application/json", created_at=utcnow()))
+        session.commit()
+    return True
 
 
 def warning_events(session: Session, job: Job, warnings: list[dict[str, Any]], redact: Callable[[str], str]) -> int:

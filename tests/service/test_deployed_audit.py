@@ -105,6 +105,8 @@ def png() -> bytes:
 
 def test_the_shield_policy_answers_the_same_identity_and_states_its_cost(served: Any) -> None:
     api, headers, model = served
+    bom = api.client.get(f"/v1/jobs/{model}/artifacts/bom.json", headers=headers).json()  # kept when it was made
+    assert (bom["specVersion"], bom["metadata"]["component"]["bom-ref"]) == ("1.6", model)
     files = [("files", ("a.png", png(), "image/png"))]
     set_policy(api, headers, model, policy="full")
     plain = api.client.post(f"/v1/models/{model}/predict", files=files, headers=headers).json()["predictions"][0]

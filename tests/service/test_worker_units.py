@@ -81,7 +81,7 @@ def test_a_train_job_is_one_unit_and_records_everything(settings: Settings) -> N
     with session_factory(settings.db_url)() as session:
         artifacts = {a.name: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))}
         metrics = session.scalars(select(Metric).where(Metric.job_id == job_id)).all()
-    assert set(artifacts) == {"model.safetensors", "model.json", "plots/loss.png"}  # no resume state
+    assert set(artifacts) == {"model.safetensors", "model.json", "plots/loss.png", "bom.json"}  # no resume state
     store = LocalStore(settings.storage_dir)
     for artifact in artifacts.values():
         assert sha256_file(store.path(artifact.sha256)) == artifact.sha256
