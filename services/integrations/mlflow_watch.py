@@ -1,8 +1,8 @@
 """Audit every new version of a model registered in the tenant's MLflow (audit policies with the trigger
 ``mlflow_model_version``).
 
-The workers' reaper calls :func:`watch` every ``MIDRE_AUDIT_POLL_S`` seconds (MLflow's open-source server
-has no model-registry webhooks to subscribe to, so the registry is polled). For each such policy it lists
+The workers' reaper calls :func:`watch` every ``MIDRE_AUDIT_POLL_S`` seconds: the registry is polled, which
+needs no address the MLflow server can reach (its model-registry webhooks are not used). For each such policy it lists
 the versions of ``registered_model`` on the tenant's MLflow server (``PUT /v1/integrations/mlflow``:
 the same address checks and credentials as the hand-off), and for each version registered since the
 policy was made and not seen yet:
