@@ -42,6 +42,9 @@ def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
     assert api.proc.returncode == 0, api.log()[-3000:]
 
 
+# The default suite runs the same `midre serve` + worker + `admin create-key` + `jobs submit/wait` flow in
+# tests/service/test_cli.py's fixture, and downloads with sha256 checks in test_ui_browser.py.
+@pytest.mark.slow
 def test_embedded_serve_with_cli(server: tuple[str, dict[str, str], Path], tmp_path: Path) -> None:
     url, env, log_path = server
     home = Path(env["MIDRE_HOME"])
