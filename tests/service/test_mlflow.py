@@ -35,6 +35,7 @@ from services.integrations.webhooks import WebhookDeliverer, check_target, deliv
 from services.storage import LocalStore
 from tests.service._support import TRAIN_SPEC, free_port, run_job_inline, stop_group, wait_for
 from tests.service.conftest import Api, make_settings
+from tests.service.test_audit_policies import POLICY_SPEC
 from tests.service.test_jobspec import PIPELINE, STUDY
 
 #: A public address written as a literal: configuring it needs no DNS (nothing is sent to it).
@@ -504,11 +505,8 @@ def test_a_redirecting_server_fails_the_try_and_is_not_followed(mlflow_api: Api)
 
 
 # -- continuous audit: every new registered version audited and tagged ---------------------------
-#: The policy's audit: DeepInversion on the ten digits the models were trained on.
-WATCH_AUDIT = {"dataset": "digits", "data": {"max_images_per_identity": 40}, "attacks": ["deepinversion"],
-               "seeds": 1, "device": "cpu", "attack_budgets": {"deepinversion": {"steps": 100}},
-               "evaluation": {"arch": "cnn-small", "epochs": 4, "per_identity": 2, "identities": 10,
-                              "feature_identities": 0}}
+#: The policy's audit: DeepInversion on the ten digits the models were trained on (as for uploads).
+WATCH_AUDIT = POLICY_SPEC
 #: Two versions of one model, the second clearly leakier: barely trained, then trained well.
 VERSIONS = ({"training": {"epochs": 1, "image_size": 16, "lr": 1e-5}},
             {"training": {"epochs": 8, "image_size": 16}})

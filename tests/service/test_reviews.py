@@ -174,7 +174,7 @@ def test_answers_are_idempotent_and_checked(study: tuple[Api, str, str]) -> None
     assert (first.status_code, again.status_code) == (201, 200) and again.json()["answered"] == 1
     changed = send(None)
     assert changed.status_code == 409
-    # another reviewer, an admin and another tenant see nothing of this session
+    # another reviewer, an admin and another tenant see nothing of this review
     for k in (other["key"], admin, api.key("tenant-b")):
         assert api.client.get(f"{url}/next", headers=api.auth(k)).status_code in (403, 404)
     assert api.client.get(f"{url}/next", headers=api.auth(key["key"])).json()["position"] == 2
