@@ -72,7 +72,7 @@ def _make_forward(target: AttackTarget, device: torch.device, batch: int) -> Cal
 class _Oracle:
     """Query counting shared by both oracles; subclasses add the one answer they allow."""
 
-    __slots__ = ("_forward", "_budget", "_queries", "_calls", "_view", "num_classes", "image_shape")
+    __slots__ = ("_forward", "_budget", "_queries", "_calls", "_view", "_refused", "num_classes", "image_shape")
 
     def __init__(self, target: AttackTarget, budget: int | None = None, device: str | torch.device = "cpu",
                  batch: int = 512) -> None:
@@ -85,6 +85,7 @@ class _Oracle:
         if deployment is not None and deployment.budget is not None:
             budget = deployment.budget if budget is None else min(budget, deployment.budget)
         self._view = _client_view(deployment)
+        self._refused = False
         self._budget = budget
         self._queries = 0
         self._calls = 0
@@ -102,6 +103,11 @@ class _Oracle:
         return self._calls
 
     @property
+    def refused(self) -> bool:
+        """Whether a request was refused for going over the budget (the budget stopped the attack)."""
+        return self._refused
+
+    @property
     def budget(self) -> int | None:
         """Total images the oracle will answer (``None``: unlimited)."""
         return self._budget
@@ -114,6 +120,7 @@ class _Oracle:
     def _logits(self, x01: Tensor) -> Tensor:
         n = int(x01.shape[0]) if x01.dim() > 0 else 0
         if self._budget is not None and self._queries + n > self._budget:
+            self._refused = True
             raise QueryBudgetExceeded(f"query budget exhausted: {self._queries} of {self._budget} used, "
                                       f"a request for {n} more refused")
         out = self._forward(x01)
@@ -211,7 +218,8 @@ def run_query_attack(request: AttackRequest, oracle_class: type[_Oracle],
     extra["query_budget"] = budget.queries
     if target.deployment is not None:  # what the audit of a deployment reports
         extra["deployment"] = {**target.deployment.to_dict(), "queries_used": oracle.queries,
-                               "budget_stopped": capped and bool(out["extra"].get("budget_exhausted", True))}
+                               "budget_stopped": oracle.refused or (
+                                   capped and bool(out["extra"].get("budget_exhausted", True)))}
     codec = PixelCodec(target.normalization, target.image_shape[0], device)
     pixels = out["pixels"].to(device)
     images = codec.to_input(pixels)
@@ -231,7 +239,9 @@ def _deployment_budget(target: AttackTarget, budget: Any) -> tuple[Any, bool]:
     import dataclasses
 
     cap = target.deployment.budget if target.deployment is not None else None
-    if cap is None or (budget.queries is not None and budget.queries <= cap):
+    if cap is None or budget.queries is None or budget.queries <= cap:
+        # an attack bounded by its steps alone keeps its plan: the oracle refuses past the budget, and the
+        # attack stops there with what it has (``oracle.refused``)
         return budget, False
     return dataclasses.replace(budget, queries=cap), True
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from midre.attacks.base import AttackBudget, AttackResult, StepReporter, expand_labels
-from midre.attacks.blackbox import ProbabilityOracle, checkpoint_queries, run_query_attack
+from midre.attacks.blackbox import ProbabilityOracle, QueryBudgetExceeded, checkpoint_queries, run_query_attack
 from midre.attacks.registry import AttackRequest, register_attack
 from midre.progress import ProgressCallback, StopCallback
 
@@ -291,9 +291,13 @@ class RLBMI:
         rewards = torch.zeros(episodes)
         losses: dict[str, float] = {}
         for ep in range(episodes):
-            ep_reward, losses = self._episode(agent, replay, best, y, gen, losses)
-            if opt.test_rollouts:
-                self._test_rollouts(agent, best, y, gen)
+            try:
+                ep_reward, losses = self._episode(agent, replay, best, y, gen, losses)
+                if opt.test_rollouts:
+                    self._test_rollouts(agent, best, y, gen)
+            except QueryBudgetExceeded:  # a deployment's budget ran out mid-episode: keep the best so far
+                rewards = rewards[:ep]
+                break
             rewards[ep] = float(ep_reward.mean())
             while marks and self.oracle.queries >= marks[0]:
                 marks.pop(0)
@@ -301,9 +305,11 @@ class RLBMI:
             reporter.step(-float(ep_reward.mean()), message=f"rlb-mi episode {ep + 1}/{episodes}")
         if not snapshots or snapshots[-1][0] != self.oracle.queries:
             snapshots.append(self._snapshot(best))
-        tail = max(1, episodes // 10)
-        extra = {"episodes": episodes, "queries_per_episode": cost,
-                 "reward_first": float(rewards[:tail].mean()), "reward_last": float(rewards[-tail:].mean()),
+        done = int(rewards.numel())
+        tail = max(1, done // 10)
+        extra = {"episodes": done, "queries_per_episode": cost,
+                 "reward_first": float(rewards[:tail].mean()) if done else None,
+                 "reward_last": float(rewards[-tail:].mean()) if done else None,
                  "best_confidence": float(best.score.mean()), **losses}
         return {"pixels": snapshots[-1][1], "labels": expand_labels(ids, per_identity),
                 "checkpoints": snapshots, "extra": extra}

@@ -11,6 +11,7 @@ the other ways.
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
 import os
 import shutil
@@ -32,6 +33,8 @@ from services.jobspec import get_kind
 from services.redact import server_redactor
 from services.settings import Settings
 from services.storage import LocalStore
+
+log = logging.getLogger(__name__)
 
 #: Folders of a job's folder that are resume state, caches or the engine's own markers, not artifacts.
 NOT_ARTIFACTS = frozenset({"checkpoint", "cache", "units"})
@@ -170,6 +173,9 @@ def store_bom(settings: Settings, sessions: sessionmaker[Session], store: LocalS
         try:
             bom = model_bom(ctx, session, TenantRef(row.tenant_id, ""), job_id)
         except ApiError:
+            return False
+        except Exception:  # noqa: BLE001 - the job has succeeded; a BOM that cannot be built must not undo it
+            log.exception("bom.json of %s not written", job_id)
             return False
         path = store.work_dir(job_id) / "bom.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,14 @@ def test_top_k_with_a_budget_never_answers_more_and_full_leaks_at_least_as_much(
     free = audit(api, headers, model, "rlb-mi")["attacks"][0]
     assert free["queries_used"] == 240 and free["budget_stopped"] is False
     assert free["attacc_top1"]["mean"] >= budgeted["attacc_top1"]["mean"]
+    # an attack bounded by its steps alone (no query plan) is stopped by the budget where it runs out
+    steps_only = {**AUDIT["attack_budgets"], "rlb-mi": {"steps": 200, "prior_steps": 20}}
+    r = api.client.post("/v1/jobs", json={**AUDIT, "attack_budgets": steps_only, "attacks": ["rlb-mi"],
+                                          "deployment": {"model": model, "budget": 45}}, headers=headers)
+    assert r.status_code == 201 and run_job_inline(api.settings, r.json()["id"]) == "succeeded", \
+        api.client.get(f"/v1/jobs/{r.json()['id']}", headers=headers).json()["error"]
+    cut = api.client.get(f"/v1/jobs/{r.json()['id']}/artifacts/report.json", headers=headers).json()
+    assert cut["deployment"]["attacks"][0]["queries_used"] <= 45 and cut["deployment"]["attacks"][0]["budget_stopped"]
     # a budget in the spec overrides the model's own (what one client would have), read when submitted
     set_policy(api, headers, model, policy="top-k", top_k=3, budget=60)
     spec = {**AUDIT, "attacks": ["rlb-mi"], "deployment": {"model": model, "budget": 30}}

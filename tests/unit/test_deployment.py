@@ -97,5 +97,15 @@ def test_the_attack_runs_within_the_deployment_budget_and_says_when_it_was_cut()
     assert (cut.queries, capped) == (200, True)
     same, capped = _deployment_budget(target(Deployment(OutputPolicy(), budget=5000)), budget)
     assert (same.queries, capped) == (1000, False)
-    unplanned, capped = _deployment_budget(target(Deployment(OutputPolicy(), budget=50)), AttackBudget(steps=3))
-    assert (unplanned.queries, capped) == (50, True)
+
+
+def test_an_attack_bounded_by_its_steps_alone_is_stopped_by_the_oracle() -> None:
+    budget = AttackBudget(steps=3)
+    same, capped = _deployment_budget(target(Deployment(OutputPolicy(), budget=50)), budget)
+    assert same is budget and capped is False  # its plan stays; the oracle enforces the deployment's budget
+    oracle = ProbabilityOracle(target(Deployment(OutputPolicy(), budget=4)), budget=None)
+    oracle.predict_proba(torch.rand(4, 1, 4, 4))
+    assert not oracle.refused
+    with pytest.raises(QueryBudgetExceeded):
+        oracle.predict_proba(torch.rand(1, 1, 4, 4))
+    assert oracle.refused and oracle.queries == 4
