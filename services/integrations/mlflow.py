@@ -294,7 +294,7 @@ def _tag(handoff: Handoff, job: _JobFacts, resolved_config: dict[str, Any], labe
         handoff.version_tags.update(attacc)
 
 
-def _configure_client(settings: Settings) -> None:
+def configure_client(settings: Settings) -> None:
     """The ``mlflow`` client's process-wide knobs: no redirects (a server cannot send us elsewhere),
     no retries of its own (the outbox retries with back-off), ``MIDRE_MLFLOW_TIMEOUT_S`` per request."""
     os.environ["MLFLOW_ALLOW_HTTP_REDIRECTS"] = "false"
@@ -334,7 +334,7 @@ def send(settings: Settings, store: LocalStore, handoff: Handoff, check_target: 
     from mlflow.utils.rest_utils import MlflowHostCreds
 
     uri = check_uri(handoff.tracking_uri, settings.mlflow_allow_private, check_target)
-    _configure_client(settings)
+    configure_client(settings)
     creds = MlflowHostCreds(host=uri, token=handoff.token or None,
                             username=None if handoff.token else handoff.username,
                             password=None if handoff.token else handoff.password)

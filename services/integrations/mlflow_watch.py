@@ -51,10 +51,10 @@ _ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
 def _creds(ctx: ServiceContext, row: MlflowIntegration, check_target: TargetCheck) -> Any:
     from mlflow.utils.rest_utils import MlflowHostCreds
 
-    from services.integrations.mlflow import _configure_client, check_uri
+    from services.integrations.mlflow import check_uri, configure_client
 
     uri = check_uri(row.tracking_uri, ctx.settings.mlflow_allow_private, check_target)
-    _configure_client(ctx.settings)
+    configure_client(ctx.settings)
     return MlflowHostCreds(host=uri, token=row.token or None, username=None if row.token else row.username,
                            password=None if row.token else row.password)
 

@@ -24,6 +24,7 @@ from services.db.types import utcnow
 from services.ops import reviews
 from services.ops.context import Caller, ServiceContext, TenantRef
 from services.ops.jobs import get_job
+from services.ops.models import job_report
 from services.ops.reviews import RECON_RUN, AnswerIn, load_tensors, png_data_url
 
 #: Metric names the human figures are stored under (``<defense>.<attack>.<name>``).
@@ -77,22 +78,6 @@ class HumanEvaluation(BaseModel):
     interval: str
 
 
-def _report_artifact(session: Session, job: Job) -> Artifact | None:
-    return session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == "report.json"))
-
-
-def _report(ctx: ServiceContext, session: Session, job: Job) -> dict[str, Any] | None:
-    row = _report_artifact(session, job)
-    if row is None:
-        return None
-    try:
-        with ctx.store.open(row.sha256) as fh:
-            data = json.load(fh)
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def judge_names(report: dict[str, Any] | None) -> list[str]:
     """``arch (seed k)`` of each judge of the study, in the panel's order (the first is the kappa's)."""
     out = []
@@ -139,7 +124,7 @@ def summary_of(ctx: ServiceContext, session: Session, job: Job, report: dict[str
     """The human figures of ``job`` now (see :func:`midre.report.human.summarize`)."""
     from midre.report.human import summarize
 
-    report = report if report is not None else _report(ctx, session, job)
+    report = report if report is not None else job_report(session, ctx.store, job.id)
     summary = summarize(answers_of(session, job), judges=judge_names(report))
     return _with_images(ctx, session, job, summary) if images else summary
 
@@ -209,8 +194,8 @@ def refresh_report(ctx: ServiceContext, session: Session, job_id: str) -> None:
     """Write the job's human figures into its report (``report.json``, ``report.html``) and its metrics;
     called when a reviewer finishes a session. Commits."""
     job = session.get(Job, job_id, with_for_update=True)  # two reviewers finishing at once take turns
-    report = _report(ctx, session, job) if job is not None else None
-    if job is None or report is None:
+    report = job_report(session, ctx.store, job.id) if job is not None else {}
+    if job is None or not report:
         return
     summary = summary_of(ctx, session, job, report)
     report["human"] = summary

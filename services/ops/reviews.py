@@ -16,6 +16,7 @@ is :mod:`services.ops.human`.
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import re
 import secrets
@@ -98,11 +99,19 @@ class Material:
 # --------------------------------------------------------------------------- reading the study's files
 
 
-def load_tensors(ctx: ServiceContext, artifact: Artifact) -> dict[str, Any]:
+@functools.lru_cache(maxsize=16)
+def _read_tensors(path: str) -> dict[str, Any]:
+    """A stored safetensors file (content-addressed: a path always holds the same bytes), kept for the next
+    trial of the session, which reads the same attack run and review material; callers never modify it."""
     from safetensors.torch import load_file
 
+    return load_file(path)
+
+
+def load_tensors(ctx: ServiceContext, artifact: Artifact) -> dict[str, Any]:
+    """The tensors of a safetensors artifact (410 when its file is no longer stored)."""
     try:
-        return load_file(str(ctx.store.path(artifact.sha256)))
+        return _read_tensors(str(ctx.store.path(artifact.sha256)))
     except FileNotFoundError as exc:
         raise ApiError(410, "artifact_missing", f"artifact {artifact.name!r} is no longer in storage") from exc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -347,3 +348,18 @@ class OneUnitLibrary:
         from services.worker.ending import Outcome
 
         return Outcome(self.metrics)
+
+
+def train_outside(out: Path, epochs: int, max_images_per_identity: int) -> tuple[Path, dict[str, Any]]:
+    """A 16 px digits ``cnn-small`` trained with the library, outside the service: its weights file and the
+    minimal card an upload needs (architecture, classes, input shape, normalisation)."""
+    from midre.data import DatasetSpec
+    from midre.train import TrainConfig, train
+
+    cfg = TrainConfig(data=DatasetSpec(source="digits", image_size=16, channels=1,
+                                       max_images_per_identity=max_images_per_identity),
+                      arch="cnn-small", defense={"name": "nodef"}, epochs=epochs, device="cpu")
+    train(cfg, out)
+    card = json.loads((out / "model.json").read_text())
+    return out / "model.safetensors", {k: card[k] for k in ("arch", "class_names", "image_size", "channels",
+                                                              "normalization")}

@@ -16,12 +16,11 @@ from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 from sqlalchemy import select
 
-from midre.data import DatasetSpec
-from midre.train import TrainConfig, train
+from midre.checkpoint import load_checkpoint
 from services.db.models import WebhookDelivery
 from services.db.session import dispose_all, session_factory
 from services.gateway.app import create_app
-from tests.service._support import run_job_inline
+from tests.service._support import run_job_inline, train_outside
 from tests.service.conftest import Api, make_settings
 
 pytest.importorskip("midre.plan")
@@ -37,18 +36,12 @@ POLICY_SPEC = {"dataset": "digits", "data": {"max_images_per_identity": 40}, "at
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], bytes, bytes]:
     """A card, an untrained model's weights and the same model trained (16 px digits, cnn-small)."""
     out = tmp_path_factory.mktemp("trained")
-    cfg = TrainConfig(data=DatasetSpec(source="digits", image_size=16, channels=1, max_images_per_identity=40),
-                      arch="cnn-small", defense={"name": "nodef"}, epochs=8, device="cpu")
-    train(cfg, out)
-    card = json.loads((out / "model.json").read_text())
-    minimal = {k: card[k] for k in ("arch", "class_names", "image_size", "channels", "normalization")}
-    from midre.checkpoint import load_checkpoint
-
+    weights, minimal = train_outside(out, epochs=8, max_images_per_identity=40)
     model, _ = load_checkpoint(out)
     untrained = {k: torch.zeros_like(v) if k.startswith("classifier") else v * 0.01
                  for k, v in model.state_dict().items()}
     save_file({k: v.contiguous() for k, v in untrained.items()}, str(out / "untrained.safetensors"))
-    return minimal, (out / "untrained.safetensors").read_bytes(), (out / "model.safetensors").read_bytes()
+    return minimal, (out / "untrained.safetensors").read_bytes(), weights.read_bytes()
 
 
 @pytest.fixture

@@ -18,9 +18,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save
 
-from midre.data import DatasetSpec
-from midre.train import TrainConfig, train
-from tests.service._support import run_job_inline
+from tests.service._support import run_job_inline, train_outside
 from tests.service.conftest import Api, make_settings
 from tests.service.test_jobspec import STUDY, job_count, submit
 
@@ -30,13 +28,8 @@ DATA = {"max_images_per_identity": 20}
 @pytest.fixture(scope="module")
 def outside_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, dict[str, Any]]:
     """Weights and a minimal card of a model trained with the library, outside the service."""
-    out = tmp_path_factory.mktemp("outside")
-    cfg = TrainConfig(data=DatasetSpec(source="digits", image_size=16, channels=1, max_images_per_identity=20),
-                      arch="cnn-small", defense={"name": "nodef"}, epochs=1, device="cpu")
-    train(cfg, out)
-    card = json.loads((out / "model.json").read_text())
-    minimal = {k: card[k] for k in ("arch", "class_names", "image_size", "channels", "normalization")}
-    return (out / "model.safetensors").read_bytes(), minimal
+    weights, minimal = train_outside(tmp_path_factory.mktemp("outside"), epochs=1, max_images_per_identity=20)
+    return weights.read_bytes(), minimal
 
 
 def upload(api: Api, key: str, weights: bytes, card: Any, name: str = "their-model") -> Any:
