@@ -34,3 +34,9 @@ class ConfigError(ValueError):
             return ConfigError(prefix, self.message)
         joiner = "" if self.field.startswith("[") else "."
         return ConfigError(f"{prefix}{joiner}{self.field}", self.message)
+
+
+class TransientError(RuntimeError):
+    """A failure that says nothing about the run itself (a lost training rank, an unreachable object
+    store): running the same unit again may succeed. The service retries a unit that raises one (up to
+    its attempt limit) instead of failing the job; the library only raises it."""
