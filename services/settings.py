@@ -6,7 +6,9 @@ Two ways to run share this one ``Settings`` class:
   (SQLite database, file-system Celery broker, artifacts, job work folders) lives under
   ``MIDRE_HOME`` (default ``~/.midre``).
 * **production**: point ``MIDRE_DATABASE_URL`` at PostgreSQL and ``MIDRE_BROKER_URL`` at Redis or
-  RabbitMQ, and ``MIDRE_DATA_DIR`` at a volume every API and worker container shares.
+  RabbitMQ, and either ``MIDRE_STORAGE_URL`` at an S3-compatible bucket (machines share nothing else; each
+  keeps its own ``MIDRE_HOME`` as a bounded cache) or ``MIDRE_DATA_DIR`` at a volume every API and worker
+  container mounts.
 
 There are no default secrets: API keys are created with ``midre admin create-key`` and stored hashed.
 """
@@ -46,6 +48,40 @@ class Settings(BaseSettings):
     )
     data_dir: Path | None = Field(
         None, description="Artifacts, datasets and job work folders; default $MIDRE_HOME/data."
+    )
+    storage_url: str | None = Field(
+        None, description="s3://<bucket>/<prefix>: artifacts, uploads, datasets and job working files in an "
+        "S3-compatible object store, this machine's data folder only a bounded cache (credentials from the AWS "
+        "chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION, a profile or a role); unset: the "
+        "data folder is the store.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Address of an S3-compatible server (MinIO, Ceph, a cloud's S3 API); unset: AWS S3."
+    )
+    cache_max_bytes: int = Field(
+        20 * 1024**3, ge=1, description="With MIDRE_STORAGE_URL: bytes of stored files this machine keeps in its "
+        "cache (least recently read evicted first).",
+    )
+    s3_multipart_bytes: int = Field(
+        64 * 1024**2, ge=5 * 1024**2, description="Files larger than this go to and from the object store in parts "
+        "of this size.",
+    )
+    s3_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Connect and read timeout of one object-store request (3 tries with back-off)."
+    )
+    s3_presigned_downloads: bool = Field(
+        False, description="Answer artifact downloads with a redirect (307) to a presigned object-store URL instead "
+        "of streaming them through the API (clients must reach MIDRE_S3_ENDPOINT_URL).",
+    )
+    s3_presign_s: int = Field(300, ge=10, le=7 * 24 * 3600, description="Lifetime of a presigned download URL.")
+    worker_devices: int | None = Field(
+        None, ge=1, le=1024,
+        description="Devices this machine's workers offer to training units with `training.devices` > 1 (a unit "
+        "waits for that many free ones); default the visible CUDA devices, on a CPU machine its cores.",
+    )
+    unit_retry_s: float = Field(
+        10.0, ge=0, description="Delay before a unit that met a transient failure (object store unreachable, a "
+        "lost training process) runs again; it counts against MIDRE_MAX_ATTEMPTS.",
     )
     broker_prefix: str = Field(
         "", description="Prefix of queue names (and of Redis keys) so several stacks share a broker."
@@ -171,6 +207,16 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="Seconds one request of an MLflow hand-off may take (an upload included)."
     )
 
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        from services.storage.s3 import parse_storage_url
+
+        parse_storage_url(value)
+        return value
+
     @field_validator("dataset_paths", mode="before")
     @classmethod
     def _split_paths(cls, value: object) -> object:
@@ -200,7 +246,7 @@ class Settings(BaseSettings):
 
     @property
     def storage_dir(self) -> Path:
-        """Root of artifacts, datasets and job work folders."""
+        """Root of artifacts, datasets and job work folders (with MIDRE_STORAGE_URL: this machine's cache)."""
         return self.data_dir or (self.home / "data")
 
     @property

@@ -47,7 +47,7 @@ from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
-from services.storage import LocalStore
+from services.storage import open_store
 from services.storage.orphans import sweep_store
 from services.ttl_cache import TTLCache
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
     ctx = service_context(settings)
-    serving = ServingRuntime(ServingSettings(), LocalStore(settings.storage_dir), ctx.sessions)
+    serving = ServingRuntime(ServingSettings(), open_store(settings), ctx.sessions)
     app = FastAPI(
         title=TITLE,
         version=API_VERSION,
@@ -101,7 +101,7 @@ def service_context(settings: Settings) -> ServiceContext:
     return ServiceContext(
         settings=settings,
         sessions=session_factory(settings.db_url, settings.pool),
-        store=LocalStore(settings.storage_dir),
+        store=open_store(settings),
         dispatcher=Dispatcher(settings),
         auth_cache=AuthCache(settings.auth_cache_s),
         job_cache=TTLCache(settings.job_cache_s),

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from services.db.models import Artifact
+from services.ops.context import ServiceContext
 
 
 def download_response(artifact: Artifact, path: Path) -> FileResponse:
@@ -25,3 +27,14 @@ def download_response(artifact: Artifact, path: Path) -> FileResponse:
             "Cache-Control": "private, max-age=31536000, immutable",
         },
     )
+
+
+def send_artifact(ctx: ServiceContext, artifact: Artifact, path_of: Callable[[], Path]) -> Response:
+    """What a download route answers: with ``MIDRE_S3_PRESIGNED_DOWNLOADS`` on an object store, a 307 to a
+    presigned URL of the object (the bytes never pass through the API); otherwise the file, streamed from
+    this machine's copy (``path_of``: the store's file, brought to the local cache first where need be)."""
+    if ctx.store.remote and ctx.settings.s3_presigned_downloads:
+        url = ctx.store.presigned_url(artifact.sha256, artifact.name.rsplit("/", 1)[-1], artifact.content_type)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store",
+                                                               "X-Checksum-Sha256": artifact.sha256})
+    return download_response(artifact, path_of())

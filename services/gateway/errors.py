@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.jobspec import kind_names
 from services.ops.errors import ApiError, FieldError, not_found, validation_error  # noqa: F401  (re-exported)
+from services.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,14 @@ async def _busy(request: Request, exc: Exception) -> JSONResponse:
                             headers={"Retry-After": "1"})
 
 
+async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+    """The object store cannot be reached: a 503 that says to retry; nothing stored is affected."""
+    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(request, 503, "storage_unavailable",
+                            "the object store is unavailable; nothing stored is lost, retry shortly",
+                            headers={"Retry-After": "5"})
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(request, 500, "internal_error", "an unexpected error occurred")
@@ -136,6 +145,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(sqlalchemy.exc.TimeoutError, _busy)
+    app.add_exception_handler(StoreUnavailable, _store_down)
     app.add_exception_handler(Exception, _unhandled)
 
 

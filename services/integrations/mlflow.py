@@ -55,7 +55,7 @@ from services.jobspec import get_kind
 from services.ops.models import card_name
 from services.redact import server_redactor
 from services.settings import Settings
-from services.storage import LocalStore
+from services.storage import LocalStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -558,7 +558,7 @@ def log_job(settings: Settings, sessions: sessionmaker[Session], message_id: str
     succeeded, ``detail`` says what was logged; else ``status_code`` None and ``error`` says why not).
     Never raises. ``check_target`` is the webhooks' address filter, applied to the tracking URI."""
     started = time.perf_counter()
-    store = LocalStore(settings.storage_dir)
+    store = open_store(settings)
 
     def done(status: int | None, error: str | None, detail: str | None = None) -> Result:
         return Result(status, error, round((time.perf_counter() - started) * 1000, 1), detail)

@@ -19,18 +19,30 @@ def list_artifacts(session: Session, tenant: TenantRef, job_id: str) -> list[Art
     return list(session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.name)).all())
 
 
-def stored_file(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id: str,
-                name: str) -> tuple[Artifact, Path]:
-    """The artifact ``name`` of the tenant's job ``job_id`` and the stored file holding its bytes: 404 when
-    either is missing, 410 when the file is no longer in storage."""
+def find_artifact(session: Session, tenant: TenantRef, job_id: str, name: str) -> Artifact:
+    """The artifact ``name`` of the tenant's job ``job_id``; 404 when either is missing."""
     job = get_job(session, tenant, job_id)
     artifact = session.scalar(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name))
     if artifact is None:
         raise not_found("artifact", name)
+    return artifact
+
+
+def artifact_file(ctx: ServiceContext, artifact: Artifact) -> Path:
+    """The stored file holding an artifact's bytes (from an object store: its copy in this machine's cache);
+    410 when the file is no longer in storage, 503 (StoreUnavailable) when the store cannot be reached."""
     try:
-        return artifact, ctx.store.path(artifact.sha256)
+        return ctx.store.path(artifact.sha256)
     except FileNotFoundError as exc:
-        raise ApiError(410, "artifact_missing", f"artifact {name!r} is no longer in storage") from exc
+        raise ApiError(410, "artifact_missing", f"artifact {artifact.name!r} is no longer in storage") from exc
+
+
+def stored_file(ctx: ServiceContext, session: Session, tenant: TenantRef, job_id: str,
+                name: str) -> tuple[Artifact, Path]:
+    """The artifact ``name`` of the tenant's job ``job_id`` and the stored file holding its bytes: 404 when
+    either is missing, 410 when the file is no longer in storage."""
+    artifact = find_artifact(session, tenant, job_id, name)
+    return artifact, artifact_file(ctx, artifact)
 
 
 def jobs_with(session: Session, tenant: TenantRef, name: str, limit: int = 200) -> list[Job]:
@@ -42,4 +54,4 @@ def jobs_with(session: Session, tenant: TenantRef, name: str, limit: int = 200) 
     ))
 
 
-__all__ = ["jobs_with", "list_artifacts", "stored_file"]
+__all__ = ["artifact_file", "find_artifact", "jobs_with", "list_artifacts", "stored_file"]

@@ -27,6 +27,7 @@ from services.ops.files import UploadedFile, check_upload_quota, in_check_thread
 from services.ops.schemas import DatasetPublic, DatasetRef
 from services.ops.views import dataset_view
 from services.redact import Redactor, server_redactor
+from services.storage import LocalStore
 
 #: Rejected files listed in a dataset summary (the count is always complete).
 MAX_REJECTED_LISTED = 100
@@ -46,6 +47,8 @@ async def store_upload(ctx: ServiceContext, tenant: TenantRef, upload: UploadedF
     dest = ctx.store.dataset_dir(dataset_id)
     try:
         dataset = await in_check_thread(ctx.settings.upload_workers, _check_archive, ctx, tenant, upload, dest)
+        if ctx.store.remote:  # workers on other machines read it from the object store
+            await in_io_thread(ctx.store.push_tree, dest, dataset_area(dataset_id))
         return await in_thread(_save, ctx, dataset)
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -104,9 +107,31 @@ def delete_dataset(ctx: ServiceContext, session: Session, tenant: TenantRef, dat
     """Forget a dataset and delete its extracted files (jobs already trained keep their artifacts)."""
     dataset = get_dataset(session, tenant, dataset_id)
     if dataset.source_type == "upload":
+        ctx.store.delete_tree(dataset_area(dataset.id))
         ctx.store.remove_tree(ctx.store.dataset_dir(dataset.id))
     session.delete(dataset)
     session.commit()
+
+
+def dataset_area(dataset_id: str) -> str:
+    """Where an uploaded dataset's extracted images live in an object store (``datasets/<id>``)."""
+    return f"datasets/{dataset_id}"
+
+
+def dataset_folder(store: LocalStore, dataset: Dataset) -> str:
+    """The folder of ``dataset`` on this machine. An upload's images are extracted under the data folder of the
+    API that took it; with an object store, a machine that lacks them (or has an older copy) brings them down
+    first, into its own data folder. A registered server folder must exist on every worker (the operator
+    mounts it)."""
+    if dataset.source_type != "upload":
+        return dataset.source
+    local = store.dataset_dir(dataset.id)
+    store.pull_tree(dataset_area(dataset.id), local)
+    parts = Path(dataset.source).parts
+    for i in range(len(parts) - 1):  # source is <data folder>/datasets/<id>[/the archive's top folder]
+        if parts[i:i + 2] == ("datasets", dataset.id):
+            return str(local.joinpath(*parts[i + 2:]))
+    return dataset.source
 
 
 def _save(ctx: ServiceContext, dataset: Dataset) -> DatasetPublic:

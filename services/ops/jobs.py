@@ -26,6 +26,7 @@ from services.db.types import new_id, utcnow
 from services.db.workers import auto_queue
 from services.jobspec import DIGITS, SpecError, bind, check_public_data, get_kind, kind_names, references, resolve
 from services.ops.context import TenantRef
+from services.ops.datasets import dataset_folder
 from services.ops.errors import ApiError, not_found, validation_error
 from services.ops.quotas import check_job_quotas
 from services.queue.dispatch import Dispatcher
@@ -33,7 +34,7 @@ from services.redact import server_redactor
 from services.serving.config import ServingSettings
 from services.serving.policy import policy_of
 from services.settings import Settings
-from services.storage import LocalStore
+from services.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +165,13 @@ def _estimate(session: Session, settings: Settings, tenant: TenantRef, resolved:
     of the named models' cards."""
     from midre.cost import estimate_study
 
-    store = LocalStore(settings.storage_dir)
+    store = open_store(settings)
 
     def lookup(token: str) -> str:
         what, _, ident = token.partition(":")
         if what == "dataset":
-            return dataset_ref(session, tenant, ident)[0]
+            source, dataset_id = dataset_ref(session, tenant, ident)
+            return source if dataset_id is None else dataset_folder(store, session.get(Dataset, dataset_id))
         card = session.scalar(select(Artifact).where(Artifact.job_id == ident, Artifact.name == "model.json"))
         folder = scratch / ident
         folder.mkdir(exist_ok=True)

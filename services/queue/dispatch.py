@@ -38,20 +38,22 @@ class Dispatcher:
             return "cpu"
         return self.settings.auto_queue
 
-    def send(self, job_id: str, queue: str) -> None:
-        """Publish the job (``queue`` is the full broker queue name); raises on broker errors."""
-        self._publish(TASK_NAME, [job_id], queue)
+    def send(self, job_id: str, queue: str, countdown: float | None = None) -> None:
+        """Publish the job (``queue`` is the full broker queue name), to run ``countdown`` seconds from now at
+        the earliest; raises on broker errors."""
+        self._publish(TASK_NAME, [job_id], queue, countdown)
 
-    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+    def send_unit(self, job_id: str, key: str, queue: str, countdown: float | None = None) -> None:
         """Publish one unit of a fanned-out study to its job's queue; raises on broker errors."""
-        self._publish(UNIT_TASK_NAME, [job_id, key], queue)
+        self._publish(UNIT_TASK_NAME, [job_id, key], queue, countdown)
 
-    def _publish(self, task: str, args: list[str], queue: str) -> None:
+    def _publish(self, task: str, args: list[str], queue: str, countdown: float | None = None) -> None:
         self.celery.send_task(
             task,
             args=args,
             queue=queue,
             routing_key=queue,
+            countdown=countdown or None,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )

@@ -2,8 +2,9 @@
 
 Blobs live at ``<root>/blobs/<sha[:2]>/<sha>``; the database maps ``(job, name)`` to a sha256, so
 an artifact's bytes are verified by construction and identical files are stored once. The same
-small interface (``put_file``, ``open``, ``path``, ``delete``) is what an S3-compatible store would
-implement.
+interface (``put_file``, ``open``, ``path``, ``delete``; ``pull_tree``/``push_tree`` for the named files of
+datasets, job folders and caches) is what :class:`services.storage.s3.S3Store` implements over an
+S3-compatible object store; here the folder is the store, so a tree needs no synchronising.
 """
 
 from __future__ import annotations
@@ -43,9 +44,23 @@ class LocalStore:
         root: the folder (created on demand); for several machines, a shared volume.
     """
 
+    #: Whether files live elsewhere than this machine's folder (trees must be pulled and pushed).
+    remote = False
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.blob_root = self.root / "blobs"
+
+    def check(self) -> None:
+        """Nothing to reach: the folder is local (an object store checks its bucket here)."""
+
+    def describe(self) -> str:
+        """Where the store is, for logs."""
+        return str(self.root)
+
+    def exists(self, sha256: str) -> bool:
+        """Whether the store holds the blob."""
+        return self._blob_path(sha256).is_file()
 
     def _blob_path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -93,6 +108,21 @@ class LocalStore:
     def delete(self, sha256: str) -> None:
         """Remove a blob (the caller checks nothing else references it)."""
         self._blob_path(sha256).unlink(missing_ok=True)
+
+    # Trees of named files (a dataset's images, a job's working files, a tenant's cache): here the folder
+    # under ``root`` is both the store and the working copy, so synchronising does nothing.
+
+    def pull_tree(self, area: str, local: Path) -> int:
+        """Bring ``area`` into ``local`` (nothing to do on a local folder); returns files fetched."""
+        return 0
+
+    def push_tree(self, local: Path, area: str) -> int:
+        """Send ``local``'s new files to ``area`` (nothing to do on a local folder); returns files sent."""
+        return 0
+
+    def delete_tree(self, area: str) -> int:
+        """Delete ``area`` from the store (its local folder is the caller's); returns objects deleted."""
+        return 0
 
     # Folders next to the blobs, for things that are not content-addressed.
 

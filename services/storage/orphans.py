@@ -10,7 +10,9 @@ Three things can outlive the request or job that made them:
 * a **blob** (``blobs/<sha[:2]>/<sha>``) no artifact refers to: its upload or job failed at the
   database step, or a redelivered job replaced its artifacts; and a ``.incoming-*`` copy a killed
   ``put_file`` left. Deleted once older than the grace period (a writer stores blobs first and
-  commits their rows right after, well within it).
+  commits their rows right after, well within it). With an object store, the same holds for its blobs;
+* a **working folder** (``work/<job>``) of a job that has ended: with an object store every machine that ran
+  one of the job's units keeps a working copy, and only the one that finished the job deletes its own.
 
 :func:`sweep` runs in every reaper pass (partial uploads each time, the rest at most every quarter
 of the grace period) and when the API starts. :func:`pending_upload_bytes` lets the storage quota
@@ -37,6 +39,7 @@ from services.db.types import host_id
 
 if TYPE_CHECKING:
     from services.settings import Settings
+    from services.storage.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +98,12 @@ class SweepCounts:
     uploads: int = 0
     datasets: int = 0
     blobs: int = 0
+    work: int = 0
     bytes: int = 0
     errors: list[str] = field(default_factory=list)
 
     def any(self) -> bool:
-        return bool(self.uploads or self.datasets or self.blobs)
+        return bool(self.uploads or self.datasets or self.blobs or self.work)
 
 
 def _old(path: Path, cutoff: float) -> bool:
@@ -161,19 +165,54 @@ def sweep_blobs(root: Path, sessions: sessionmaker[Session], cutoff: float, coun
             counts.blobs += 1
 
 
+def sweep_remote_blobs(store: LocalStore, sessions: sessionmaker[Session], cutoff: float,
+                       counts: SweepCounts) -> None:
+    """Delete an object store's blobs older than ``cutoff`` that no artifact refers to."""
+    old = [sha for sha, modified in store.list_blobs() if modified < cutoff]
+    if not old:
+        return
+    with sessions() as session:
+        referenced = set(session.scalars(select(Artifact.sha256).distinct()))
+    for sha in old:
+        if sha not in referenced:
+            store.delete(sha)
+            counts.blobs += 1
+
+
+def sweep_work(root: Path, sessions: sessionmaker[Session], counts: SweepCounts) -> None:
+    """Delete this machine's working folders of jobs that have ended (or no longer exist)."""
+    from services.db.jobs import TERMINAL
+    from services.db.models import Job
+
+    base = Path(root) / "work"
+    if not base.is_dir():
+        return
+    folders = {p.name: p for p in base.iterdir() if p.is_dir() and not p.is_symlink()}
+    if not folders:
+        return
+    with sessions() as session:
+        live = set(session.scalars(select(Job.id).where(Job.id.in_(list(folders)), Job.status.not_in(list(TERMINAL)))))
+    for name, path in folders.items():
+        if name not in live:
+            shutil.rmtree(path, ignore_errors=True)
+            counts.work += 1
+
+
 _last_full: dict[str, float] = {}
 _lock = threading.Lock()
 
 
-def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: bool | None = None) -> SweepCounts:
+def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: bool | None = None,
+          store: LocalStore | None = None) -> SweepCounts:
     """One clean-up pass over the store under ``root``; never raises (problems are logged and counted).
 
     Args:
         root: the store's root folder.
         sessions: the service database.
         grace_s: age after which an orphan is deleted (``MIDRE_ORPHAN_GRACE_S``).
-        full: also sweep extraction folders and blobs; None does so when this process last did more
-            than a quarter of ``grace_s`` ago (partial uploads are swept every time: that is cheap).
+        full: also sweep extraction folders, blobs and ended jobs' working folders; None does so when this
+            process last did more than a quarter of ``grace_s`` ago (partial uploads are swept every time).
+        store: an object store whose blobs are swept too.
     """
     counts = SweepCounts()
     now = time.time()
@@ -186,7 +225,10 @@ def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: 
     steps = [("uploads", lambda: sweep_uploads(root, cutoff, counts))]
     if full:
         steps += [("datasets", lambda: sweep_datasets(root, sessions, cutoff, counts)),
-                  ("blobs", lambda: sweep_blobs(root, sessions, cutoff, counts))]
+                  ("blobs", lambda: sweep_blobs(root, sessions, cutoff, counts)),
+                  ("work", lambda: sweep_work(root, sessions, counts))]
+        if store is not None and store.remote:
+            steps.append(("stored blobs", lambda: sweep_remote_blobs(store, sessions, cutoff, counts)))
     for name, step in steps:
         try:
             step()
@@ -194,8 +236,8 @@ def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: 
             log.warning("orphan sweep of %s failed: %s", name, exc)
             counts.errors.append(f"{name}: {exc}")
     if counts.any():
-        log.info("orphans deleted: %d uploads, %d extraction folders, %d blobs (%d bytes)",
-                 counts.uploads, counts.datasets, counts.blobs, counts.bytes)
+        log.info("orphans deleted: %d uploads, %d extraction folders, %d blobs (%d bytes), %d working folders",
+                 counts.uploads, counts.datasets, counts.blobs, counts.bytes, counts.work)
     return counts
 
 
@@ -206,4 +248,6 @@ def sweep_store(settings: Settings, sessions: sessionmaker[Session] | None = Non
     from services.db.session import session_factory
 
     sessions = sessions or session_factory(settings.db_url, settings.pool)
-    return sweep(settings.storage_dir, sessions, settings.orphan_grace_s, full=full)
+    from services.storage import open_store
+
+    return sweep(settings.storage_dir, sessions, settings.orphan_grace_s, full=full, store=open_store(settings))

@@ -32,7 +32,7 @@ from services.db.types import utcnow
 from services.jobspec import get_kind
 from services.redact import server_redactor
 from services.settings import Settings
-from services.storage import LocalStore
+from services.storage import LocalStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def finish_job(settings: Settings, sessions: sessionmaker[Session], job: Job, un
     """Store the job's artifacts and metrics, then move the job (and ``unit``, the one completing the graph)
     to succeeded in one transaction. Run again after a lost worker, it gives the same result."""
     redact = server_redactor(settings)
-    store = LocalStore(settings.storage_dir)
+    store = open_store(settings)
     count = store_outputs(sessions, store, job.id, out_dir, redact)
     with sessions() as session:
         row = session.get(Job, job.id)
@@ -153,7 +153,16 @@ def finish_job(settings: Settings, sessions: sessionmaker[Session], job: Job, un
         session.commit()
     if get_kind(job.kind).model != "never":
         store_bom(settings, sessions, store, job.id)
-    shutil.rmtree(store.work_dir(job.id), ignore_errors=True)
+    forget_work(store, job.id)
+
+
+def forget_work(store: LocalStore, job_id: str) -> None:
+    """Delete a finished job's working files: this machine's folder, and their copy in an object store."""
+    shutil.rmtree(store.work_dir(job_id), ignore_errors=True)
+    try:
+        store.delete_tree(f"work/{job_id}")
+    except Exception as exc:  # noqa: BLE001 - the job is finished; leftovers only cost space
+        log.warning("job %s: could not delete its working files from the store: %s", job_id, exc)
 
 
 def store_bom(settings: Settings, sessions: sessionmaker[Session], store: LocalStore, job_id: str) -> bool:
@@ -244,7 +253,7 @@ def finish_cancel(settings: Settings, sessions: sessionmaker[Session], job_id: s
                                data={"status": "cancelled", **jobstate.unit_counts(session, job_id)})
         session.commit()
     if moved:
-        shutil.rmtree(LocalStore(settings.storage_dir).work_dir(job_id), ignore_errors=True)
+        forget_work(open_store(settings), job_id)
     return moved
 
 

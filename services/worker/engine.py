@@ -41,16 +41,19 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from midre.errors import TransientError
 from midre.progress import Cancelled
 from services import jobspec
 from services.db import jobs as jobstate
 from services.db.models import Artifact, Dataset, Job, JobUnit
 from services.db.session import session_factory
 from services.db.types import pid_host, utcnow
+from services.ops.datasets import dataset_folder
 from services.queue.dispatch import Dispatcher
 from services.redact import server_redactor
 from services.settings import Settings
-from services.storage import LocalStore
+from services.storage import LocalStore, open_store
+from services.worker import devices
 from services.worker.attempt import UnitAttempt, UnitLost, claim_unit, owner_is_dead
 from services.worker.ending import (
     MODEL_FILES,
@@ -79,6 +82,37 @@ class Library(Protocol):
 def job_dir(store: LocalStore, job_id: str) -> Path:
     """The folder every unit of a job reads and writes (its work folder's ``out``)."""
     return store.work_dir(job_id) / "out"
+
+
+def job_area(job_id: str) -> str:
+    """Where a job's folder lives in an object store (``work/<job>/out``)."""
+    return f"work/{job_id}/out"
+
+
+def cache_dir(store: LocalStore, tenant_id: str) -> Path:
+    """A tenant's cache of judges, priors and surrogates on this machine."""
+    return store.root / "cache" / tenant_id
+
+
+def cache_area(tenant_id: str) -> str:
+    """Where a tenant's cache lives in an object store (``cache/<tenant>``)."""
+    return f"cache/{tenant_id}"
+
+
+def pull_job(store: LocalStore, job: Job) -> Path:
+    """Bring the job's folder and its tenant's cache to this machine (what another machine's units wrote);
+    a local store has nothing to bring. Returns the job's folder."""
+    out_dir = job_dir(store, job.id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store.pull_tree(job_area(job.id), out_dir)
+    store.pull_tree(cache_area(job.tenant_id), cache_dir(store, job.tenant_id))
+    return out_dir
+
+
+def push_job(store: LocalStore, job: Job) -> None:
+    """Send what this machine's units wrote in the job's folder and the tenant's cache to the store."""
+    store.push_tree(job_dir(store, job.id), job_area(job.id))
+    store.push_tree(cache_dir(store, job.tenant_id), cache_area(job.tenant_id))
 
 
 def unit_row(unit: dict[str, Any], job_id: str) -> JobUnit:
@@ -130,7 +164,7 @@ def job_config(settings: Settings, sessions: sessionmaker[Session], job: Job) ->
     key = (job.id, json.dumps(job.resolved, sort_keys=True))
     if key in _CONFIGS:
         return _CONFIGS[key]
-    store = LocalStore(settings.storage_dir)
+    store = open_store(settings)
 
     def lookup(token: str) -> str:
         what, _, ident = token.partition(":")
@@ -139,10 +173,10 @@ def job_config(settings: Settings, sessions: sessionmaker[Session], job: Job) ->
                 dataset = session.get(Dataset, ident)
             if dataset is None or dataset.tenant_id != job.tenant_id:
                 raise FileNotFoundError(f"dataset: {ident} was deleted before the job ran")
-            return dataset.source
+            return dataset_folder(store, dataset)
         return str(materialize_model(sessions, store, job.tenant_id, ident, store.work_dir(job.id) / "refs" / ident))
 
-    config = jobspec.bind(job.resolved, lookup, cache_dir=str(store.root / "cache" / job.tenant_id),
+    config = jobspec.bind(job.resolved, lookup, cache_dir=str(cache_dir(store, job.tenant_id)),
                           inception_weights=settings.inception_weights)
     if len(_CONFIGS) >= 8:  # a worker runs a few jobs at a time: keep a handful
         _CONFIGS.pop(next(iter(_CONFIGS)))
@@ -263,12 +297,36 @@ def plan_job(settings: Settings, job_id: str, library: Library, worker: str | No
         _insert_units(sessions, job, units)
     except IntegrityError:  # another delivery planned it meanwhile
         log.info("job %s was planned concurrently", job_id)
+    except TransientError as exc:
+        return _plan_later(settings, sessions, dispatcher, job, redact(str(exc))[:2000] or type(exc).__name__)
     except Exception as exc:
         log.exception("job %s: planning failed", job_id)
         fail_job(sessions, job_id, error_code(exc), redact(str(exc))[:2000] or type(exc).__name__, exc)
         return "failed"
     dispatch_ready(settings, sessions, dispatcher, job_id)
     return "planned"
+
+
+def _plan_later(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher, job: Job,
+                message: str) -> str:
+    """Planning met a transient failure (the object store was unreachable): queue the job again, to be planned
+    ``MIDRE_UNIT_RETRY_S`` from now (each try counts against ``MIDRE_MAX_ATTEMPTS``)."""
+    log.warning("job %s: planning: %s; trying again in %.0f s", job.id, message, settings.unit_retry_s)
+    with sessions() as session:
+        row = session.get(Job, job.id)
+        if row is None or not jobstate.transition(session, row, [jobstate.RUNNING], jobstate.QUEUED,
+                                                  message=f"{message}; retrying"):
+            session.rollback()
+            return "skipped"
+        jobstate.add_event(session, row, "status", f"{message}; planning again in {settings.unit_retry_s:.0f} s",
+                           data={"status": "queued", "retry": True})
+        session.commit()
+        queue = row.queue
+    try:
+        dispatcher.send(job.id, queue, countdown=settings.unit_retry_s)
+    except Exception as exc:  # noqa: BLE001 - the reaper re-sends queued jobs whose message was lost
+        log.warning("job %s: could not queue it again now (%s); a reaper will", job.id, exc)
+    return "retrying"
 
 
 def _insert_units(sessions: sessionmaker[Session], job: Job, units: list[dict[str, Any]]) -> None:
@@ -295,24 +353,39 @@ def execute_unit(settings: Settings, job_id: str, key: str, library: Library, wo
     """
     sessions = session_factory(settings.db_url, settings.pool)
     dispatcher = dispatcher or Dispatcher(settings)
-    claimed = claim_unit(settings, sessions, job_id, key, worker or pid_host())
-    if isinstance(claimed, str):
-        return claimed
-    job, unit, single = claimed
+    need = _devices_needed(settings, sessions, job_id, key, library)
+    with devices.hold(settings, need) as slots:
+        if slots is None:
+            return _defer(settings, sessions, dispatcher, job_id, key, need)
+        claimed = claim_unit(settings, sessions, job_id, key, worker or pid_host())
+        if isinstance(claimed, str):
+            return claimed
+        with devices.visible(slots):
+            return _run_claimed(settings, sessions, dispatcher, library, *claimed)
+
+
+def _run_claimed(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher, library: Library,
+                 job: Job, unit: JobUnit, single: bool) -> str:
+    """Run a claimed unit in the job's folder (brought from the object store first, sent back after)."""
+    job_id, key = job.id, unit.key
     attempt = UnitAttempt(settings, sessions, job_id, unit, single)
     attempt.start()
     started = time.perf_counter()
+    store = open_store(settings)
+    ran = False
     try:
         config = job_config(settings, sessions, job)
-        out_dir = job_dir(LocalStore(settings.storage_dir), job_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = pull_job(store, job)
+        ran = True
         added = library.run(config, out_dir, unit_dict(unit), attempt.progress, attempt.should_stop)
         if attempt.lost.is_set():
             raise UnitLost(key)
         if attempt.cancel.is_set():
             raise Cancelled("the job was stopped")
+        push_job(store, job)  # before the unit counts as done: its dependents may run on another machine
         elapsed = time.perf_counter() - started
         if not added and _is_last(sessions, job_id, unit.id):
+            pull_job(store, job)  # what units on other machines wrote while this one ran
             finish_job(settings, sessions, job, unit, library.outcome(config, out_dir), out_dir, elapsed,
                        attempt.callback_seconds)
             return "succeeded"
@@ -320,25 +393,72 @@ def execute_unit(settings: Settings, job_id: str, key: str, library: Library, wo
             return "lost"
         dispatch_ready(settings, sessions, dispatcher, job_id)
         if _take_finish(sessions, job_id):  # two last units finished together: one of them finishes the job
+            pull_job(store, job)
             finish_job(settings, sessions, job, None, library.outcome(config, out_dir), out_dir, elapsed)
         return "succeeded"
     except UnitLost:
         return "lost"
     except Exception as exc:
-        return _unit_failed(settings, sessions, job_id, unit, attempt, exc)
+        if ran and store.remote and not isinstance(exc, TransientError):
+            _push_quietly(store, job)  # resume state of a failed or stopped unit, for its next attempt anywhere
+        return _unit_failed(settings, sessions, dispatcher, job_id, unit, attempt, exc)
     finally:
         attempt.stop()
 
 
-def _unit_failed(settings: Settings, sessions: sessionmaker[Session], job_id: str, unit: JobUnit,
-                 attempt: UnitAttempt, exc: Exception) -> str:
-    """Record a unit that raised: cancelled (the job was stopped), lost (another attempt owns it) or failed."""
+def _push_quietly(store: LocalStore, job: Job) -> None:
+    try:
+        push_job(store, job)
+    except Exception as exc:  # noqa: BLE001 - the unit's own error is what gets reported
+        log.warning("job %s: could not send the working files of a stopped unit: %s", job.id, exc)
+
+
+def _devices_needed(settings: Settings, sessions: sessionmaker[Session], job_id: str, key: str,
+                    library: Library) -> int:
+    """How many devices unit ``key`` trains on (``training.devices``; 1 for every other unit)."""
+    needs = getattr(library, "devices", None)
+    if needs is None:
+        return 1
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        unit = session.scalar(select(JobUnit).where(JobUnit.job_id == job_id, JobUnit.key == key))
+        if job is None or unit is None or not job.resolved:
+            return 1
+        session.expunge(job)
+    try:
+        return max(1, int(needs(job_config(settings, sessions, job), unit_dict(unit))))
+    except Exception:  # noqa: BLE001 - the claim reports a config that does not bind
+        return 1
+
+
+def _defer(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher, job_id: str, key: str,
+           need: int) -> str:
+    """Fewer than ``need`` devices are free here: send the unit on (here later, or another machine now)."""
+    have = devices.capacity(settings)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status in jobstate.TERMINAL:
+            return "skipped"
+        queue = job.queue
+    if need > have:
+        log.warning("job %s unit %s needs %d devices; this machine offers %d (MIDRE_WORKER_DEVICES): passing it on",
+                    job_id, key, need, have)
+    dispatcher.send_unit(job_id, key, queue, countdown=max(1.0, settings.unit_retry_s))
+    return "deferred"
+
+
+def _unit_failed(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher, job_id: str,
+                 unit: JobUnit, attempt: UnitAttempt, exc: Exception) -> str:
+    """Record a unit that raised: cancelled (the job was stopped), lost (another attempt owns it), retried (a
+    transient failure with attempts left) or failed."""
     if attempt.lost.is_set():
         return "lost"
     stopped = isinstance(exc, Cancelled) or attempt.cancel.is_set()  # AttackCancelled is a Cancelled too
+    message = attempt.redact(str(exc))[:2000] or type(exc).__name__
+    if not stopped and isinstance(exc, TransientError) and unit.attempt < settings.max_attempts:
+        return _retry(settings, sessions, dispatcher, job_id, unit, message)
     if not stopped:
         log.exception("job %s unit %s failed", job_id, unit.key)
-    message = attempt.redact(str(exc))[:2000] or type(exc).__name__
     values = {"status": jobstate.CANCELLED, "finished_at": utcnow()} if stopped else {
         "status": jobstate.FAILED, "error_message": message, "finished_at": utcnow()}
     with sessions() as session:
@@ -350,6 +470,35 @@ def _unit_failed(settings: Settings, sessions: sessionmaker[Session], job_id: st
     elif moved.rowcount == 1:
         fail_job(sessions, job_id, error_code(exc), message, exc, unit=None if attempt.single else unit.key)
     return "cancelled" if stopped else "failed"
+
+
+def _retry(settings: Settings, sessions: sessionmaker[Session], dispatcher: Dispatcher, job_id: str, unit: JobUnit,
+           message: str) -> str:
+    """Queue a unit that met a transient failure again, ``MIDRE_UNIT_RETRY_S`` from now (the job keeps
+    running; the attempt counts against ``MIDRE_MAX_ATTEMPTS``)."""
+    log.warning("job %s unit %s: %s; retrying in %.0f s", job_id, unit.key, message, settings.unit_retry_s)
+    with sessions() as session:
+        moved = session.execute(update(JobUnit).where(JobUnit.id == unit.id, JobUnit.attempt == unit.attempt,
+                                                      JobUnit.status == jobstate.RUNNING)
+                                .values(status=jobstate.QUEUED, dispatched_at=utcnow(), error_message=message))
+        job = session.get(Job, job_id)
+        if moved.rowcount == 1 and job is not None:
+            jobstate.unit_event(session, job, unit, jobstate.QUEUED,
+                                f"unit {unit.key}: {message}; retrying in {settings.unit_retry_s:.0f} s "
+                                f"(attempt {unit.attempt} of {settings.max_attempts})", retry=True)
+        session.commit()
+        queue = job.queue if job is not None else None
+    if moved.rowcount != 1 or queue is None:
+        return "lost"
+    try:
+        dispatcher.send_unit(job_id, unit.key, queue, countdown=settings.unit_retry_s)
+    except Exception as exc:  # noqa: BLE001 - the reaper sends units left unsent
+        log.warning("job %s: could not send unit %s for its retry (%s); a reaper will", job_id, unit.key, exc)
+        with sessions() as session:
+            session.execute(update(JobUnit).where(JobUnit.id == unit.id, JobUnit.status == jobstate.QUEUED)
+                            .values(dispatched_at=None))
+            session.commit()
+    return "retrying"
 
 
 def _is_last(sessions: sessionmaker[Session], job_id: str, unit_id: int) -> bool:

@@ -43,6 +43,13 @@ class StudyLibrary:
                                   should_stop=should_stop)
         return [u.to_dict() for u in added or []]
 
+    def devices(self, config: Any, unit: dict[str, Any]) -> int:
+        """Devices a unit trains on: a ``train`` unit its config's ``devices`` (DistributedDataParallel over that
+        many processes), every other unit one."""
+        if unit.get("kind") != "train":
+            return 1
+        return int(getattr(config, "devices", 1) or 1)
+
     def outcome(self, config: Any, out_dir: Path) -> Outcome:
         """A study's report figures and warnings; a trained model's final metrics and its warnings."""
         from midre.units import study_of

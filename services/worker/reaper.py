@@ -91,9 +91,9 @@ def _watch_registries(settings: Settings, sessions: sessionmaker[Session], dispa
     from services.integrations.mlflow_watch import watch
     from services.integrations.webhooks import check_target
     from services.ops.context import ServiceContext
-    from services.storage import LocalStore
+    from services.storage import open_store
 
-    ctx = ServiceContext(settings, sessions, LocalStore(settings.storage_dir), dispatcher)
+    ctx = ServiceContext(settings, sessions, open_store(settings), dispatcher)
     try:
         return len(watch(ctx, check_target))
     except ImportError:  # the mlflow extra is not installed: nothing to watch with

@@ -302,10 +302,10 @@ class InlineDispatcher:
         self.real = Dispatcher(settings)
         self.units: list[str] = []
 
-    def send(self, job_id: str, queue: str) -> None:
+    def send(self, job_id: str, queue: str, countdown: float | None = None) -> None:
         self.real.send(job_id, queue)
 
-    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+    def send_unit(self, job_id: str, key: str, queue: str, countdown: float | None = None) -> None:
         self.units.append(key)
 
 

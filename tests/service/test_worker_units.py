@@ -242,7 +242,7 @@ class RecordingDispatcher(Dispatcher):
         super().__init__(settings)
         self.units: list[str] = []
 
-    def send_unit(self, job_id: str, key: str, queue: str) -> None:
+    def send_unit(self, job_id: str, key: str, queue: str, countdown: float | None = None) -> None:
         super().send_unit(job_id, key, queue)
         self.units.append(key)
 

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from services.gateway.deps import DB, Ctx, CurrentTenant, scoped
-from services.gateway.downloads import download_response
+from services.gateway.downloads import send_artifact
 from services.gateway.errors import PROBLEM_RESPONSES
 from services.ops import artifacts as ops
 from services.ops.schemas import ArtifactList
@@ -29,11 +29,16 @@ def list_artifacts(session: DB, tenant: CurrentTenant, job_id: str) -> ArtifactL
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The file's bytes"},
         206: {"description": "Part of the file (`Range` request)"},
+        307: {"description": "With MIDRE_S3_PRESIGNED_DOWNLOADS: the object's presigned URL (`Location`)"},
+        503: {"description": "The object store cannot be reached now (`Retry-After`)"},
     },
 )
-def download_artifact(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str, name: str) -> FileResponse:
+def download_artifact(ctx: Ctx, session: DB, tenant: CurrentTenant, job_id: str, name: str) -> Response:
     """Exactly the bytes whose sha256 the listing shows (``ETag`` and ``Repr-Digest`` carry it too).
 
-    Supports ``Range: bytes=...`` for resuming big downloads.
+    Supports ``Range: bytes=...`` for resuming big downloads. With an object store and
+    ``MIDRE_S3_PRESIGNED_DOWNLOADS``, a 307 to a short-lived presigned URL of the object instead; while the
+    store cannot be reached, 503 with ``Retry-After``.
     """
-    return download_response(*ops.stored_file(ctx, session, tenant, job_id, name))
+    artifact = ops.find_artifact(session, tenant, job_id, name)
+    return send_artifact(ctx, artifact, lambda: ops.artifact_file(ctx, artifact))

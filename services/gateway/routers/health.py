@@ -1,4 +1,4 @@
-"""``/healthz`` (liveness), ``/readyz`` (DB + broker reachable)."""
+"""``/healthz`` (liveness), ``/readyz`` (DB + broker reachable, and the object store where one is set)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Health,
     summary="Readiness",
-    responses={503: {"model": Health, "description": "The database or the broker is unreachable"}},
+    responses={503: {"model": Health, "description": "The database, the broker or the object store is unreachable"}},
 )
 async def readyz(ctx: Ctx) -> JSONResponse:
-    """Ready when the database answers ``SELECT 1`` and the broker accepts a connection. Also says, per
+    """Ready when the database answers ``SELECT 1``, the broker accepts a connection and (with
+    ``MIDRE_STORAGE_URL``) the object store's bucket answers (``checks.storage``). Also says, per
     broker queue, how many live workers consume it (``queues``: 0 where a job would wait until one starts;
     the API is ready all the same)."""
     queues: dict[str, int] = {}
@@ -39,7 +40,10 @@ async def readyz(ctx: Ctx) -> JSONResponse:
             queues.update(consumers(session, ctx.settings))
 
     checks: dict[str, str] = {}
-    for name, check in (("database", check_db), ("broker", ctx.dispatcher.ping)):
+    steps = [("database", check_db), ("broker", ctx.dispatcher.ping)]
+    if ctx.store.remote:
+        steps.append(("storage", ctx.store.check))
+    for name, check in steps:
         try:
             await run_in_threadpool(check)
             checks[name] = "ok"

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.db import jobs as jobstate
 from services.gateway.deps import DB, Ctx, Runtime, require_scope
-from services.gateway.downloads import download_response
+from services.gateway.downloads import download_response, send_artifact
 from services.gateway.errors import ApiError, FieldError
 from services.gateway.images import read_images
 from services.gateway.ui import reports
@@ -392,9 +392,10 @@ def cancel(request: Request, ctx: Ctx, session: DB, user: JobsUser, job_id: str,
 
 
 @router.get("/jobs/{job_id}/artifacts/{name:path}")
-def download(ctx: Ctx, session: DB, user: JobsUser, job_id: str, name: str) -> FileResponse:
+def download(ctx: Ctx, session: DB, user: JobsUser, job_id: str, name: str) -> Response:
     """An artifact's bytes (the API's download: sha256 in ``ETag`` and ``Repr-Digest``)."""
-    return download_response(*ops_artifacts.stored_file(ctx, session, user.caller.tenant, job_id, name))
+    artifact = ops_artifacts.find_artifact(session, user.caller.tenant, job_id, name)
+    return send_artifact(ctx, artifact, lambda: ops_artifacts.artifact_file(ctx, artifact))
 
 
 # --- reports ---------------------------------------------------------------------------------------
