@@ -256,10 +256,11 @@ class S3Store(LocalStore):
             total = 0
             for path in self.cache_root.rglob("*"):
                 with contextlib.suppress(OSError):
-                    if path.is_file() and not path.name.startswith(".incoming-") and path != keep:
+                    if path.is_file() and not path.name.startswith(".incoming-"):
                         st = path.stat()
-                        files.append((st.st_mtime, st.st_size, path))
                         total += st.st_size
+                        if path != keep:
+                            files.append((st.st_mtime, st.st_size, path))
             for _, size, path in sorted(files):
                 if total <= self.cache_max_bytes:
                     break
@@ -291,7 +292,7 @@ class S3Store(LocalStore):
                 target = local / rel
                 known = manifest.get(rel)
                 here = _stamp(target)
-                if here is not None and (known is None or here != (known["size"], known["mtime_ns"])):
+                if here is not None and (known is None or not _same(here, known)):
                     continue  # written on this machine since the last sync: ours is newer
                 if here is not None and known is not None and known["etag"] == obj["ETag"]:
                     continue
@@ -304,8 +305,8 @@ class S3Store(LocalStore):
                     os.replace(tmp, target)
                 finally:
                     Path(tmp).unlink(missing_ok=True)
-                size, mtime_ns = _stamp(target) or (0, 0)
-                manifest[rel] = {"etag": obj["ETag"], "size": size, "mtime_ns": mtime_ns}
+                size, mtime_ns, ino = _stamp(target) or (0, 0, 0)
+                manifest[rel] = {"etag": obj["ETag"], "size": size, "mtime_ns": mtime_ns, "ino": ino}
                 fetched += 1
             _write_manifest(local, manifest)
         return fetched
@@ -326,7 +327,7 @@ class S3Store(LocalStore):
                     continue
                 stamp = _stamp(path)
                 known = manifest.get(rel)
-                if stamp is None or (known is not None and stamp == (known["size"], known["mtime_ns"])):
+                if stamp is None or (known is not None and _same(stamp, known)):
                     continue
                 key = self.key(area, rel)
                 try:
@@ -335,7 +336,7 @@ class S3Store(LocalStore):
                         etag = self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]
                 except FileNotFoundError:
                     continue  # a temporary file that its writer renamed meanwhile
-                manifest[rel] = {"etag": etag, "size": stamp[0], "mtime_ns": stamp[1]}
+                manifest[rel] = {"etag": etag, "size": stamp[0], "mtime_ns": stamp[1], "ino": stamp[2]}
                 sent += 1
             _write_manifest(local, manifest)
         return sent
@@ -362,12 +363,18 @@ def _safe_rel(rel: str) -> str | None:
     return "/".join(parts)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a file changed: size, modification time and inode (a file replaced by a rename, as the
+    library writes its outputs, has a new inode even within the file system's clock tick)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns) if path.is_file() else None
+    return (st.st_size, st.st_mtime_ns, st.st_ino) if path.is_file() else None
+
+
+def _same(stamp: tuple[int, int, int], known: dict[str, Any]) -> bool:
+    return stamp == (known.get("size"), known.get("mtime_ns"), known.get("ino"))
 
 
 def _read_manifest(local: Path) -> dict[str, dict[str, Any]]:
