@@ -19,6 +19,7 @@ import functools
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -26,6 +27,21 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from services.db.session import PoolOptions
 
 QueueName = Literal["gpu", "cpu"]
+
+
+def parse_storage_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; a ValueError naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3":
+        raise ValueError(f"MIDRE_STORAGE_URL must look like s3://<bucket>/<prefix>, got scheme {parts.scheme!r}")
+    if not parts.netloc:
+        raise ValueError("MIDRE_STORAGE_URL names no bucket (s3://<bucket>/<prefix>)")
+    if parts.query or parts.fragment:
+        raise ValueError("MIDRE_STORAGE_URL takes no query or fragment")
+    prefix = parts.path.strip("/")
+    if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
+        raise ValueError(f"MIDRE_STORAGE_URL has an empty, '.' or '..' path segment: {parts.path!r}")
+    return parts.netloc, prefix
 
 
 def _default_home() -> Path:
@@ -74,6 +90,10 @@ class Settings(BaseSettings):
         "of streaming them through the API (clients must reach MIDRE_S3_ENDPOINT_URL).",
     )
     s3_presign_s: int = Field(300, ge=10, le=7 * 24 * 3600, description="Lifetime of a presigned download URL.")
+    sync_every_s: float = Field(
+        60.0, gt=0, description="With MIDRE_STORAGE_URL: how often a running unit sends its new files (resume "
+        "state after each epoch included) to the object store, so that another machine resumes it if this one is lost.",
+    )
     worker_devices: int | None = Field(
         None, ge=1, le=1024,
         description="Devices this machine's workers offer to training units with `training.devices` > 1 (a unit "
@@ -212,8 +232,6 @@ class Settings(BaseSettings):
     def _check_storage_url(cls, value: str | None) -> str | None:
         if value in (None, ""):
             return None
-        from services.storage.s3 import parse_storage_url
-
         parse_storage_url(value)
         return value
 

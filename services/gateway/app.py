@@ -47,8 +47,7 @@ from services.serving.config import ServingSettings
 from services.serving.metrics import UsageCollector
 from services.serving.runtime import ServingRuntime
 from services.settings import Settings, get_settings
-from services.storage import open_store
-from services.storage.orphans import sweep_store
+from services.storage import open_store, sweep_store
 from services.ttl_cache import TTLCache
 
 log = logging.getLogger(__name__)

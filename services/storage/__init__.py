@@ -10,7 +10,10 @@ from services.storage.base import StoreUnavailable
 from services.storage.local import LocalStore, StoredBlob, sha256_file
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
     from services.settings import Settings
+    from services.storage.orphans import SweepCounts
 
 _STORES: dict[tuple[object, ...], LocalStore] = {}
 _LOCK = threading.Lock()
@@ -36,4 +39,15 @@ def open_store(settings: Settings) -> LocalStore:
         return store
 
 
-__all__ = ["LocalStore", "StoreUnavailable", "StoredBlob", "open_store", "sha256_file"]
+def sweep_store(settings: Settings, sessions: sessionmaker[Session] | None = None,
+                full: bool | None = None) -> SweepCounts:
+    """:func:`sweep` of the service's store with its settings (``MIDRE_ORPHAN_GRACE_S``): what the
+    reaper calls every pass and the API when it starts."""
+    from services.db.session import session_factory
+    from services.storage.orphans import sweep
+
+    sessions = sessions or session_factory(settings.db_url, settings.pool)
+    return sweep(settings.storage_dir, sessions, settings.orphan_grace_s, full=full, store=open_store(settings))
+
+
+__all__ = ["LocalStore", "StoreUnavailable", "StoredBlob", "open_store", "sha256_file", "sweep_store"]

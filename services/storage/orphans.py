@@ -29,17 +29,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.db.models import Artifact, Dataset
 from services.db.types import host_id
-
-if TYPE_CHECKING:
-    from services.settings import Settings
-    from services.storage.local import LocalStore
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +161,7 @@ def sweep_blobs(root: Path, sessions: sessionmaker[Session], cutoff: float, coun
             counts.blobs += 1
 
 
-def sweep_remote_blobs(store: LocalStore, sessions: sessionmaker[Session], cutoff: float,
+def sweep_remote_blobs(store: Any, sessions: sessionmaker[Session], cutoff: float,
                        counts: SweepCounts) -> None:
     """Delete an object store's blobs older than ``cutoff`` that no artifact refers to."""
     old = [sha for sha, modified in store.list_blobs() if modified < cutoff]
@@ -203,7 +199,7 @@ _lock = threading.Lock()
 
 
 def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: bool | None = None,
-          store: LocalStore | None = None) -> SweepCounts:
+          store: Any = None) -> SweepCounts:
     """One clean-up pass over the store under ``root``; never raises (problems are logged and counted).
 
     Args:
@@ -212,7 +208,7 @@ def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: 
         grace_s: age after which an orphan is deleted (``MIDRE_ORPHAN_GRACE_S``).
         full: also sweep extraction folders, blobs and ended jobs' working folders; None does so when this
             process last did more than a quarter of ``grace_s`` ago (partial uploads are swept every time).
-        store: an object store whose blobs are swept too.
+        store: an object store (:class:`services.storage.s3.S3Store`) whose blobs are swept too.
     """
     counts = SweepCounts()
     now = time.time()
@@ -239,15 +235,3 @@ def sweep(root: Path, sessions: sessionmaker[Session], grace_s: float, *, full: 
         log.info("orphans deleted: %d uploads, %d extraction folders, %d blobs (%d bytes), %d working folders",
                  counts.uploads, counts.datasets, counts.blobs, counts.bytes, counts.work)
     return counts
-
-
-def sweep_store(settings: Settings, sessions: sessionmaker[Session] | None = None,
-                full: bool | None = None) -> SweepCounts:
-    """:func:`sweep` of the service's store with its settings (``MIDRE_ORPHAN_GRACE_S``): what the
-    reaper calls every pass and the API when it starts."""
-    from services.db.session import session_factory
-
-    sessions = sessions or session_factory(settings.db_url, settings.pool)
-    from services.storage import open_store
-
-    return sweep(settings.storage_dir, sessions, settings.orphan_grace_s, full=full, store=open_store(settings))

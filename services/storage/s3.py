@@ -34,8 +34,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
+from services.settings import parse_storage_url
 from services.storage.base import StoreUnavailable
 from services.storage.local import CHUNK, LocalStore, StoredBlob, sha256_file
 
@@ -44,21 +44,6 @@ log = logging.getLogger(__name__)
 #: Bookkeeping of a synchronised tree (what was last pulled or pushed), never synchronised itself.
 SYNC_MANIFEST = ".midre-sync.json"
 SYNC_LOCK = ".midre-sync.lock"
-
-
-def parse_storage_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``; a ValueError naming what is wrong."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3":
-        raise ValueError(f"MIDRE_STORAGE_URL must look like s3://<bucket>/<prefix>, got scheme {parts.scheme!r}")
-    if not parts.netloc:
-        raise ValueError("MIDRE_STORAGE_URL names no bucket (s3://<bucket>/<prefix>)")
-    if parts.query or parts.fragment:
-        raise ValueError("MIDRE_STORAGE_URL takes no query or fragment")
-    prefix = parts.path.strip("/")
-    if any(seg in ("", ".", "..") for seg in prefix.split("/")) and prefix:
-        raise ValueError(f"MIDRE_STORAGE_URL has an empty, '.' or '..' path segment: {parts.path!r}")
-    return parts.netloc, prefix
 
 
 def _unavailable(exc: BaseException) -> bool:

@@ -32,6 +32,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -373,11 +374,16 @@ def _run_claimed(settings: Settings, sessions: sessionmaker[Session], dispatcher
     started = time.perf_counter()
     store = open_store(settings)
     ran = False
+    syncing = threading.Event()
     try:
         config = job_config(settings, sessions, job)
         out_dir = pull_job(store, job)
         ran = True
+        if store.remote:
+            threading.Thread(target=_keep_sending, args=(store, job, settings.sync_every_s, syncing),
+                             name=f"sync-{job_id}-{key}", daemon=True).start()
         added = library.run(config, out_dir, unit_dict(unit), attempt.progress, attempt.should_stop)
+        syncing.set()
         if attempt.lost.is_set():
             raise UnitLost(key)
         if attempt.cancel.is_set():
@@ -399,11 +405,20 @@ def _run_claimed(settings: Settings, sessions: sessionmaker[Session], dispatcher
     except UnitLost:
         return "lost"
     except Exception as exc:
+        syncing.set()
         if ran and store.remote and not isinstance(exc, TransientError):
             _push_quietly(store, job)  # resume state of a failed or stopped unit, for its next attempt anywhere
         return _unit_failed(settings, sessions, dispatcher, job_id, unit, attempt, exc)
     finally:
+        syncing.set()
         attempt.stop()
+
+
+def _keep_sending(store: LocalStore, job: Job, every_s: float, done: threading.Event) -> None:
+    """While a unit runs, send its new files every ``every_s`` (the trainer's resume state after each epoch):
+    a machine lost mid-unit costs the next attempt, on any machine, at most that much work more than on one."""
+    while not done.wait(every_s):
+        _push_quietly(store, job)
 
 
 def _push_quietly(store: LocalStore, job: Job) -> None:

@@ -15,7 +15,7 @@ Runs in every worker's main process (a daemon thread, every ``reaper_interval_s`
 * messages the broker lost are sent again (:mod:`services.worker.resend`);
 * a cancelling job whose units all stopped is cancelled; processed message files of the embedded broker
   older than a day are deleted; partial uploads of dead API processes and, after a grace period, stored
-  files nothing refers to are removed (:func:`services.storage.orphans.sweep_store`).
+  files nothing refers to are removed (:func:`services.storage.sweep_store`).
 
 Each move is a compare-and-set, so any number of workers can run the reaper at once.
 """
@@ -38,7 +38,7 @@ from services.db.session import session_factory
 from services.db.types import utcnow
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
-from services.storage.orphans import sweep_store
+from services.storage import sweep_store
 from services.worker.attempt import owner_is_dead
 from services.worker.ending import fail_job, finish_cancel
 from services.worker.engine import dispatch_ready, send_unit

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.settings import Settings
+from services.settings import Settings, parse_storage_url
 from services.storage import LocalStore, StoreUnavailable, open_store
-from services.storage.s3 import S3Store, parse_storage_url
+from services.storage.s3 import S3Store
 from tests.service._fleet import AWS_ENV, S3Server
 
 pytest.importorskip("moto")

@@ -20,8 +20,8 @@ from services.db.models import Tenant
 from services.db.session import dispose_all, session_factory, session_scope
 from services.queue.dispatch import Dispatcher
 from services.settings import Settings
-from services.storage import LocalStore
-from services.storage.orphans import scratch_prefix, sweep_store
+from services.storage import LocalStore, sweep_store
+from services.storage.orphans import scratch_prefix
 from services.worker.reaper import reap_once
 from tests.service._support import ApiProcess, face_folder_members, files_under, make_zip, wait_for
 from tests.service.conftest import Api, make_settings
