@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from midre.errors import TransientError
 from midre.progress import Cancelled, ProgressEvent
 from services.db import jobs as jobstate
 from services.db.keys import authenticate, create_api_key
@@ -241,19 +242,28 @@ class RecordingDispatcher(Dispatcher):
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.units: list[str] = []
+        self.countdowns: list[float | None] = []
 
     def send_unit(self, job_id: str, key: str, queue: str, countdown: float | None = None) -> None:
         super().send_unit(job_id, key, queue)
         self.units.append(key)
+        self.countdowns.append(countdown)
 
 
 class GraphLibrary:
     """``a`` and ``b``, then ``grow`` (an expansion that adds ``c``), then ``report`` (needs ``grow`` and ``c``)."""
 
-    def __init__(self, fail: str | None = None, during: dict[str, Callable[[Callable[[], bool]], None]] | None = None):
+    def __init__(self, fail: str | None = None, during: dict[str, Callable[[Callable[[], bool]], None]] | None = None,
+                 flaky: dict[str, int] | None = None, devices: dict[str, int] | None = None):
         self.fail = fail
         self.during = during or {}
+        #: unit -> how many of its first runs meet a transient failure (an unreachable store, a lost rank)
+        self.flaky = dict(flaky or {})
+        self.needs = devices or {}
         self.ran: list[str] = []
+
+    def devices(self, config: Any, unit: dict[str, Any]) -> int:
+        return self.needs.get(unit["key"], 1)
 
     def plan(self, config: Any) -> list[dict[str, Any]]:
         assert type(config).__name__ in ("PipelineConfig", "HardenConfig")
@@ -270,6 +280,9 @@ class GraphLibrary:
             self.during[key](should_stop)
         if key == self.fail:
             raise ValueError(f"{key}: broken at {out_dir}")
+        if self.flaky.get(key, 0) > 0:
+            self.flaky[key] -= 1
+            raise TransientError(f"{key}: the object store is unavailable")
         (out_dir / f"{key}.txt").write_text(key)
         if key == "report" and type(config).__name__ == "HardenConfig":
             (out_dir / "recommended").mkdir()
@@ -354,6 +367,55 @@ def test_a_failed_unit_fails_the_study(settings: Settings) -> None:
     units = units_of(settings, job_id)
     assert {k: u.status for k, u in units.items()} == {"a": "succeeded", "b": "failed", "grow": "cancelled",
                                                        "report": "cancelled"}
+
+
+def test_a_transient_failure_retries_the_unit_and_the_job_goes_on(settings: Settings) -> None:
+    settings = settings.model_copy(update={"unit_retry_s": 7.0})
+    job_id = add_study(settings)
+    planner, dispatcher = GraphLibrary(flaky={"b": 2}), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    outcomes = drain(settings, job_id, planner, dispatcher)
+    assert outcomes[:3] == ["a:succeeded", "b:retrying", "b:retrying"] and outcomes[-1] == "report:succeeded"
+    assert dispatcher.countdowns[2:4] == [7.0, 7.0]  # each retry sent MIDRE_UNIT_RETRY_S later
+    job = job_row(settings, job_id)
+    assert job.status == "succeeded"
+    units = units_of(settings, job_id)
+    assert (units["b"].status, units["b"].attempt) == ("succeeded", 3) and units["a"].attempt == 1
+    retries = [e.message for e in job_events(settings, job_id) if "retrying in 7 s" in e.message]
+    assert retries == ["unit b: b: the object store is unavailable; retrying in 7 s (attempt 1 of 3)",
+                       "unit b: b: the object store is unavailable; retrying in 7 s (attempt 2 of 3)"]
+
+
+def test_a_transient_failure_past_the_attempt_limit_fails_the_job(settings: Settings) -> None:
+    job_id = add_study(settings)
+    planner, dispatcher = GraphLibrary(flaky={"a": 5}), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    outcomes = drain(settings, job_id, planner, dispatcher)
+    assert outcomes.count("a:retrying") == settings.max_attempts - 1 and "a:failed" in outcomes
+    job = job_row(settings, job_id)
+    assert job.status == "failed" and "the object store is unavailable" in job.error_message
+
+
+def test_a_unit_on_several_devices_waits_for_them_to_be_free(settings: Settings) -> None:
+    from services.worker import devices
+
+    settings = settings.model_copy(update={"worker_devices": 3, "unit_retry_s": 5.0})
+    job_id = add_study(settings)
+    planner, dispatcher = GraphLibrary(devices={"a": 2}), RecordingDispatcher(settings)
+    plan_job(settings, job_id, planner, dispatcher=dispatcher)
+    with devices.hold(settings, 2) as taken:  # another unit of this machine holds two of its three devices
+        assert taken == [0, 1]
+        with devices.hold(settings, 2) as none_left:
+            assert none_left is None
+        assert execute_unit(settings, job_id, "a", planner, dispatcher=dispatcher) == "deferred"
+    assert units_of(settings, job_id)["a"].attempt == 0 and "a" not in planner.ran  # not claimed: no attempt used
+    assert dispatcher.units[-1] == "a" and dispatcher.countdowns[-1] == 5.0  # sent on
+    assert execute_unit(settings, job_id, "a", planner, dispatcher=dispatcher) == "succeeded"
+    with devices.hold(settings, 3) as everything:  # the unit gave its devices back
+        assert everything == [0, 1, 2]
+    too_many = settings.model_copy(update={"worker_devices": 1})
+    with devices.hold(too_many, 2) as never:
+        assert never is None
 
 
 def test_cancel_stops_the_whole_graph(settings: Settings) -> None:
