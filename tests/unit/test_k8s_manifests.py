@@ -262,10 +262,15 @@ def test_the_folder_holds_the_expected_objects() -> None:
     ])
 
 
+#: The Kubernetes minor versions the manifests are checked against: the four newest the validator ships (upstream
+#: supports the three newest releases; one more for clusters that upgrade late).
+SUPPORTED = sorted(set(all_versions()), key=lambda v: tuple(int(p) for p in v.split(".")))[-4:]
+
+
 @pytest.mark.parametrize(("file", "doc"), DOCS, ids=[f"{f}:{d['kind']}/{d['metadata']['name']}" for f, d in DOCS])
-def test_every_object_is_valid_on_every_kubernetes_version_shipped(file: str, doc: dict[str, Any]) -> None:
+def test_every_object_is_valid_on_the_supported_kubernetes_versions(file: str, doc: dict[str, Any]) -> None:
     errors = []
-    for version in all_versions():
+    for version in SUPPORTED:
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:  # its str() dumps the whole schema: say only what broke
