@@ -10,6 +10,8 @@ authors' recipe), so MIDRE adds one vectorised op per batch and no data-loader w
   same folder continues after the last finished epoch (a redelivered job);
 - cooperative cancel: ``should_stop()`` is polled between steps;
 - AMP (bfloat16 autocast) and channels_last on CUDA;
+- several devices (``devices``): N rank processes with DistributedDataParallel over the same global
+  batches (:mod:`midre.distributed`);
 - output: ``model.safetensors`` + ``model.json`` (see :mod:`midre.checkpoint`).
 """
 
@@ -37,7 +39,8 @@ from midre.checkpoint import CARD_FILE, WEIGHTS_FILE, load_checkpoint, package_v
 from midre.data import DatasetError, DatasetSpec, ImageSet, load_dataset, to_float
 from midre.defenses import Defense, TrainContext, build_defense
 from midre.device import resolve_device
-from midre.errors import ConfigError
+from midre.distributed import Ranks, check_devices, check_visible_devices, launch
+from midre.errors import ConfigError, TransientError
 from midre.models import check_input_size, create_model, list_models
 from midre.progress import Cancelled, ProgressCallback, ProgressEvent, StopCallback, never_stop, no_progress
 from midre.seeding import AUGMENT_STREAM, GLOBAL_STREAM, SHUFFLE_STREAM, epoch_seed
@@ -75,6 +78,14 @@ class TrainConfig:
         init_from: what the starting weights are, for the record (written into ``model.json``, e.g.
             a model id); it loads nothing itself.
         eval_every: evaluate on the test split every this many epochs (and always at the end).
+        devices: train over this many devices in one run: N rank processes with DistributedDataParallel,
+            on N GPUs (rank r on ``cuda:r``) when ``device`` is "cuda", or "auto" on a CUDA machine, else
+            N CPU processes (Gloo). ``batch_size`` stays the global batch: each rank trains on its slice
+            of every batch of the one-process run (same images, same order), and each rank draws its own
+            erasing / augmentation stream, seeded by the epoch seed with its rank mixed in
+            (:func:`midre.seeding.rank_seed`). The result is statistically equivalent to one process,
+            not bit-identical, so a device count > 1 is part of the fingerprint. Trap-MID (triggers
+            trained outside the model, per rank) is refused; details in :mod:`midre.distributed`.
     """
 
     data: DatasetSpec
@@ -94,6 +105,7 @@ class TrainConfig:
     weights_path: str | None = None
     init_from: str | None = None
     eval_every: int = 1
+    devices: int = 1
     #: Validate on construction; ``False`` builds an already resolved config as it is (not a field).
     check: InitVar[bool] = True
 
@@ -116,8 +128,9 @@ class TrainConfig:
             raise exc.within("data") from None
         if isinstance(self.defense, str):
             self.defense = {"name": self.defense}
-        self.defense = build_defense(self.defense).spec()  # validates, fills defaults
-        for name, low in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("seed", 0)):
+        defense = build_defense(self.defense)  # validates
+        self.defense = defense.spec()  # fills defaults
+        for name, low in (("epochs", 1), ("batch_size", 1), ("eval_every", 1), ("seed", 0), ("devices", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
@@ -142,6 +155,12 @@ class TrainConfig:
             self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
         ):
             raise ConfigError("device", f"'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        check_devices(self.devices, self.device, self.batch_size, getattr(defense, "parts", [defense]))
+
+    def check_devices(self) -> None:
+        """Refuse ``devices`` that this machine cannot give (:func:`train` calls it before any work; not
+        on construction, so a config can be built where it will not run, e.g. a service's gateway)."""
+        check_visible_devices(self.devices, self.device)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, check: bool = True) -> TrainConfig:
@@ -165,6 +184,8 @@ class TrainConfig:
         """Hash of what changes the result (the device does not), to refuse resuming a different run."""
         d = self.to_dict()
         d.pop("device")
+        if d["devices"] == 1:  # one device hashes as before the option existed: its resume state still matches
+            d.pop("devices")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -291,6 +312,8 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
     start_epoch: int = 0
     elapsed: float = 0.0  # seconds trained before a resume
+    ranks: Ranks = field(default_factory=Ranks)  # one process alone, or this rank's place among several
+    step_loss: Any = None  # (x, y, epoch) -> the defense's (loss, logits, logs); through DDP over several ranks
 
     @property
     def use_cuda(self) -> bool:
@@ -317,6 +340,11 @@ def train(
             last finished epoch stays on disk).
         resume: set False to ignore (and overwrite) existing resume state.
 
+    With ``cfg.devices > 1`` the training runs in that many rank processes (:mod:`midre.distributed`):
+    this process relays rank 0's progress, polls ``should_stop`` and ends the ranks on a stop, and a
+    rank that fails or is killed raises :class:`midre.errors.TransientError` (the resume state of the
+    last finished epoch stays, so a retry continues from it).
+
     Returns:
         A :class:`TrainResult` whose ``card`` is the content of ``model.json``: ``arch``,
         ``num_classes``, ``class_names``, ``image_size``, ``channels``, ``normalization``,
@@ -325,6 +353,7 @@ def train(
     """
     progress = progress or no_progress
     should_stop = should_stop or never_stop
+    cfg.check_devices()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = cfg.fingerprint()
@@ -334,7 +363,18 @@ def train(
             log.info("%s already holds this finished run; not training again", out)
             progress(ProgressEvent("done", 1.0, "already trained", metrics=_numeric(done.metrics)))
             return done
-    run = _prepare(cfg, out, fingerprint, progress)
+    if cfg.devices > 1:
+        return _train_distributed(cfg, out, fingerprint, progress, should_stop, resume)
+    result = _run(cfg, out, fingerprint, progress, should_stop, resume, Ranks())
+    assert result is not None
+    return result
+
+
+def _run(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCallback, should_stop: StopCallback,
+         resume: bool, ranks: Ranks) -> TrainResult | None:
+    """The training of one process: alone, or one rank of several (only rank 0 evaluates, saves the
+    resume state and the checkpoint, and reports progress; the others return None)."""
+    run = _prepare(cfg, out, fingerprint, progress, ranks)
     if resume:
         _resume(run, progress)
     test_acc = float("nan")
@@ -342,6 +382,8 @@ def train(
     for epoch in range(run.start_epoch, cfg.epochs):
         train_loss, train_accuracy, logs = _train_epoch(run, epoch, progress, should_stop)
         run.sched.step()
+        if not ranks.main:
+            continue
         if epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0:
             test_acc = evaluate_accuracy(run.model, run.splits.test, run.splits.normalization, run.device)
         record = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
@@ -352,7 +394,28 @@ def train(
             "epoch", (epoch + 1) / cfg.epochs, f"epoch {epoch + 1}/{cfg.epochs} done", epoch=epoch + 1,
             epochs=cfg.epochs, metrics={k: v for k, v in record.items() if k not in ("epoch",)},
         ))
-    return _finish(run, run.elapsed + time.perf_counter() - t0, progress)
+    return _finish(run, run.elapsed + time.perf_counter() - t0, progress) if ranks.main else None
+
+
+def _train_distributed(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCallback,
+                       should_stop: StopCallback, resume: bool) -> TrainResult:
+    """Run :func:`_rank_main` in ``cfg.devices`` processes; the checkpoint rank 0 wrote is the result."""
+    payload = {"config": cfg.to_dict(), "fingerprint": fingerprint, "out_dir": str(out.resolve()), "resume": resume}
+    launch("midre.train:_rank_main", payload, cfg.devices, cuda=resolve_device(cfg.device).type == "cuda",
+           progress=progress, should_stop=should_stop)
+    done = _finished_run(out, fingerprint)
+    if done is None:
+        raise TransientError(f"the {cfg.devices} training ranks exited without writing the checkpoint into {out}")
+    return done
+
+
+def _rank_main(ranks: Ranks, payload: Mapping[str, Any]) -> None:
+    """One rank of a run over several devices (the entry :func:`midre.distributed.launch` starts)."""
+    cfg = TrainConfig.from_dict(payload["config"])
+    if cfg.fingerprint() != payload["fingerprint"]:
+        raise RuntimeError("the config reached the rank changed: its fingerprint differs from the parent's")
+    _run(cfg, Path(payload["out_dir"]), payload["fingerprint"], ranks.progress(), never_stop, payload["resume"], ranks)
+    ranks.barrier()  # the others wait until rank 0 has written the checkpoint
 
 
 def _finished_run(out: Path, fingerprint: str) -> TrainResult | None:
@@ -365,9 +428,9 @@ def _finished_run(out: Path, fingerprint: str) -> TrainResult | None:
     return TrainResult(out, card, card.get("history", []))
 
 
-def _prepare(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCallback) -> _Run:
+def _prepare(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCallback, ranks: Ranks) -> _Run:
     """Load the data, build the seeded model and its defense, the optimizer and the schedule."""
-    device = resolve_device(cfg.device)
+    device = ranks.device or resolve_device(cfg.device)
     progress(ProgressEvent("load", 0.0, f"loading {cfg.data.source}"))
     t_load = time.perf_counter()
     splits = load_dataset(cfg.data)
@@ -390,7 +453,8 @@ def _prepare(cfg: TrainConfig, out: Path, fingerprint: str, progress: ProgressCa
     opt = _make_optimizer(cfg, model.parameters())
     return _Run(cfg=cfg, out=out, fingerprint=fingerprint, device=device, splits=splits, model=model,
                 defense=defense, opt=opt, sched=_make_schedule(cfg, opt),
-                images=splits.train.images.to(device), labels=splits.train.labels.to(device))
+                images=splits.train.images.to(device), labels=splits.train.labels.to(device),
+                ranks=ranks, step_loss=ranks.loss_fn(model, defense.loss))
 
 
 def _resume(run: _Run, progress: ProgressCallback) -> None:
@@ -424,12 +488,15 @@ def _train_epoch(run: _Run, epoch: int, progress: ProgressCallback,
     """One pass over the epoch's images: mean loss, accuracy and the defense's logs (epoch means).
 
     Every random draw comes from streams seeded by ``(cfg.seed, epoch)``, so a resumed run repeats it.
+    Over several ranks, each trains on its slice of every global batch, with its own augmentation,
+    erasing and dropout streams (the rank mixed into their seeds; the shuffle is shared), and the
+    epoch's numbers are those of the whole batches.
     """
-    cfg, model, defense, device = run.cfg, run.model, run.defense, run.device
+    cfg, model, defense, device, ranks = run.cfg, run.model, run.defense, run.device, run.ranks
     model.train()
-    torch.manual_seed(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM))  # dropout & co
+    torch.manual_seed(ranks.seed(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM)))  # dropout & co
     shuffle = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, SHUFFLE_STREAM))
-    aug = torch.Generator(device=device).manual_seed(epoch_seed(cfg.seed, epoch, AUGMENT_STREAM))
+    aug = torch.Generator(device=device).manual_seed(ranks.seed(epoch_seed(cfg.seed, epoch, AUGMENT_STREAM)))
     n = len(run.labels)
     subset = defense.epoch_indices(epoch, n)
     order = subset[torch.randperm(len(subset), generator=shuffle)] if subset is not None else \
@@ -442,23 +509,29 @@ def _train_epoch(run: _Run, epoch: int, progress: ProgressCallback,
             # The resume file already holds the state after the last finished epoch; the
             # half-done epoch is dropped and re-run on resume, so the result stays the same.
             raise Cancelled(f"stopped during epoch {epoch + 1}; will resume after epoch {epoch}")
-        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].to(device)
+        idx, weight = ranks.share(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+        idx = idx.to(device)
         x, y = _train_batch(run, idx, epoch, aug)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.use_cuda and cfg.amp):
-            loss, logits, batch_logs = defense.loss(model, x, y, epoch)
+            loss, logits, batch_logs = run.step_loss(x, y, epoch)
         run.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if ranks.distributed else loss).backward()  # DDP averages the weighted gradients
         run.opt.step()
         batch_loss = float(loss.detach())
-        loss_sum += batch_loss * len(idx)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        seen += len(idx)
+        if weight:  # 0: a rank without a slice of a short last batch, which only joins the all-reduce
+            loss_sum += batch_loss * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
         for k, v in batch_logs.items():
             logs[k] = logs.get(k, 0.0) + float(v) / steps
         progress(ProgressEvent(
             "train", (epoch + (step + 1) / steps) / cfg.epochs, "", epoch=epoch + 1, epochs=cfg.epochs,
             step=step + 1, steps=steps, metrics={"loss": batch_loss},
         ))
+    if ranks.distributed:  # the whole batches' numbers: sums over the ranks, logs averaged
+        keys = sorted(logs)
+        loss_sum, correct, seen, *values = ranks.sum([loss_sum, correct, seen, *(logs[k] for k in keys)])
+        logs = {k: v / ranks.world_size for k, v in zip(keys, values, strict=True)}
     return loss_sum / max(seen, 1), correct / max(seen, 1), logs
 
 

@@ -126,6 +126,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_augment_arguments(t)
     t.add_argument("--seed", type=int, default=0, help="seed of init, shuffling and erasing (default 0)")
     t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    t.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="train over N devices in one run: N processes with DistributedDataParallel, on N GPUs "
+                        "(rank r on cuda:r) with --device cuda or auto on a CUDA machine, else N CPU processes "
+                        "(gloo); --batch-size stays the global batch, split over the N; each process erases "
+                        "with its own random stream, so the result matches one process statistically, not "
+                        "bit for bit (default 1)")
     t.add_argument("--no-resume", action="store_true", help="ignore resume state in OUT and start over")
     p.add_argument("--out", required=False, metavar="DIR", help="output folder (created)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -146,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         data=data_spec_from_args(args), arch=args.arch, defense=defense_spec_from_args(args),
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, schedule=args.schedule, augment=augment_from_args(args),
-        seed=args.seed, device=args.device, weights_path=args.weights,
-    )
+        seed=args.seed, device=args.device, weights_path=args.weights, devices=args.devices,
+    )  # with --devices N > 1, midre.distributed logs "training with N processes (...)"
     bar = None if args.quiet else ProgressBar()
     result = train(cfg, args.out, progress=bar, resume=not args.no_resume)
     m = result.metrics

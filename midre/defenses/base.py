@@ -48,6 +48,11 @@ class Defense:
     #: Parameters that name files (e.g. pretrained weights): a service must not take them from a
     #: client; it gives the defense a folder of its own choosing instead.
     path_params: tuple[str, ...] = ()
+    #: Whether the trainer may run this defense over several devices (``TrainConfig.devices``): each
+    #: rank process applies the hooks to its own slice of the batch and only the model's gradients are
+    #: averaged, so a defense that trains state of its own outside the model (Trap-MID's triggers)
+    #: would let that state drift apart between the ranks; it sets this False and is refused.
+    data_parallel: bool = True
 
     def __init__(self) -> None:
         self.context: TrainContext | None = None
@@ -225,6 +230,10 @@ class ComposedDefense(Defense):
 
     def params(self) -> dict[str, Any]:
         return {p.name: p.params() for p in self.parts}
+
+    @property
+    def data_parallel(self) -> bool:  # type: ignore[override]
+        return all(p.data_parallel for p in self.parts)
 
     def setup(self, context: TrainContext) -> None:
         super().setup(context)

@@ -97,6 +97,9 @@ class TrapMID(Defense):
     no_transform = ("trains a trapdoor into the model (a trigger per class, blended into poisoned copies of the "
                     "training images) and does not transform the training images themselves: there is no "
                     "training-time transform for an attacker to optimise through")
+    # The triggers (and the optional discriminator) are updated from each step's own batch outside the
+    # model; over several devices every rank would move them by its own slice and they would drift apart.
+    data_parallel = False
 
     def __init__(self, alpha: float = 0.02, beta: float = 0.2, step_size: float = 0.01,
                  discriminator: bool = False) -> None:

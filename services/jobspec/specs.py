@@ -70,6 +70,12 @@ class TrainingParams(_Strict):
     image_size: int | None = Field(None, ge=8, le=1024, description="Square input side in pixels.")
     amp: bool | None = Field(None, description="bfloat16 autocast on CUDA (ignored on CPU).")
     eval_every: int | None = Field(None, ge=1, le=10_000)
+    devices: int | None = Field(
+        None, ge=1, le=64,
+        description="Train with DistributedDataParallel over this many processes (NCCL on GPUs, gloo on CPU), "
+        "`batch_size` being the global batch; each process erases with its own random stream. The unit runs on "
+        "a worker with that many devices free (`MIDRE_WORKER_DEVICES`). Default 1.",
+    )
 
 
 class PipelineTrainingParams(_Strict):
