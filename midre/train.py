@@ -315,6 +315,10 @@ class _Run:
     ranks: Ranks = field(default_factory=Ranks)  # one process alone, or this rank's place among several
     step_loss: Any = None  # (x, y, epoch) -> the defense's (loss, logits, logs); through DDP over several ranks
 
+    def __post_init__(self) -> None:
+        if self.step_loss is None:  # one process: the defense's loss on the model itself
+            self.step_loss = self.ranks.loss_fn(self.model, self.defense.loss)
+
     @property
     def use_cuda(self) -> bool:
         return self.device.type == "cuda"

@@ -145,12 +145,14 @@ def test_guessing_reviewer_scores_about_chance_and_fails_controls(study: tuple[A
     key = mint(api, admin, ["review"], "guesser")
     review = invite(api, admin, job_id, key["id"], trials=80)
     rng = random.Random(7)
-    answer_all(api, key["key"], review["id"], lambda t: rng.choice([*(c["id"] for c in t["candidates"]), None]))
+    answer_all(api, key["key"], review["id"], lambda t: rng.choice([c["id"] for c in t["candidates"]]))
     data = api.client.get(f"/v1/jobs/{job_id}/human-evaluation", headers=api.auth(admin)).json()
     me = next(r for r in data["per_reviewer"] if r["reviewer"] == key["id"])
     assert not me["included"] and "floor" in me["reason"]
     assert me["chance"] == pytest.approx(20.0)
-    assert abs(me["attacc_top1"] - me["chance"]) < 12.0  # 80 guesses at 1 in 5: sd 4.5 points
+    # ~60 scored guesses at 1 in 5 (the rest are controls): sd about 5 points, so 15 is 3 sd (an implementation
+    # scoring every answer right or wrong is 80 or 20 points away)
+    assert abs(me["attacc_top1"] - me["chance"]) < 15.0
     progress = api.client.get(f"/v1/jobs/{job_id}/reviews", headers=api.auth(admin)).json()
     mine = next(p for p in progress if p["id"] == review["id"])
     assert mine["done"] and mine["reviewer_name"] == "guesser" and mine["controls_answered"] == 20
