@@ -275,16 +275,28 @@ def test_bad_sweep_and_harden_specs_are_422_naming_the_field(api: Api, key_a: st
         assert_refused(api, key_a, spec, field)
 
 
-def test_training_devices_is_checked_resolved_and_trains_over_that_many_processes(api: Api, key_a: str) -> None:
+DEVICES_SPEC = {**TRAIN_SPEC, "device": "cpu", "training": {**TRAIN_SPEC["training"], "epochs": 1, "devices": 2},
+                "data": {"max_images_per_identity": 20}}
+
+
+def test_training_devices_is_checked_and_resolved(api: Api, key_a: str) -> None:
     assert_refused(api, key_a, {**TRAIN_SPEC, "training": {**TRAIN_SPEC["training"], "devices": 0}}, "training.devices")
     assert_refused(api, key_a, {**TRAIN_SPEC, "defense": {"name": "trap-mid"},
                                 "training": {**TRAIN_SPEC["training"], "devices": 2}}, "training.devices")
-    spec = {**TRAIN_SPEC, "device": "cpu", "training": {**TRAIN_SPEC["training"], "epochs": 1, "devices": 2},
-            "data": {"max_images_per_identity": 20}}
-    created = submit(api, key_a, spec)
+    created = submit(api, key_a, DEVICES_SPEC)
     assert created.status_code == 201, created.text
     job = api.client.get(f"/v1/jobs/{created.json()['id']}", headers=api.auth(key_a)).json()
     assert job["resolved"]["config"]["devices"] == 2
+
+
+# Slow (two rank processes, ~15 s): in the default suite tests/unit/test_distributed.py trains over two gloo
+# ranks, test_training_devices_is_checked_and_resolved checks the spec, and tests/service/test_worker_units.py
+# the worker's device slots.
+@pytest.mark.slow
+def test_a_rest_job_trains_over_two_processes(api: Api, key_a: str) -> None:
+    created = submit(api, key_a, DEVICES_SPEC)
+    assert created.status_code == 201, created.text
+    job = api.client.get(f"/v1/jobs/{created.json()['id']}", headers=api.auth(key_a)).json()
     assert run_job_inline(api.settings, job["id"]) == "succeeded"  # the worker's engine starts two gloo ranks
     card = api.client.get(f"/v1/models/{job['id']}", headers=api.auth(key_a)).json()["card"]
     assert card["config"]["devices"] == 2 and card["metrics"]["epochs"] == 1  # accuracy: tests/unit/test_distributed.py
