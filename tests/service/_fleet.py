@@ -149,6 +149,7 @@ class Fleet:
 
         os.environ.update(AWS_ENV)  # the standard AWS chain of every process started below
         self.s3 = s3
+        self._seen: dict[str, int] = {}
         self.prefix = f"fleet-{secrets.token_hex(3)}"
         self.shared = {"database_url": database_url, "broker_url": broker_url, "broker_prefix": broker_prefix,
                        **overrides}
@@ -187,12 +188,17 @@ class Fleet:
         return dict(wait_for(ended, timeout, interval=0.5, what=f"job {job_id} to end"))
 
     def worker_of(self, unit_worker: str) -> int:
-        """Which worker (index) a unit's ``host:pid`` ran in (pool processes share their worker's group)."""
+        """Which worker (index) a unit's ``host:pid`` ran in (pool processes share their worker's group; a pool
+        process once seen is remembered, so a killed worker's units still name it)."""
+        if unit_worker in self._seen:
+            return self._seen[unit_worker]
         pid = int(unit_worker.rpartition(":")[2])
-        group = os.getpgid(pid) if Path(f"/proc/{pid}").exists() else None
-        for index, worker in enumerate(self.workers):
-            if pid == worker.proc.pid or group == worker.proc.pid:
-                return index
+        with contextlib.suppress(ProcessLookupError):
+            group = os.getpgid(pid)
+            for index, worker in enumerate(self.workers):
+                if group == worker.proc.pid:
+                    self._seen[unit_worker] = index
+                    return index
         raise LookupError(f"no worker of the fleet runs {unit_worker}")
 
     def stop(self) -> None:

@@ -109,6 +109,10 @@ def logs(service: Service) -> str:
     return "\n".join(w.log()[-3000:] for w in service.workers)
 
 
+# Slow since the fleet test covers it in the default suite: tests/service/test_scale_out.py runs a study on two
+# `midre worker` processes (PostgreSQL + Redis + object store) and SIGKILLs one while it runs a unit; this one
+# does the same on the embedded stack (SQLite + file broker, one shared folder) and checks the cost estimate.
+@pytest.mark.slow
 def test_two_workers_share_a_study_and_a_killed_worker_loses_only_its_unit(service: Service) -> None:
     job_id = service.submit(PIPELINE)
 

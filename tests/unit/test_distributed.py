@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -64,18 +63,15 @@ def test_a_killed_rank_ends_the_run_with_a_transient_error(tmp_path):
             killed.update(rank_processes())
             os.kill(killed[1], signal.SIGKILL)
 
-    t0 = time.monotonic()
     with pytest.raises(TransientError, match=r"rank 1 of 2 was killed by SIGKILL \(exit code -9\)"):
-        train(quick(devices=2), tmp_path, progress=kill_rank_1)
+        train(quick(devices=2), tmp_path, progress=kill_rank_1)  # rank 0, stuck without its peer, is ended
     assert sorted(killed) == [0, 1]
-    assert time.monotonic() - t0 < 120  # rank 0, stuck without its peer, was ended rather than waited for
     assert rank_processes() == {}  # both reaped: nothing running, no zombie
     assert (tmp_path / "checkpoint" / "last.pt").is_file()  # epoch 1's state stays for a retry
 
 
-def test_stop_resume_through_the_cli_and_match_one_process(tmp_path, capsys, caplog):
-    """Two Gloo processes, stopped after epoch 1 and finished by ``midre train --devices 2``, against
-    one process with the same seed and global batch.
+def test_the_cli_trains_over_two_processes_and_matches_one_process(tmp_path, capsys, caplog):
+    """``midre train --devices 2`` (two Gloo processes) against one process with the same seed and global batch.
 
     Tolerances, from seeds 0-2 of this recipe (3 epochs, batch 128, 359 test images), nodef and MIDRE:
     final test accuracy differed by at most 0.011 between 2 processes and 1 (BatchNorm normalises
@@ -84,22 +80,16 @@ def test_stop_resume_through_the_cli_and_match_one_process(tmp_path, capsys, cap
     model on its half of each batch) gave an epoch-1 loss 15-17 % higher (and 0.95 vs 0.97 accuracy
     for seed 0), so the 5 % loss bound fails them; accuracy is held to 0.03.
     """
-    out, seen = tmp_path / "two", []
-    with pytest.raises(Cancelled, match="will resume after epoch"):
-        train(quick(devices=2), out, progress=seen.append, should_stop=lambda: any(e.stage == "epoch" for e in seen))
-    assert rank_processes() == {} and (out / "checkpoint" / "last.pt").is_file()
-    saved = [e for e in seen if e.stage == "epoch"]
-    capsys.readouterr()
+    out = tmp_path / "two"
     caplog.set_level(logging.INFO, logger="midre.distributed")
     rc = cli_main(["train", "--data", "digits", "--image-size", "16", "--channels", "1", "--epochs", "3",
                    "--batch-size", "128", "--lr", "3e-3", "--device", "cpu", "--devices", "2", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr()
     assert "training with 2 processes (DistributedDataParallel, gloo" in caplog.text
-    assert f"resumed after epoch {saved[-1].epoch}" in printed.err  # the CLI's progress bar, relayed from rank 0
+    assert "epoch 3/3" in printed.err  # the CLI's progress bar, relayed from rank 0
     card = json.loads((out / "model.json").read_text())
     assert card["config"]["devices"] == 2 and [h["epoch"] for h in card["history"]] == [1, 2, 3]
-    assert card["history"][0]["train_loss"] == saved[0].metrics["train_loss"]  # kept, not trained again
     assert rank_processes() == {} and not (out / "checkpoint").exists()
 
     one = train(quick(), tmp_path / "one")
@@ -113,6 +103,23 @@ def test_stop_resume_through_the_cli_and_match_one_process(tmp_path, capsys, cap
     splits = load_dataset(DIGITS)
     again = evaluate_accuracy(model, splits.test, splits.normalization, torch.device("cpu"))
     assert again == test_accuracy  # rank 0's evaluation is that of the final weights
+
+
+# Slow (two more starts of two ranks, ~20 s): in the default suite the killed-rank test checks that the resume
+# state of a finished epoch stays, and tests/unit/test_train.py resumes one process.
+@pytest.mark.slow
+def test_a_stopped_two_process_run_resumes_after_its_last_epoch(tmp_path):
+    out, seen = tmp_path / "two", []
+    with pytest.raises(Cancelled, match="will resume after epoch"):
+        train(quick(devices=2), out, progress=seen.append, should_stop=lambda: any(e.stage == "epoch" for e in seen))
+    assert rank_processes() == {} and (out / "checkpoint" / "last.pt").is_file()
+    saved = [e for e in seen if e.stage == "epoch"]
+    resumed = []
+    result = train(quick(devices=2), out, progress=resumed.append)
+    assert any(f"resumed after epoch {saved[-1].epoch}" in (e.message or "") for e in resumed)
+    assert result.card["config"]["devices"] == 2 and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[0]["train_loss"] == saved[0].metrics["train_loss"]  # kept, not trained again
+    assert rank_processes() == {} and not (out / "checkpoint").exists()
 
 
 # --- validation and the pieces, without processes --------------------------------------------------
