@@ -33,7 +33,6 @@ import math
 from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from midre.defenses.base import Defense, TrainContext, register_defense
 
@@ -115,6 +114,8 @@ class ScaledSkipIRUnit(_ScaledSkip):
 def _wrapper_for(block: nn.Module) -> type[_ScaledSkip] | None:
     if isinstance(block, _ScaledSkip):
         return type(block)
+    from torchvision.models.resnet import BasicBlock, Bottleneck  # here: torchvision costs seconds to import
+
     if isinstance(block, BasicBlock):
         return ScaledSkipBasicBlock
     if isinstance(block, Bottleneck):

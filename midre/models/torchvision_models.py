@@ -17,17 +17,25 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision.models as tvm
 from torch import Tensor, nn
-from torchvision.models.maxvit import MaxVit
 
 from midre.models.base import Backbone, ClassifierModel, replace_first_conv
 from midre.models.registry import register_model
 
 __all__ = ["ChainBackbone", "TorchvisionClassifier", "maxvit_partition_size"]
+
+def _tvm() -> Any:
+    """``torchvision.models``, imported when a torchvision architecture is first built: importing torchvision
+    costs seconds (it loads ``torch._dynamo``), which every process that never builds one (a worker training
+    the small CNNs, a rank, the API) is spared."""
+    import torchvision.models
+
+    return torchvision.models
+
 
 #: Parameter-free steps a chain may use between torchvision modules (``@name``).
 _OPS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -158,7 +166,7 @@ _RESNET = _Spec(
 
 def _resnet_builder(name: str, feature_dim: int) -> Callable[..., ClassifierModel]:
     def build(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
-        net = getattr(tvm, name)(weights=None, num_classes=num_classes)
+        net = getattr(_tvm(), name)(weights=None, num_classes=num_classes)
         return _wrap(net, _RESNET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
 
     build.__name__ = name
@@ -214,7 +222,7 @@ _DENSENET = _Spec(
 
 def _densenet_builder(name: str, feature_dim: int) -> Callable[..., ClassifierModel]:
     def build(*, num_classes: int, image_size: int, in_channels: int) -> ClassifierModel:
-        net = getattr(tvm, name)(weights=None, num_classes=num_classes)
+        net = getattr(_tvm(), name)(weights=None, num_classes=num_classes)
         return _wrap(net, _DENSENET, arch=name, num_classes=num_classes, image_size=image_size, in_channels=in_channels)
 
     build.__name__ = name
@@ -264,7 +272,7 @@ def vgg16_bn(*, num_classes: int, image_size: int, in_channels: int) -> Classifi
     Hidden activations are the outputs of the five max-pool stages. ``image_size`` >= 32.
     For the MI literature's 64x64 VGG16 target use ``vgg16``.
     """
-    net = tvm.vgg16_bn(weights=None, num_classes=num_classes)
+    net = _tvm().vgg16_bn(weights=None, num_classes=num_classes)
     return _wrap(
         net,
         _VGG16_BN,
@@ -293,7 +301,7 @@ def efficientnet_b0(*, num_classes: int, image_size: int, in_channels: int) -> C
     eval mode), i.e. the input of the last linear layer. Hidden activations are the stage outputs
     at strides 4, 8, 16 and 32. ``image_size`` >= 32.
     """
-    net = tvm.efficientnet_b0(weights=None, num_classes=num_classes)
+    net = _tvm().efficientnet_b0(weights=None, num_classes=num_classes)
     return _wrap(
         net,
         _EFFICIENTNET,
@@ -339,7 +347,7 @@ def maxvit_t(*, num_classes: int, image_size: int, in_channels: int) -> Classifi
     LayerNorm, Linear, Tanh); hidden activations are the four block outputs.
     """
     partition = maxvit_partition_size(image_size)
-    net = MaxVit(
+    net = _tvm().MaxVit(
         input_size=(image_size, image_size),
         stem_channels=64,
         partition_size=partition,
@@ -397,7 +405,7 @@ def inception_v1(*, num_classes: int, image_size: int, in_channels: int) -> Clas
     gets an empty output). Auxiliary-classifier weights in a torchvision state dict are dropped
     on load.
     """
-    net = tvm.googlenet(
+    net = _tvm().googlenet(
         weights=None, num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True
     )
     return _wrap(

@@ -144,7 +144,7 @@ def _runner_pid(stack: Api, job_id: str) -> int:
         return int(session.get(Job, job_id).worker.rsplit(":", 1)[1])
 
 
-@pytest.mark.slow  # the worker-kill test of the default suite is test_fanout.py's (two workers, one SIGKILLed)
+@pytest.mark.slow  # the worker-kill test of the default suite is test_scale_out.py's (two workers, one SIGKILLed)
 def test_sigkilled_worker_job_resumes_on_another_worker(stack: Api, key: str, tmp_path: Path) -> None:
     # Long enough (about a second per epoch on an idle core) that the kill lands mid-training.
     spec = TRAIN_SPEC | {"device": "cpu", "training": {"epochs": 6, "image_size": 32, "batch_size": 32, "seed": 2},
