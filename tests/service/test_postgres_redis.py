@@ -193,6 +193,9 @@ STUDY_ATTACK: dict[str, Any] = {
 }
 
 
+# Slow (~8 s): in the default suite tests/service/test_scale_out.py runs a pipeline on PostgreSQL + Redis with
+# real workers and tests/service/test_deployed_audit.py runs attack_eval jobs through the worker's engine.
+@pytest.mark.slow
 def test_pipeline_and_attack_eval_jobs(stack: Api, key: str, gpu_worker: WorkerProcess) -> None:
     pytest.importorskip("midre.study")
     auth = stack.auth(key)

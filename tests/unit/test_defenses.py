@@ -345,6 +345,9 @@ def test_trap_mid_trains_logs_and_reloads_as_the_plain_model(tmp_path):
     assert "trapdoor" in adaptive_refusal("trap-mid")
 
 
+# Slow (~12 s): in the default suite tests/unit/test_train.py resumes a run after its last epoch and the trapdoor
+# inversion test trains Trap-MID end to end.
+@pytest.mark.slow
 def test_trap_mid_triggers_and_discriminator_survive_a_resume(tmp_path):
     spec = {"name": "trap-mid", "discriminator": True}
     full = train(quick(spec, epochs=2), tmp_path / "full")
