@@ -173,7 +173,7 @@ class Fleet:
     def settings(self, home: Path) -> Settings:
         from tests.service.conftest import make_settings
 
-        return make_settings(home, worker_threads=1, **self.shared)
+        return make_settings(home, **({"worker_threads": 1} | self.shared))
 
     def submit(self, spec: dict[str, Any]) -> str:
         r = self.http.post("/v1/jobs", json=spec)
