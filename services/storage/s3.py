@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
 from services.settings import parse_storage_url
 from services.storage.base import StoreUnavailable
@@ -201,9 +201,6 @@ class S3Store(LocalStore):
             Path(tmp).unlink(missing_ok=True)
         self._evict(keep=cached)
         return cached
-
-    def open(self, sha256: str) -> BinaryIO:
-        return open(self.path(sha256), "rb")
 
     def verify(self, sha256: str) -> bool:
         """True when the stored object's bytes hash to ``sha256`` (read from the store, not the cache)."""

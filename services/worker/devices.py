@@ -21,13 +21,10 @@ def capacity(settings: Settings) -> int:
     """Devices this machine offers: ``MIDRE_WORKER_DEVICES``, else the visible CUDA devices, else its cores."""
     if settings.worker_devices:
         return settings.worker_devices
-    try:
+    if _has_cuda():
         import torch
 
-        if torch.cuda.is_available():
-            return torch.cuda.device_count()
-    except Exception:  # noqa: BLE001 - no usable CUDA: count cores
-        pass
+        return torch.cuda.device_count()
     return os.cpu_count() or 1
 
 
@@ -82,6 +79,7 @@ def visible(indices: list[int]) -> Iterator[None]:
 
 
 def _has_cuda() -> bool:
+    """Whether torch sees a usable CUDA device (False where torch or its driver cannot say)."""
     try:
         import torch
 

@@ -189,11 +189,11 @@ def job_config(settings: Settings, sessions: sessionmaker[Session], job: Job) ->
 
 
 def send_unit(sessions: sessionmaker[Session], dispatcher: Dispatcher, job_id: str, unit_id: int, key: str,
-              queue: str) -> bool:
-    """Publish one unit already moved to ``queued``; on a broker error it stays queued without
-    ``dispatched_at`` and the reaper sends it."""
+              queue: str, countdown: float | None = None) -> bool:
+    """Publish one unit already moved to ``queued`` (to run ``countdown`` seconds from now at the earliest); on a
+    broker error it stays queued without ``dispatched_at`` and the reaper sends it."""
     try:
-        dispatcher.send_unit(job_id, key, queue)
+        dispatcher.send_unit(job_id, key, queue, countdown=countdown)
         return True
     except Exception as exc:  # noqa: BLE001 - the reaper sends unsent units
         log.warning("job %s: could not send unit %s now (%s); a reaper will", job_id, key, exc)
@@ -405,7 +405,6 @@ def _run_claimed(settings: Settings, sessions: sessionmaker[Session], dispatcher
     except UnitLost:
         return "lost"
     except Exception as exc:
-        syncing.set()
         if ran and store.remote and not isinstance(exc, TransientError):
             _push_quietly(store, job)  # resume state of a failed or stopped unit, for its next attempt anywhere
         return _unit_failed(settings, sessions, dispatcher, job_id, unit, attempt, exc)
@@ -425,7 +424,7 @@ def _push_quietly(store: LocalStore, job: Job) -> None:
     try:
         push_job(store, job)
     except Exception as exc:  # noqa: BLE001 - the unit's own error is what gets reported
-        log.warning("job %s: could not send the working files of a stopped unit: %s", job.id, exc)
+        log.warning("job %s: could not send its working files to the store now: %s", job.id, exc)
 
 
 def _devices_needed(settings: Settings, sessions: sessionmaker[Session], job_id: str, key: str,
@@ -505,14 +504,7 @@ def _retry(settings: Settings, sessions: sessionmaker[Session], dispatcher: Disp
         queue = job.queue if job is not None else None
     if moved.rowcount != 1 or queue is None:
         return "lost"
-    try:
-        dispatcher.send_unit(job_id, unit.key, queue, countdown=settings.unit_retry_s)
-    except Exception as exc:  # noqa: BLE001 - the reaper sends units left unsent
-        log.warning("job %s: could not send unit %s for its retry (%s); a reaper will", job_id, unit.key, exc)
-        with sessions() as session:
-            session.execute(update(JobUnit).where(JobUnit.id == unit.id, JobUnit.status == jobstate.QUEUED)
-                            .values(dispatched_at=None))
-            session.commit()
+    send_unit(sessions, dispatcher, job_id, unit.id, unit.key, queue, countdown=settings.unit_retry_s)
     return "retrying"
 
 

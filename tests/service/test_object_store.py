@@ -47,7 +47,8 @@ def test_storage_url_is_checked_naming_the_setting() -> None:
             parse_storage_url(bad)
     with pytest.raises(ValueError, match="MIDRE_STORAGE_URL"):
         Settings(storage_url="file:///tmp/x")
-    assert isinstance(open_store(Settings(home=Path("/nonexistent-home"))), LocalStore)
+    local = open_store(Settings(home=Path("/nonexistent-home")))
+    assert type(local) is LocalStore and not local.remote  # S3Store is a LocalStore too: the exact type
     remote = open_store(Settings(home=Path("/nonexistent-home"), storage_url="s3://b/p", s3_endpoint_url="http://x:1"))
     assert isinstance(remote, S3Store) and remote.remote and remote.describe() == "s3://b/p at http://x:1"
 
